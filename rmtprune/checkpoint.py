@@ -1,0 +1,87 @@
+"""Checkpoints: everything needed to rebuild a (pruned) model and continue training exactly.
+
+Format (a dict of tensors and plain data, loadable with ``torch.load(weights_only=True)``)::
+
+    format: "rmtprune-checkpoint", version: 1
+    spec: the dense model spec (models.model_spec), ranks: {split layer: rank}
+    state_dict: model weights           num_classes, input_shape
+    # training checkpoints only:
+    epoch, optimizer, lr, rng {torch, cuda, data}, pruner, metrics, ledger, config_key
+
+``model.pt`` (the final model) has the first group only.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import UserError
+from .models import build_model, factorised_ranks
+
+FORMAT = "rmtprune-checkpoint"
+VERSION = 1
+
+
+def save_atomic(obj: dict[str, Any], path: Path) -> None:
+    """torch.save to a temporary file beside ``path``, then os.replace (atomic on POSIX)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def model_payload(model: nn.Module, spec: dict[str, Any], num_classes: int, input_shape: list[int]) -> dict[str, Any]:
+    return {
+        "format": FORMAT, "version": VERSION, "spec": spec, "ranks": factorised_ranks(model),
+        "num_classes": int(num_classes), "input_shape": list(input_shape),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+
+
+def load_file(path: Path) -> dict[str, Any]:
+    """Load a checkpoint or state_dict file safely (weights_only); a bad file is a UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError,
+            AttributeError, TypeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise UserError(f"{path}: not a readable PyTorch file (corrupt, truncated or not saved with "
+                        f"torch.save; {first})") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"{path}: holds a {type(obj).__name__}, not a checkpoint or state_dict")
+    return obj
+
+
+def is_checkpoint(obj: dict[str, Any]) -> bool:
+    return obj.get("format") == FORMAT
+
+
+def rebuild_model(ckpt: dict[str, Any], path: Path | str = "checkpoint") -> nn.Module:
+    """The (possibly factorised) model of an rmtprune checkpoint, weights loaded."""
+    if not is_checkpoint(ckpt):
+        raise UserError(f"{path}: not an rmtprune checkpoint (no format tag)")
+    if ckpt.get("version") != VERSION:
+        raise UserError(f"{path}: checkpoint version {ckpt.get('version')} is not supported (expected {VERSION})")
+    try:
+        model = build_model(ckpt["spec"], ckpt.get("ranks", {}))
+        model.load_state_dict(ckpt["state_dict"])
+    except (KeyError, ValueError, RuntimeError, AttributeError, TypeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise UserError(f"{path}: checkpoint does not match its architecture ({first})") from None
+    return model

@@ -1,0 +1,215 @@
+"""The ``rmtprune`` command: ``train`` and ``prune`` go through Hydra, ``compare`` and ``inspect``
+through argparse. User mistakes become one line on stderr and a non-zero exit (2 for bad input,
+1 for a run that failed while running, 130 for Ctrl-C)."""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from omegaconf import DictConfig
+
+from .errors import RunFailed, UserError
+
+log = logging.getLogger("rmtprune")
+
+USAGE = """usage: rmtprune COMMAND [ARGS...]
+
+Random-matrix-theory pruning of neural networks, one experiment per command.
+
+commands:
+  train     train (and prune) a network; Hydra overrides, -m for sweeps   (rmtprune train --help)
+  compare   tables, tests and figures from run or sweep folders            (rmtprune compare --help)
+  inspect   the MP fit of every layer of a saved model                     (rmtprune inspect --help)
+  prune     one pruning event on a saved model, then evaluate / fine-tune  (rmtprune prune --help)
+
+examples:
+  rmtprune train topology=784-1000-1000-500-10 pruning=rmt schedule.horizon=10
+  rmtprune train -m seed=0,1,2,3,4 pruning=none,rmt
+  rmtprune compare outputs/multirun/2026-11-28/10-00-00
+"""
+
+HYDRA_FLAGS_WITHOUT_RUN = {"--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "--shell-completion", "--version"}
+_FAILURES: list[str] = []
+
+
+def _err(msg: str) -> None:
+    print(f"rmtprune: error: {msg}", file=sys.stderr, flush=True)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0].strip() if text else type(exc).__name__
+
+
+def _explain_compose_error(exc: BaseException) -> str:
+    """One line from a Hydra / OmegaConf composition error, with a did-you-mean for unknown keys."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    parts = [_first_line(exc)]
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None and len(parts) < 3:
+        line = _first_line(cause)
+        if line not in parts:
+            parts.append(line)
+        cause = cause.__cause__
+    text = str(exc)
+    if "Available options in" in text:
+        opts = [ln.strip() for ln in text.splitlines()[2:] if ln.strip() and not ln.startswith("Available")]
+        parts.append("available: " + ", ".join(opts))
+    key = getattr(exc, "full_key", None)
+    for c in (exc, exc.__cause__):
+        if isinstance(c, OmegaConfBaseException) and getattr(c, "full_key", None):
+            key = c.full_key
+    if key:
+        parts.append(f"key: {key}")
+        suggestion = _did_you_mean(str(key))
+        if suggestion:
+            parts.append(f"did you mean {suggestion}?")
+    return "; ".join(p.rstrip(".") for p in parts)
+
+
+def _did_you_mean(key: str) -> str | None:
+    from omegaconf import OmegaConf
+
+    from .config import RunConfig
+
+    known: list[str] = []
+
+    def walk(node: Any, prefix: str) -> None:
+        for k, v in node.items():
+            name = f"{prefix}{k}"
+            known.append(name)
+            if isinstance(v, DictConfig):
+                walk(v, name + ".")
+
+    walk(OmegaConf.structured(RunConfig), "")
+    match = difflib.get_close_matches(key, known, n=1)
+    return match[0] if match and match[0] != key else None
+
+
+def _expand_sweeps(overrides: list[str]) -> list[list[str]]:
+    """Override lists to check: every sweep value once, the others at their first value."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    base, choices = [], []
+    for o in parsed:
+        key = o.get_key_element()
+        if o.is_sweep_override():
+            values = [f"{key}={v}" for v in o.sweep_string_iterator()]
+        else:
+            values = [o.input_line]
+        base.append(values[0])
+        choices.append(values)
+    combos = [base]
+    for i, values in enumerate(choices):
+        for v in values[1:]:
+            combos.append(base[:i] + [v] + base[i + 1 :])
+    return combos
+
+
+def precheck(config_name: str, args: list[str]) -> None:
+    """Compose and validate the config before Hydra starts any job, so a typo in a 20-job sweep
+    fails at once with one line, not after the first job or with a traceback."""
+    from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from .config import validate
+
+    overrides = [a for a in args if not a.startswith("-")]
+    if any(a in ("--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp") or
+           a.startswith(("--config-dir=", "--config-name=", "--config-path=")) for a in args):
+        return  # a user config tree: Hydra composes it itself; the task still validates
+    try:
+        combos = _expand_sweeps(overrides)
+    except HydraException as exc:
+        raise UserError(f"cannot parse the overrides: {_first_line(exc)}") from None
+    with initialize_config_module("rmtprune.conf", version_base="1.3"):
+        for combo in combos:
+            try:
+                cfg = compose(config_name=config_name, overrides=combo)
+            except (HydraException, OmegaConfBaseException, ValueError) as exc:
+                raise UserError(_explain_compose_error(exc)) from None
+            validate_cfg = cfg
+            if config_name == "prune":
+                continue  # model_path is checked by the prune command itself
+            validate(validate_cfg)
+
+
+def _run_hydra(task: Callable[[DictConfig], Any], config_name: str, args: list[str], prog: str) -> int:
+    import hydra
+
+    from .config import register_configs
+
+    register_configs()
+    if not any(a in HYDRA_FLAGS_WITHOUT_RUN or a.startswith("--cfg") for a in args):
+        precheck(config_name, args)
+    _FAILURES.clear()
+    saved = sys.argv
+    sys.argv = [prog, *args]
+    try:
+        hydra.main(config_path="pkg://rmtprune.conf", config_name=config_name, version_base="1.3")(task)()
+    finally:
+        sys.argv = saved
+    if _FAILURES:
+        if len(_FAILURES) > 1:
+            _err(f"{len(_FAILURES)} runs failed (see the lines above and summary.json in each folder)")
+        return 1 if all(f == "run" for f in _FAILURES) else 2
+    return 0
+
+
+def _job(body: Callable[[DictConfig, Path], Any]) -> Callable[[DictConfig], None]:
+    """Wrap a Hydra task: errors become one line, are remembered for the exit code, and never
+    stop the other jobs of a sweep."""
+
+    def task(cfg: DictConfig) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        try:
+            body(cfg, run_dir)
+        except UserError as exc:
+            _err(str(exc))
+            log.debug("user error in %s: %s", run_dir, exc)
+            _FAILURES.append("user")
+        except RunFailed as exc:
+            _err(f"{exc} (metrics so far are in {run_dir})")
+            _FAILURES.append("run")
+
+    return task
+
+
+def _train(cfg: DictConfig, run_dir: Path) -> None:
+    from .train import run
+
+    run(cfg, run_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``rmtprune`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        from . import __version__
+
+        print(f"rmtprune {__version__}")
+        return 0
+    command, rest = argv[0], argv[1:]
+    try:
+        if command == "train":
+            return _run_hydra(_job(_train), "config", rest, "rmtprune train")
+        _err(f"unknown command {command!r}; commands: train, compare, inspect, prune (rmtprune --help)")
+        return 2
+    except UserError as exc:
+        _err(str(exc))
+        return 2
+    except KeyboardInterrupt:
+        _err("interrupted; what finished is saved (continue a run with resume=true)")
+        return 130

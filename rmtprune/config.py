@@ -1,0 +1,233 @@
+"""Structured-config schema (validated by OmegaConf) and the checks Hydra cannot express.
+
+The YAML defaults live in ``conf/``; these dataclasses give every key its type, so a typo
+(``epoch=3``) or a wrong type (``epochs=ten``) fails at composition time.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig
+
+from .errors import UserError
+
+DATASETS = ("mnist", "fashion_mnist", "synthetic")
+MODELS = ("mlp", "cnn")
+PRUNINGS = ("none", "rmt")
+SCHEDULES = ("linear", "step", "oneshot", "exponential", "constant")
+
+
+@dataclass
+class SyntheticConfig:
+    data_seed: int = 1234
+    latent_dim: int = 16
+    noise: float = 1.5
+    separation: float = 0.9
+
+
+@dataclass
+class DatasetConfig:
+    name: str = MISSING
+    input_shape: list[int] = field(default_factory=lambda: [1, 28, 28])
+    num_classes: int = 10
+    root: str = "${oc.env:RMTPRUNE_DATA_DIR,'~/.cache/rmtprune'}"
+    offline_dir: Optional[str] = "${oc.env:RMTPRUNE_OFFLINE_DATA,null}"
+    download: bool = True
+    train_size: Optional[int] = None
+    test_size: Optional[int] = None
+    raw_md5: dict[str, str] = field(default_factory=dict)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512])
+    kernel_size: int = 3
+    pool_after: list[int] = field(default_factory=lambda: [3, 5])
+    hidden: int = 1000
+    conv_dropout: float = 0.35
+    fc_dropout: float = 0.5
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "sgd"
+    lr: float = 0.02
+    momentum: float = 0.9
+    l1: float = 5e-6
+    l2: float = 5e-6
+    lr_decay: float = 1.0
+
+
+@dataclass
+class PruningConfig:
+    name: str = "none"
+    alpha: float = 0.25
+    beta: float = 0.1
+    tolerance: float = 0.05
+    conv_tolerance: Optional[float] = None
+    every: int = 1
+    start_epoch: int = 1
+    stop_epoch: Optional[int] = None
+    min_size: int = 10000
+    min_rank: int = 1
+    include_output_layer: bool = True
+    output_min_rank: Optional[int] = None
+    truncate: bool = True
+    lr_factor: float = 0.96
+    momentum: str = "reset"
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "linear"
+    horizon: float = 300.0
+    at: int = 1
+    rate: float = 0.9
+    value: float = 0.5
+
+
+@dataclass
+class MagnitudeConfig:
+    enabled: bool = True
+    n_thresholds: int = 25
+
+
+@dataclass
+class RunConfig:
+    topology: str = "784-1000-1000-500-10"
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    pruning: PruningConfig = field(default_factory=PruningConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    epochs: int = 10
+    batch_size: int = 128
+    eval_batch_size: int = 4096
+    seed: int = 0
+    device: str = "auto"
+    resume: Any = False
+    skip_done: bool = False
+    progress: str = "auto"
+    output_root: str = "outputs"
+    checkpoint: bool = True
+    magnitude_sweep: MagnitudeConfig = field(default_factory=MagnitudeConfig)
+
+
+@dataclass
+class PruneCommandConfig(RunConfig):
+    """``rmtprune prune``: one pruning event on a saved model, then optional fine-tuning."""
+
+    model_path: str = MISSING
+    finetune_epochs: int = 0
+
+
+def register_configs() -> None:
+    """Register the schemas Hydra composes the YAML files of ``conf/`` onto."""
+    cs = ConfigStore.instance()
+    cs.store(name="rmtprune_schema", node=RunConfig)
+    cs.store(name="rmtprune_prune_schema", node=PruneCommandConfig)
+
+
+_WIDTH = re.compile(r"^[0-9]+$")
+
+
+def parse_topology(topology: str) -> list[int]:
+    """``"784-1000-10"`` -> ``[784, 1000, 10]``: widths from input to output, at least two, all > 0."""
+    text = str(topology).strip()
+    parts = text.split("-")
+    hint = "expected positive integer widths joined by '-', input to output, e.g. 784-1000-1000-10"
+    if len(parts) < 2:
+        raise UserError(f"topology={text!r}: needs at least an input and an output width; {hint}")
+    widths = []
+    for part in parts:
+        if not _WIDTH.match(part.strip()):
+            raise UserError(f"topology={text!r}: {part!r} is not a width; {hint}")
+        w = int(part)
+        if w <= 0:
+            raise UserError(f"topology={text!r}: width {w} must be positive; {hint}")
+        widths.append(w)
+    return widths
+
+
+def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise UserError(f"{key}={value!r} is not known; accepted: {', '.join(allowed)}")
+
+
+def _positive(key: str, value: float, *, allow_zero: bool = False) -> None:
+    ok = value >= 0 if allow_zero else value > 0
+    if not ok:
+        raise UserError(f"{key}={value} must be {'non-negative' if allow_zero else 'positive'}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check the values the schema's types cannot; raise UserError naming the setting."""
+    ds = cfg.dataset
+    _choice("dataset", ds.name, DATASETS)
+    _choice("model", cfg.model.name, MODELS)
+    _choice("pruning", cfg.pruning.name, PRUNINGS)
+    _choice("schedule", cfg.schedule.name, SCHEDULES)
+    _choice("progress", cfg.progress, ("auto", "rich", "plain", "none"))
+    _choice("pruning.momentum", cfg.pruning.momentum, ("reset", "keep"))
+    _positive("epochs", cfg.epochs)
+    _positive("batch_size", cfg.batch_size)
+    _positive("eval_batch_size", cfg.eval_batch_size)
+    _positive("optimizer.lr", cfg.optimizer.lr)
+    _positive("optimizer.lr_decay", cfg.optimizer.lr_decay)
+    _positive("optimizer.l1", cfg.optimizer.l1, allow_zero=True)
+    _positive("optimizer.l2", cfg.optimizer.l2, allow_zero=True)
+    if not 0 <= cfg.optimizer.momentum < 1:
+        raise UserError(f"optimizer.momentum={cfg.optimizer.momentum} must be in [0, 1)")
+    for key in ("train_size", "test_size"):
+        if ds[key] is not None:
+            _positive(f"dataset.{key}", ds[key])
+    if cfg.model.name == "mlp":
+        widths = parse_topology(cfg.topology)
+        n_in = 1
+        for d in ds.input_shape:
+            n_in *= int(d)
+        if widths[0] != n_in:
+            raise UserError(
+                f"topology={cfg.topology}: first width {widths[0]} must equal the input size of "
+                f"dataset={ds.name}, {n_in}"
+            )
+        if widths[-1] != ds.num_classes:
+            raise UserError(
+                f"topology={cfg.topology}: last width {widths[-1]} must equal the number of classes "
+                f"of dataset={ds.name}, {ds.num_classes}"
+            )
+    if cfg.model.name == "cnn":
+        if not cfg.model.channels or any(c <= 0 for c in cfg.model.channels):
+            raise UserError(f"model.channels={list(cfg.model.channels)} must be positive widths")
+    pr = cfg.pruning
+    if pr.name == "rmt":
+        if not 0 < pr.alpha < 0.5:
+            raise UserError(f"pruning.alpha={pr.alpha} must be in (0, 0.5)")
+        if not 0 < pr.beta < 1:
+            raise UserError(f"pruning.beta={pr.beta} must be in (0, 1)")
+        for key in ("tolerance", "conv_tolerance"):
+            if pr[key] is not None and not 0 <= pr[key] <= 1:
+                raise UserError(f"pruning.{key}={pr[key]} must be in [0, 1] (1 always passes, 0 never)")
+        _positive("pruning.every", pr.every)
+        _positive("pruning.start_epoch", pr.start_epoch)
+        _positive("pruning.min_rank", pr.min_rank)
+        _positive("pruning.lr_factor", pr.lr_factor)
+    sc = cfg.schedule
+    if sc.name == "linear":
+        _positive("schedule.horizon", sc.horizon)
+    if sc.name == "exponential" and not 0 <= sc.rate <= 1:
+        raise UserError(f"schedule.rate={sc.rate} must be in [0, 1]")
+    if sc.name == "constant" and not 0 <= sc.value <= 1:
+        raise UserError(f"schedule.value={sc.value} must be in [0, 1]")
+    _device_ok(cfg.device)
+
+
+def _device_ok(device: str) -> None:
+    if not re.match(r"^(auto|cpu|cuda(:[0-9]+)?)$", str(device)):
+        raise UserError(f"device={device!r} is not known; accepted: auto, cpu, cuda, cuda:N")

@@ -1,0 +1,95 @@
+"""Layers written as two thin factors, W = W2 @ W1 with inner rank r.
+
+* :class:`LowRankLinear`: Linear(in -> r, no bias) then Linear(r -> out, the original bias);
+  parameters (in + out) r (+ out bias) instead of in * out.
+* :class:`LowRankConv2d`: a k x k Conv2d(in -> groups * r, the original stride, padding,
+  dilation and groups, no bias) then a 1 x 1 Conv2d(groups * r -> out, groups, the bias).
+  Viewing the weight as the (out, in/groups * k * k) matrix W, each group's r intermediate
+  channels carry the same r right factors; the 1 x 1 conv mixes them with the left factors
+  of that group's output rows. Parameters r (in k^2 + out) (+ out bias).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class LowRankLinear(nn.Module):
+    """y = second(first(x)); ``weight_matrix()`` is the (out, in) product second.weight @ first.weight."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True,
+                 device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.rank = in_features, out_features, rank
+        self.first = nn.Linear(in_features, rank, bias=False, device=device, dtype=dtype)
+        self.second = nn.Linear(rank, out_features, bias=bias, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.second(self.first(x))
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.second.bias
+
+    def weight_matrix(self) -> torch.Tensor:
+        return self.second.weight @ self.first.weight
+
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(left (out, r), right (r, in)) with weight_matrix() = left @ right."""
+        return self.second.weight, self.first.weight
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
+
+
+class LowRankConv2d(nn.Module):
+    """A Conv2d of rank r per group: k x k conv to groups * r channels, then a grouped 1 x 1 conv."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: tuple[int, int], rank: int,
+                 stride: tuple[int, int] = (1, 1), padding: tuple[int, int] | str = (0, 0),
+                 dilation: tuple[int, int] = (1, 1), groups: int = 1, bias: bool = True,
+                 padding_mode: str = "zeros", device: torch.device | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels, self.rank, self.groups = in_channels, out_channels, rank, groups
+        self.kernel_size = tuple(kernel_size)
+        self.first = nn.Conv2d(in_channels, groups * rank, kernel_size, stride=stride, padding=padding,
+                               dilation=dilation, groups=groups, bias=False, padding_mode=padding_mode,
+                               device=device, dtype=dtype)
+        self.second = nn.Conv2d(groups * rank, out_channels, 1, groups=groups, bias=bias,
+                                device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.second(self.first(x))
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.second.bias
+
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(left (out, r), right (r, in/groups * k * k)) of the shared factorisation.
+
+        The right factor is read from the first group's channels (all groups start equal; after
+        training they may differ, and then the product below is the exact per-group matrix of
+        group 0 only, so :meth:`weight_matrix` builds the product group by group instead).
+        """
+        left = self.second.weight.reshape(self.out_channels, self.rank)
+        right = self.first.weight[: self.rank].reshape(self.rank, -1)
+        return left, right
+
+    def weight_matrix(self) -> torch.Tensor:
+        """(out, in/groups * k * k): output row o of group g is left[o] @ right_g."""
+        g, r = self.groups, self.rank
+        out_per = self.out_channels // g
+        left = self.second.weight.reshape(g, out_per, r)
+        right = self.first.weight.reshape(g, r, -1)
+        return torch.bmm(left, right).reshape(self.out_channels, -1)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"rank={self.rank}, groups={self.groups}")
+
+
+LOW_RANK_TYPES = (LowRankLinear, LowRankConv2d)
+PRUNABLE_TYPES = (nn.Linear, nn.Conv2d, LowRankLinear, LowRankConv2d)

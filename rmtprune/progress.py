@@ -1,0 +1,77 @@
+"""What a run shows while it trains: a rich progress bar on a terminal, plain log lines otherwise."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+log = logging.getLogger("rmtprune")
+
+
+def use_rich(mode: str) -> bool:
+    return mode == "rich" or (mode == "auto" and sys.stderr.isatty())
+
+
+class BatchProgress:
+    """Per-batch bar (epoch, batch, loss, accuracy, samples/s) when rich is on; a no-op otherwise."""
+
+    def __init__(self, mode: str) -> None:
+        self.enabled = use_rich(mode)
+        self._progress: Progress | None = None
+        self._task: Any = None
+
+    def __enter__(self) -> "BatchProgress":
+        if self.enabled:
+            self._progress = Progress(
+                TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.2%}  {task.fields[speed]:,.0f} samples/s"),
+                TimeElapsedColumn(), console=Console(stderr=True), transient=True,
+            )
+            self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+
+    def start_epoch(self, epoch: int, n_batches: int) -> None:
+        if self._progress is not None:
+            if self._task is not None:
+                self._progress.remove_task(self._task)
+            self._task = self._progress.add_task("train", total=n_batches, epoch=epoch, loss=0.0, acc=0.0, speed=0.0)
+
+    def update(self, batches: int, loss: float, acc: float, speed: float) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=batches, loss=loss, acc=acc, speed=speed)
+
+
+def show_event(records: list[dict[str, Any]], epoch: int, mode: str) -> None:
+    """A compact table of one pruning event (rich on a terminal; log lines otherwise)."""
+    if not records:
+        return
+    if use_rich(mode):
+        table = Table(title=f"pruning after epoch {epoch}", title_justify="left")
+        for col in ("layer", "shape", "sigma2", "spikes", "fit err", "keep f", "rank", "action", "params"):
+            table.add_column(col, justify="left" if col in ("layer", "action") else "right")
+        for r in records:
+            table.add_row(*_cells(r))
+        Console(stderr=True).print(table)
+    for r in records:
+        layer, shape, sigma2, spikes, err, f, rank, action, params = _cells(r)
+        log.info("prune e%d %-14s %-10s sigma2 %-9s spikes %-5s fit_err %-7s f %-5s rank %-11s %-14s params %s",
+                 epoch, layer, shape, sigma2, spikes, err, f, rank, action, params)
+
+
+def _cells(r: dict[str, Any]) -> tuple[str, ...]:
+    def num(v: Any, fmt: str) -> str:
+        return "-" if v != v else format(v, fmt)  # NaN -> "-"
+    return (
+        str(r["layer"]), f"{r['out']}x{r['in']}", num(r["sigma2"], ".3g"), num(r["n_spikes"], ".0f"),
+        num(r["fit_error"], ".4f"), num(r["keep_fraction"], ".3f"), f"{r['rank_before']}->{r['rank_after']}",
+        str(r["action"]), f"{r['params_before']:,}->{r['params_after']:,}",
+    )

@@ -1,0 +1,157 @@
+"""Surgery on one layer: replace it by its rank-r approximation, split or in place.
+
+For a layer with matrix W (out, m) (m = in for Linear, in/groups * k * k for Conv2d) and thin
+SVD W = U diag(s) V^T, the rank-r approximation W_r = U_r diag(s_r) V_r^T is the best one in
+Frobenius and spectral norm (Eckart–Young). It is stored as
+
+* a split: W1 = diag(sqrt(s_r)) V_r^T (no bias), W2 = U_r diag(sqrt(s_r)) (the original bias),
+  when that is smaller: r (groups * m + out) < out * m; or
+* a truncation in place: W <- W_r, same shape (no parameter saving).
+
+Device and dtype are kept; the bias survives every re-split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .lowrank import LOW_RANK_TYPES, LowRankConv2d, LowRankLinear
+
+SVD = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def layer_matrix(module: nn.Module) -> torch.Tensor:
+    """The layer's weight as an (out, m) matrix (the product of the factors for a split layer)."""
+    if isinstance(module, LOW_RANK_TYPES):
+        return module.weight_matrix().detach()
+    return module.weight.detach().reshape(module.weight.shape[0], -1)
+
+
+def layer_groups(module: nn.Module) -> int:
+    return int(getattr(module, "groups", 1))
+
+
+def weight_count(module: nn.Module) -> int:
+    """Weight entries of the layer (biases excluded)."""
+    if isinstance(module, LOW_RANK_TYPES):
+        return module.first.weight.numel() + module.second.weight.numel()
+    return module.weight.numel()
+
+
+def param_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def split_weight_count(module: nn.Module, rank: int) -> int:
+    """Weights of the split form at ``rank``: r (groups * m + out)."""
+    out, m = layer_matrix_shape(module)
+    return rank * (layer_groups(module) * m + out)
+
+
+def layer_matrix_shape(module: nn.Module) -> tuple[int, int]:
+    if isinstance(module, LowRankLinear):
+        return module.out_features, module.in_features
+    if isinstance(module, LowRankConv2d):
+        kh, kw = module.kernel_size
+        return module.out_channels, module.in_channels // module.groups * kh * kw
+    w = module.weight
+    return int(w.shape[0]), int(w[0].numel())
+
+
+def layer_svd(module: nn.Module) -> SVD:
+    """Thin SVD (U (out, q), s (q,) descending, Vh (q, m)) of the layer's matrix.
+
+    A split layer (one group) is decomposed through QR of its factors, at O((out + m) r^2) cost:
+    W2 = Q2 R2, W1^T = Q1 R1, W2 W1 = Q2 (R2 R1^T) Q1^T, then the SVD of the small r x r core.
+    Computed in float32 at least (float64 stays float64).
+    """
+    work = torch.float64 if _dtype(module) == torch.float64 else torch.float32
+    if isinstance(module, LowRankLinear) or (isinstance(module, LowRankConv2d) and module.groups == 1):
+        left, right = (f.detach().to(work) for f in module.factors())
+        q2, r2 = torch.linalg.qr(left)
+        q1, r1 = torch.linalg.qr(right.T)
+        uc, s, vhc = torch.linalg.svd(r2 @ r1.T)
+        return q2 @ uc, s, vhc @ q1.T
+    u, s, vh = torch.linalg.svd(layer_matrix(module).to(work), full_matrices=False)
+    return u, s, vh
+
+
+def _dtype(module: nn.Module) -> torch.dtype:
+    return next(module.parameters()).dtype
+
+
+def _device(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+def split(module: nn.Module, svd: SVD, rank: int) -> nn.Module:
+    """A LowRankLinear / LowRankConv2d holding the rank-``rank`` approximation of ``module``."""
+    u, s, vh = svd
+    root = torch.sqrt(s[:rank])
+    left = u[:, :rank] * root            # (out, r) = U_r diag(sqrt s)
+    right = root[:, None] * vh[:rank]    # (r, m)   = diag(sqrt s) V_r^T
+    dtype, device = _dtype(module), _device(module)
+    bias = module.bias
+    if isinstance(module, (nn.Linear, LowRankLinear)):
+        out, m = layer_matrix_shape(module)
+        new = LowRankLinear(m, out, rank, bias=bias is not None, device=device, dtype=dtype)
+        new.first.weight.data.copy_(right)
+        new.second.weight.data.copy_(left)
+    else:
+        conv = module.first if isinstance(module, LowRankConv2d) else module
+        g = conv.groups
+        in_ch = conv.in_channels
+        out = module.out_channels
+        new = LowRankConv2d(in_ch, out, conv.kernel_size, rank, stride=conv.stride, padding=conv.padding,
+                            dilation=conv.dilation, groups=g, bias=bias is not None,
+                            padding_mode=conv.padding_mode, device=device, dtype=dtype)
+        kh, kw = conv.kernel_size
+        first = right.reshape(1, rank, in_ch // g, kh, kw).expand(g, -1, -1, -1, -1)
+        new.first.weight.data.copy_(first.reshape(g * rank, in_ch // g, kh, kw))
+        new.second.weight.data.copy_(left.reshape(out, rank, 1, 1))
+    if bias is not None:
+        new.second.bias.data.copy_(bias.detach())
+    return new
+
+
+def truncate_(module: nn.Module, svd: SVD, rank: int) -> None:
+    """Replace a dense layer's weight in place by its rank-``rank`` approximation."""
+    u, s, vh = svd
+    approx = (u[:, :rank] * s[:rank]) @ vh[:rank]
+    module.weight.data.copy_(approx.reshape(module.weight.shape).to(module.weight.dtype))
+
+
+@dataclass
+class Surgery:
+    """What :func:`apply_rank` did: the resulting module and the decision."""
+
+    module: nn.Module
+    action: str            # split | truncate | skip_no_saving | keep
+    rank_before: int
+    rank_after: int
+    params_before: int
+    params_after: int
+
+
+def apply_rank(module: nn.Module, rank: int, current_rank: int, svd: SVD | None = None,
+               *, truncate: bool = True) -> Surgery:
+    """Bring ``module`` to ``rank`` (< current_rank): split if smaller, else truncate in place.
+
+    ``current_rank`` is the layer's rank now (p for a dense layer never pruned). A target rank at
+    or above it changes nothing (action ``keep``). A split layer is always re-split, since its
+    smaller rank is always smaller.
+    """
+    before = param_count(module)
+    if rank >= current_rank:
+        return Surgery(module, "keep", current_rank, current_rank, before, before)
+    svd = svd if svd is not None else layer_svd(module)
+    if isinstance(module, LOW_RANK_TYPES) or split_weight_count(module, rank) < weight_count(module):
+        new = split(module, svd, rank)
+        return Surgery(new, "split", current_rank, rank, before, param_count(new))
+    if not truncate:
+        return Surgery(module, "skip_no_saving", current_rank, current_rank, before, before)
+    truncate_(module, svd, rank)
+    return Surgery(module, "truncate", current_rank, rank, before, before)
