@@ -10,7 +10,10 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from omegaconf import DictConfig
+import os
+import tempfile
+
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .errors import RunFailed, UserError
 
@@ -58,7 +61,12 @@ def _explain_compose_error(exc: BaseException) -> str:
         cause = cause.__cause__
     text = str(exc)
     if "Available options in" in text:
-        opts = [ln.strip() for ln in text.splitlines()[2:] if ln.strip() and not ln.startswith("Available")]
+        opts = []
+        for ln in text.splitlines()[1:]:
+            if ln.startswith("Config search path"):
+                break
+            if ln.strip() and not ln.startswith("Available"):
+                opts.append(ln.strip())
         parts.append("available: " + ", ".join(opts))
     key = getattr(exc, "full_key", None)
     for c in (exc, exc.__cause__):
@@ -73,20 +81,20 @@ def _explain_compose_error(exc: BaseException) -> str:
 
 
 def _did_you_mean(key: str) -> str | None:
-    from omegaconf import OmegaConf
+    import dataclasses
 
     from .config import RunConfig
 
     known: list[str] = []
 
-    def walk(node: Any, prefix: str) -> None:
-        for k, v in node.items():
-            name = f"{prefix}{k}"
-            known.append(name)
-            if isinstance(v, DictConfig):
-                walk(v, name + ".")
+    def walk(cls: Any, prefix: str) -> None:
+        for f in dataclasses.fields(cls):
+            known.append(prefix + f.name)
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            if dataclasses.is_dataclass(default):
+                walk(type(default), f"{prefix}{f.name}.")
 
-    walk(OmegaConf.structured(RunConfig), "")
+    walk(RunConfig, "")
     match = difflib.get_close_matches(key, known, n=1)
     return match[0] if match and match[0] != key else None
 
@@ -129,16 +137,35 @@ def precheck(config_name: str, args: list[str]) -> None:
         combos = _expand_sweeps(overrides)
     except HydraException as exc:
         raise UserError(f"cannot parse the overrides: {_first_line(exc)}") from None
+    multirun = "-m" in args or "--multirun" in args
     with initialize_config_module("rmtprune.conf", version_base="1.3"):
         for combo in combos:
             try:
-                cfg = compose(config_name=config_name, overrides=combo)
+                cfg = compose(config_name=config_name, overrides=combo, return_hydra_config=True)
             except (HydraException, OmegaConfBaseException, ValueError) as exc:
                 raise UserError(_explain_compose_error(exc)) from None
-            validate_cfg = cfg
-            if config_name == "prune":
-                continue  # model_path is checked by the prune command itself
-            validate(validate_cfg)
+            _check_output_dir(cfg, multirun)
+            with open_dict(cfg):
+                del cfg["hydra"]
+            validate(cfg)
+
+
+def _check_output_dir(cfg: DictConfig, multirun: bool) -> None:
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    try:
+        folder = Path(str(OmegaConf.select(cfg, key)))
+    except Exception:  # an interpolation only Hydra's runtime can resolve: Hydra checks it itself
+        return
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        if not existing.is_dir():
+            raise OSError
+        os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".rmtprune-probe-"))
+    except OSError:
+        raise UserError(f"{key}={folder}: cannot create the output folder there ({existing} is not a "
+                        f"writable folder); choose another with {key}=PATH") from None
 
 
 def _run_hydra(task: Callable[[DictConfig], Any], config_name: str, args: list[str], prog: str) -> int:

@@ -181,7 +181,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     key = config_key(cfg)
     prev_dir, prev_summary = _previous(cfg, key, run_dir)
-    if prev_dir is not None and prev_summary and prev_summary.get("status") == "completed":
+    if (prev_dir is not None and prev_summary and prev_summary.get("status") == "completed"
+            and int(prev_summary.get("epochs_completed", 0)) >= int(cfg.epochs)):
         write_json(run_dir / "redirect.json", {"run_dir": str(prev_dir.resolve()), "reason": "already completed"})
         log.info("this config already finished in %s (resume/skip_done): not retrained", prev_dir)
         return prev_summary
@@ -234,6 +235,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "versions": _versions(), "config": OmegaConf.to_container(cfg, resolve=True),
     }
     write_json(out_dir / "summary.json", _summarise(summary, metrics, wall_before))
+    write_csv(out_dir / "metrics.csv", metrics, METRICS_COLUMNS)
     t_start = time.perf_counter() - wall_before
     l1 = float(cfg.optimizer.l1)
     try:
@@ -245,7 +247,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 test_loss, test_acc = evaluate(model, data.test_x, data.test_y, int(cfg.eval_batch_size))
                 n_params = count_parameters(model)
                 lr_used = lr
-                event = pruner.step(model, epoch) if pruner.is_event(epoch) else None
+                # events happen between epochs: none after the last, so the saved model is the evaluated one
+                event = pruner.step(model, epoch) if pruner.is_event(epoch) and epoch < cfg.epochs else None
                 if event is not None:
                     ledger.extend(event.records)
                     show_event(event.records, epoch, cfg.progress)

@@ -22,7 +22,8 @@ Fit error (a Kolmogorov distance restricted to the bulk window, m = |I|):
 Censoring: after a rank-r truncation the p - r smallest singular values are (numerically) zero
 and are no longer MP; pass ``n_censored = p - r`` and they are left out of the window, whose
 remaining indices keep their positions in the full spectrum (the surviving values are the top
-quantiles of the original bulk).
+quantiles of the original bulk). When fewer than 5 values of the window survive, the window
+becomes the survivors less their top alpha share: {c, ..., c + floor((1 - alpha)(p - c)) - 1}.
 """
 
 from __future__ import annotations
@@ -185,10 +186,13 @@ def fit_mp(
     lam = (s[::-1] ** 2) / n  # ascending
     lo, hi = math.floor(alpha * p), math.floor((1.0 - alpha) * p)
     start = max(lo, int(n_censored))
-    if hi - start < MIN_WINDOW:
-        raise ValueError(f"only {max(hi - start, 0)} values left in the bulk window after censoring {n_censored}")
-    q = window_quantiles(gamma, p, start, hi)
-    window = lam[start:hi]
+    stop = hi
+    if stop - start < MIN_WINDOW:  # censoring reached the top of the window: trim the survivors instead
+        stop = start + math.floor((1.0 - alpha) * (p - start))
+    if stop - start < MIN_WINDOW:
+        raise ValueError(f"only {max(stop - start, 0)} values left in the bulk window after censoring {n_censored}")
+    q = window_quantiles(gamma, p, start, stop)
+    window = lam[start:stop]
     sigma2 = float(np.dot(q, window) / np.dot(q, q))
     if not sigma2 > 0.0:
         raise ValueError("the bulk window is all zeros (a spectrum of exact zeros cannot be fitted)")
@@ -196,7 +200,7 @@ def fit_mp(
     rg = math.sqrt(gamma)
     lambda_plus = sigma2 * ((1 + rg) ** 2 + t * n ** (-2.0 / 3.0) * gamma ** (-1.0 / 6.0) * (1 + rg) ** (4.0 / 3.0))
     threshold = math.sqrt(n * lambda_plus)
-    empirical = alpha + (1.0 - 2.0 * alpha) * (np.arange(start, hi) - lo) / (hi - lo)
+    empirical = alpha + (1.0 - 2.0 * alpha) * (np.arange(start, stop) - lo) / (hi - lo)
     fit_error = float(np.max(np.abs(mp_cdf(window, gamma, sigma2) - empirical)))
     s.setflags(write=False)
     return MPFit(

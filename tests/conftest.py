@@ -1,0 +1,67 @@
+"""Shared fixtures: an isolated data cache, the offline data mirror, and an in-process CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def offline_data_dir() -> Path | None:
+    """The offline MNIST / Fashion-MNIST mirror: $RMTPRUNE_OFFLINE_DATA, else ../shared/datasets."""
+    env = os.environ.get("RMTPRUNE_OFFLINE_DATA")
+    for cand in ([Path(env)] if env else []) + [REPO.parent / "shared" / "datasets"]:
+        if (cand / "mnist" / "train-images-idx3-ubyte.gz").exists():
+            return cand
+    return None
+
+
+OFFLINE = offline_data_dir()
+needs_real_data = pytest.mark.skipif(
+    OFFLINE is None, reason="no offline MNIST mirror: set RMTPRUNE_OFFLINE_DATA to a folder with mnist/*.gz")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_data_cache(tmp_path_factory):
+    """Decompressed data goes to a temporary cache, never to the user's home or the mirror."""
+    cache = tmp_path_factory.mktemp("data-cache")
+    old = {k: os.environ.get(k) for k in ("RMTPRUNE_DATA_DIR", "RMTPRUNE_OFFLINE_DATA")}
+    os.environ["RMTPRUNE_DATA_DIR"] = str(cache)
+    if OFFLINE is not None:
+        os.environ["RMTPRUNE_OFFLINE_DATA"] = str(OFFLINE)
+    else:
+        os.environ.pop("RMTPRUNE_OFFLINE_DATA", None)
+    yield cache
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch, capsys):
+    """Run ``rmtprune ARGS`` in-process from an empty folder; returns (exit code, stdout, stderr)."""
+    from rmtprune.cli import main
+
+    monkeypatch.chdir(tmp_path)
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def run_subprocess(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+FAST = ["dataset=synthetic", "progress=none", "magnitude_sweep.enabled=false", "topology=784-256-128-10"]

@@ -1,0 +1,106 @@
+"""The pruning step on whole models: ranks from theory, gates, floors and the ledger."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from rmtprune.config import PruningConfig
+from rmtprune.lowrank import LowRankLinear
+from rmtprune.models import MLP
+from rmtprune.pruner import LEDGER_COLUMNS, RMTPruner, make_pruner
+from rmtprune.schedules import exponential, linear, make_schedule, step, target_rank
+
+
+def cfg(**kw):
+    return OmegaConf.merge(OmegaConf.structured(PruningConfig), {"name": "rmt", **kw})
+
+
+def planted(out, inp, rank, sigma=0.05, seed=0):
+    """Noise of entry std sigma plus `rank` spikes well above the BBP threshold sigma (n p)^(1/4)."""
+    g = torch.Generator().manual_seed(seed)
+    critical = sigma * (out * inp) ** 0.25
+    u = torch.linalg.qr(torch.randn(out, rank, generator=g))[0]
+    v = torch.linalg.qr(torch.randn(inp, rank, generator=g))[0]
+    strengths = torch.linspace(4.0, 2.0, rank) * critical
+    return sigma * torch.randn(out, inp, generator=g) + (u * strengths) @ v.T
+
+
+def mlp_with(weights):
+    widths = [weights[0].shape[1]] + [w.shape[0] for w in weights]
+    model = MLP(widths)
+    with torch.no_grad():
+        for layer, w in zip(model.layers, weights):
+            layer.weight.copy_(w)
+    return model
+
+
+def test_planted_low_rank_layer_is_cut_to_its_planted_rank():
+    model = mlp_with([planted(400, 300, 7), planted(200, 400, 4, seed=1), planted(10, 200, 3, seed=2)])
+    pruner = RMTPruner(cfg(min_size=1000), lambda e: 0.0, num_classes=10)
+    event = pruner.step(model, epoch=1)
+    by_layer = {r["layer"]: r for r in event.records}
+    assert by_layer["layers.0"]["action"] == "split" and by_layer["layers.0"]["rank_after"] == 7
+    assert by_layer["layers.1"]["action"] == "split" and by_layer["layers.1"]["rank_after"] == 4
+    assert isinstance(model.layers[0], LowRankLinear) and model.layers[0].rank == 7
+    # the output layer keeps at least the number of classes (the reference cut it to 9: bug)
+    assert by_layer["layers.2"]["rank_after"] == 10 or by_layer["layers.2"]["action"] == "skip_small"
+    assert event.changed and set(LEDGER_COLUMNS) <= set(event.records[0])
+
+
+def test_keep_fraction_keeps_the_share_of_sub_edge_values():
+    model = mlp_with([planted(400, 300, 5), planted(10, 400, 2, seed=1)])
+    pruner = RMTPruner(cfg(min_size=1000), lambda e: 0.8, num_classes=10)
+    row = pruner.step(model, 1).records[0]
+    assert row["n_spikes"] == 5
+    assert row["rank_after"] == 5 + math.floor((300 - 5) * 0.8)
+    assert row["action"] == "truncate"  # (400 + 300) * 241 > 400 * 300: no saving, truncated in place
+    # the next event censors the zeros left by the truncation and still finds the planted rank
+    pruner.schedule = lambda e: 0.0
+    row2 = pruner.step(model, 2).records[0]
+    assert row2["n_censored"] == 300 - row["rank_after"] and row2["good_fit"]
+    assert row2["action"] == "split" and row2["rank_after"] == 5
+
+
+def test_bad_fit_leaves_the_layer_untouched_and_tolerance_one_always_passes():
+    rng = np.random.default_rng(0)
+    product = torch.from_numpy(rng.normal(size=(300, 300)) @ rng.normal(size=(300, 300)) / 300).float()
+    model = mlp_with([product, planted(10, 300, 2)])
+    before = model.layers[0].weight.detach().clone()
+    row = RMTPruner(cfg(min_size=1000, tolerance=0.05), lambda e: 0.0, 10).step(model, 1).records[0]
+    assert row["action"] == "skip_bad_fit" and not row["good_fit"]
+    assert torch.equal(model.layers[0].weight, before)
+    row = RMTPruner(cfg(min_size=1000, tolerance=1.0), lambda e: 0.0, 10).step(model, 1).records[0]
+    assert row["action"] == "split"
+    model = mlp_with([planted(300, 200, 3), planted(10, 300, 2)])
+    row = RMTPruner(cfg(min_size=1000, tolerance=0.0), lambda e: 0.0, 10).step(model, 1).records[0]
+    assert row["action"] == "skip_bad_fit"  # tolerance 0 never passes: the reference's control arm
+
+
+def test_small_and_output_layers_follow_the_eligibility_config():
+    model = mlp_with([planted(400, 300, 5), planted(10, 400, 2, seed=1)])
+    rows = RMTPruner(cfg(min_size=200_000), lambda e: 0.0, 10).step(model, 1).records
+    assert [r["action"] for r in rows] == ["skip_small", "skip_small"]
+    rows = RMTPruner(cfg(min_size=1000, include_output_layer=False), lambda e: 0.0, 10).step(model, 1).records
+    assert [r["layer"] for r in rows] == ["layers.0"]
+
+
+def test_event_epochs():
+    p = RMTPruner(cfg(every=3, start_epoch=2, stop_epoch=8), lambda e: 0.0, 10)
+    assert [e for e in range(1, 12) if p.is_event(e)] == [2, 5, 8]
+    assert not make_pruner(cfg(name="none"), lambda e: 0.0, 10).is_event(1)
+
+
+def test_schedules():
+    assert linear(0, 300) == 1.0 and linear(150, 300) == 0.5 and linear(400, 300) == 0.0
+    assert step(2, 3) == 1.0 and step(3, 3) == 0.0
+    assert exponential(2, 0.5) == 0.25
+    assert make_schedule(OmegaConf.create({"name": "oneshot"}))(1) == 0.0
+    assert make_schedule(OmegaConf.create({"name": "constant", "value": 0.3}))(7) == 0.3
+    assert target_rank(100, 5, 0.0, 1) == 5
+    assert target_rank(100, 5, 1.0, 1) == 100
+    assert target_rank(100, 5, 0.5, 1) == 5 + 47
+    assert target_rank(100, 0, 0.0, 10) == 10
