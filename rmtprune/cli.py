@@ -4,6 +4,7 @@ through argparse. User mistakes become one line on stderr and a non-zero exit (2
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import logging
 import sys
@@ -197,8 +198,10 @@ def _job(body: Callable[[DictConfig, Path], Any]) -> Callable[[DictConfig], None
     def task(cfg: DictConfig) -> None:
         from hydra.core.hydra_config import HydraConfig
 
-        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        hc = HydraConfig.get()
+        run_dir = Path(hc.runtime.output_dir)
         try:
+            _place_job(cfg, hc)
             body(cfg, run_dir)
         except UserError as exc:
             _err(str(exc))
@@ -211,10 +214,82 @@ def _job(body: Callable[[DictConfig, Path], Any]) -> Callable[[DictConfig], None
     return task
 
 
+def _place_job(cfg: DictConfig, hc: Any) -> None:
+    """Threads and GPU of one job: ``threads`` if set, else cores / parallel jobs of the launcher;
+    ``device=auto`` on a multi-GPU machine puts job k of a sweep on GPU k mod count."""
+    import torch
+
+    launcher = hc.launcher
+    target = str(launcher.get("_target_", ""))
+    threads = cfg.get("threads")
+    if threads is None:
+        if "Joblib" in target:
+            n_jobs = int(launcher.get("n_jobs", 1) or 1)
+            n_jobs = os.cpu_count() or 1 if n_jobs < 0 else n_jobs
+            threads = max(1, (os.cpu_count() or 1) // n_jobs)
+        elif "Submitit" in target and launcher.get("cpus_per_task"):
+            threads = int(launcher.cpus_per_task)
+    if threads:
+        torch.set_num_threads(int(threads))
+    if cfg.device == "auto" and torch.cuda.device_count() > 1:
+        num = hc.job.get("num")
+        if num is not None:
+            with open_dict(cfg):
+                cfg.device = f"cuda:{int(num) % torch.cuda.device_count()}"
+
+
 def _train(cfg: DictConfig, run_dir: Path) -> None:
     from .train import run
 
     run(cfg, run_dir)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports mistakes as one ``rmtprune: error:`` line and exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        _err(f"{self.prog.replace('rmtprune ', '')}: {message} (see {self.prog} --help)")
+        raise SystemExit(2)
+
+
+def _formats(text: str, allowed: tuple[str, ...]) -> list[str]:
+    items = [f.strip() for f in text.split(",") if f.strip()]
+    bad = [f for f in items if f not in allowed]
+    if bad or not items:
+        raise UserError(f"--format {text!r}: accepted values are {', '.join(allowed)} (comma-separated)")
+    return items
+
+
+def _compare(argv: list[str]) -> int:
+    ap = _Parser(prog="rmtprune compare", description="Tables, statistical tests and figures comparing normal "
+                 "and pruned training across seeds, from run or sweep folders.")
+    ap.add_argument("paths", nargs="+", type=Path, help="run folders, sweep folders, or folders above them")
+    ap.add_argument("--by", default=None, help="comma-separated config keys to group by (default: every key that "
+                    "differs between runs except the seed and the pruning settings)")
+    ap.add_argument("--metric", default="test_acc", choices=["test_acc", "train_acc", "test_loss", "train_loss"])
+    ap.add_argument("--format", default="csv,md", help="files to write: csv (comparison.csv, curves.csv), md "
+                    "(comparison.md); default csv,md")
+    ap.add_argument("--out", type=Path, default=None, help="output folder (default: the single PATH given, else "
+                    "./comparison)")
+    ap.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
+    args = ap.parse_args(argv)
+    from .compare import compare, print_table, write_outputs
+
+    formats = _formats(args.format, ("csv", "md"))
+    missing = [str(p) for p in args.paths if not p.exists()]
+    if missing:
+        raise UserError(f"no such folder: {', '.join(missing)}")
+    by = [k.strip() for k in args.by.split(",") if k.strip()] if args.by else None
+    cmp = compare(args.paths, by=by, metric=args.metric)
+    if cmp.table.empty:
+        for p in cmp.problems:
+            _err(f"{p['folder']}: {p['reason']}")
+        raise UserError(f"no finished runs under {', '.join(map(str, args.paths))}")
+    out = args.out or (args.paths[0] if len(args.paths) == 1 and args.paths[0].is_dir() else Path("comparison"))
+    written = write_outputs(cmp, out, formats, plots=not args.no_plots)
+    print_table(cmp)
+    print(f"wrote {len(written)} files to {out}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -232,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if command == "train":
             return _run_hydra(_job(_train), "config", rest, "rmtprune train")
+        if command == "compare":
+            return _compare(rest)
         _err(f"unknown command {command!r}; commands: train, compare, inspect, prune (rmtprune --help)")
         return 2
     except UserError as exc:

@@ -117,6 +117,7 @@ class RunConfig:
     output_root: str = "outputs"
     checkpoint: bool = True
     magnitude_sweep: MagnitudeConfig = field(default_factory=MagnitudeConfig)
+    threads: Optional[int] = None
 
 
 @dataclass

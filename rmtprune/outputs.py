@@ -2,7 +2,8 @@
 
 A run folder holds ``metrics.csv`` (one row per epoch), ``layers.csv`` (the pruning ledger),
 ``summary.json`` (status, results, versions, the resolved config), ``checkpoint.pt`` and
-``model.pt``, ``magnitude_sweep.csv``, and Hydra's ``.hydra/`` (config, overrides).
+``model.pt``, ``magnitude_sweep.csv``, ``spectra.npz`` (singular values of each fitted layer at
+each pruning event), ``DONE`` once finished, and Hydra's ``.hydra/`` (config, overrides).
 A job that continued or skipped to another folder leaves ``redirect.json`` naming it.
 """
 
@@ -113,3 +114,34 @@ def resolve_redirect(folder: Path) -> Path:
         except (OSError, ValueError, KeyError):
             pass
     return folder
+
+
+def append_spectra(path: Path, epoch: int, spectra: dict[str, Any]) -> None:
+    """Add one event's singular values to ``spectra.npz`` (keys ``e{epoch}/{layer}``), atomically."""
+    import numpy as np
+
+    data: dict[str, Any] = {}
+    if path.exists():
+        with np.load(path) as old:
+            data = {k: old[k] for k in old.files}
+    data.update({f"e{epoch}/{layer}": values for layer, values in spectra.items()})
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
+    os.close(fd)
+    try:
+        np.savez_compressed(tmp, **data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_spectra(path: Path) -> dict[int, dict[str, Any]]:
+    """{epoch: {layer: singular values}} from ``spectra.npz``."""
+    import numpy as np
+
+    out: dict[int, dict[str, Any]] = {}
+    with np.load(path) as data:
+        for key in data.files:
+            epoch, layer = key.split("/", 1)
+            out.setdefault(int(epoch[1:]), {})[layer] = data[key]
+    return out

@@ -47,6 +47,7 @@ class PruneEvent:
 
     records: list[dict[str, Any]] = field(default_factory=list)
     touched: set[int] = field(default_factory=set)
+    spectra: dict[str, np.ndarray] = field(default_factory=dict)  # layer -> singular values (descending)
 
     @property
     def changed(self) -> bool:
@@ -157,6 +158,7 @@ class RMTPruner:
         except (ValueError, np.linalg.LinAlgError, torch.linalg.LinAlgError, RuntimeError) as exc:
             row.update(action="skip_bad_fit", note=f"fit failed: {exc}")
             return row
+        event.spectra[name] = np.asarray(fit.singular_values, dtype=np.float32)
         row.update(gamma=fit.gamma, sigma2=fit.sigma2, lambda_plus=fit.lambda_plus, threshold=fit.threshold,
                    n_spikes=fit.n_spikes, fit_error=fit.fit_error, good_fit=fit.good(tol), n_censored=censored)
         if not fit.good(tol):

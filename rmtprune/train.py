@@ -36,7 +36,7 @@ from .evaluate import evaluate
 from .magnitude import COLUMNS as MAGNITUDE_COLUMNS
 from .magnitude import magnitude_sweep
 from .models import build_model, count_parameters, factorised_ranks, model_spec
-from .outputs import (METRICS_COLUMNS, config_key, find_runs, read_json, write_csv, write_json)
+from .outputs import METRICS_COLUMNS, append_spectra, config_key, find_runs, read_json, write_csv, write_json
 from .progress import BatchProgress, show_event
 from .pruner import LEDGER_COLUMNS, Pruner, make_pruner
 from .schedules import make_schedule
@@ -147,12 +147,12 @@ def _previous(cfg: DictConfig, key: str, run_dir: Path) -> tuple[Path | None, di
     flag = str(resume).strip().lower()
     if flag in ("false", "0", "none", "no", ""):
         if cfg.skip_done:
-            for folder, summary in find_runs(Path(cfg.output_root), key, exclude=run_dir):
+            for folder, summary in find_runs(Path(cfg.output_root), key):
                 if summary.get("status") == "completed":
                     return folder, summary
         return None, None
     if flag in ("true", "1", "yes"):
-        for folder, summary in find_runs(Path(cfg.output_root), key, exclude=run_dir):
+        for folder, summary in find_runs(Path(cfg.output_root), key):
             if summary.get("status") == "completed" or (folder / "checkpoint.pt").exists():
                 return folder, summary
         log.info("resume=true: no earlier run with this config under %s; starting fresh", cfg.output_root)
@@ -183,11 +183,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     prev_dir, prev_summary = _previous(cfg, key, run_dir)
     if (prev_dir is not None and prev_summary and prev_summary.get("status") == "completed"
             and int(prev_summary.get("epochs_completed", 0)) >= int(cfg.epochs)):
-        write_json(run_dir / "redirect.json", {"run_dir": str(prev_dir.resolve()), "reason": "already completed"})
+        if prev_dir.resolve() != run_dir.resolve():
+            write_json(run_dir / "redirect.json", {"run_dir": str(prev_dir.resolve()), "reason": "already completed"})
         log.info("this config already finished in %s (resume/skip_done): not retrained", prev_dir)
         return prev_summary
     out_dir = prev_dir if prev_dir is not None else run_dir
-    if prev_dir is not None:
+    if prev_dir is not None and prev_dir.resolve() != run_dir.resolve():
         write_json(run_dir / "redirect.json", {"run_dir": str(prev_dir.resolve()), "reason": "resumed"})
         log.info("resuming the run in %s", prev_dir)
 
@@ -251,6 +252,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 event = pruner.step(model, epoch) if pruner.is_event(epoch) and epoch < cfg.epochs else None
                 if event is not None:
                     ledger.extend(event.records)
+                    if event.spectra:
+                        append_spectra(out_dir / "spectra.npz", epoch, event.spectra)
                     show_event(event.records, epoch, cfg.progress)
                     if event.changed:
                         lr *= pruner.lr_factor
@@ -293,6 +296,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     summary.update(status="completed", finished_at=_now(), ranks=factorised_ranks(model))
     final = _summarise(summary, metrics, time.perf_counter() - t_start)
     write_json(out_dir / "summary.json", final)
+    (out_dir / "DONE").write_text(final["finished_at"] + "\n")
     log.info("done: test_acc %.2f%% (best %.2f%%), params %s -> %s, results in %s", 100 * final["final_test_acc"],
              100 * final["best_test_acc"], f"{final['n_params_initial']:,}", f"{final['n_params_final']:,}", out_dir)
     return final

@@ -1,0 +1,125 @@
+"""Figures from files: accuracy curves (mean ± std over seeds), parameter counts, and the ESD of a
+layer with its fitted MP density. Everything is drawn with the non-interactive Agg backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .outputs import read_spectra  # noqa: E402
+from .rmt import mp_pdf  # noqa: E402
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def group_figures(curves: pd.DataFrame, group: str, prefix: Path, metric: str = "test_acc") -> list[Path]:
+    """``<prefix>_curves.png`` (test and train accuracy, mean ± std per arm) and ``<prefix>_params.png``."""
+    if curves.empty:
+        return []
+    out = []
+    base = metric.replace("test_", "").replace("train_", "")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (arm, part) in enumerate(curves.groupby("arm", sort=False)):
+        color = f"C{i}"
+        for split, style in (("test", "-"), ("train", "--")):
+            col = f"{split}_{base}"
+            if f"{col}_mean" not in part:
+                continue
+            m, s = part[f"{col}_mean"].to_numpy(), part[f"{col}_std"].fillna(0).to_numpy()
+            n = int(part["n"].max())
+            ax.plot(part["epoch"], m, style, color=color, label=f"{arm} {split} (n={n})")
+            if split == "test":
+                ax.fill_between(part["epoch"], m - s, m + s, color=color, alpha=0.2)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"{base} (mean ± std over seeds)")
+    ax.set_title(f"{group}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    out.append(_save(fig, Path(f"{prefix}_curves.png")))
+
+    if "n_params_after_mean" in curves:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for i, (arm, part) in enumerate(curves.groupby("arm", sort=False)):
+            ax.plot(part["epoch"], part["n_params_after_mean"], marker="o", ms=3, color=f"C{i}", label=arm)
+        ax.set_yscale("log")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("parameters after the epoch's pruning (mean)")
+        ax.set_title(f"parameter count: {group}", fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+        out.append(_save(fig, Path(f"{prefix}_params.png")))
+    return out
+
+
+def esd_plot(ax: Any, singular_values: np.ndarray, shape: tuple[int, int], sigma2: float, lambda_plus: float,
+             fit_error: float, n_censored: int = 0, title: str = "") -> None:
+    """Histogram of eigenvalues s^2 / n with the MP density of the fit and the edge lambda_+."""
+    p, n = min(shape), max(shape)
+    gamma = p / n
+    s = np.sort(np.asarray(singular_values, dtype=float))[::-1]
+    lam = s[: p - n_censored] ** 2 / n
+    spikes = lam[lam > lambda_plus]
+    bulk = lam[lam <= lambda_plus]
+    top = max(lambda_plus * 1.3, float(bulk.max()) if bulk.size else lambda_plus)
+    bins = 60
+    width = top / bins
+    # weights 1 / (p * width): the bars integrate to each value's share of all p, like the MP density
+    ax.hist(bulk, bins=bins, range=(0, top), weights=np.full(bulk.size, 1.0 / (p * width)), color="C0",
+            alpha=0.6, label=f"eigenvalues s²/n ({bulk.size} in bulk)")
+    xs = np.linspace(1e-9, top, 600)
+    ax.plot(xs, mp_pdf(xs, gamma, sigma2), "C3", label=f"MP fit σ²={sigma2:.3g}")
+    ax.axvline(lambda_plus, color="k", ls="--", lw=1, label=f"edge λ+={lambda_plus:.3g}")
+    if spikes.size:
+        ax.annotate(f"{spikes.size} spike(s) up to {spikes.max():.3g} →", xy=(0.98, 0.6), xycoords="axes fraction",
+                    ha="right", fontsize=8)
+    if n_censored:
+        ax.annotate(f"{n_censored} pruned (zero) values not shown", xy=(0.98, 0.52), xycoords="axes fraction",
+                    ha="right", fontsize=8)
+    ax.set_xlabel("eigenvalue λ = s²/n")
+    ax.set_ylabel("density")
+    ax.set_title(f"{title}\nfit error {fit_error:.4f}", fontsize=9)
+    ax.legend(fontsize=7, loc="upper right")
+
+
+def esd_figures(arms: dict[str, list[Any]], prefix: Path) -> list[Path]:
+    """For the first pruned arm and its lowest seed with spectra: each fitted layer at its first and
+    last pruning event (``<prefix>_esd_<layer>.png``)."""
+    for arm, runs in arms.items():
+        if arm == "none":
+            continue
+        for run in runs:
+            if run.spectra_path is None or run.ledger is None:
+                continue
+            return _run_esd(run, arm, prefix)
+    return []
+
+
+def _run_esd(run: Any, arm: str, prefix: Path) -> list[Path]:
+    spectra = read_spectra(run.spectra_path)
+    ledger = run.ledger
+    out = []
+    layers = sorted({layer for ev in spectra.values() for layer in ev})
+    for layer in layers:
+        epochs = sorted(e for e, ev in spectra.items() if layer in ev)
+        picks = [epochs[0]] if len(epochs) == 1 else [epochs[0], epochs[-1]]
+        fig, axes = plt.subplots(1, len(picks), figsize=(5.5 * len(picks), 4), squeeze=False)
+        for ax, epoch in zip(axes[0], picks):
+            row = ledger[(ledger["epoch"] == epoch) & (ledger["layer"] == layer)].iloc[0]
+            esd_plot(ax, spectra[epoch][layer], (int(row["out"]), int(row["in"])), float(row["sigma2"]),
+                     float(row["lambda_plus"]), float(row["fit_error"]), int(row["n_censored"] or 0),
+                     title=f"{layer} {int(row['out'])}x{int(row['in'])}, epoch {epoch} ({arm}, seed {run.seed}): "
+                           f"{row['action']} {int(row['rank_before'])}→{int(row['rank_after'])}")
+        out.append(_save(fig, Path(f"{prefix}_esd_{layer.replace('.', '_')}.png")))
+    return out

@@ -1,0 +1,107 @@
+"""``rmtprune compare`` on real tiny sweeps, and the launchers that make them."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import FAST
+from rmtprune.compare import COLUMNS, compare
+
+SWEEP = [*FAST, "topology=784-256-256-10", "epochs=3", "optimizer.lr=0.1", "schedule.horizon=3",
+         "magnitude_sweep.enabled=true", "magnitude_sweep.n_thresholds=8"]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """3 seeds x {none, rmt} on synthetic data, 3 epochs (made once for the module)."""
+    from rmtprune.cli import main
+
+    folder = tmp_path_factory.mktemp("sweep")
+    code = main(["train", "-m", *SWEEP, "seed=0,1,2", "pruning=none,rmt", f"hydra.sweep.dir={folder}/multirun",
+                 f"output_root={folder}"])
+    assert code == 0
+    return folder / "multirun"
+
+
+def test_compare_writes_tables_and_figures(cli, sweep, tmp_path):
+    out = tmp_path / "cmp"
+    code, stdout, err = cli("compare", str(sweep), "--out", str(out))
+    assert code == 0, err
+    table = pd.read_csv(out / "comparison.csv")
+    assert list(table.columns) == COLUMNS
+    assert list(table["arm"]) == ["none", "rmt"] and list(table["n_seeds"]) == [3, 3]
+    # the numbers are the statistics of the runs' own final accuracies
+    finals = {arm: [json.loads(p.read_text())["final_test_acc"] for p in sweep.glob("*/summary.json")
+                    if json.loads(p.read_text())["pruning"] == arm] for arm in ("none", "rmt")}
+    normal, pruned = table.iloc[0], table.iloc[1]
+    assert normal["final_mean"] == pytest.approx(sum(finals["none"]) / 3)
+    assert pruned["diff"] == pytest.approx(sum(finals["rmt"]) / 3 - sum(finals["none"]) / 3)
+    assert pruned["params_end"] < normal["params_end"] and pruned["param_reduction_pct"] > 10
+    assert 0 <= pruned["welch_p"] <= 1 and pruned["n_pairs"] == 3 and pruned["var_ratio"] > 0
+    assert 0 < pruned["magnitude_at_same_params_mean"] <= 1 and pruned["magnitude_n"] == 3
+    assert math.isnan(normal["welch_p"])
+    curves = pd.read_csv(out / "curves.csv")
+    assert set(curves["epoch"]) == {1, 2, 3} and {"test_acc_mean", "test_acc_std", "train_acc_mean"} <= set(curves)
+    md = (out / "comparison.md").read_text()
+    assert "| rmt | 3 |" in md and "Welch p" in md
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert "all_runs_curves.png" in pngs and "all_runs_params.png" in pngs
+    assert any("_esd_layers_0" in p for p in pngs)
+    assert all((out / p).stat().st_size > 5000 for p in pngs)
+    assert "rmt" in stdout
+
+
+def test_a_corrupted_run_is_reported_not_fatal(cli, sweep, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(sweep, copy)
+    broken = next(p for p in copy.glob("*/summary.json") if '"seed": 2' in p.read_text() and '"rmt"' in p.read_text())
+    broken.write_text("{ not json")
+    code, stdout, err = cli("compare", str(copy), "--format", "csv", "--no-plots")
+    assert code == 0, err
+    table = pd.read_csv(copy / "comparison.csv")
+    assert list(table["n_seeds"]) == [3, 2]
+    assert "warning" in stdout and "summary.json unreadable" in stdout
+    assert "no finished run for this seed" in stdout
+
+
+def test_groups_never_mix_topologies_and_single_seeds_have_no_variance(cli, sweep, tmp_path):
+    from rmtprune.cli import main
+    other = tmp_path / "other"
+    assert main(["train", *FAST, "topology=784-64-10", "epochs=1", f"hydra.run.dir={other}"]) == 0
+    cmp = compare([sweep, other], by=["seed"])
+    groups = set(cmp.table["group"])
+    assert any("784-64-10" in g for g in groups) and any("784-256-256-10" in g for g in groups)
+    single = cmp.table[cmp.table["group"].str.contains("784-64-10")]
+    assert single["n_seeds"].tolist() == [1] and math.isnan(single["final_std"].iloc[0])
+    assert "no variance" in single["note"].iloc[0]
+
+
+def test_compare_bad_input(cli, tmp_path):
+    code, _, err = cli("compare", str(tmp_path / "missing"))
+    assert code == 2 and "no such folder" in err
+    (tmp_path / "empty").mkdir()
+    code, _, err = cli("compare", str(tmp_path / "empty"))
+    assert code == 2 and "no finished runs" in err
+    code, _, err = cli("compare", str(tmp_path), "--format", "xlsx")
+    assert code == 2 and "--format" in err
+
+
+@pytest.mark.parametrize("launcher", ["local_parallel", "submitit_local"])
+def test_parallel_launchers_finish_and_are_comparable(tmp_path, launcher):
+    from conftest import run_subprocess
+    import sys
+    extra = ["hydra.launcher.n_jobs=2"] if launcher == "local_parallel" else ["hydra.launcher.timeout_min=5"]
+    res = run_subprocess([sys.executable, "-m", "rmtprune", "train", "-m", f"hydra/launcher={launcher}", *extra,
+                          *FAST, "topology=784-32-10", "epochs=1", "seed=0,1", "hydra.sweep.dir=sw"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert sorted(json.loads(p.read_text())["status"] for p in (tmp_path / "sw").glob("*/summary.json")) == \
+        ["completed", "completed"]
+    assert len(list((tmp_path / "sw").glob("*/DONE"))) == 2
+    cmp = compare([tmp_path / "sw"])
+    assert cmp.table["n_seeds"].tolist() == [2]
