@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -58,11 +57,11 @@ def load_file(path: Path) -> dict[str, Any]:
         raise UserError(f"{path}: no such file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError,
-            AttributeError, TypeError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise UserError(f"{path}: not a readable PyTorch file (corrupt, truncated or not saved with "
-                        f"torch.save; {first})") from None
+    except pickle.UnpicklingError:
+        raise UserError(f"{path}: not a readable PyTorch file: it is corrupt, or holds Python objects that safe "
+                        f"loading (weights_only) refuses; save a state_dict or use an rmtprune checkpoint") from None
+    except Exception as exc:  # the unpickler of a damaged file can raise nearly anything: all mean "unreadable"
+        raise UserError(f"{path}: not a readable PyTorch file (corrupt or truncated: {type(exc).__name__})") from None
     if not isinstance(obj, dict):
         raise UserError(f"{path}: holds a {type(obj).__name__}, not a checkpoint or state_dict")
     return obj

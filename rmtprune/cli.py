@@ -148,6 +148,8 @@ def precheck(config_name: str, args: list[str]) -> None:
             _check_output_dir(cfg, multirun)
             with open_dict(cfg):
                 del cfg["hydra"]
+            if config_name == "prune" and not Path(str(cfg.model_path)).exists():
+                raise UserError(f"{cfg.model_path}: no such file or folder")
             validate(cfg)
 
 
@@ -292,6 +294,102 @@ def _compare(argv: list[str]) -> int:
     return 0
 
 
+def _pruning_defaults() -> DictConfig:
+    """conf/pruning/rmt.yaml over its schema: the defaults of inspect's options."""
+    from importlib.resources import files
+
+    from .config import PruningConfig
+
+    text = (files("rmtprune.conf") / "pruning" / "rmt.yaml").read_text(encoding="utf-8")
+    return OmegaConf.merge(OmegaConf.structured(PruningConfig), OmegaConf.create(text))
+
+
+def _inspect(argv: list[str]) -> int:
+    d = _pruning_defaults()
+    ap = _Parser(prog="rmtprune inspect", description="The MP fit of every Linear / Conv2d layer of a saved model "
+                 "(a run folder, an rmtprune checkpoint, or a plain state_dict) and what one-shot pruning would keep.")
+    ap.add_argument("path", type=Path, help="run folder, model.pt / checkpoint.pt, or a state_dict file")
+    ap.add_argument("--tolerance", type=float, default=d.tolerance, help=f"MP fit tolerance (default {d.tolerance})")
+    ap.add_argument("--conv-tolerance", type=float, default=d.conv_tolerance, help="tolerance for conv layers "
+                    "(default: --tolerance)")
+    ap.add_argument("--alpha", type=float, default=d.alpha, help=f"BEMA trimming (default {d.alpha})")
+    ap.add_argument("--beta", type=float, default=d.beta, help=f"Tracy-Widom confidence (default {d.beta})")
+    ap.add_argument("--min-size", type=int, default=d.min_size, help=f"smallest layer fitted, in weights "
+                    f"(default {d.min_size})")
+    ap.add_argument("--keep-fraction", type=float, default=0.0, help="share of sub-edge singular values a prune "
+                    "would keep (default 0: one-shot, spikes only)")
+    ap.add_argument("--plots", action="store_true", help="one ESD figure per layer")
+    ap.add_argument("--format", default="csv,md", help="files to write: csv (inspect.csv), md (inspect.md)")
+    ap.add_argument("--out", type=Path, default=None, help="output folder (default: the model's folder)")
+    args = ap.parse_args(argv)
+    from .inspection import COLUMNS, inspect_model, markdown
+    from .loading import load_model, resolve_model_file
+    from .outputs import write_csv
+
+    formats = _formats(args.format, ("csv", "md"))
+    for name, value, lo, hi in (("--tolerance", args.tolerance, 0, 1), ("--alpha", args.alpha, 0, 0.5),
+                                ("--beta", args.beta, 0, 1), ("--keep-fraction", args.keep_fraction, 0, 1)):
+        if not lo <= value <= hi or (name in ("--alpha", "--beta") and value in (lo, hi)):
+            raise UserError(f"{name}={value} is out of range [{lo}, {hi}]")
+    path = resolve_model_file(args.path)
+    model, info = load_model(path)
+    cfg = OmegaConf.merge(d, {"tolerance": args.tolerance, "conv_tolerance": args.conv_tolerance, "alpha": args.alpha,
+                              "beta": args.beta, "min_size": args.min_size})
+    pruner_state = info["raw"].get("pruner") if info["kind"] == "rmtprune" else None
+    rows, spectra = inspect_model(model, cfg, info["num_classes"], args.keep_fraction, pruner_state)
+    out = args.out or path.parent
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if "csv" in formats:
+            write_csv(out / "inspect.csv", rows, COLUMNS)
+        if "md" in formats:
+            (out / "inspect.md").write_text(markdown(rows, f"RMT view of {path}"), encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"cannot write to {out} ({exc.strerror}); choose another folder with --out") from None
+    if args.plots:
+        from .plots import inspect_figures
+
+        inspect_figures(rows, spectra, out)
+    _print_inspect(rows, str(path))
+    print(f"wrote inspect files to {out}")
+    return 0
+
+
+def _print_inspect(rows: list[dict[str, Any]], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .inspection import cells
+
+    t = Table(title=f"RMT view of {title}", title_justify="left")
+    for col in ("layer", "shape", "gamma", "sigma2", "lambda+", "threshold", "spikes", "fit err", "good", "rank",
+                "action", "params"):
+        t.add_column(col, justify="left" if col in ("layer", "action") else "right")
+    for r in rows:
+        t.add_row(*(c.replace("**", "") for c in cells(r)))
+    Console().print(t)
+
+
+def _prune(cfg: DictConfig, run_dir: Path) -> None:
+    from .posthoc import prune_saved
+
+    prune_saved(cfg, run_dir)
+
+
+def _prune_args(rest: list[str]) -> list[str]:
+    """``rmtprune prune PATH k=v ...``: the first argument that is no override names the model."""
+    out, named = [], False
+    for a in rest:
+        if not named and "=" not in a and not a.startswith("-"):
+            out.append("model_path=" + ("'" + a.replace("'", "\\'") + "'" if any(c in a for c in " ,[]{}()=:'\"") else a))
+            named = True
+        else:
+            out.append(a)
+    if not named and not any(a.startswith("model_path=") for a in rest) and not set(rest) & HYDRA_FLAGS_WITHOUT_RUN:
+        raise UserError("rmtprune prune MODEL [key=value ...]: name a run folder, model.pt or state_dict file")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``rmtprune`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -309,6 +407,10 @@ def main(argv: list[str] | None = None) -> int:
             return _run_hydra(_job(_train), "config", rest, "rmtprune train")
         if command == "compare":
             return _compare(rest)
+        if command == "inspect":
+            return _inspect(rest)
+        if command == "prune":
+            return _run_hydra(_job(_prune), "prune", _prune_args(rest), "rmtprune prune")
         _err(f"unknown command {command!r}; commands: train, compare, inspect, prune (rmtprune --help)")
         return 2
     except UserError as exc:

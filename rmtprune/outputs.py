@@ -25,7 +25,8 @@ METRICS_COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", 
                    "n_params_after", "pruned_layers", "lr", "seconds"]
 
 # Keys that do not change what a run computes (where it runs, how it reports, how it was launched).
-_NOT_IDENTITY = {"resume", "skip_done", "device", "progress", "output_root", "checkpoint", "eval_batch_size"}
+_NOT_IDENTITY = {"resume", "skip_done", "device", "progress", "output_root", "checkpoint", "eval_batch_size",
+                 "threads"}
 _DATASET_NOT_IDENTITY = {"root", "offline_dir", "download"}
 
 

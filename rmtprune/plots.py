@@ -123,3 +123,19 @@ def _run_esd(run: Any, arm: str, prefix: Path) -> list[Path]:
                            f"{row['action']} {int(row['rank_before'])}→{int(row['rank_after'])}")
         out.append(_save(fig, Path(f"{prefix}_esd_{layer.replace('.', '_')}.png")))
     return out
+
+
+def inspect_figures(rows: list[dict[str, Any]], spectra: dict[str, np.ndarray], out: Path) -> list[Path]:
+    """One ESD figure per fitted layer of ``rmtprune inspect``: ``esd_<layer>.png``."""
+    paths = []
+    for r in rows:
+        layer = r["layer"]
+        if layer not in spectra or r.get("sigma2") is None or r["sigma2"] != r["sigma2"]:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4))
+        esd_plot(ax, spectra[layer], (int(r["out"]), int(r["in"])), float(r["sigma2"]), float(r["lambda_plus"]),
+                 float(r["fit_error"]), int(r.get("n_censored") or 0),
+                 title=f"{layer} {r['out']}x{r['in']}: {r['n_spikes']} spikes, "
+                       f"{'good' if r['good_fit'] else 'bad'} fit at tolerance {r['tolerance']}")
+        paths.append(_save(fig, out / f"esd_{layer.replace('.', '_')}.png"))
+    return paths

@@ -288,7 +288,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         write_json(out_dir / "summary.json", _summarise(summary, metrics, time.perf_counter() - t_start))
         raise
 
-    save_atomic(model_payload(model, spec, data.num_classes, list(data.input_shape)), out_dir / "model.pt")
+    final_model = model_payload(model, spec, data.num_classes, list(data.input_shape))
+    final_model["pruner"] = pruner.state_dict()  # truncated layers' ranks, so inspect can censor their zeros
+    save_atomic(final_model, out_dir / "model.pt")
     if cfg.magnitude_sweep.enabled:
         rows = magnitude_sweep(model, data.test_x, data.test_y, int(cfg.magnitude_sweep.n_thresholds),
                                int(cfg.eval_batch_size))

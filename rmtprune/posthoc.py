@@ -1,0 +1,107 @@
+"""``rmtprune prune``: one pruning event on a saved model, evaluation before and after, optional
+fine-tuning, and the pruned model saved with its ledger and summary."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .checkpoint import model_payload, save_atomic
+from .config import validate
+from .data import load_data
+from .errors import UserError
+from .evaluate import evaluate
+from .loading import load_model
+from .models import build_model, count_parameters, model_spec
+from .outputs import METRICS_COLUMNS, append_spectra, write_csv, write_json
+from .progress import BatchProgress, show_event
+from .pruner import LEDGER_COLUMNS, RMTPruner
+from .schedules import make_schedule
+from .train import make_optimizer, resolve_device, train_epoch
+
+log = logging.getLogger("rmtprune")
+
+
+def _model_for(cfg: DictConfig, path: Path) -> tuple[torch.nn.Module, dict[str, Any], int]:
+    model, info = load_model(path)
+    if info["kind"] == "rmtprune":
+        raw = info["raw"]
+        if list(raw["input_shape"]) != list(cfg.dataset.input_shape) or raw["num_classes"] != cfg.dataset.num_classes:
+            raise UserError(f"{info['path']}: the model takes {raw['input_shape']} inputs and {raw['num_classes']} "
+                            f"classes, dataset={cfg.dataset.name} has {list(cfg.dataset.input_shape)} and "
+                            f"{cfg.dataset.num_classes}")
+        return model, info, int(raw["num_classes"])
+    dense = build_model(model_spec(cfg))
+    try:
+        dense.load_state_dict(info["raw"])
+    except RuntimeError as exc:
+        first = [ln.strip() for ln in str(exc).splitlines() if ln.strip()][1:2] or [str(exc)[:200]]
+        raise UserError(f"{info['path']}: the state_dict does not fit model={cfg.model.name} "
+                        f"topology={cfg.topology} ({first[0]}); set model/topology to the saved architecture") from None
+    return dense, info, int(cfg.dataset.num_classes)
+
+
+def prune_saved(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Prune the model at ``cfg.model_path`` once and write the results into ``run_dir``."""
+    validate(cfg)
+    if cfg.pruning.name != "rmt":
+        raise UserError("pruning=none: rmtprune prune needs pruning=rmt")
+    if cfg.finetune_epochs < 0:
+        raise UserError(f"finetune_epochs={cfg.finetune_epochs} must be >= 0")
+    device = resolve_device(cfg.device)
+    model, info, num_classes = _model_for(cfg, Path(str(cfg.model_path)))
+    model = model.to(device)
+    data = load_data(cfg.dataset, device)
+    loss0, acc0 = evaluate(model, data.test_x, data.test_y, int(cfg.eval_batch_size))
+    params0 = count_parameters(model)
+    epoch = int(info["epoch"] or cfg.epochs)
+    pruner = RMTPruner(cfg.pruning, make_schedule(cfg.schedule), num_classes)
+    if info["kind"] == "rmtprune":
+        pruner.load_state_dict(info["raw"].get("pruner", {}))
+    event = pruner.step(model, epoch)
+    show_event(event.records, epoch, cfg.progress)
+    write_csv(run_dir / "layers.csv", event.records, LEDGER_COLUMNS)
+    if event.spectra:
+        append_spectra(run_dir / "spectra.npz", epoch, event.spectra)
+    loss1, acc1 = evaluate(model, data.test_x, data.test_y, int(cfg.eval_batch_size))
+    params1 = count_parameters(model)
+    log.info("pruned: test_acc %.2f%% -> %.2f%%, params %s -> %s", 100 * acc0, 100 * acc1, f"{params0:,}",
+             f"{params1:,}")
+    metrics = []
+    acc_ft = loss_ft = None
+    if cfg.finetune_epochs:
+        torch.manual_seed(int(cfg.seed))
+        gen = torch.Generator().manual_seed(int(cfg.seed))
+        opt = make_optimizer(model, cfg.optimizer, float(cfg.optimizer.lr))
+        with BatchProgress(cfg.progress) as progress:
+            for e in range(1, int(cfg.finetune_epochs) + 1):
+                t0 = time.perf_counter()
+                tl, ta = train_epoch(model, data, opt, gen, int(cfg.batch_size), float(cfg.optimizer.l1), progress, e)
+                loss_ft, acc_ft = evaluate(model, data.test_x, data.test_y, int(cfg.eval_batch_size))
+                metrics.append({"epoch": e, "train_loss": tl, "train_acc": ta, "test_loss": loss_ft, "test_acc": acc_ft,
+                                "n_params": params1, "n_params_after": params1, "pruned_layers": 0,
+                                "lr": float(cfg.optimizer.lr), "seconds": time.perf_counter() - t0})
+                write_csv(run_dir / "metrics.csv", metrics, METRICS_COLUMNS)
+                log.info("fine-tune epoch %d/%d  test_acc %.2f%%", e, cfg.finetune_epochs, 100 * acc_ft)
+    spec = info["raw"]["spec"] if info["kind"] == "rmtprune" else model_spec(cfg)
+    payload = model_payload(model, spec, num_classes, list(data.input_shape))
+    payload["pruner"] = pruner.state_dict()
+    save_atomic(payload, run_dir / "model.pt")
+    summary = {
+        "status": "completed", "source": str(info["path"]), "source_kind": info["kind"], "prune_epoch": epoch,
+        "keep_fraction": float(make_schedule(cfg.schedule)(epoch)),
+        "test_acc_before": acc0, "test_loss_before": loss0, "test_acc_after": acc1, "test_loss_after": loss1,
+        "test_acc_finetuned": acc_ft, "test_loss_finetuned": loss_ft, "finetune_epochs": int(cfg.finetune_epochs),
+        "n_params_before": params0, "n_params_after": params1,
+        "param_reduction_pct": 100.0 * (1 - params1 / params0), "accuracy_unit": "fraction",
+        "actions": {a: sum(r["action"] == a for r in event.records) for a in {r["action"] for r in event.records}},
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    write_json(run_dir / "summary.json", summary)
+    log.info("saved the pruned model and its ledger in %s", run_dir)
+    return summary
