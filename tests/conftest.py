@@ -64,4 +64,4 @@ def run_subprocess(args: list[str], cwd: Path, env: dict | None = None, timeout:
     return subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
-FAST = ["dataset=synthetic", "progress=none", "magnitude_sweep.enabled=false", "topology=784-256-128-10"]
+FAST = ["dataset=synthetic", "progress=none", "magnitude_sweep.enabled=false", "topology=784-256-128-10", "pruning=none"]

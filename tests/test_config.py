@@ -26,7 +26,7 @@ def _compose(*overrides, name="config"):
 
 @pytest.mark.parametrize("group,option", list(groups()))
 def test_every_group_option_composes_and_validates(group, option):
-    cfg = _compose(f"{group}={option}" if group != "experiment" else f"+experiment={option}")
+    cfg = _compose(f"{group}={option}")
     if group == "dataset":
         assert cfg.dataset.name == option
     elif group in ("model", "pruning", "schedule"):
@@ -34,12 +34,37 @@ def test_every_group_option_composes_and_validates(group, option):
     validate(cfg)
 
 
+@pytest.mark.parametrize("launcher,key", [("local_parallel", "n_jobs"), ("slurm", "partition")])
+def test_launcher_configs_compose(launcher, key):
+    with initialize_config_module("rmtprune.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+    assert key in cfg.hydra.launcher
+
+
+def test_experiment_presets_set_what_they_reproduce():
+    cfg = _compose("experiment=mnist_fc_3000_3000_2000_500")
+    assert cfg.topology == "784-3000-3000-2000-500-10" and cfg.schedule.horizon == 300 and cfg.pruning.name == "rmt"
+    cfg = _compose("experiment=mnist_fc_1000_1000_1000_500_cpu", "pruning=none", "epochs=3")
+    assert cfg.pruning.name == "none" and cfg.epochs == 3 and cfg.schedule.horizon == 10
+    cfg = _compose("experiment=fashion_cnn")
+    assert cfg.model.name == "cnn" and cfg.pruning.conv_tolerance == 0.6 and cfg.pruning.tolerance == 0.05
+    for preset in (CONF / "experiment").glob("*.yaml"):
+        text = preset.read_text()
+        assert "Reproduces" in text or "CPU-sized version" in text, preset.name
+        assert "run time" in text, preset.name
+
+
+def test_prune_config_composes():
+    cfg = _compose("model_path=x.pt", name="prune")
+    assert cfg.pruning.name == "rmt" and cfg.schedule.name == "oneshot" and cfg.finetune_epochs == 0
+
+
 def test_default_config_has_the_public_keys():
     cfg = _compose()
     for key in ("topology", "dataset", "model", "epochs", "batch_size", "seed", "device", "optimizer.lr",
                 "optimizer.momentum", "pruning", "schedule", "pruning.tolerance"):
         assert OmegaConf.select(cfg, key) is not None, key
-    assert cfg.dataset.name == "mnist" and cfg.pruning.name == "none"
+    assert cfg.dataset.name == "mnist" and cfg.pruning.name == "rmt" and cfg.schedule.horizon == cfg.epochs
 
 
 def test_typos_and_wrong_types_are_composition_errors():

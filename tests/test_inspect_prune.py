@@ -55,9 +55,9 @@ def test_inspect_reports_the_planted_spike_counts(cli, tmp_path, form):
 
 
 def test_prune_a_trained_model_keeps_accuracy_and_shrinks_it(cli, tmp_path):
-    args = [*FAST, "topology=784-512-512-10", "optimizer.lr=0.1"]
+    args = [*FAST, "topology=784-512-512-10", "optimizer.lr=0.1"]  # FAST trains the normal arm
     assert cli("train", *args, "epochs=6", "hydra.run.dir=trained")[0] == 0
-    code, out, err = cli("prune", "trained", *args, "schedule=oneshot", "finetune_epochs=2", "hydra.run.dir=pruned")
+    code, out, err = cli("prune", "trained", *args, "pruning=rmt", "schedule=oneshot", "finetune_epochs=2", "hydra.run.dir=pruned")
     assert code == 0, err
     s = json.loads((tmp_path / "pruned" / "summary.json").read_text())
     assert s["n_params_after"] < 0.2 * s["n_params_before"]
@@ -73,9 +73,9 @@ def test_prune_a_trained_model_keeps_accuracy_and_shrinks_it(cli, tmp_path):
 def test_prune_a_plain_state_dict_with_the_architecture_from_the_config(cli, tmp_path):
     model = build_model({"kind": "mlp", "widths": [784, 256, 10]})
     torch.save(model.state_dict(), tmp_path / "sd.pt")
-    code, _, err = cli("prune", "sd.pt", *FAST, "topology=784-256-10", "hydra.run.dir=p")
+    code, _, err = cli("prune", "sd.pt", *FAST, "pruning=rmt", "topology=784-256-10", "hydra.run.dir=p")
     assert code == 0, err
-    code, _, err = cli("prune", "sd.pt", *FAST, "topology=784-100-10", "hydra.run.dir=q")
+    code, _, err = cli("prune", "sd.pt", *FAST, "pruning=rmt", "topology=784-100-10", "hydra.run.dir=q")
     assert code == 2 and "does not fit" in err and "Traceback" not in err
 
 
@@ -94,7 +94,7 @@ def test_bad_files_are_refused_cleanly(cli, tmp_path):
     for name, needle in cases.items():
         code, _, err = cli("inspect", str(tmp_path / name))
         assert code == 2 and needle in err and "Traceback" not in err, (name, err)
-    code, _, err = cli("prune", str(tmp_path / "text.pt"), *FAST)
+    code, _, err = cli("prune", str(tmp_path / "text.pt"), *FAST, "pruning=rmt")
     assert code == 2 and "not a readable PyTorch file" in err
     code, _, err = cli("inspect", str(tmp_path / "list.pt"), "--tolerance", "3")
     assert code == 2 and "--tolerance" in err
