@@ -104,3 +104,46 @@ def test_schedules():
     assert target_rank(100, 5, 1.0, 1) == 100
     assert target_rank(100, 5, 0.5, 1) == 5 + 47
     assert target_rank(100, 0, 0.0, 10) == 10
+
+
+def test_optimizer_rebuilt_after_an_event_trains_the_new_factors_and_keeps_momentum_on_request():
+    from rmtprune.config import OptimizerConfig
+    from rmtprune.train import make_optimizer, rebuild_optimizer
+
+    model = mlp_with([planted(400, 300, 5), planted(10, 400, 2, seed=1)])
+    ocfg = OmegaConf.structured(OptimizerConfig)
+    opt = make_optimizer(model, ocfg, 0.1)
+    model(torch.randn(8, 300)).sum().backward()
+    opt.step()
+    untouched = model.layers[1].weight
+    event = RMTPruner(cfg(min_size=1000, include_output_layer=False), lambda e: 0.0, 10).step(model, 1)
+    assert event.changed and isinstance(model.layers[0], LowRankLinear)
+    for policy in ("reset", "keep"):
+        new = rebuild_optimizer(model, opt, ocfg, 0.05, policy, event.touched)
+        params = [p for g in new.param_groups for p in g["params"]]
+        assert {id(p) for p in params} == {id(p) for p in model.parameters()}
+        assert new.param_groups[0]["lr"] == 0.05
+        assert (untouched in new.state) == (policy == "keep")
+        assert all(p not in new.state for p in model.layers[0].parameters())
+    before = [p.detach().clone() for p in model.layers[0].parameters()]
+    new.zero_grad()
+    model(torch.randn(8, 300)).pow(2).sum().backward()
+    new.step()
+    assert all(not torch.equal(b, p) for b, p in zip(before, model.layers[0].parameters()))
+
+
+def test_an_svd_that_fails_skips_the_layer_with_a_ledger_entry(monkeypatch):
+    import rmtprune.pruner as pruner_mod
+
+    def broken(*a, **kw):
+        raise torch.linalg.LinAlgError("did not converge")
+
+    model = mlp_with([planted(400, 300, 5), planted(10, 400, 2, seed=1)])
+    monkeypatch.setattr(pruner_mod, "fit_mp", broken)
+    rows = RMTPruner(cfg(min_size=1000), lambda e: 0.0, 10).step(model, 1).records
+    assert rows[0]["action"] == "skip_bad_fit" and "did not converge" in rows[0]["note"]
+    monkeypatch.undo()
+    monkeypatch.setattr(pruner_mod, "apply_rank", broken)
+    rows = RMTPruner(cfg(min_size=1000), lambda e: 0.0, 10).step(model, 1).records
+    assert rows[0]["action"] == "skip_svd_failed"
+    assert isinstance(model.layers[0], nn.Linear)
