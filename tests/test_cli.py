@@ -85,3 +85,15 @@ def test_plain_pip_install_into_a_fresh_virtualenv(tmp_path):
     where = run_subprocess([str(venv / "bin" / "python"), "-c", "import rmtprune.conf, os; print(rmtprune.conf.__file__)"],
                            cwd=work)
     assert str(venv) in where.stdout, where.stdout
+
+
+def test_a_user_config_directory_adds_options(cli, tmp_path):
+    mine = tmp_path / "myconf" / "dataset"
+    mine.mkdir(parents=True)
+    (mine / "tiny.yaml").write_text("name: synthetic\ntrain_size: 300\ntest_size: 100\n")
+    code, out, err = cli("train", "--config-dir", str(tmp_path / "myconf"), *FAST, "dataset=tiny", "epochs=1",
+                         "hydra.run.dir=mine")
+    assert code == 0, err
+    import json
+    summary = json.loads((tmp_path / "mine" / "summary.json").read_text())
+    assert summary["config"]["dataset"]["train_size"] == 300
