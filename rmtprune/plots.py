@@ -76,10 +76,16 @@ def esd_plot(ax: Any, singular_values: np.ndarray, shape: tuple[int, int], sigma
     bins = 60
     width = top / bins
     # weights 1 / (p * width): the bars integrate to each value's share of all p, like the MP density
-    ax.hist(bulk, bins=bins, range=(0, top), weights=np.full(bulk.size, 1.0 / (p * width)), color="C0",
-            alpha=0.6, label=f"eigenvalues s²/n ({bulk.size} in bulk)")
-    xs = np.linspace(1e-9, top, 600)
-    ax.plot(xs, mp_pdf(xs, gamma, sigma2), "C3", label=f"MP fit σ²={sigma2:.3g}")
+    heights, _, _ = ax.hist(bulk, bins=bins, range=(0, top), weights=np.full(bulk.size, 1.0 / (p * width)),
+                            color="C0", alpha=0.6, label=f"eigenvalues s²/n ({bulk.size} in bulk)")
+    xs = np.linspace(top / 2000, top, 800)
+    density = mp_pdf(xs, gamma, sigma2)
+    ax.plot(xs, density, "C3", label=f"MP fit σ²={sigma2:.3g}")
+    # at gamma = 1 the density diverges at 0: scale the axis to the histogram, not to the pole
+    cap = max(float(np.max(heights)) if len(heights) else 0.0, float(np.median(density[density > 0])) * 2
+              if np.any(density > 0) else 0.0)
+    if cap > 0:
+        ax.set_ylim(0, cap * 1.35)
     ax.axvline(lambda_plus, color="k", ls="--", lw=1, label=f"edge λ+={lambda_plus:.3g}")
     if spikes.size:
         ax.annotate(f"{spikes.size} spike(s) up to {spikes.max():.3g} →", xy=(0.98, 0.6), xycoords="axes fraction",
