@@ -283,6 +283,7 @@ def _compare(argv: list[str]) -> int:
         raise UserError(f"no such folder: {', '.join(missing)}")
     by = [k.strip() for k in args.by.split(",") if k.strip()] if args.by else None
     cmp = compare(args.paths, by=by, metric=args.metric)
+    cmp.command = "rmtprune compare " + " ".join(argv)
     if cmp.table.empty:
         for p in cmp.problems:
             _err(f"{p['folder']}: {p['reason']}")

@@ -36,6 +36,7 @@ class Comparison:
     problems: list[dict[str, str]] = field(default_factory=list)
     groups: dict[str, dict[str, list[Run]]] = field(default_factory=dict)
     metric: str = "test_acc"
+    command: str = ""
 
 
 def _arm_keys(k: str) -> bool:
@@ -64,6 +65,8 @@ def group_runs(runs: list[Run], by: list[str] | None) -> dict[str, dict[str, lis
         keys = list(by) + [k for k in ALWAYS_SEPARATE if k in varying and k not in by]
     else:
         keys = [k for k in varying if k != "seed" and not _arm_keys(k)]
+    # name the data set and the architecture in every label, varying or not
+    keys = [k for k in ALWAYS_SEPARATE if k not in keys and any(k in r.config for r in runs)] + keys
     groups: dict[str, dict[str, list[Run]]] = {}
     for r in sorted(runs, key=lambda r: r.seed):
         label = ", ".join(f"{k}={r.config.get(k)}" for k in keys) or "all runs"
@@ -162,8 +165,13 @@ def _curves(group: str, arm: str, runs: list[Run]) -> list[dict[str, Any]]:
     return out
 
 
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[:80] or "all"
+def slug(group: str) -> str:
+    """A short file name for a group label: values of the data set / model / topology, key-value otherwise."""
+    parts = []
+    for item in group.split(", "):
+        key, _, value = item.partition("=")
+        parts.append(value if key in ALWAYS_SEPARATE else f"{key.rsplit('.', 1)[-1]}-{value}")
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", "_".join(parts)).strip("_")[:100] or "all"
 
 
 def _pct(v: float, metric: str) -> str:
@@ -180,6 +188,10 @@ def markdown(cmp: Comparison) -> str:
     """comparison.md: one table per group, ready for a README or paper."""
     unit = " (%)" if "acc" in cmp.metric else ""
     lines = [f"# Comparison of normal and pruned training ({cmp.metric})", ""]
+    if cmp.command:
+        lines += [f"Made by `{cmp.command}` from {len(cmp.table)} arm(s) over "
+                  f"{sum(len(rs) for arms in cmp.groups.values() for rs in arms.values())} runs; "
+                  f"every run's full config is in its summary.json.", ""]
     for group, part in cmp.table.groupby("group", sort=False):
         lines += [f"## {group}", "",
                   f"| arm | seeds | final{unit} mean ± std | variance | best{unit} mean | params start → end "
