@@ -85,6 +85,10 @@ def test_plain_pip_install_into_a_fresh_virtualenv(tmp_path):
     where = run_subprocess([str(venv / "bin" / "python"), "-c", "import rmtprune.conf, os; print(rmtprune.conf.__file__)"],
                            cwd=work)
     assert str(venv) in where.stdout, where.stdout
+    shipped = Path(where.stdout.strip()).parent
+    for rel in ("config.yaml", "prune.yaml", "dataset/mnist.yaml", "experiment/fashion_cnn.yaml",
+                "hydra/launcher/local_parallel.yaml", "hydra/launcher/slurm.yaml"):
+        assert (shipped / rel).exists(), rel
 
 
 def test_a_user_config_directory_adds_options(cli, tmp_path):
