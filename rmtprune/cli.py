@@ -368,7 +368,7 @@ def _print_inspect(rows: list[dict[str, Any]], title: str) -> None:
         t.add_column(col, justify="left" if col in ("layer", "action") else "right")
     for r in rows:
         t.add_row(*(c.replace("**", "") for c in cells(r)))
-    Console().print(t)
+    Console(width=None if sys.stdout.isatty() else 160).print(t)
 
 
 def _prune(cfg: DictConfig, run_dir: Path) -> None:

@@ -11,6 +11,7 @@ arm's parameter count.
 from __future__ import annotations
 
 import logging
+import sys
 import math
 import re
 from dataclasses import dataclass, field
@@ -242,7 +243,7 @@ def print_table(cmp: Comparison) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 160)
     for group, part in cmp.table.groupby("group", sort=False):
         t = Table(title=group, title_justify="left")
         for c in ("arm", "seeds", f"final {cmp.metric}", "var", "params end (red.)", "Δ vs normal", "Welch p",

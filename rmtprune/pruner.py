@@ -107,7 +107,7 @@ class RMTPruner:
         event = PruneEvent()
         layers = prunable_layers(model)
         output_name = layers[-1][0] if layers else None
-        f = float(self.schedule(epoch))
+        f = round(float(self.schedule(epoch)), 12)
         for name, module in layers:
             is_output = name == output_name
             if is_output and not self.cfg.include_output_layer:
