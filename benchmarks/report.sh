@@ -8,3 +8,14 @@ sweeps=("$@")
 for s in "${sweeps[@]}"; do
   rmtprune compare "outputs/paper/$s" --out "docs/results/$s"
 done
+# keep the raw run files (not the checkpoints) next to the report, so every number can be recomputed
+for s in "${sweeps[@]}"; do
+  for job in outputs/paper/"$s"/*/; do
+    dest="docs/results/runs/$s/$(basename "$job")"
+    mkdir -p "$dest"
+    for f in summary.json metrics.csv layers.csv magnitude_sweep.csv spectra.npz DONE train.log; do
+      [ -f "$job/$f" ] && cp "$job/$f" "$dest/"
+    done
+    [ -d "$job/.hydra" ] && cp -r "$job/.hydra" "$dest/"
+  done
+done

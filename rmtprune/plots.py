@@ -3,6 +3,7 @@ layer with its fitted MP density. Everything is drawn with the non-interactive A
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ def group_figures(curves: pd.DataFrame, group: str, prefix: Path, metric: str = 
                 ax.fill_between(part["epoch"], m - s, m + s, color=color, alpha=0.2)
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"{base} (mean ± std over seeds)")
-    ax.set_title(f"{group}", fontsize=9)
+    ax.set_title(textwrap.fill(group, 90), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     out.append(_save(fig, Path(f"{prefix}_curves.png")))
@@ -56,7 +57,7 @@ def group_figures(curves: pd.DataFrame, group: str, prefix: Path, metric: str = 
         ax.set_yscale("log")
         ax.set_xlabel("epoch")
         ax.set_ylabel("parameters after the epoch's pruning (mean)")
-        ax.set_title(f"parameter count: {group}", fontsize=9)
+        ax.set_title(textwrap.fill(f"parameter count: {group}", 90), fontsize=9)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
         out.append(_save(fig, Path(f"{prefix}_params.png")))
