@@ -49,11 +49,19 @@ def _varying(runs: list[Run]) -> list[str]:
     return [k for k in keys if len({repr(r.config.get(k)) for r in runs}) > 1]
 
 
-def arm_label(run: Run, arm_keys: list[str]) -> str:
+def _short(key: str) -> str:
+    return "schedule" if key == "schedule.name" else key.split(".", 1)[-1]
+
+
+def arm_label(run: Run, arm_keys: list[str], usual: dict[str, Any] | None = None) -> str:
+    """``none``, or the pruning name plus the settings in which this run differs from the usual
+    (most common) pruned run, e.g. ``rmt (horizon=300.0)``."""
     name = str(run.config.get("pruning.name", "none"))
     if name == NORMAL:
         return NORMAL
-    extra = [f"{k}={run.config.get(k)}" for k in arm_keys if k != "pruning.name"]
+    usual = usual or {}
+    extra = [f"{_short(k)}={run.config.get(k)}" for k in arm_keys
+             if k != "pruning.name" and (k not in usual or run.config.get(k) != usual[k])]
     return name + (f" ({', '.join(extra)})" if extra else "")
 
 
@@ -62,6 +70,11 @@ def group_runs(runs: list[Run], by: list[str] | None) -> dict[str, dict[str, lis
     varying = _varying(runs)
     pruned = [r for r in runs if r.config.get("pruning.name", "none") != NORMAL]
     arm_keys = [k for k in _varying(pruned) if _arm_keys(k)] if len(pruned) > 1 else []
+    usual = {}
+    for k in arm_keys:
+        values = [repr(r.config.get(k)) for r in pruned]
+        modal = max(set(values), key=values.count)
+        usual[k] = next(r.config.get(k) for r in pruned if repr(r.config.get(k)) == modal)
     if by:
         keys = list(by) + [k for k in ALWAYS_SEPARATE if k in varying and k not in by]
     else:
@@ -71,7 +84,7 @@ def group_runs(runs: list[Run], by: list[str] | None) -> dict[str, dict[str, lis
     groups: dict[str, dict[str, list[Run]]] = {}
     for r in sorted(runs, key=lambda r: r.seed):
         label = ", ".join(f"{k}={r.config.get(k)}" for k in keys) or "all runs"
-        groups.setdefault(label, {}).setdefault(arm_label(r, arm_keys), []).append(r)
+        groups.setdefault(label, {}).setdefault(arm_label(r, arm_keys, usual), []).append(r)
     return groups
 
 
