@@ -105,3 +105,21 @@ def test_parallel_launchers_finish_and_are_comparable(tmp_path, launcher):
     assert len(list((tmp_path / "sw").glob("*/DONE"))) == 2
     cmp = compare([tmp_path / "sw"])
     assert cmp.table["n_seeds"].tolist() == [2]
+
+
+def test_arm_labels_name_only_what_differs_from_the_usual_pruned_run():
+    from rmtprune.compare import group_runs
+    from rmtprune.runs import Run
+
+    def run(seed, **cfg):
+        config = {"dataset.name": "mnist", "model.name": "mlp", "topology": "784-10", "seed": seed,
+                  "pruning.name": "rmt", "pruning.tolerance": 0.05, "schedule.horizon": 10.0, **cfg}
+        return Run(Path("."), {}, config, pd.DataFrame(), None, None)
+
+    runs = [run(s) for s in range(3)] + [run(s, **{"pruning.name": "none"}) for s in range(3)] + \
+        [run(0, **{"schedule.horizon": 300.0}), run(0, **{"pruning.tolerance": 1.0})]
+    groups = group_runs(runs, None)
+    assert len(groups) == 1
+    arms = next(iter(groups.values()))
+    assert set(arms) == {"none", "rmt", "rmt (horizon=300.0)", "rmt (tolerance=1.0)"}
+    assert len(arms["rmt"]) == 3 and len(arms["none"]) == 3
