@@ -1,16 +1,14 @@
 #!/usr/bin/env bash
-# Turn the finished sweeps under outputs/paper/ into the tables and figures of docs/results.md:
-#   bash benchmarks/report.sh [SWEEP...]     (default: every sweep folder under outputs/paper)
+# Turn the finished sweeps under outputs/paper/ into the tables and figures of docs/results.md,
+# and keep their raw run files (not the checkpoints) next to the report, so every number can be
+# recomputed with `rmtprune compare docs/results/runs/...`.
+#   bash benchmarks/report.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-sweeps=("$@")
-[ ${#sweeps[@]} -gt 0 ] || sweeps=($(ls -d outputs/paper/*/ | xargs -n1 basename))
-for s in "${sweeps[@]}"; do
-  rmtprune compare "outputs/paper/$s" --out "docs/results/$s"
-done
-# keep the raw run files (not the checkpoints) next to the report, so every number can be recomputed
-for s in "${sweeps[@]}"; do
-  for job in outputs/paper/"$s"/*/; do
+root=outputs/paper
+for s in $(ls -d "$root"/*/ | xargs -n1 basename); do
+  case "$s" in ablation_*) ;; *) rmtprune compare "$root/$s" --out "docs/results/$s" ;; esac
+  for job in "$root/$s"/*/; do
     dest="docs/results/runs/$s/$(basename "$job")"
     mkdir -p "$dest"
     for f in summary.json metrics.csv layers.csv magnitude_sweep.csv spectra.npz DONE train.log; do
@@ -19,3 +17,8 @@ for s in "${sweeps[@]}"; do
     [ -d "$job/.hydra" ] && cp -r "$job/.hydra" "$dest/"
   done
 done
+# the ablation: every variant of the pruned arm against the normal arm of the main MNIST sweep
+if ls -d "$root"/ablation_* > /dev/null 2>&1; then
+  rmtprune compare "$root/mnist_fc_1000_1000_1000_500_cpu" "$root"/ablation_* \
+    --out docs/results/ablation_mnist_fc_1000_1000_1000_500
+fi
