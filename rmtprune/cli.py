@@ -216,21 +216,27 @@ def _job(body: Callable[[DictConfig, Path], Any]) -> Callable[[DictConfig], None
     return task
 
 
+def threads_per_job(launcher: Any, cpu_count: int) -> int | None:
+    """Torch threads for one job of a sweep: cores / parallel jobs under joblib (n_jobs < 0 means
+    one job per core), ``cpus_per_task`` under submitit, None (torch's default) otherwise."""
+    target = str(launcher.get("_target_", ""))
+    if "Joblib" in target:
+        n_jobs = int(launcher.get("n_jobs", 1) or 1)
+        n_jobs = cpu_count if n_jobs < 0 else n_jobs
+        return max(1, cpu_count // n_jobs)
+    if "Submitit" in target and launcher.get("cpus_per_task"):
+        return int(launcher.get("cpus_per_task"))
+    return None
+
+
 def _place_job(cfg: DictConfig, hc: Any) -> None:
     """Threads and GPU of one job: ``threads`` if set, else cores / parallel jobs of the launcher;
     ``device=auto`` on a multi-GPU machine puts job k of a sweep on GPU k mod count."""
     import torch
 
-    launcher = hc.launcher
-    target = str(launcher.get("_target_", ""))
     threads = cfg.get("threads")
     if threads is None:
-        if "Joblib" in target:
-            n_jobs = int(launcher.get("n_jobs", 1) or 1)
-            n_jobs = os.cpu_count() or 1 if n_jobs < 0 else n_jobs
-            threads = max(1, (os.cpu_count() or 1) // n_jobs)
-        elif "Submitit" in target and launcher.get("cpus_per_task"):
-            threads = int(launcher.cpus_per_task)
+        threads = threads_per_job(hc.launcher, os.cpu_count() or 1)
     if threads:
         torch.set_num_threads(int(threads))
     if cfg.device == "auto" and torch.cuda.device_count() > 1:

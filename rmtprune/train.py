@@ -36,7 +36,8 @@ from .evaluate import evaluate
 from .magnitude import COLUMNS as MAGNITUDE_COLUMNS
 from .magnitude import magnitude_sweep
 from .models import build_model, count_parameters, factorised_ranks, model_spec
-from .outputs import METRICS_COLUMNS, append_spectra, config_key, find_runs, read_json, write_csv, write_json
+from .outputs import (METRICS_COLUMNS, append_spectra, config_key, find_runs, identity, read_json, write_csv,
+                      write_json)
 from .progress import BatchProgress, show_event
 from .pruner import LEDGER_COLUMNS, Pruner, make_pruner
 from .schedules import make_schedule
@@ -211,8 +212,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         ckpt = load_file(ckpt_path)
         if not is_checkpoint(ckpt) or "optimizer" not in ckpt:
             raise UserError(f"{ckpt_path}: not a training checkpoint of rmtprune")
-        if ckpt.get("config_key") != key and "epochs" not in _differences(ckpt.get("config", {}), cfg):
-            raise UserError(f"{ckpt_path}: made by a different config; resume it with the same settings")
+        changed = _differences(ckpt.get("config", {}), cfg) - {"epochs"}
+        if ckpt.get("config_key") != key and changed:
+            raise UserError(f"{ckpt_path}: made by a different config ({', '.join(sorted(changed))} differ); "
+                            f"resume it with the same settings (only epochs may grow)")
         model = rebuild_model(ckpt, ckpt_path).to(device)
         opt = make_optimizer(model, cfg.optimizer, float(ckpt["lr"]))
         try:
@@ -305,9 +308,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 
 def _differences(old: dict[str, Any], cfg: DictConfig) -> set[str]:
-    new = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(new, dict)
-    return {k for k in set(old) | set(new) if old.get(k) != new.get(k)}
+    """Top-level keys whose values differ between a checkpoint's config and ``cfg``, counting only
+    what determines results (outputs.identity: not device, progress, resume and the like)."""
+    before, now = identity(OmegaConf.create(old)), identity(cfg)
+    return {k for k in set(before) | set(now) if before.get(k) != now.get(k)}
 
 
 def _summarise(summary: dict[str, Any], metrics: list[dict[str, Any]], wall: float) -> dict[str, Any]:

@@ -101,3 +101,14 @@ def test_a_user_config_directory_adds_options(cli, tmp_path):
     import json
     summary = json.loads((tmp_path / "mine" / "summary.json").read_text())
     assert summary["config"]["dataset"]["train_size"] == 300
+
+
+def test_threads_per_job_split_the_cores_between_parallel_jobs():
+    from rmtprune.cli import threads_per_job
+
+    joblib = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+    assert threads_per_job({"_target_": joblib, "n_jobs": 2}, 8) == 4
+    assert threads_per_job({"_target_": joblib, "n_jobs": -1}, 8) == 1
+    assert threads_per_job({"_target_": joblib, "n_jobs": 16}, 8) == 1
+    assert threads_per_job({"_target_": "x.SubmititLauncher", "cpus_per_task": 6}, 8) == 6
+    assert threads_per_job({"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}, 8) is None

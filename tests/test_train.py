@@ -160,3 +160,13 @@ def test_real_fashion_mnist_cnn_trains(cli, tmp_path):
     assert {r["kind"] for r in ledger} == {"conv", "linear"}
     before_cut = read_csv(tmp_path / "cnn" / "metrics.csv")[1]
     assert float(before_cut["test_acc"]) > 0.5  # it learns before the one-shot cut (chance: 0.1)
+
+
+def test_resume_refuses_a_different_config_but_may_add_epochs(cli, tmp_path):
+    args = [*FAST, "schedule.horizon=5"]  # the default horizon follows epochs: pin it to extend a run
+    assert cli("train", *args, "epochs=1", "hydra.run.dir=base")[0] == 0
+    code, _, err = cli("train", *args, "epochs=2", "optimizer.lr=0.05", "resume=base", "hydra.run.dir=x")
+    assert code == 2 and "(optimizer differ)" in err
+    code, _, err = cli("train", *args, "epochs=2", "resume=base", "hydra.run.dir=y")
+    assert code == 0, err
+    assert [r["epoch"] for r in read_csv(tmp_path / "base" / "metrics.csv")] == ["1", "2"]
