@@ -1,24 +1,30 @@
 #!/usr/bin/env bash
-# Turn the finished sweeps under outputs/paper/ into the tables and figures of docs/results.md,
-# and keep their raw run files (not the checkpoints) next to the report, so every number can be
-# recomputed with `rmtprune compare docs/results/runs/...`.
+# Turn the sweeps behind docs/results.md into its tables and figures.
+#  1. the raw files of every finished run under outputs/paper/ (not the checkpoints) are copied to
+#     docs/results/runs/<sweep>/<job>/, where they are committed;
+#  2. every table and figure is made by `rmtprune compare` from those committed copies, so anyone
+#     can recompute them from a clone, without rerunning a single job.
 #   bash benchmarks/report.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=outputs/paper
-for s in $(ls -d "$root"/*/ | xargs -n1 basename); do
-  case "$s" in ablation_*) ;; *) rmtprune compare "$root/$s" --out "docs/results/$s" ;; esac
-  for job in "$root/$s"/*/; do
-    dest="docs/results/runs/$s/$(basename "$job")"
+root=outputs/paper runs=docs/results/runs
+if [ -d "$root" ]; then
+  for job in "$root"/*/*/; do
+    [ -f "$job/DONE" ] || continue  # unfinished or failed jobs are not reported
+    dest="$runs/$(basename "$(dirname "$job")")/$(basename "$job")"
     mkdir -p "$dest"
     for f in summary.json metrics.csv layers.csv magnitude_sweep.csv spectra.npz DONE train.log; do
       [ -f "$job/$f" ] && cp "$job/$f" "$dest/"
     done
     [ -d "$job/.hydra" ] && cp -r "$job/.hydra" "$dest/"
   done
+fi
+for dir in "$runs"/*/; do
+  s=$(basename "$dir")
+  case "$s" in ablation_*) ;; *) rmtprune compare "$runs/$s" --out "docs/results/$s" ;; esac
 done
 # the ablation: every variant of the pruned arm against the normal arm of the main MNIST sweep
-if ls -d "$root"/ablation_* > /dev/null 2>&1; then
-  rmtprune compare "$root/mnist_fc_1000_1000_1000_500_cpu" "$root"/ablation_* \
+if ls -d "$runs"/ablation_* > /dev/null 2>&1; then
+  rmtprune compare "$runs/mnist_fc_1000_1000_1000_500_cpu" "$runs"/ablation_* \
     --out docs/results/ablation_mnist_fc_1000_1000_1000_500
 fi

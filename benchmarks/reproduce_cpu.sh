@@ -2,15 +2,18 @@
 # The runs behind docs/results.md (CPU-sized presets), one torch thread per run so that two blocks
 # can run side by side on a 2-core machine. Resumable: finished jobs are skipped (skip_done=true).
 #   RMTPRUNE_OFFLINE_DATA=../shared/datasets bash benchmarks/reproduce_cpu.sh [block...]
+# JOBS=2 runs the jobs of each sweep two at a time (hydra/launcher=local_parallel, one thread each).
 #   blocks: mnist1000 fashion1000 ablation mnist2000 fashion2000 cnn   (default: all, in this order)
 # then: bash benchmarks/report.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}"
 root=outputs/paper
+launcher=()
+[ "${JOBS:-1}" -gt 1 ] && launcher=(hydra/launcher=local_parallel "hydra.launcher.n_jobs=$JOBS" threads=1)
 sweep() {  # folder, overrides...
   local folder=$1; shift
-  rmtprune train -m "$@" progress=plain skip_done=true output_root="$root" hydra.sweep.dir="$root/$folder" \
+  rmtprune train -m "${launcher[@]}" "$@" progress=plain skip_done=true output_root="$root" hydra.sweep.dir="$root/$folder" \
     'hydra.sweep.subdir=${pruning.name}_seed${seed}'
 }
 arms() { sweep "$1" experiment="$1" seed="$2" pruning=none,rmt; }

@@ -25,9 +25,9 @@ METRICS_COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", 
                    "n_params_after", "pruned_layers", "lr", "seconds"]
 
 # Keys that do not change what a run computes (where it runs, how it reports, how it was launched).
-_NOT_IDENTITY = {"resume", "skip_done", "device", "progress", "output_root", "checkpoint", "eval_batch_size",
-                 "threads"}
-_DATASET_NOT_IDENTITY = {"root", "offline_dir", "download"}
+NOT_IDENTITY = {"resume", "skip_done", "device", "progress", "output_root", "checkpoint", "eval_batch_size",
+                "threads"}
+DATASET_NOT_IDENTITY = {"root", "offline_dir", "download"}
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -73,9 +73,9 @@ def identity(cfg: DictConfig) -> dict[str, Any]:
     """The part of the resolved config that determines a run's results."""
     data = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
     assert isinstance(data, dict)
-    data = {k: v for k, v in data.items() if k not in _NOT_IDENTITY and k != "hydra"}
+    data = {k: v for k, v in data.items() if k not in NOT_IDENTITY and k != "hydra"}
     if isinstance(data.get("dataset"), dict):
-        data["dataset"] = {k: v for k, v in data["dataset"].items() if k not in _DATASET_NOT_IDENTITY}
+        data["dataset"] = {k: v for k, v in data["dataset"].items() if k not in DATASET_NOT_IDENTITY}
     return data
 
 

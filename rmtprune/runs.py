@@ -12,12 +12,13 @@ from typing import Any
 
 import pandas as pd
 
+from . import outputs
 from .outputs import read_json, resolve_redirect
 
-# Config keys that do not change what a run computes (see outputs.identity), flattened.
-NOT_IDENTITY = ("resume", "skip_done", "device", "progress", "output_root", "checkpoint", "eval_batch_size",
-                "dataset.root", "dataset.offline_dir", "dataset.download", "dataset.raw_md5",
-                "magnitude_sweep.", "threads", "hydra.")
+# Flattened config keys that do not tell arms apart: those outside a run's identity
+# (outputs.identity), plus settings that change only what is measured after training.
+NOT_IDENTITY = (*sorted(outputs.NOT_IDENTITY), *(f"dataset.{k}" for k in sorted(outputs.DATASET_NOT_IDENTITY)),
+                "dataset.raw_md5", "magnitude_sweep.", "hydra.")
 
 
 @dataclass
