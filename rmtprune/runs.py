@@ -58,7 +58,10 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _identity(flat: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in flat.items() if not any(k == n or k.startswith(n) for n in NOT_IDENTITY)}
+    keep = {k: v for k, v in flat.items() if not any(k == n or k.startswith(n) for n in NOT_IDENTITY)}
+    if keep.get("model.name", "mlp") != "mlp":
+        keep.pop("topology", None)  # only the MLP is built from it; a CNN is named by model.*
+    return keep
 
 
 def discover(paths: list[Path]) -> tuple[list[Path], list[dict[str, str]]]:

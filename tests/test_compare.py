@@ -123,3 +123,20 @@ def test_arm_labels_name_only_what_differs_from_the_usual_pruned_run():
     arms = next(iter(groups.values()))
     assert set(arms) == {"none", "rmt", "rmt (horizon=300.0)", "rmt (tolerance=1.0)"}
     assert len(arms["rmt"]) == 3 and len(arms["none"]) == 3
+
+
+def test_a_cnn_run_is_not_labelled_with_the_mlp_topology_it_does_not_use():
+    from rmtprune.compare import group_runs, slug
+    from rmtprune.runs import Run, _identity, flatten
+
+    def config(seed, pruning, channels):
+        return _identity(flatten({"dataset": {"name": "fashion_mnist"}, "model": {"name": "cnn", "channels": channels},
+                                  "topology": "784-1000-1000-500-10", "seed": seed, "pruning": {"name": pruning}}))
+
+    runs = [Run(Path("."), {}, config(s, p, c), pd.DataFrame(), None, None)
+            for s in range(2) for p in ("none", "rmt") for c in ([16, 32], [32, 64])]
+    groups = group_runs(runs, None)
+    assert set(groups) == {"dataset.name=fashion_mnist, model.name=cnn, model.channels=[16, 32]",
+                           "dataset.name=fashion_mnist, model.name=cnn, model.channels=[32, 64]"}
+    assert all("784" not in slug(g) for g in groups)
+    assert _identity(flatten({"model": {"name": "mlp"}, "topology": "784-10"}))["topology"] == "784-10"
