@@ -12,6 +12,9 @@ if [ -d "$root" ]; then
   for job in "$root"/*/*/; do
     [ -f "$job/DONE" ] || continue  # unfinished or failed jobs are not reported
     dest="$runs/$(basename "$(dirname "$job")")/$(basename "$job")"
+    # a job already copied keeps its copy: a skip_done relaunch into the same folder rewrites
+    # .hydra/ and appends to train.log, but not summary.json
+    [ -f "$dest/DONE" ] && cmp -s "$job/summary.json" "$dest/summary.json" && continue
     mkdir -p "$dest"
     for f in summary.json metrics.csv layers.csv magnitude_sweep.csv spectra.npz DONE train.log; do
       [ -f "$job/$f" ] && cp "$job/$f" "$dest/"

@@ -9,6 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}"
 root=outputs/paper
+case "${JOBS:-1}" in ''|*[!0-9]*|0) echo "JOBS must be a positive integer, not '$JOBS'" >&2; exit 2 ;; esac
 launcher=()
 [ "${JOBS:-1}" -gt 1 ] && launcher=(hydra/launcher=local_parallel "hydra.launcher.n_jobs=$JOBS" threads=1)
 sweep() {  # folder, overrides...

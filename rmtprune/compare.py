@@ -14,6 +14,7 @@ import logging
 import sys
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,8 +73,8 @@ def group_runs(runs: list[Run], by: list[str] | None) -> dict[str, dict[str, lis
     arm_keys = [k for k in _varying(pruned) if _arm_keys(k)] if len(pruned) > 1 else []
     usual = {}
     for k in arm_keys:
-        values = [repr(r.config.get(k)) for r in pruned]
-        modal = max(set(values), key=values.count)
+        counts = Counter(repr(r.config.get(k)) for r in pruned)
+        modal = min(counts, key=lambda v: (-counts[v], v))  # ties: the same choice in every process
         usual[k] = next(r.config.get(k) for r in pruned if repr(r.config.get(k)) == modal)
     if by:
         keys = list(by) + [k for k in ALWAYS_SEPARATE if k in varying and k not in by]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -140,3 +141,22 @@ def test_a_cnn_run_is_not_labelled_with_the_mlp_topology_it_does_not_use():
                            "dataset.name=fashion_mnist, model.name=cnn, model.channels=[32, 64]"}
     assert all("784" not in slug(g) for g in groups)
     assert _identity(flatten({"model": {"name": "mlp"}, "topology": "784-10"}))["topology"] == "784-10"
+
+
+def test_a_tie_between_pruned_settings_is_labelled_the_same_way_in_every_process(tmp_path):
+    import subprocess
+    import sys
+
+    code = """
+from pathlib import Path
+import pandas as pd
+from rmtprune.compare import group_runs
+from rmtprune.runs import Run
+runs = [Run(Path("."), {}, {"model.name": "mlp", "seed": s, "pruning.name": p, "pruning.tolerance": t},
+            pd.DataFrame(), None, None) for s in range(2) for p, t in (("none", 0.05), ("rmt", 0.05), ("rmt", 1.0))]
+print(sorted(next(iter(group_runs(runs, None).values()))))
+"""
+    # string hashing (and with it set order) differs between processes unless PYTHONHASHSEED is fixed
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in range(6)}
+    assert outs == {"['none', 'rmt', 'rmt (tolerance=1.0)']\n"}
