@@ -19,6 +19,8 @@ DATASETS = ("mnist", "fashion_mnist", "synthetic")
 MODELS = ("mlp", "cnn")
 PRUNINGS = ("none", "rmt")
 SCHEDULES = ("linear", "step", "oneshot", "exponential", "constant")
+PRECISIONS = ("fp32", "tf32", "bf16")
+LOGGERS = ("csv", "tensorboard", "mlflow")
 
 
 @dataclass
@@ -118,6 +120,10 @@ class RunConfig:
     checkpoint: bool = True
     magnitude_sweep: MagnitudeConfig = field(default_factory=MagnitudeConfig)
     threads: Optional[int] = None
+    deterministic: bool = False
+    precision: str = "fp32"
+    compile: bool = False
+    logger: str = "csv"
 
 
 @dataclass
@@ -176,6 +182,8 @@ def validate(cfg: DictConfig) -> None:
     _choice("schedule", cfg.schedule.name, SCHEDULES)
     _choice("progress", cfg.progress, ("auto", "rich", "plain", "none"))
     _choice("pruning.momentum", cfg.pruning.momentum, ("reset", "keep"))
+    _choice("precision", cfg.precision, PRECISIONS)
+    _choice("logger", cfg.logger, LOGGERS)
     _positive("epochs", cfg.epochs)
     _positive("batch_size", cfg.batch_size)
     _positive("eval_batch_size", cfg.eval_batch_size)

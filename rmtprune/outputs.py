@@ -26,7 +26,7 @@ METRICS_COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", 
 
 # Keys that do not change what a run computes (where it runs, how it reports, how it was launched).
 NOT_IDENTITY = {"resume", "skip_done", "device", "progress", "output_root", "checkpoint", "eval_batch_size",
-                "threads"}
+                "threads", "deterministic", "logger"}
 DATASET_NOT_IDENTITY = {"root", "offline_dir", "download"}
 
 
