@@ -1,14 +1,23 @@
 """Checkpoints: everything needed to rebuild a (pruned) model and continue training exactly.
 
-Format (a dict of tensors and plain data, loadable with ``torch.load(weights_only=True)``)::
+The one description of the format. A checkpoint is a dict of tensors and plain data (all on the CPU),
+loadable with ``torch.load(path, weights_only=True)`` on any machine::
 
     format: "rmtprune-checkpoint", version: 1
-    spec: the dense model spec (models.model_spec), ranks: {split layer: rank}
-    state_dict: model weights           num_classes, input_shape
-    # training checkpoints only:
-    epoch, optimizer, lr, rng {torch, cuda, data}, pruner, metrics, ledger, config_key
+    spec          the dense model spec (models.model_spec): how to build the network before pruning
+    ranks         {split layer name: rank}: the factorised layers pruning made
+    state_dict    the model's weights
+    num_classes, input_shape
+    epoch         epochs completed
+    lr            the learning rate of the next epoch
+    pruner        the pruner's state (pruner.state_dict(): ranks of truncated layers, known spikes, ...)
+    # checkpoint.pt (written after every epoch by TrainingState.save) only:
+    optimizer     optimizer.state_dict(), tensors on the CPU
+    rng           {torch, cuda, data}: the global, CUDA and data-order generator states
+    metrics, ledger   the rows of metrics.csv and layers.csv so far
+    config, config_key, n_params_initial, started_at, wall_time_s
 
-``model.pt`` (the final model) has the first group only.
+``model.pt`` (the final model, written once at the end) has everything but the last group.
 """
 
 from __future__ import annotations
@@ -43,11 +52,23 @@ def save_atomic(obj: dict[str, Any], path: Path) -> None:
 
 
 def model_payload(model: nn.Module, spec: dict[str, Any], num_classes: int, input_shape: list[int]) -> dict[str, Any]:
+    """The model part of a checkpoint (model.pt holds this plus epoch, lr and pruner)."""
     return {
         "format": FORMAT, "version": VERSION, "spec": spec, "ranks": factorised_ranks(model),
         "num_classes": int(num_classes), "input_shape": list(input_shape),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
+
+
+def to_cpu(obj: Any) -> Any:
+    """A copy of a nested dict / list of tensors with every tensor on the CPU (optimizer states)."""
+    if torch.is_tensor(obj):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_cpu(v) for v in obj)
+    return obj
 
 
 def load_file(path: Path) -> dict[str, Any]:

@@ -343,7 +343,7 @@ def _inspect(argv: list[str]) -> int:
     cfg = OmegaConf.merge(d, {"tolerance": args.tolerance, "conv_tolerance": args.conv_tolerance, "alpha": args.alpha,
                               "beta": args.beta, "min_size": args.min_size})
     pruner_state = info["raw"].get("pruner") if info["kind"] == "rmtprune" else None
-    rows, spectra = inspect_model(model, cfg, info["num_classes"], args.keep_fraction, pruner_state)
+    rows, spectra = inspect_model(model, cfg, args.keep_fraction, pruner_state)
     out = args.out or path.parent
     try:
         out.mkdir(parents=True, exist_ok=True)

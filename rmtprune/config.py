@@ -6,6 +6,7 @@ The YAML defaults live in ``conf/``; these dataclasses give every key its type, 
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -16,8 +17,8 @@ from omegaconf import MISSING, DictConfig
 from .errors import UserError
 
 DATASETS = ("mnist", "fashion_mnist", "synthetic")
-MODELS = ("mlp", "cnn")
-PRUNINGS = ("none", "rmt")
+MODELS = ("mlp", "cnn", "custom")
+PRUNINGS = ("none", "control", "rmt", "magnitude", "lowrank")
 SCHEDULES = ("linear", "step", "oneshot", "exponential", "constant")
 PRECISIONS = ("fp32", "tf32", "bf16")
 LOGGERS = ("csv", "tensorboard", "mlflow")
@@ -39,6 +40,7 @@ class DatasetConfig:
     root: str = "${oc.env:RMTPRUNE_DATA_DIR,'~/.cache/rmtprune'}"
     offline_dir: Optional[str] = "${oc.env:RMTPRUNE_OFFLINE_DATA,null}"
     download: bool = True
+    verify_md5: bool = True
     train_size: Optional[int] = None
     test_size: Optional[int] = None
     raw_md5: dict[str, str] = field(default_factory=dict)
@@ -46,14 +48,35 @@ class DatasetConfig:
 
 
 @dataclass
-class ModelConfig:
-    name: str = MISSING
+class MLPConfig:
+    """``model=mlp``: the widths come from the top-level ``topology``."""
+
+    name: str = "mlp"
+
+
+@dataclass
+class CNNConfig:
+    """``model=cnn``: the reference CNN (models.CNN); input channels and size come from the data set."""
+
+    name: str = "cnn"
     channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512])
     kernel_size: int = 3
     pool_after: list[int] = field(default_factory=lambda: [3, 5])
     hidden: int = 1000
     conv_dropout: float = 0.35
     fc_dropout: float = 0.5
+
+
+@dataclass
+class CustomModelConfig:
+    """``model=custom``: any nn.Module; every key but ``_target_`` and ``name`` goes to its constructor."""
+
+    name: str = "custom"
+    _target_: str = MISSING
+
+
+# One schema per option of the model group: a key of another model (``model.hidden`` for the MLP) is an error.
+MODEL_SCHEMAS: dict[str, type] = {"mlp": MLPConfig, "cnn": CNNConfig, "custom": CustomModelConfig}
 
 
 @dataclass
@@ -68,30 +91,68 @@ class OptimizerConfig:
 
 @dataclass
 class PruningConfig:
+    """Every key of every pruning option (conf/pruning/*.yaml); ``PRUNING_KEYS`` says which option uses which.
+
+    One schema for all options, so that a preset may set rmt's keys and still be run with
+    ``pruning=none,control,...``: a key the chosen option does not use is left out of the run's
+    identity, and refused when given on the command line (cli.precheck).
+    """
+
     name: str = "none"
+    # the event calendar: control, rmt, magnitude, lowrank
+    every: int = 1
+    start_epoch: int = 1
+    stop_epoch: Optional[int] = None
+    lr_factor: float = 0.96
+    momentum: str = "reset"
+    # which layers: rmt, magnitude, lowrank
+    min_size: int = 10000
+    include_output_layer: bool = True
+    # rank floors and the form of a cut: rmt, lowrank
+    min_rank: int = 1
+    output_min_rank: Optional[int] = None
+    truncate: bool = True
+    # the Marchenko-Pastur fit: rmt
     alpha: float = 0.25
     beta: float = 0.1
     tolerance: float = 0.05
     conv_tolerance: Optional[float] = None
-    every: int = 1
-    start_epoch: int = 1
-    stop_epoch: Optional[int] = None
-    min_size: int = 10000
-    min_rank: int = 1
-    include_output_layer: bool = True
-    output_min_rank: Optional[int] = None
-    truncate: bool = True
-    lr_factor: float = 0.96
-    momentum: str = "reset"
+    # baselines matched to a parameter count: magnitude, lowrank
+    target_params: Optional[int] = None
+    target_from: Optional[str] = None
+    scope: str = "global"          # magnitude: global | layer
+    rank_rule: str = "energy"      # lowrank: energy | uniform
+
+
+_CALENDAR = ("name", "every", "start_epoch", "stop_epoch", "lr_factor", "momentum")
+PRUNING_KEYS: dict[str, tuple[str, ...]] = {
+    "none": ("name",),
+    "control": _CALENDAR,
+    "rmt": (*_CALENDAR, "min_size", "include_output_layer", "min_rank", "output_min_rank", "truncate",
+            "alpha", "beta", "tolerance", "conv_tolerance"),
+    "magnitude": (*_CALENDAR, "min_size", "include_output_layer", "target_params", "target_from", "scope"),
+    "lowrank": (*_CALENDAR, "min_size", "include_output_layer", "min_rank", "output_min_rank", "truncate",
+                "target_params", "target_from", "rank_rule"),
+}
+# Only rmt's keep fraction comes from the schedule group; the baselines follow a cubic schedule of their own.
+USES_SCHEDULE = ("rmt",)
 
 
 @dataclass
 class ScheduleConfig:
+    """Every key of every schedule option; ``SCHEDULE_KEYS`` says which option uses which."""
+
     name: str = "linear"
     horizon: float = 300.0
     at: int = 1
     rate: float = 0.9
     value: float = 0.5
+
+
+SCHEDULE_KEYS: dict[str, tuple[str, ...]] = {
+    "linear": ("name", "horizon"), "step": ("name", "at"), "oneshot": ("name",),
+    "exponential": ("name", "rate"), "constant": ("name", "value"),
+}
 
 
 @dataclass
@@ -104,7 +165,7 @@ class MagnitudeConfig:
 class RunConfig:
     topology: str = "784-1000-1000-500-10"
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: Any = MISSING  # one of MODEL_SCHEMAS, chosen by the model group
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     pruning: PruningConfig = field(default_factory=PruningConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -138,6 +199,8 @@ def register_configs() -> None:
     """Register the schemas Hydra composes the YAML files of ``conf/`` onto."""
     cs = ConfigStore.instance()
     cs.store(name="rmtprune_schema", node=RunConfig)
+    for name, schema in MODEL_SCHEMAS.items():
+        cs.store(group="model", name=f"{name}_schema", node=schema)
     cs.store(name="rmtprune_prune_schema", node=PruneCommandConfig)
 
 
@@ -178,10 +241,8 @@ def validate(cfg: DictConfig) -> None:
     ds = cfg.dataset
     _choice("dataset", ds.name, DATASETS)
     _choice("model", cfg.model.name, MODELS)
-    _choice("pruning", cfg.pruning.name, PRUNINGS)
     _choice("schedule", cfg.schedule.name, SCHEDULES)
     _choice("progress", cfg.progress, ("auto", "rich", "plain", "none"))
-    _choice("pruning.momentum", cfg.pruning.momentum, ("reset", "keep"))
     _choice("precision", cfg.precision, PRECISIONS)
     _choice("logger", cfg.logger, LOGGERS)
     _positive("epochs", cfg.epochs)
@@ -212,21 +273,15 @@ def validate(cfg: DictConfig) -> None:
                 f"of dataset={ds.name}, {ds.num_classes}"
             )
     if cfg.model.name == "cnn":
-        if not cfg.model.channels or any(c <= 0 for c in cfg.model.channels):
-            raise UserError(f"model.channels={list(cfg.model.channels)} must be positive widths")
-    pr = cfg.pruning
-    if pr.name == "rmt":
-        if not 0 < pr.alpha < 0.5:
-            raise UserError(f"pruning.alpha={pr.alpha} must be in (0, 0.5)")
-        if not 0 < pr.beta < 1:
-            raise UserError(f"pruning.beta={pr.beta} must be in (0, 1)")
-        for key in ("tolerance", "conv_tolerance"):
-            if pr[key] is not None and not 0 <= pr[key] <= 1:
-                raise UserError(f"pruning.{key}={pr[key]} must be in [0, 1] (1 always passes, 0 never)")
-        _positive("pruning.every", pr.every)
-        _positive("pruning.start_epoch", pr.start_epoch)
-        _positive("pruning.min_rank", pr.min_rank)
-        _positive("pruning.lr_factor", pr.lr_factor)
+        m = cfg.model
+        if not m.channels or any(c <= 0 for c in m.channels):
+            raise UserError(f"model.channels={list(m.channels)} must be positive widths")
+        _positive("model.kernel_size", m.kernel_size)
+        _positive("model.hidden", m.hidden)
+        for key in ("conv_dropout", "fc_dropout"):
+            if not 0 <= m[key] < 1:
+                raise UserError(f"model.{key}={m[key]} must be in [0, 1)")
+    validate_pruning(cfg.pruning)
     sc = cfg.schedule
     if sc.name == "linear":
         _positive("schedule.horizon", sc.horizon)
@@ -235,6 +290,56 @@ def validate(cfg: DictConfig) -> None:
     if sc.name == "constant" and not 0 <= sc.value <= 1:
         raise UserError(f"schedule.value={sc.value} must be in [0, 1]")
     _device_ok(cfg.device)
+
+
+def validate_pruning(pr: DictConfig) -> None:
+    """Check the keys the chosen pruning option uses (``PRUNING_KEYS``); raise UserError naming the key."""
+    _choice("pruning", pr.name, PRUNINGS)
+    used = PRUNING_KEYS[pr.name]
+    if "every" in used:
+        _choice("pruning.momentum", pr.momentum, ("reset", "keep"))
+        _positive("pruning.every", pr.every)
+        _positive("pruning.start_epoch", pr.start_epoch)
+        _positive("pruning.lr_factor", pr.lr_factor)
+        if pr.stop_epoch is not None and pr.stop_epoch < pr.start_epoch:
+            raise UserError(f"pruning.stop_epoch={pr.stop_epoch} is before pruning.start_epoch={pr.start_epoch}: "
+                            f"no event would happen; use null for no end")
+    if "min_size" in used:
+        _positive("pruning.min_size", pr.min_size, allow_zero=True)
+    if "min_rank" in used:
+        _positive("pruning.min_rank", pr.min_rank)
+        if pr.output_min_rank is not None:
+            _positive("pruning.output_min_rank", pr.output_min_rank)
+    if pr.name == "rmt":
+        if not 0 < pr.alpha < 0.5:
+            raise UserError(f"pruning.alpha={pr.alpha} must be in (0, 0.5)")
+        if not 0 < pr.beta < 1:
+            raise UserError(f"pruning.beta={pr.beta} must be in (0, 1)")
+        for key in ("tolerance", "conv_tolerance"):
+            if pr[key] is not None and not 0 <= pr[key] <= 1:
+                raise UserError(f"pruning.{key}={pr[key]} must be in [0, 1] (1 always passes, 0 never)")
+    if "target_params" in used:
+        if (pr.target_params is None) == (pr.target_from is None):
+            raise UserError(f"pruning={pr.name} needs exactly one of pruning.target_params=N (the final parameter "
+                            f"count) or pruning.target_from=RUN_OR_SWEEP_FOLDER (match that run's final count)")
+        if pr.target_params is not None:
+            _positive("pruning.target_params", pr.target_params)
+    if pr.name == "magnitude":
+        _choice("pruning.scope", pr.scope, ("global", "layer"))
+    if pr.name == "lowrank":
+        _choice("pruning.rank_rule", pr.rank_rule, ("energy", "uniform"))
+
+
+def unused_key_error(key: str, option: str, group: str = "pruning") -> str:
+    """The message for ``group.key`` given on the command line with an option that does not use it."""
+    table = PRUNING_KEYS if group == "pruning" else SCHEDULE_KEYS
+    used = table[option]
+    owners = [name for name, keys in table.items() if key in keys]
+    close = difflib.get_close_matches(key, used, n=1)
+    hint = f"did you mean {group}.{close[0]}? " if close else ""
+    where = f"it is a key of {group}={'/'.join(owners)}; " if owners else ""
+    return (f"{group}.{key} is not used by {group}={option}: {hint}{where}"
+            f"{group}={option} takes {', '.join(k for k in used if k != 'name') or 'no keys'}")
 
 
 def _device_ok(device: str) -> None:

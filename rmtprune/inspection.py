@@ -15,22 +15,21 @@ import numpy as np
 from omegaconf import DictConfig
 from torch import nn
 
-from .models import prunable_layers
-from .pruner import RMTPruner
+from .pruner import rmt_pruner_from_config
 
 COLUMNS = ["layer", "kind", "out", "in", "gamma", "sigma2", "lambda_plus", "threshold", "n_spikes", "fit_error",
            "good_fit", "tolerance", "rank_now", "rank_after_prune", "action", "params_now", "params_after",
            "n_censored", "note"]
 
 
-def inspect_model(model: nn.Module, pruning: DictConfig, num_classes: int | None = None, keep_fraction: float = 0.0,
+def inspect_model(model: nn.Module, pruning: DictConfig, keep_fraction: float = 0.0,
                   pruner_state: dict[str, Any] | None = None) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
-    """Rows of :data:`COLUMNS` (one per prunable layer, plus a ``total`` row) and the spectra by layer."""
-    layers = prunable_layers(model)
-    if num_classes is None and layers:
-        last = layers[-1][1]
-        num_classes = int(getattr(last, "out_features", getattr(last, "out_channels", 1)))
-    pruner = RMTPruner(pruning, lambda e: keep_fraction, int(num_classes or 1))
+    """Rows of :data:`COLUMNS` (one per prunable layer, plus a ``total`` row) and the spectra by layer.
+
+    ``pruning`` is a ``pruning=rmt`` config node; the output layer's rank floor defaults to its number of
+    outputs. The model is not modified (the event runs on a copy).
+    """
+    pruner = rmt_pruner_from_config(pruning, schedule=lambda e: keep_fraction)
     if pruner_state:
         pruner.load_state_dict(pruner_state)
     event = pruner.step(copy.deepcopy(model), epoch=0)

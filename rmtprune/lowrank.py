@@ -7,12 +7,16 @@
   Viewing the weight as the (out, in/groups * k * k) matrix W, each group's r intermediate
   channels carry the same r right factors; the 1 x 1 conv mixes them with the left factors
   of that group's output rows. Parameters r (in k^2 + out) (+ out bias).
+
+The factors are created uninitialised (``torch.nn.utils.skip_init``, no RNG drawn): the surgery or
+``load_state_dict`` fills them.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.utils import skip_init
 
 
 class LowRankLinear(nn.Module):
@@ -22,8 +26,10 @@ class LowRankLinear(nn.Module):
                  device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.in_features, self.out_features, self.rank = in_features, out_features, rank
-        self.first = nn.Linear(in_features, rank, bias=False, device=device, dtype=dtype)
-        self.second = nn.Linear(rank, out_features, bias=bias, device=device, dtype=dtype)
+        # skip_init: the factors are always filled by the surgery or load_state_dict, and drawing an init
+        # would consume the global RNG (dropout masks of the two arms would differ after the first split)
+        self.first = skip_init(nn.Linear, in_features, rank, bias=False, device=device or "cpu", dtype=dtype)
+        self.second = skip_init(nn.Linear, rank, out_features, bias=bias, device=device or "cpu", dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.second(self.first(x))
@@ -54,11 +60,11 @@ class LowRankConv2d(nn.Module):
         super().__init__()
         self.in_channels, self.out_channels, self.rank, self.groups = in_channels, out_channels, rank, groups
         self.kernel_size = tuple(kernel_size)
-        self.first = nn.Conv2d(in_channels, groups * rank, kernel_size, stride=stride, padding=padding,
+        self.first = skip_init(nn.Conv2d, in_channels, groups * rank, kernel_size, stride=stride, padding=padding,
                                dilation=dilation, groups=groups, bias=False, padding_mode=padding_mode,
-                               device=device, dtype=dtype)
-        self.second = nn.Conv2d(groups * rank, out_channels, 1, groups=groups, bias=bias,
-                                device=device, dtype=dtype)
+                               device=device or "cpu", dtype=dtype)
+        self.second = skip_init(nn.Conv2d, groups * rank, out_channels, 1, groups=groups, bias=bias,
+                                device=device or "cpu", dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.second(self.first(x))

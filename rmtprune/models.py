@@ -136,4 +136,10 @@ def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def count_parameters(model: nn.Module) -> int:
+    """The model's parameter count: every entry of every parameter."""
     return sum(p.numel() for p in model.parameters())
+
+
+def is_conv(module: nn.Module) -> bool:
+    """Whether a prunable layer is a convolution (dense or split)."""
+    return isinstance(module, (nn.Conv2d, LowRankConv2d))

@@ -22,12 +22,53 @@ from typing import Any, Iterable
 from omegaconf import DictConfig, OmegaConf
 
 METRICS_COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "n_params",
-                   "n_params_after", "pruned_layers", "lr", "seconds"]
+                   "n_params_after", "pruned_layers", "lr", "test_loss_after_event", "test_acc_after_event",
+                   "seconds"]
 
-# Keys that do not change what a run computes (where it runs, how it reports, how it was launched).
+# Keys that do not change what a run computes (where it runs, how it reports, how it was launched, what is
+# measured after training).
 NOT_IDENTITY = {"resume", "skip_done", "device", "progress", "output_root", "checkpoint", "eval_batch_size",
-                "threads", "deterministic", "logger"}
-DATASET_NOT_IDENTITY = {"root", "offline_dir", "download"}
+                "threads", "deterministic", "logger", "magnitude_sweep"}
+DATASET_NOT_IDENTITY = {"root", "offline_dir", "download", "verify_md5"}
+# Bumped when the same config computes something else than before (a method fix): runs made by older code
+# then have other keys, and skip_done / resume never mistake them for runs of this code.
+IDENTITY_VERSION = 2
+
+
+class RunLock:
+    """An exclusive lock on a run folder while a run writes to it (``<folder>/.lock``, flock).
+
+    A second process that tries to use the folder gets a UserError naming the holder's pid; the lock
+    goes with the process, so a killed run never leaves the folder locked.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.path = Path(folder) / ".lock"
+        self._fd: int | None = None
+
+    def __enter__(self) -> "RunLock":
+        import fcntl
+
+        from .errors import UserError
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise UserError(f"{self.path.parent} is in use by another rmtprune run (pid {holder}); wait for it, "
+                            f"or choose another folder (hydra.run.dir=...)") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._fd is not None:
+            self.path.unlink(missing_ok=True)
+            os.close(self._fd)
+            self._fd = None
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -69,31 +110,60 @@ def read_json(path: Path) -> dict[str, Any]:
         return json.load(f)
 
 
-def identity(cfg: DictConfig) -> dict[str, Any]:
-    """The part of the resolved config that determines a run's results."""
-    data = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
-    assert isinstance(data, dict)
+def identity(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
+    """The part of a resolved config that determines a run's results: the one definition of "the same run".
+
+    Left out: ``NOT_IDENTITY`` (and the data set's location keys), the pruning keys the chosen option
+    does not use (config.PRUNING_KEYS), the schedule unless the option uses one (config.USES_SCHEDULE) and
+    then only its own keys, ``topology`` unless the model is the MLP, and ``pruning.target_from``
+    (what counts is the ``target_params`` it resolves to). ``cfg`` is a DictConfig or the plain
+    ``config`` dict of a summary.json.
+    """
+    from .config import PRUNING_KEYS, SCHEDULE_KEYS, USES_SCHEDULE
+
+    data = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False) if isinstance(cfg, DictConfig) \
+        else json.loads(json.dumps(cfg, default=str))
+    if not isinstance(data, dict):
+        raise ValueError("a run config must be a mapping")
     data = {k: v for k, v in data.items() if k not in NOT_IDENTITY and k != "hydra"}
     if isinstance(data.get("dataset"), dict):
         data["dataset"] = {k: v for k, v in data["dataset"].items() if k not in DATASET_NOT_IDENTITY}
+    pruning = data.get("pruning")
+    if isinstance(pruning, dict):
+        used = PRUNING_KEYS.get(str(pruning.get("name")), tuple(pruning))
+        data["pruning"] = {k: v for k, v in pruning.items() if k in used and k != "target_from"}
+        if pruning.get("name") not in USES_SCHEDULE:
+            data.pop("schedule", None)
+    schedule = data.get("schedule")
+    if isinstance(schedule, dict):
+        used = SCHEDULE_KEYS.get(str(schedule.get("name")), tuple(schedule))
+        data["schedule"] = {k: v for k, v in schedule.items() if k in used}
+    if isinstance(data.get("model"), dict) and data["model"].get("name", "mlp") != "mlp":
+        data.pop("topology", None)
     return data
 
 
-def config_key(cfg: DictConfig) -> str:
-    """A short hash of :func:`identity`: two runs with the same key compute the same thing."""
-    blob = json.dumps(identity(cfg), sort_keys=True, default=str)
+def config_key(cfg: DictConfig | dict[str, Any]) -> str:
+    """A short hash of :func:`identity` (and IDENTITY_VERSION): two runs with the same key compute the same thing."""
+    blob = json.dumps({"identity_version": IDENTITY_VERSION, **identity(cfg)}, sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
-def find_runs(root: Path, key: str, exclude: Path | None = None) -> list[tuple[Path, dict[str, Any]]]:
+def identity_differences(a: DictConfig | dict[str, Any], b: DictConfig | dict[str, Any]) -> list[str]:
+    """Dotted keys of the identity whose values differ between two configs (sorted)."""
+    from .runs import flatten
+
+    fa, fb = flatten(identity(a)), flatten(identity(b))
+    return sorted(k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k))
+
+
+def find_runs(root: Path, key: str) -> list[tuple[Path, dict[str, Any]]]:
     """Run folders under ``root`` whose summary.json has config ``key``, newest first."""
     found = []
     if not root.is_dir():
         return found
     for summary in root.rglob("summary.json"):
         folder = summary.parent
-        if exclude is not None and folder.resolve() == exclude.resolve():
-            continue
         try:
             data = read_json(summary)
         except (OSError, ValueError):

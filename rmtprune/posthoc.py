@@ -20,9 +20,11 @@ from .loading import load_model
 from .models import build_model, count_parameters, model_spec
 from .outputs import METRICS_COLUMNS, append_spectra, write_csv, write_json
 from .progress import BatchProgress, show_event
-from .pruner import LEDGER_COLUMNS, RMTPruner
+from .pruner import LEDGER_COLUMNS, rmt_pruner_from_config
 from .schedules import make_schedule
-from .train import make_optimizer, resolve_device, train_epoch
+from .state import make_optimizer
+from .step import train_epoch
+from .train import resolve_device
 
 log = logging.getLogger("rmtprune")
 
@@ -60,7 +62,7 @@ def prune_saved(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     loss0, acc0 = evaluate(model, data.test_x, data.test_y, int(cfg.eval_batch_size))
     params0 = count_parameters(model)
     epoch = int(info["epoch"] or cfg.epochs)
-    pruner = RMTPruner(cfg.pruning, make_schedule(cfg.schedule), num_classes)
+    pruner = rmt_pruner_from_config(cfg.pruning, make_schedule(cfg.schedule))
     if info["kind"] == "rmtprune":
         pruner.load_state_dict(info["raw"].get("pruner", {}))
     event = pruner.step(model, epoch)

@@ -1,16 +1,33 @@
-"""The pruning step between epochs: fit every eligible layer, pick its rank, do the surgery.
+"""RMT pruning of any ``nn.Module``, in your own loop or through ``rmtprune train``.
 
-The training loop only calls ``pruner.step(model, epoch)``; :class:`NoPruner` is the normal
-baseline and does nothing. :class:`RMTPruner` implements method doc section 4:
+>>> pruner = rmtprune.RMTPruner(schedule="linear", horizon=epochs)
+>>> for epoch in range(1, epochs + 1):
+...     train_one_epoch(model, optimizer)
+...     if pruner.is_event(epoch):
+...         event = pruner.step(model, epoch)          # modifies model in place
+...         optimizer = rmtprune.rebuild_optimizer(optimizer, model, event, momentum=pruner.momentum,
+...                                                lr=optimizer.param_groups[0]["lr"] * pruner.lr_factor)
 
-1. singular values -> BEMA fit -> edge s_+ and fit error; a fit error at or above the tolerance
-   leaves the layer unchanged (``skip_bad_fit``);
-2. target rank r = k + floor((p - k) f(e)) clamped to [min rank, p] (k spikes, f the schedule);
-3. split into two factors if r (groups m + out) < out m, else truncate in place (or leave it,
-   ``truncate=false``); a split layer is refitted on its product and re-split.
+At an event, every eligible ``nn.Linear`` / ``nn.Conv2d`` (at least ``min_size`` weights; and the
+layers it split before) goes through (method doc section 4):
 
-Layers that were truncated or split hold p - r (near-)zero singular values, no longer MP: the
-fit censors them (``n_censored``) so that they do not drag the noise estimate down.
+1. one decomposition of the layer's matrix W (out, m), m = in (Linear) or in/groups * kh * kw (Conv2d):
+   the thin SVD (for a split layer, through QR of its factors), reused by the surgery;
+2. the BEMA fit of the Marchenko-Pastur law to its singular values (``rmt.fit_mp``), with the zeros left
+   by earlier cuts censored from below and the values that were above the edge at an earlier fit never
+   used as bulk; a fit error at or above the tolerance leaves the layer unchanged (``skip_bad_fit``);
+   no bulk left to fit (a layer already cut to its spikes) keeps its rank (``keep_no_bulk``);
+3. target rank r = k + floor((p - k) f(e)), k the spikes, p = min(out, m), f the schedule's keep
+   fraction, clamped to [min_rank, p] (the output layer: at least ``output_min_rank``, default its
+   number of outputs);
+4. a split into two thin factors when r (groups m + out) < out m, else a truncation in place
+   (``truncate=True``) or nothing (``skip_no_saving``); a split layer is re-split.
+
+Side effects of :meth:`RMTPruner.step`: modifies ``model`` in place (``set_submodule`` for split
+layers, ``weight.data`` for truncated ones); the returned :class:`PruneEvent` lists the parameters
+that were replaced or added, so that an optimizer holding them can be rebuilt
+(:func:`rmtprune.rebuild_optimizer`). The pruner itself remembers, per layer name, the rank of
+truncated layers and the number of known spikes (``state_dict``).
 """
 
 from __future__ import annotations
@@ -18,176 +35,254 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Union
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
 from torch import nn
 
+from .events import ControlPruner, NoPruner, PruneEvent, Pruner
 from .lowrank import LOW_RANK_TYPES
-from .models import prunable_layers
-from .rmt import fit_mp
-from .schedules import Schedule, target_rank
-from .surgery import apply_rank, layer_matrix, layer_matrix_shape, layer_svd, param_count
+from .models import is_conv, prunable_layers
+from .rmt import NoBulkError, fit_mp
+from .schedules import SCHEDULES, Schedule, target_rank
+from .surgery import apply_rank, layer_matrix_shape, layer_svd, param_count
 
 log = logging.getLogger(__name__)
 
 LEDGER_COLUMNS = [
     "epoch", "layer", "kind", "out", "in", "gamma", "sigma2", "lambda_plus", "threshold", "n_spikes",
     "fit_error", "tolerance", "good_fit", "keep_fraction", "rank_before", "rank_after", "action",
-    "params_before", "params_after", "n_censored", "seconds", "note",
+    "params_before", "params_after", "n_censored", "n_known_spikes", "seconds", "note",
 ]
+# Failures of the linear algebra on one layer (no convergence, a NaN matrix): logged in the ledger and the
+# layer left as it is. Anything else (CUDA out of memory, a device error) fails the run.
+LINALG_ERRORS = (ValueError, np.linalg.LinAlgError, torch.linalg.LinAlgError)
 
 
-@dataclass
-class PruneEvent:
-    """Ledger rows of one event and the parameters whose values or identity changed."""
-
-    records: list[dict[str, Any]] = field(default_factory=list)
-    touched: set[int] = field(default_factory=set)
-    spectra: dict[str, np.ndarray] = field(default_factory=dict)  # layer -> singular values (descending)
-
-    @property
-    def changed(self) -> bool:
-        return any(r["action"] in ("split", "truncate") for r in self.records)
+def ledger_row(name: str, module: nn.Module, **values: Any) -> dict[str, Any]:
+    """A ledger row for one layer with every column present (NaN where unknown)."""
+    out, m = layer_matrix_shape(module)
+    n_params = param_count(module)
+    row: dict[str, Any] = {c: math.nan for c in LEDGER_COLUMNS}
+    row.update(layer=name, kind="conv" if is_conv(module) else "linear", out=out, **{"in": m},
+               params_before=n_params, params_after=n_params, good_fit=False, note="")
+    row.update(values)
+    return row
 
 
-class Pruner(Protocol):
-    def is_event(self, epoch: int) -> bool: ...
-    def step(self, model: nn.Module, epoch: int) -> PruneEvent: ...
-    def state_dict(self) -> dict[str, Any]: ...
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+class RMTPruner(Pruner):
+    """Marchenko-Pastur pruning between epochs (see the module docstring for what one event does).
 
+    Args:
+        tolerance: prune a layer only if its MP fit error is below this (1 always passes, 0 never).
+        conv_tolerance: the tolerance for Conv2d layers (None: ``tolerance``; the reference CNN used 0.6).
+        alpha: BEMA trimming of the bulk window, in (0, 0.5).
+        beta: Tracy-Widom confidence level of the edge, in (0, 1).
+        schedule: keep fraction f(e) of the sub-edge values at an event after epoch e: ``"linear"``
+            (f = max(0, 1 - e / horizon)), ``"oneshot"`` (f = 0), or any callable epoch -> [0, 1]
+            (``rmtprune.schedules``: ``step``, ``exponential``, ``constant``).
+        horizon: the linear schedule's horizon, in epochs (None: the run length given to :meth:`setup`).
+        every, start_epoch, stop_epoch: the event calendar (events after epochs start_epoch,
+            start_epoch + every, ..., up to stop_epoch).
+        min_size: eligible layers have at least this many weight entries (out * in * kh * kw).
+        min_rank: never cut a layer below this rank.
+        include_output_layer: whether the last prunable layer (in module order) is pruned.
+        output_min_rank: the output layer's rank floor (None: its number of outputs).
+        truncate: a layer whose split would not save parameters is truncated in place (True) or left.
+        lr_factor, momentum: what the training loop applies at every event epoch (lr x lr_factor; a new
+            optimizer, ``"reset"``: all momentum zeroed, ``"keep"``: untouched parameters keep theirs).
 
-class NoPruner:
-    """``pruning=none``: never prunes."""
+    Raises:
+        ValueError: an argument out of range, named in the message.
+    """
 
-    lr_factor = 1.0
-    momentum = "keep"
+    name = "rmt"
 
-    def is_event(self, epoch: int) -> bool:
-        return False
+    def __init__(self, tolerance: float = 0.05, conv_tolerance: float | None = None, alpha: float = 0.25,
+                 beta: float = 0.1, schedule: Union[str, Schedule] = "linear", horizon: float | None = None,
+                 every: int = 1, start_epoch: int = 1, stop_epoch: int | None = None, min_size: int = 10000,
+                 min_rank: int = 1, include_output_layer: bool = True, output_min_rank: int | None = None,
+                 truncate: bool = True, lr_factor: float = 0.96, momentum: str = "reset") -> None:
+        super().__init__(every=every, start_epoch=start_epoch, stop_epoch=stop_epoch, lr_factor=lr_factor,
+                         momentum=momentum)
+        for key, value in (("tolerance", tolerance), ("conv_tolerance", conv_tolerance)):
+            if value is not None and not (isinstance(value, (int, float)) and 0 <= value <= 1):
+                raise ValueError(f"{key} must be in [0, 1] (1 always passes, 0 never), got {value!r}")
+        if not (isinstance(alpha, (int, float)) and 0 < alpha < 0.5):
+            raise ValueError(f"alpha must be in (0, 0.5), got {alpha!r}")
+        if not (isinstance(beta, (int, float)) and 0 < beta < 1):
+            raise ValueError(f"beta must be in (0, 1), got {beta!r}")
+        if horizon is not None and not (isinstance(horizon, (int, float)) and horizon > 0):
+            raise ValueError(f"horizon must be a positive number of epochs, got {horizon!r}")
+        if not (callable(schedule) or schedule in ("linear", "oneshot")):
+            raise ValueError(f"schedule must be 'linear', 'oneshot' or a callable epoch -> keep fraction, "
+                             f"got {schedule!r} (step, exponential, constant: rmtprune.schedules)")
+        for key, value in (("min_size", min_size), ("min_rank", min_rank)):
+            if not isinstance(value, (int, np.integer)) or value < (0 if key == "min_size" else 1):
+                raise ValueError(f"{key} must be an integer >= {0 if key == 'min_size' else 1}, got {value!r}")
+        if output_min_rank is not None and (not isinstance(output_min_rank, (int, np.integer)) or output_min_rank < 1):
+            raise ValueError(f"output_min_rank must be a positive integer or None, got {output_min_rank!r}")
+        self.tolerance, self.conv_tolerance = float(tolerance), conv_tolerance
+        self.alpha, self.beta = float(alpha), float(beta)
+        self.schedule, self.horizon = schedule, horizon
+        self.min_size, self.min_rank = int(min_size), int(min_rank)
+        self.include_output_layer, self.output_min_rank = bool(include_output_layer), output_min_rank
+        self.truncate = bool(truncate)
+        self.ranks: dict[str, int] = {}         # rank of the layers truncated in place
+        self.known_spikes: dict[str, int] = {}  # values above the edge at an earlier good fit, per layer
 
-    def step(self, model: nn.Module, epoch: int) -> PruneEvent:
-        return PruneEvent()
+    # --- schedule -------------------------------------------------------------------------------
+    def keep_fraction(self, epoch: int) -> float:
+        """f(epoch), the share of the sub-edge singular values an event after ``epoch`` keeps."""
+        if callable(self.schedule):
+            f = float(self.schedule(epoch))
+        elif self.schedule == "oneshot":
+            f = 0.0
+        else:
+            horizon = self.horizon if self.horizon is not None else self.epochs
+            if horizon is None:
+                raise ValueError("RMTPruner(schedule='linear') needs horizon= (the epoch at which the keep fraction "
+                                 "reaches 0, e.g. your number of epochs), or pruner.setup(model, epochs) first")
+            f = SCHEDULES["linear"](epoch, float(horizon))
+        if not 0.0 <= f <= 1.0:
+            raise ValueError(f"the schedule gave keep fraction {f} at epoch {epoch}; it must be in [0, 1]")
+        return round(f, 12)
 
+    # --- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
-
-
-class RMTPruner:
-    """MP-fit pruning of every eligible Linear / Conv2d layer (see the module docstring)."""
-
-    def __init__(self, cfg: DictConfig, schedule: Schedule, num_classes: int) -> None:
-        self.cfg = cfg
-        self.schedule = schedule
-        self.num_classes = num_classes
-        self.lr_factor = float(cfg.lr_factor)
-        self.momentum = str(cfg.momentum)
-        self.ranks: dict[str, int] = {}   # current rank of layers that were truncated in place
-
-    def is_event(self, epoch: int) -> bool:
-        c = self.cfg
-        if epoch < c.start_epoch or (c.stop_epoch is not None and epoch > c.stop_epoch):
-            return False
-        return (epoch - c.start_epoch) % c.every == 0
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"ranks": dict(self.ranks)}
+        return {"ranks": dict(self.ranks), "known_spikes": dict(self.known_spikes)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.ranks = {str(k): int(v) for k, v in state.get("ranks", {}).items()}
+        self.known_spikes = {str(k): int(v) for k, v in state.get("known_spikes", {}).items()}
 
+    # --- the event ------------------------------------------------------------------------------
     def step(self, model: nn.Module, epoch: int) -> PruneEvent:
-        event = PruneEvent()
+        """Fit and cut every eligible layer of ``model`` in place; returns the event (ledger rows,
+        replaced and added parameters, spectra). Does not check the calendar: call it at the epochs
+        for which :meth:`is_event` is true (or at any epoch, for a one-off cut)."""
+        event = PruneEvent(epoch)
         layers = prunable_layers(model)
-        output_name = layers[-1][0] if layers else None
-        f = round(float(self.schedule(epoch)), 12)
-        for name, module in layers:
-            is_output = name == output_name
-            if is_output and not self.cfg.include_output_layer:
+        f = self.keep_fraction(epoch)
+        for i, (name, module) in enumerate(layers):
+            is_output = i == len(layers) - 1
+            if is_output and not self.include_output_layer:
                 continue
             t0 = time.perf_counter()
             row = self._prune_one(model, name, module, is_output, f, event)
-            row["seconds"] = time.perf_counter() - t0
-            row["epoch"] = epoch
+            row.update(seconds=time.perf_counter() - t0, epoch=epoch)
             event.records.append(row)
         return event
 
-    def _tolerance(self, module: nn.Module) -> float:
-        is_conv = module.__class__.__name__.endswith("Conv2d")
-        if is_conv and self.cfg.conv_tolerance is not None:
-            return float(self.cfg.conv_tolerance)
-        return float(self.cfg.tolerance)
+    def tolerance_for(self, module: nn.Module) -> float:
+        if is_conv(module) and self.conv_tolerance is not None:
+            return float(self.conv_tolerance)
+        return self.tolerance
 
     def _prune_one(self, model: nn.Module, name: str, module: nn.Module, is_output: bool, f: float,
                    event: PruneEvent) -> dict[str, Any]:
         out, m = layer_matrix_shape(module)
         p = min(out, m)
-        tol = self._tolerance(module)
-        kind = "conv" if "Conv" in type(module).__name__ else "linear"
+        tol = self.tolerance_for(module)
         rank_now = module.rank * getattr(module, "groups", 1) if isinstance(module, LOW_RANK_TYPES) \
             else self.ranks.get(name, p)
         rank_now = min(rank_now, p)
-        row: dict[str, Any] = {c: math.nan for c in LEDGER_COLUMNS}
-        n_params = param_count(module)
-        row.update(layer=name, kind=kind, out=out, **{"in": m}, tolerance=tol, keep_fraction=f,
-                   rank_before=rank_now, rank_after=rank_now, params_before=n_params,
-                   params_after=n_params, good_fit=False, note="")
-        if out * m < self.cfg.min_size or p < 10:
-            row.update(action="skip_small", note=f"{out * m} weights < min_size {self.cfg.min_size}"
+        known = min(self.known_spikes.get(name, 0), rank_now)
+        row = ledger_row(name, module, tolerance=tol, keep_fraction=f, rank_before=rank_now, rank_after=rank_now)
+        if out * m < self.min_size or p < 10:
+            row.update(action="skip_small", note=f"{out * m} weights < min_size {self.min_size}"
                        if p >= 10 else "fewer than 10 singular values")
             return row
         censored = p - rank_now
+        row.update(n_censored=censored, n_known_spikes=known)
         try:
-            if isinstance(module, LOW_RANK_TYPES):
-                svd = layer_svd(module)
-                s = np.zeros(p)
-                vals = svd[1].double().cpu().numpy()[:p]
-                s[: vals.size] = vals
-                fit = fit_mp(singular_values=s, shape=(out, m), alpha=self.cfg.alpha, beta=self.cfg.beta,
-                             n_censored=censored)
-            else:
-                svd = None
-                fit = fit_mp(layer_matrix(module), alpha=self.cfg.alpha, beta=self.cfg.beta, n_censored=censored)
-        except (ValueError, np.linalg.LinAlgError, torch.linalg.LinAlgError, RuntimeError) as exc:
+            svd = layer_svd(module)
+            s = np.zeros(p)
+            vals = svd[1].double().cpu().numpy()[:p]
+            s[: vals.size] = vals
+            fit = fit_mp(singular_values=s, shape=(out, m), alpha=self.alpha, beta=self.beta,
+                         n_censored=censored, n_known_spikes=known)
+        except NoBulkError as exc:
+            row.update(action="keep_no_bulk", note=f"no bulk left to fit: {exc}")
+            return row
+        except LINALG_ERRORS as exc:
             row.update(action="skip_bad_fit", note=f"fit failed: {exc}")
             return row
         event.spectra[name] = np.asarray(fit.singular_values, dtype=np.float32)
         row.update(gamma=fit.gamma, sigma2=fit.sigma2, lambda_plus=fit.lambda_plus, threshold=fit.threshold,
-                   n_spikes=fit.n_spikes, fit_error=fit.fit_error, good_fit=fit.good(tol), n_censored=censored)
+                   n_spikes=fit.n_spikes, fit_error=fit.fit_error, good_fit=fit.good(tol))
         if not fit.good(tol):
             row.update(action="skip_bad_fit", note=f"fit error {fit.fit_error:.4f} >= tolerance {tol}")
             return row
-        floor = int(self.cfg.min_rank)
+        self.known_spikes[name] = max(known, fit.n_spikes)
+        floor = self.min_rank
         if is_output:
-            floor = max(floor, int(self.cfg.output_min_rank if self.cfg.output_min_rank is not None
-                                   else self.num_classes))
+            floor = max(floor, int(self.output_min_rank if self.output_min_rank is not None else out))
         rank = target_rank(p, fit.n_spikes, f, floor)
         try:
-            result = apply_rank(module, rank, rank_now, svd, truncate=bool(self.cfg.truncate))
-        except (torch.linalg.LinAlgError, RuntimeError) as exc:
+            result = apply_rank(module, rank, rank_now, svd, truncate=self.truncate)
+        except LINALG_ERRORS as exc:
             row.update(action="skip_svd_failed", note=f"SVD failed: {exc}")
             return row
+        record_surgery(model, name, module, result, event)
         if result.action == "split":
-            event.touched.update(id(q) for q in module.parameters())
-            model.set_submodule(name, result.module)
-            event.touched.update(id(q) for q in result.module.parameters())
             self.ranks.pop(name, None)
         elif result.action == "truncate":
-            event.touched.update(id(q) for q in module.parameters())
             self.ranks[name] = result.rank_after
         row.update(action=result.action, rank_after=result.rank_after, params_before=result.params_before,
                    params_after=result.params_after)
         return row
 
 
-def make_pruner(cfg: DictConfig, schedule: Schedule, num_classes: int) -> Pruner:
-    if cfg.name == "none":
+def record_surgery(model: nn.Module, name: str, module: nn.Module, result: Any, event: PruneEvent) -> None:
+    """Put a surgery's result into the model and the event: a split replaces the layer (its parameters
+    replaced, the factors added); a truncation overwrote the layer's weight in place."""
+    if result.action == "split":
+        event.replaced.extend(module.parameters())
+        model.set_submodule(name, result.module)
+        event.added.extend(result.module.parameters())
+    elif result.action == "truncate":
+        event.replaced.extend(module.parameters())
+
+
+def prune_model(model: nn.Module, keep_fraction: float = 0.0, **kwargs: Any) -> PruneEvent:
+    """One RMT cut of a trained model: every eligible layer keeps its spikes and ``keep_fraction`` of its
+    sub-edge singular values. Modifies ``model`` in place; keyword arguments as :class:`RMTPruner`
+    (``schedule`` and the calendar excepted). Returns the event (ledger rows in ``event.records``)."""
+    for key in ("schedule", "horizon", "every", "start_epoch", "stop_epoch"):
+        if key in kwargs:
+            raise ValueError(f"prune_model makes one cut at keep_fraction: {key}= does not apply")
+    if not (isinstance(keep_fraction, (int, float)) and 0 <= keep_fraction <= 1):
+        raise ValueError(f"keep_fraction must be in [0, 1], got {keep_fraction!r}")
+    pruner = RMTPruner(schedule=lambda e: float(keep_fraction), **kwargs)
+    return pruner.step(model, epoch=0)
+
+
+def rmt_pruner_from_config(pruning: Any, schedule: Schedule | None = None) -> RMTPruner:
+    """The RMTPruner of a ``pruning=rmt`` config node (conf/pruning/rmt.yaml): its keys are the keyword
+    arguments; ``schedule`` is the callable made from the schedule group (schedules.make_schedule)."""
+    from .config import PRUNING_KEYS
+
+    kwargs = {k: pruning[k] for k in PRUNING_KEYS["rmt"] if k != "name"}
+    return RMTPruner(schedule=schedule if schedule is not None else "linear", **kwargs)
+
+
+def make_pruner(pruning: Any, schedule: Schedule | None = None) -> Pruner:
+    """The pruner of a config's ``pruning`` node (and schedule callable, for rmt)."""
+    from .config import PRUNING_KEYS
+
+    name = pruning.name
+    if name == "none":
         return NoPruner()
-    return RMTPruner(cfg, schedule, num_classes)
+    calendar = {k: pruning[k] for k in PRUNING_KEYS["control"] if k != "name"}
+    if name == "control":
+        return ControlPruner(**calendar)
+    if name == "rmt":
+        return rmt_pruner_from_config(pruning, schedule)
+    if name in ("magnitude", "lowrank"):
+        from .baselines import baseline_from_config
+
+        return baseline_from_config(pruning)
+    raise ValueError(f"unknown pruning {name!r}")
+

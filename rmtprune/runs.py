@@ -15,12 +15,6 @@ import pandas as pd
 from . import outputs
 from .outputs import read_json, resolve_redirect
 
-# Flattened config keys that do not tell arms apart: those outside a run's identity
-# (outputs.identity), plus settings that change only what is measured after training.
-NOT_IDENTITY = (*sorted(outputs.NOT_IDENTITY), *(f"dataset.{k}" for k in sorted(outputs.DATASET_NOT_IDENTITY)),
-                "dataset.raw_md5", "magnitude_sweep.", "hydra.")
-
-
 @dataclass
 class Run:
     """One run folder, read back."""
@@ -55,13 +49,6 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = json.dumps(v) if isinstance(v, list) else v
     return out
-
-
-def _identity(flat: dict[str, Any]) -> dict[str, Any]:
-    keep = {k: v for k, v in flat.items() if not any(k == n or k.startswith(n) for n in NOT_IDENTITY)}
-    if keep.get("model.name", "mlp") != "mlp":
-        keep.pop("topology", None)  # only the MLP is built from it; a CNN is named by model.*
-    return keep
 
 
 def discover(paths: list[Path]) -> tuple[list[Path], list[dict[str, str]]]:
@@ -103,7 +90,7 @@ def load_run(folder: Path) -> Run:
         raise ValueError(f"metrics.csv unreadable ({type(exc).__name__})") from None
     ledger = _optional_csv(folder / "layers.csv")
     magnitude = _optional_csv(folder / "magnitude_sweep.csv")
-    return Run(folder, summary, _identity(flatten(summary["config"])), metrics, ledger, magnitude)
+    return Run(folder, summary, flatten(outputs.identity(summary["config"])), metrics, ledger, magnitude)
 
 
 def _optional_csv(path: Path) -> pd.DataFrame | None:

@@ -29,20 +29,31 @@ def exponential(epoch: int, rate: float) -> float:
     return float(rate) ** epoch
 
 
+def oneshot(epoch: int) -> float:
+    """f(e) = 0: only the spikes survive the first event."""
+    return 0.0
+
+
+def constant(epoch: int, value: float) -> float:
+    """f(e) = value."""
+    return float(value)
+
+
+SCHEDULES: dict[str, Callable[..., float]] = {
+    "linear": linear, "step": step, "oneshot": oneshot, "exponential": exponential, "constant": constant,
+}
+
+
 def make_schedule(cfg: DictConfig) -> Schedule:
-    """The schedule named by ``cfg.name`` with its parameters from the config."""
+    """The schedule named by ``cfg.name`` with its parameters from the config (config.SCHEDULE_KEYS)."""
+    from functools import partial
+
+    from .config import SCHEDULE_KEYS
+
     name = cfg.name
-    if name == "linear":
-        return lambda e: linear(e, float(cfg.horizon))
-    if name == "step":
-        return lambda e: step(e, int(cfg.at))
-    if name == "oneshot":
-        return lambda e: 0.0
-    if name == "exponential":
-        return lambda e: exponential(e, float(cfg.rate))
-    if name == "constant":
-        return lambda e: float(cfg.value)
-    raise ValueError(f"unknown schedule {name!r}")
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown schedule {name!r}")
+    return partial(SCHEDULES[name], **{k: cfg[k] for k in SCHEDULE_KEYS[name] if k != "name"})
 
 
 def target_rank(p: int, n_spikes: int, keep_fraction: float, min_rank: int) -> int:

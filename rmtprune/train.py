@@ -1,48 +1,59 @@
-"""The training run: epochs of SGD, evaluation, pruning between epochs, checkpoints, resume.
+"""The training run: epochs of SGD, evaluation, pruning events between epochs, checkpoints, resume.
 
-``run(cfg, run_dir)`` is everything ``rmtprune train`` does for one job. The loop does not know
-how pruning works: it calls ``pruner.step(model, epoch)`` after an epoch and, when the model
-changed, multiplies the lr by ``pruning.lr_factor`` and rebuilds the optimizer (momentum policy:
-``reset`` zeroes all momentum, as the reference does; ``keep`` keeps the momentum of every
-parameter the event did not touch, new or truncated parameters start at zero).
+``run(cfg, run_dir)`` is everything ``rmtprune train`` does for one job. The loop does not know how
+pruning works: at every event epoch of the pruner's calendar (never after the last epoch) it calls
+``pruner.step(model, epoch)``, evaluates the model right after the event (``test_acc_after_event``:
+the Pruning Theorem's prediction, measured), multiplies the lr by ``pruning.lr_factor`` and rebuilds
+the optimizer with the momentum policy (``reset``: all momentum zeroed, as the reference does;
+``keep``: parameters the event did not touch keep theirs). This happens at every event epoch whether
+or not the event changed the model, so ``pruning=control`` (the same calendar, no pruning) has exactly
+the lr calendar of the pruned arm. ``optimizer.lr_decay`` multiplies the lr after every epoch.
 
-Loss: cross-entropy + l1 sum|theta| + l2 sum theta^2 over all parameters. The penalties enter
-as gradients (l1 sign(theta), and weight decay 2 l2 theta in SGD), so the reported train and
-test losses are the cross-entropy alone.
+Loss: cross-entropy + l1 sum|theta| + l2 sum theta^2 over all parameters. The penalties enter as
+gradients (l1 sign(theta), and weight decay 2 l2 theta in SGD), so the reported train and test losses
+are the cross-entropy alone.
+
+A run folder belongs to one run: it is locked while the run writes to it, and a folder holding another
+run is refused. Ctrl-C and SIGTERM record ``interrupted`` in summary.json; an unexpected error records
+``failed``; either way continue with ``resume=true``.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import platform
+import signal
 import time
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
 
-from . import __version__
-from .checkpoint import is_checkpoint, load_file, model_payload, rebuild_model, save_atomic
 from .config import validate
 from .data import Data, load_data
+from .environment import machine, versions
 from .errors import RunFailed, UserError
 from .evaluate import evaluate
+from .events import Pruner, rebuild_optimizer
 from .magnitude import COLUMNS as MAGNITUDE_COLUMNS
 from .magnitude import magnitude_sweep
-from .models import build_model, count_parameters, factorised_ranks, model_spec
-from .outputs import (METRICS_COLUMNS, append_spectra, config_key, find_runs, identity, read_json, write_csv,
-                      write_json)
+from .models import count_parameters, factorised_ranks, model_spec
+from .outputs import (METRICS_COLUMNS, RunLock, append_spectra, config_key, find_runs, identity_differences,
+                      read_json, write_csv, write_json)
 from .progress import BatchProgress, show_event
-from .pruner import LEDGER_COLUMNS, Pruner, make_pruner
+from .pruner import LEDGER_COLUMNS, make_pruner
 from .schedules import make_schedule
+from .state import TrainingState, make_optimizer  # noqa: F401  (make_optimizer: the loop's optimizer)
+from .step import train_epoch
 
 log = logging.getLogger("rmtprune")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, SLURM's time limit) during a run: handled like Ctrl-C."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -58,94 +69,23 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_optimizer(model: nn.Module, cfg: DictConfig, lr: float) -> torch.optim.Optimizer:
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=float(cfg.momentum),
-                           weight_decay=2.0 * float(cfg.l2))
-
-
-def rebuild_optimizer(model: nn.Module, old: torch.optim.Optimizer, cfg: DictConfig, lr: float,
-                      policy: str, touched: set[int]) -> torch.optim.Optimizer:
-    """A fresh optimizer over the model's current parameters (see the module doc for ``policy``)."""
-    new = make_optimizer(model, cfg, lr)
-    if policy == "keep":
-        for p in model.parameters():
-            if id(p) not in touched and p in old.state:
-                new.state[p] = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in old.state[p].items()}
-    return new
-
-
-def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
-    for group in opt.param_groups:
-        group["lr"] = lr
-
-
-def train_epoch(model: nn.Module, data: Data, opt: torch.optim.Optimizer, gen: torch.Generator,
-                batch_size: int, l1: float, progress: BatchProgress, epoch: int) -> tuple[float, float]:
-    """One pass over the shuffled training set; returns (mean cross-entropy, accuracy).
-
-    Raises RunFailed as soon as the loss is NaN or Inf.
-    """
-    model.train()
-    n = len(data.train_x)
-    perm = torch.randperm(n, generator=gen).to(data.train_x.device)
-    n_batches = math.ceil(n / batch_size)
-    params = [p for p in model.parameters()]
-    loss_sum = torch.zeros((), dtype=torch.float64, device=data.train_x.device)
-    correct = torch.zeros((), dtype=torch.int64, device=data.train_x.device)
-    progress.start_epoch(epoch, n_batches)
-    t0 = time.perf_counter()
-    for b in range(n_batches):
-        idx = perm[b * batch_size : (b + 1) * batch_size]
-        x, y = data.train_x[idx], data.train_y[idx]
-        logits = model(x)
-        loss = F.cross_entropy(logits, y)
-        opt.zero_grad(set_to_none=False)
-        loss.backward()
-        if l1 > 0:
-            grads = [p.grad for p in params]
-            torch._foreach_add_(grads, torch._foreach_sign(params), alpha=l1)
-        opt.step()
-        with torch.no_grad():
-            loss_sum += loss.detach().double() * len(y)
-            correct += (logits.argmax(1) == y).sum()
-        if b % 20 == 19 or b == n_batches - 1:
-            seen = min((b + 1) * batch_size, n)
-            mean = float(loss_sum) / seen
-            if not math.isfinite(mean):
-                raise RunFailed(f"the training loss became {mean} at epoch {epoch}, batch {b + 1}; "
-                                f"try a smaller optimizer.lr")
-            progress.update(b + 1, mean, float(correct) / seen, seen / max(time.perf_counter() - t0, 1e-9))
-    return float(loss_sum) / n, float(correct) / n
-
-
-def _versions() -> dict[str, str]:
-    import hydra
-    return {"rmtprune": __version__, "torch": torch.__version__, "numpy": np.__version__,
-            "hydra": hydra.__version__, "python": platform.python_version()}
-
-
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _rng_state(gen: torch.Generator, device: torch.device) -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "data": gen.get_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
+def _same_config_or_refuse(old_config: Any, cfg: DictConfig, where: Path, what: str) -> None:
+    """Refuse to continue ``where`` with a config that computes something else (only epochs may grow)."""
+    changed = [k for k in identity_differences(old_config if isinstance(old_config, dict) else {}, cfg)
+               if k != "epochs"]
+    if changed:
+        shown = ", ".join(changed[:6]) + (", ..." if len(changed) > 6 else "")
+        raise UserError(f"{where}: {what} a different config ({shown} differ); resume it with the same settings "
+                        f"(only epochs may grow), or start a new run without resume=")
 
 
-def _set_rng_state(state: dict[str, Any], gen: torch.Generator, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    gen.set_state(state["data"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def _previous(cfg: DictConfig, key: str, run_dir: Path) -> tuple[Path | None, dict[str, Any] | None]:
+def _previous(cfg: DictConfig, key: str) -> tuple[Path | None, dict[str, Any] | None]:
     """Where to continue from: (folder, its summary) or (None, None) for a fresh run."""
-    resume = cfg.resume
-    flag = str(resume).strip().lower()
+    flag = str(cfg.resume).strip().lower()
     if flag in ("false", "0", "none", "no", ""):
         if cfg.skip_done:
             for folder, summary in find_runs(Path(cfg.output_root), key):
@@ -158,18 +98,72 @@ def _previous(cfg: DictConfig, key: str, run_dir: Path) -> tuple[Path | None, di
                 return folder, summary
         log.info("resume=true: no earlier run with this config under %s; starting fresh", cfg.output_root)
         return None, None
-    path = Path(str(resume))
+    path = Path(str(cfg.resume))
     folder = path if path.is_dir() else path.parent
     if not (folder / "checkpoint.pt").exists() and not (folder / "summary.json").exists():
-        raise UserError(f"resume={resume}: no checkpoint.pt or summary.json there; give a run folder "
+        raise UserError(f"resume={cfg.resume}: no checkpoint.pt or summary.json there; give a run folder "
                         f"of rmtprune train, or resume=true")
-    summary = read_json(folder / "summary.json") if (folder / "summary.json").exists() else {}
+    summary: dict[str, Any] = {}
+    if (folder / "summary.json").exists():
+        try:
+            summary = read_json(folder / "summary.json")
+        except (OSError, ValueError):
+            raise UserError(f"resume={cfg.resume}: its summary.json is unreadable") from None
+        if not isinstance(summary, dict):
+            raise UserError(f"resume={cfg.resume}: its summary.json is not a run summary")
+        if "config" in summary:
+            _same_config_or_refuse(summary["config"], cfg, folder, "it was made by")
     return folder, summary
+
+
+def _claim_folder(run_dir: Path, key: str, resuming: bool) -> None:
+    """A run folder belongs to one run: refuse one that holds another run's files (unless this is the
+    same config being resumed there: _previous has compared the configs then)."""
+    if resuming:
+        return
+    summary_path = run_dir / "summary.json"
+    if not summary_path.exists():
+        leftovers = [n for n in ("metrics.csv", "layers.csv", "spectra.npz", "model.pt", "checkpoint.pt")
+                     if (run_dir / n).exists()]
+        if leftovers:
+            raise UserError(f"{run_dir} already holds files of another run ({', '.join(leftovers)}); choose "
+                            f"another folder (hydra.run.dir=...) or remove them")
+        return
+    try:
+        other = read_json(summary_path)
+    except (OSError, ValueError):
+        other = {}
+    if not isinstance(other, dict) or other.get("config_key") != key:
+        raise UserError(f"{run_dir} holds another run (config key {other.get('config_key', '?') if isinstance(other, dict) else '?'}, "
+                        f"this one {key}); choose another folder (hydra.run.dir=...)")
+    if other.get("status") != "completed":
+        raise UserError(f"{run_dir} holds an unfinished run of this config (status {other.get('status')}); "
+                        f"continue it with resume=true or resume={run_dir}, or choose another folder")
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into :class:`Terminated` while the run trains (main thread only)."""
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (some launchers): the default action stays
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train (and prune) one configuration, writing everything into ``run_dir``; returns the summary."""
     validate(cfg)
+    from .baselines import resolve_target
+
+    resolve_target(cfg)
     run_dir = Path(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -181,7 +175,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                         f"(or hydra.sweep.dir) to a writable folder") from None
     device = resolve_device(cfg.device)
     key = config_key(cfg)
-    prev_dir, prev_summary = _previous(cfg, key, run_dir)
+    prev_dir, prev_summary = _previous(cfg, key)
     if (prev_dir is not None and prev_summary and prev_summary.get("status") == "completed"
             and int(prev_summary.get("epochs_completed", 0)) >= int(cfg.epochs)):
         if prev_dir.resolve() != run_dir.resolve():
@@ -189,117 +183,72 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         log.info("this config already finished in %s (resume/skip_done): not retrained", prev_dir)
         return prev_summary
     out_dir = prev_dir if prev_dir is not None else run_dir
-    if prev_dir is not None and prev_dir.resolve() != run_dir.resolve():
-        write_json(run_dir / "redirect.json", {"run_dir": str(prev_dir.resolve()), "reason": "resumed"})
-        log.info("resuming the run in %s", prev_dir)
+    with RunLock(out_dir):
+        _claim_folder(out_dir, key, resuming=prev_dir is not None)
+        if prev_dir is not None and prev_dir.resolve() != run_dir.resolve():
+            write_json(run_dir / "redirect.json", {"run_dir": str(prev_dir.resolve()), "reason": "resumed"})
+            log.info("resuming the run in %s", prev_dir)
+        with _sigterm_as_interrupt():
+            return _train(cfg, out_dir, key, device, resuming=prev_dir is not None)
 
+
+def _train(cfg: DictConfig, out_dir: Path, key: str, device: torch.device, resuming: bool) -> dict[str, Any]:
+    from .step import configure_numerics
+
+    configure_numerics(cfg, device)
     data = load_data(cfg.dataset, device)
-    spec = model_spec(cfg)
-    torch.manual_seed(int(cfg.seed))
-    model = build_model(spec).to(device)
-    n_params_initial = count_parameters(model)
-    gen = torch.Generator().manual_seed(int(cfg.seed))
-    pruner: Pruner = make_pruner(cfg.pruning, make_schedule(cfg.schedule), data.num_classes)
-    lr = float(cfg.optimizer.lr)
-    opt = make_optimizer(model, cfg.optimizer, lr)
-    metrics: list[dict[str, Any]] = []
-    ledger: list[dict[str, Any]] = []
-    start = 1
-    started_at = _now()
-    wall_before = 0.0
+    pruner: Pruner = make_pruner(cfg.pruning, make_schedule(cfg.schedule))
     ckpt_path = out_dir / "checkpoint.pt"
-    if prev_dir is not None and ckpt_path.exists():
-        ckpt = load_file(ckpt_path)
-        if not is_checkpoint(ckpt) or "optimizer" not in ckpt:
-            raise UserError(f"{ckpt_path}: not a training checkpoint of rmtprune")
-        changed = _differences(ckpt.get("config", {}), cfg) - {"epochs"}
-        if ckpt.get("config_key") != key and changed:
-            raise UserError(f"{ckpt_path}: made by a different config ({', '.join(sorted(changed))} differ); "
-                            f"resume it with the same settings (only epochs may grow)")
-        model = rebuild_model(ckpt, ckpt_path).to(device)
-        opt = make_optimizer(model, cfg.optimizer, float(ckpt["lr"]))
-        try:
-            opt.load_state_dict(ckpt["optimizer"])
-        except (ValueError, KeyError, RuntimeError) as exc:
-            raise UserError(f"{ckpt_path}: optimizer state does not match the model ({exc})") from None
-        lr = float(ckpt["lr"])
-        pruner.load_state_dict(ckpt.get("pruner", {}))
-        _set_rng_state(ckpt["rng"], gen, device)
-        metrics, ledger = list(ckpt["metrics"]), list(ckpt["ledger"])
-        start = int(ckpt["epoch"]) + 1
-        n_params_initial = int(ckpt.get("n_params_initial", n_params_initial))
-        started_at = str(ckpt.get("started_at", started_at))
-        wall_before = float(ckpt.get("wall_time_s", 0.0))
-
+    if resuming and ckpt_path.exists():
+        _same_config_or_refuse(_checkpoint_config(ckpt_path), cfg, ckpt_path, "it was made by")
+        state = TrainingState.restore(ckpt_path, cfg, device, pruner)
+    else:
+        state = TrainingState.fresh(cfg, model_spec(cfg), data.num_classes, list(data.input_shape), device, pruner,
+                                    _now())
     summary: dict[str, Any] = {
-        "status": "running", "config_key": key, "started_at": started_at, "run_dir": str(out_dir.resolve()),
+        "status": "running", "config_key": key, "started_at": state.started_at, "run_dir": str(out_dir.resolve()),
         "seed": int(cfg.seed), "dataset": cfg.dataset.name, "model": cfg.model.name,
         "topology": cfg.topology if cfg.model.name == "mlp" else None, "pruning": cfg.pruning.name,
-        "schedule": cfg.schedule.name, "device": str(device), "n_params_initial": n_params_initial,
-        "versions": _versions(), "config": OmegaConf.to_container(cfg, resolve=True),
+        "schedule": cfg.schedule.name, **machine(device), "n_params_initial": state.n_params_initial,
+        "versions": versions(), "config": OmegaConf.to_container(cfg, resolve=True),
     }
-    write_json(out_dir / "summary.json", _summarise(summary, metrics, wall_before))
-    write_csv(out_dir / "metrics.csv", metrics, METRICS_COLUMNS)
-    t_start = time.perf_counter() - wall_before
-    l1 = float(cfg.optimizer.l1)
+    write_json(out_dir / "summary.json", _summarise(summary, state.metrics, state.wall_time_s))
+    write_csv(out_dir / "metrics.csv", state.metrics, METRICS_COLUMNS)
+    t_start = time.perf_counter() - state.wall_time_s
     try:
         with BatchProgress(cfg.progress) as progress:
-            for epoch in range(start, int(cfg.epochs) + 1):
-                t0 = time.perf_counter()
-                _set_lr(opt, lr)
-                train_loss, train_acc = train_epoch(model, data, opt, gen, int(cfg.batch_size), l1, progress, epoch)
-                test_loss, test_acc = evaluate(model, data.test_x, data.test_y, int(cfg.eval_batch_size))
-                n_params = count_parameters(model)
-                lr_used = lr
-                # events happen between epochs: none after the last, so the saved model is the evaluated one
-                event = pruner.step(model, epoch) if pruner.is_event(epoch) and epoch < cfg.epochs else None
-                if event is not None:
-                    ledger.extend(event.records)
-                    if event.spectra:
-                        append_spectra(out_dir / "spectra.npz", epoch, event.spectra)
-                    show_event(event.records, epoch, cfg.progress)
-                    if event.changed:
-                        lr *= pruner.lr_factor
-                        opt = rebuild_optimizer(model, opt, cfg.optimizer, lr, pruner.momentum, event.touched)
-                lr *= float(cfg.optimizer.lr_decay)
-                row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
-                       "test_acc": test_acc, "n_params": n_params, "n_params_after": count_parameters(model),
-                       "pruned_layers": sum(r["action"] in ("split", "truncate") for r in (event.records if event else [])),
-                       "lr": lr_used, "seconds": time.perf_counter() - t0}
-                metrics.append(row)
-                log.info("epoch %d/%d  train_loss %.4f  train_acc %.2f%%  test_loss %.4f  test_acc %.2f%%  "
-                         "params %s  lr %.4g  %.1fs", epoch, cfg.epochs, train_loss, 100 * train_acc, test_loss,
-                         100 * test_acc, f"{row['n_params_after']:,}", lr_used, row["seconds"])
-                write_csv(out_dir / "metrics.csv", metrics, METRICS_COLUMNS)
-                if ledger:
-                    write_csv(out_dir / "layers.csv", ledger, LEDGER_COLUMNS)
-                wall = time.perf_counter() - t_start
+            for epoch in range(state.epoch + 1, int(cfg.epochs) + 1):
+                _epoch(cfg, state, data, epoch, out_dir, progress)
+                state.epoch = epoch
+                state.wall_time_s = time.perf_counter() - t_start
                 if cfg.checkpoint:
-                    ckpt = model_payload(model, spec, data.num_classes, list(data.input_shape))
-                    ckpt.update(epoch=epoch, optimizer=opt.state_dict(), lr=lr, rng=_rng_state(gen, device),
-                                pruner=pruner.state_dict(), metrics=metrics, ledger=ledger, config_key=key,
-                                config=OmegaConf.to_container(cfg, resolve=True), n_params_initial=n_params_initial,
-                                started_at=started_at, wall_time_s=wall)
-                    save_atomic(ckpt, ckpt_path)
-                write_json(out_dir / "summary.json", _summarise(summary, metrics, wall))
+                    state.save(out_dir / "checkpoint.pt", cfg, key, device)
+                write_json(out_dir / "summary.json", _summarise(summary, state.metrics, state.wall_time_s))
     except RunFailed as exc:
-        summary.update(status="failed", error=str(exc))
-        write_json(out_dir / "summary.json", _summarise(summary, metrics, time.perf_counter() - t_start))
+        _record_end(out_dir, summary, state, t_start, "failed", str(exc))
+        raise
+    except Terminated:
+        _record_end(out_dir, summary, state, t_start, "interrupted", "terminated (SIGTERM); continue with resume=true")
         raise
     except KeyboardInterrupt:
-        summary.update(status="interrupted", error="interrupted (Ctrl-C); continue with resume=true")
-        write_json(out_dir / "summary.json", _summarise(summary, metrics, time.perf_counter() - t_start))
+        _record_end(out_dir, summary, state, t_start, "interrupted", "interrupted (Ctrl-C); continue with resume=true")
         raise
+    except UserError:
+        raise
+    except Exception as exc:  # a device error, out of memory, a bug: the run failed, say so in the summary
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        message = f"{type(exc).__name__}: {first}"
+        _record_end(out_dir, summary, state, t_start, "failed", message)
+        raise RunFailed(f"the run failed at epoch {state.epoch + 1}: {message}") from exc
 
-    final_model = model_payload(model, spec, data.num_classes, list(data.input_shape))
-    final_model["pruner"] = pruner.state_dict()  # truncated layers' ranks, so inspect can censor their zeros
-    save_atomic(final_model, out_dir / "model.pt")
+    state.pruner.finalize(state.model)
+    save_atomic_model(state, out_dir / "model.pt")
     if cfg.magnitude_sweep.enabled:
-        rows = magnitude_sweep(model, data.test_x, data.test_y, int(cfg.magnitude_sweep.n_thresholds),
+        rows = magnitude_sweep(state.model, data.test_x, data.test_y, int(cfg.magnitude_sweep.n_thresholds),
                                int(cfg.eval_batch_size))
         write_csv(out_dir / "magnitude_sweep.csv", rows, MAGNITUDE_COLUMNS)
-    summary.update(status="completed", finished_at=_now(), ranks=factorised_ranks(model))
-    final = _summarise(summary, metrics, time.perf_counter() - t_start)
+    summary.update(status="completed", finished_at=_now(), ranks=factorised_ranks(state.model))
+    final = _summarise(summary, state.metrics, time.perf_counter() - t_start)
     write_json(out_dir / "summary.json", final)
     (out_dir / "DONE").write_text(final["finished_at"] + "\n")
     log.info("done: test_acc %.2f%% (best %.2f%%), params %s -> %s, results in %s", 100 * final["final_test_acc"],
@@ -307,11 +256,66 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return final
 
 
-def _differences(old: dict[str, Any], cfg: DictConfig) -> set[str]:
-    """Top-level keys whose values differ between a checkpoint's config and ``cfg``, counting only
-    what determines results (outputs.identity: not device, progress, resume and the like)."""
-    before, now = identity(OmegaConf.create(old)), identity(cfg)
-    return {k for k in set(before) | set(now) if before.get(k) != now.get(k)}
+def save_atomic_model(state: TrainingState, path: Path) -> None:
+    from .checkpoint import save_atomic
+
+    save_atomic(state.model_payload(), path)
+
+
+def _checkpoint_config(path: Path) -> dict[str, Any]:
+    from .checkpoint import load_file
+
+    config = load_file(path).get("config", {})
+    return config if isinstance(config, dict) else {}
+
+
+def _epoch(cfg: DictConfig, state: TrainingState, data: Data, epoch: int, out_dir: Path,
+           progress: BatchProgress) -> None:
+    """Train one epoch, evaluate, and (at an event epoch before the last) prune, evaluate again, apply
+    the lr factor and rebuild the optimizer; append the epoch's row to metrics.csv."""
+    t0 = time.perf_counter()
+    for group in state.optimizer.param_groups:
+        group["lr"] = state.lr
+    train_loss, train_acc = train_epoch(state.model, data, state.optimizer, state.gen, int(cfg.batch_size),
+                                        float(cfg.optimizer.l1), progress, epoch)
+    test_loss, test_acc = evaluate(state.model, data.test_x, data.test_y, int(cfg.eval_batch_size))
+    n_params = count_parameters(state.model)
+    lr_used = state.lr
+    after_loss = after_acc = math.nan
+    event = None
+    if state.pruner.is_event(epoch) and epoch < int(cfg.epochs):
+        event = state.pruner.step(state.model, epoch)
+        state.ledger.extend(event.records)
+        if event.spectra:
+            append_spectra(out_dir / "spectra.npz", epoch, event.spectra)
+        show_event(event.records, epoch, cfg.progress)
+        if event.changed:
+            after_loss, after_acc = evaluate(state.model, data.test_x, data.test_y, int(cfg.eval_batch_size))
+        else:  # nothing changed: the model evaluated after the event is the one evaluated before it
+            after_loss, after_acc = test_loss, test_acc
+        state.lr *= state.pruner.lr_factor
+        state.optimizer = rebuild_optimizer(state.optimizer, state.model, event, momentum=state.pruner.momentum,
+                                            lr=state.lr)
+    state.lr *= float(cfg.optimizer.lr_decay)
+    row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
+           "test_acc": test_acc, "n_params": n_params, "n_params_after": count_parameters(state.model),
+           "pruned_layers": sum(r["action"] in ("split", "truncate", "mask") for r in (event.records if event else [])),
+           "lr": lr_used, "test_loss_after_event": after_loss, "test_acc_after_event": after_acc,
+           "seconds": time.perf_counter() - t0}
+    state.metrics.append(row)
+    log.info("epoch %d/%d  train_loss %.4f  train_acc %.2f%%  test_loss %.4f  test_acc %.2f%%%s  params %s  lr %.4g  "
+             "%.1fs", epoch, cfg.epochs, train_loss, 100 * train_acc, test_loss, 100 * test_acc,
+             f" (after event {100 * after_acc:.2f}%)" if event is not None and event.changed else "",
+             f"{row['n_params_after']:,}", lr_used, row["seconds"])
+    write_csv(out_dir / "metrics.csv", state.metrics, METRICS_COLUMNS)
+    if state.ledger:
+        write_csv(out_dir / "layers.csv", state.ledger, LEDGER_COLUMNS)
+
+
+def _record_end(out_dir: Path, summary: dict[str, Any], state: TrainingState, t_start: float, status: str,
+                error: str) -> None:
+    summary.update(status=status, error=error)
+    write_json(out_dir / "summary.json", _summarise(summary, state.metrics, time.perf_counter() - t_start))
 
 
 def _summarise(summary: dict[str, Any], metrics: list[dict[str, Any]], wall: float) -> dict[str, Any]:
@@ -329,3 +333,4 @@ def _summarise(summary: dict[str, Any], metrics: list[dict[str, Any]], wall: flo
     # keep the config last: the results are what a reader looks for first
     out["config"] = out.pop("config")
     return out
+

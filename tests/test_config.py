@@ -26,7 +26,9 @@ def _compose(*overrides, name="config"):
 
 @pytest.mark.parametrize("group,option", list(groups()))
 def test_every_group_option_composes_and_validates(group, option):
-    cfg = _compose(f"{group}={option}")
+    extra = {("pruning", "magnitude"): ["pruning.target_params=100000"], ("pruning", "lowrank"): ["pruning.target_params=100000"],
+             ("model", "custom"): ["model._target_=torch.nn.Identity"]}.get((group, option), [])
+    cfg = _compose(f"{group}={option}", *extra)
     if group == "dataset":
         assert cfg.dataset.name == option
     elif group in ("model", "pruning", "schedule"):
@@ -44,13 +46,16 @@ def test_launcher_configs_compose(launcher, key):
 def test_experiment_presets_set_what_they_reproduce():
     cfg = _compose("experiment=mnist_fc_3000_3000_2000_500")
     assert cfg.topology == "784-3000-3000-2000-500-10" and cfg.schedule.horizon == 300 and cfg.pruning.name == "rmt"
-    cfg = _compose("experiment=mnist_fc_1000_1000_1000_500_cpu", "pruning=none", "epochs=3")
-    assert cfg.pruning.name == "none" and cfg.epochs == 3 and cfg.schedule.horizon == 10
+    cfg = _compose("experiment=mnist_fc_1000_1000_1000_500", "budget=cpu", "pruning=none")
+    assert cfg.pruning.name == "none" and cfg.epochs == 10 and cfg.schedule.horizon == 10
+    cfg = _compose("experiment=mnist_fc_1000_1000_1000_500", "budget=cpu", "epochs=6")
+    assert cfg.epochs == 6 and cfg.schedule.horizon == 6 and cfg.topology == "784-1000-1000-1000-500-10"
     cfg = _compose("experiment=fashion_cnn")
     assert cfg.model.name == "cnn" and cfg.pruning.conv_tolerance == 0.6 and cfg.pruning.tolerance == 0.05
     for preset in (CONF / "experiment").glob("*.yaml"):
         text = preset.read_text()
         assert "Reproduces" in text or "CPU-sized version" in text, preset.name
+        assert "budget=cpu" in text or "Not a budget=cpu twin" in text, preset.name
         assert "run time" in text, preset.name
 
 

@@ -19,6 +19,10 @@ def cfg(**kw):
     return OmegaConf.merge(OmegaConf.structured(PruningConfig), {"name": "rmt", **kw})
 
 
+def pruner_with(schedule, **kw):
+    return RMTPruner(schedule=schedule, **kw)
+
+
 def planted(out, inp, rank, sigma=0.05, seed=0):
     """Noise of entry std sigma plus `rank` spikes well above the BBP threshold sigma (n p)^(1/4)."""
     g = torch.Generator().manual_seed(seed)
@@ -40,7 +44,7 @@ def mlp_with(weights):
 
 def test_planted_low_rank_layer_is_cut_to_its_planted_rank():
     model = mlp_with([planted(400, 300, 7), planted(200, 400, 4, seed=1), planted(10, 200, 3, seed=2)])
-    pruner = RMTPruner(cfg(min_size=1000), lambda e: 0.0, num_classes=10)
+    pruner = pruner_with(lambda e: 0.0, min_size=1000)
     event = pruner.step(model, epoch=1)
     by_layer = {r["layer"]: r for r in event.records}
     assert by_layer["layers.0"]["action"] == "split" and by_layer["layers.0"]["rank_after"] == 7
@@ -53,7 +57,7 @@ def test_planted_low_rank_layer_is_cut_to_its_planted_rank():
 
 def test_keep_fraction_keeps_the_share_of_sub_edge_values():
     model = mlp_with([planted(400, 300, 5), planted(10, 400, 2, seed=1)])
-    pruner = RMTPruner(cfg(min_size=1000), lambda e: 0.8, num_classes=10)
+    pruner = pruner_with(lambda e: 0.8, min_size=1000)
     row = pruner.step(model, 1).records[0]
     assert row["n_spikes"] == 5
     assert row["rank_after"] == 5 + math.floor((300 - 5) * 0.8)
@@ -70,28 +74,28 @@ def test_bad_fit_leaves_the_layer_untouched_and_tolerance_one_always_passes():
     product = torch.from_numpy(rng.normal(size=(300, 300)) @ rng.normal(size=(300, 300)) / 300).float()
     model = mlp_with([product, planted(10, 300, 2)])
     before = model.layers[0].weight.detach().clone()
-    row = RMTPruner(cfg(min_size=1000, tolerance=0.05), lambda e: 0.0, 10).step(model, 1).records[0]
+    row = pruner_with(lambda e: 0.0, min_size=1000, tolerance=0.05).step(model, 1).records[0]
     assert row["action"] == "skip_bad_fit" and not row["good_fit"]
     assert torch.equal(model.layers[0].weight, before)
-    row = RMTPruner(cfg(min_size=1000, tolerance=1.0), lambda e: 0.0, 10).step(model, 1).records[0]
+    row = pruner_with(lambda e: 0.0, min_size=1000, tolerance=1.0).step(model, 1).records[0]
     assert row["action"] == "split"
     model = mlp_with([planted(300, 200, 3), planted(10, 300, 2)])
-    row = RMTPruner(cfg(min_size=1000, tolerance=0.0), lambda e: 0.0, 10).step(model, 1).records[0]
+    row = pruner_with(lambda e: 0.0, min_size=1000, tolerance=0.0).step(model, 1).records[0]
     assert row["action"] == "skip_bad_fit"  # tolerance 0 never passes: the reference's control arm
 
 
 def test_small_and_output_layers_follow_the_eligibility_config():
     model = mlp_with([planted(400, 300, 5), planted(10, 400, 2, seed=1)])
-    rows = RMTPruner(cfg(min_size=200_000), lambda e: 0.0, 10).step(model, 1).records
+    rows = pruner_with(lambda e: 0.0, min_size=200_000).step(model, 1).records
     assert [r["action"] for r in rows] == ["skip_small", "skip_small"]
-    rows = RMTPruner(cfg(min_size=1000, include_output_layer=False), lambda e: 0.0, 10).step(model, 1).records
+    rows = pruner_with(lambda e: 0.0, min_size=1000, include_output_layer=False).step(model, 1).records
     assert [r["layer"] for r in rows] == ["layers.0"]
 
 
 def test_event_epochs():
-    p = RMTPruner(cfg(every=3, start_epoch=2, stop_epoch=8), lambda e: 0.0, 10)
+    p = pruner_with(lambda e: 0.0, every=3, start_epoch=2, stop_epoch=8)
     assert [e for e in range(1, 12) if p.is_event(e)] == [2, 5, 8]
-    assert not make_pruner(cfg(name="none"), lambda e: 0.0, 10).is_event(1)
+    assert not make_pruner(cfg(name="none")).is_event(1)
 
 
 def test_schedules():
@@ -108,7 +112,8 @@ def test_schedules():
 
 def test_optimizer_rebuilt_after_an_event_trains_the_new_factors_and_keeps_momentum_on_request():
     from rmtprune.config import OptimizerConfig
-    from rmtprune.train import make_optimizer, rebuild_optimizer
+    from rmtprune.events import rebuild_optimizer
+    from rmtprune.state import make_optimizer
 
     model = mlp_with([planted(400, 300, 5), planted(10, 400, 2, seed=1)])
     ocfg = OmegaConf.structured(OptimizerConfig)
@@ -116,10 +121,10 @@ def test_optimizer_rebuilt_after_an_event_trains_the_new_factors_and_keeps_momen
     model(torch.randn(8, 300)).sum().backward()
     opt.step()
     untouched = model.layers[1].weight
-    event = RMTPruner(cfg(min_size=1000, include_output_layer=False), lambda e: 0.0, 10).step(model, 1)
+    event = pruner_with(lambda e: 0.0, min_size=1000, include_output_layer=False).step(model, 1)
     assert event.changed and isinstance(model.layers[0], LowRankLinear)
     for policy in ("reset", "keep"):
-        new = rebuild_optimizer(model, opt, ocfg, 0.05, policy, event.touched)
+        new = rebuild_optimizer(opt, model, event, momentum=policy, lr=0.05)
         params = [p for g in new.param_groups for p in g["params"]]
         assert {id(p) for p in params} == {id(p) for p in model.parameters()}
         assert new.param_groups[0]["lr"] == 0.05
@@ -139,11 +144,11 @@ def test_an_svd_that_fails_skips_the_layer_with_a_ledger_entry(monkeypatch):
         raise torch.linalg.LinAlgError("did not converge")
 
     model = mlp_with([planted(400, 300, 5), planted(10, 400, 2, seed=1)])
-    monkeypatch.setattr(pruner_mod, "fit_mp", broken)
-    rows = RMTPruner(cfg(min_size=1000), lambda e: 0.0, 10).step(model, 1).records
+    monkeypatch.setattr(pruner_mod, "layer_svd", broken)
+    rows = pruner_with(lambda e: 0.0, min_size=1000).step(model, 1).records
     assert rows[0]["action"] == "skip_bad_fit" and "did not converge" in rows[0]["note"]
     monkeypatch.undo()
     monkeypatch.setattr(pruner_mod, "apply_rank", broken)
-    rows = RMTPruner(cfg(min_size=1000), lambda e: 0.0, 10).step(model, 1).records
+    rows = pruner_with(lambda e: 0.0, min_size=1000).step(model, 1).records
     assert rows[0]["action"] == "skip_svd_failed"
     assert isinstance(model.layers[0], nn.Linear)

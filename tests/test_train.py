@@ -166,7 +166,7 @@ def test_resume_refuses_a_different_config_but_may_add_epochs(cli, tmp_path):
     args = [*FAST, "schedule.horizon=5"]  # the default horizon follows epochs: pin it to extend a run
     assert cli("train", *args, "epochs=1", "hydra.run.dir=base")[0] == 0
     code, _, err = cli("train", *args, "epochs=2", "optimizer.lr=0.05", "resume=base", "hydra.run.dir=x")
-    assert code == 2 and "(optimizer differ)" in err
+    assert code == 2 and "(optimizer.lr differ)" in err
     code, _, err = cli("train", *args, "epochs=2", "resume=base", "hydra.run.dir=y")
     assert code == 0, err
     assert [r["epoch"] for r in read_csv(tmp_path / "base" / "metrics.csv")] == ["1", "2"]

@@ -43,6 +43,10 @@ MIN_SINGULAR_VALUES = 10
 MIN_WINDOW = 5
 
 
+class NoBulkError(ValueError):
+    """TEMPORARY shim until the fit branch lands."""
+
+
 @dataclass(frozen=True)
 class MPFit:
     """Result of :func:`fit_mp` (immutable).
@@ -137,6 +141,7 @@ def fit_mp(
     singular_values: NDArray[Any] | None = None,
     shape: tuple[int, int] | None = None,
     n_censored: int = 0,
+    n_known_spikes: int = 0,
 ) -> MPFit:
     """Fit the MP law to W by BEMA and measure the fit (see the module docstring for formulas).
 
