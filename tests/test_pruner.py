@@ -152,3 +152,14 @@ def test_an_svd_that_fails_skips_the_layer_with_a_ledger_entry(monkeypatch):
     rows = pruner_with(lambda e: 0.0, min_size=1000).step(model, 1).records
     assert rows[0]["action"] == "skip_svd_failed"
     assert isinstance(model.layers[0], nn.Linear)
+
+
+def test_splitting_a_layer_draws_nothing_from_the_global_rng():
+    """The factors are filled by the surgery: building them must not move the RNG, or the dropout masks of
+    the pruned arm would differ from the normal arm's after the first split (same seed, same data)."""
+    model = mlp_with([planted(400, 300, 5), planted(10, 400, 2, seed=1)])
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    event = pruner_with(lambda e: 0.0, min_size=1000).step(model, 1)
+    assert event.records[0]["action"] == "split"
+    assert torch.equal(torch.get_rng_state(), state)

@@ -1,0 +1,78 @@
+"""One definition of "the same run": what enters a run's identity (config key) and what does not."""
+
+from __future__ import annotations
+
+import json
+
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+from conftest import FAST
+from rmtprune.config import register_configs
+from rmtprune.outputs import config_key, identity, identity_differences
+
+register_configs()
+
+
+def _compose(*overrides):
+    with initialize_config_module("rmtprune.conf", version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def test_a_normal_run_holds_no_pruning_or_schedule_keys():
+    a = _compose("pruning=none", "schedule.horizon=5")
+    b = _compose("pruning=none", "schedule=oneshot", "experiment=mnist_fc_1000_1000_1000_500", "topology=784-1000-1000-500-10",
+                 "epochs=10")
+    assert identity(a)["pruning"] == {"name": "none"} and "schedule" not in identity(a)
+    assert config_key(a) == config_key(b)
+
+
+def test_only_the_keys_an_option_uses_count():
+    rmt = _compose("pruning=rmt")
+    assert config_key(rmt) != config_key(_compose("pruning=rmt", "pruning.tolerance=0.1"))
+    assert set(identity(rmt)["schedule"]) == {"name", "horizon"}
+    oneshot = identity(_compose("pruning=rmt", "schedule=oneshot"))
+    assert oneshot["schedule"] == {"name": "oneshot"}
+    # the control arm: its calendar counts, rmt's fit settings (set by a preset) and the schedule do not
+    c1 = _compose("pruning=control", "experiment=fashion_cnn")
+    c2 = _compose("pruning=control", "experiment=fashion_cnn", "pruning.every=2")
+    assert "conv_tolerance" not in identity(c1)["pruning"] and "schedule" not in identity(c1)
+    assert config_key(c1) != config_key(c2)
+    # a CNN is not named by the MLP topology it does not use
+    assert "topology" not in identity(_compose("model=cnn"))
+
+
+def test_where_and_how_a_run_reports_is_not_its_identity():
+    base = _compose()
+    for extra in (["device=cpu"], ["threads=1"], ["magnitude_sweep.enabled=false"], ["progress=none"],
+                  ["logger=tensorboard"], ["deterministic=true"], ["dataset.offline_dir=/elsewhere"],
+                  ["dataset.verify_md5=false"], ["output_root=x"], ["eval_batch_size=7"]):
+        assert config_key(_compose(*extra)) == config_key(base), extra
+    for extra in (["seed=1"], ["precision=bf16"], ["compile=true"], ["optimizer.lr=0.1"], ["dataset.train_size=100"]):
+        assert config_key(_compose(*extra)) != config_key(base), extra
+
+
+def test_a_summary_config_and_the_live_config_give_the_same_key():
+    cfg = _compose("pruning=rmt", "seed=3")
+    plain = json.loads(json.dumps(OmegaConf.to_container(cfg, resolve=True)))
+    assert config_key(plain) == config_key(cfg)
+    assert identity_differences(plain, _compose("pruning=rmt", "seed=4")) == ["seed"]
+
+
+def test_skip_done_finds_the_same_baseline_under_another_schedule(cli, tmp_path):
+    assert cli("train", *FAST, "device=cpu", "epochs=1", "schedule.horizon=5", "hydra.run.dir=outputs/a")[0] == 0
+    code, _, err = cli("train", *FAST, "device=cpu", "epochs=1", "schedule=oneshot", "skip_done=true",
+                       "hydra.run.dir=outputs/b")
+    assert code == 0, err
+    assert not (tmp_path / "outputs" / "b" / "metrics.csv").exists()
+    assert (tmp_path / "outputs" / "b" / "redirect.json").exists()
+
+
+def test_turning_the_magnitude_sweep_off_does_not_block_a_resume(cli, tmp_path):
+    args = [*FAST, "device=cpu", "schedule.horizon=5"]
+    assert cli("train", *args, "epochs=1", "magnitude_sweep.enabled=true", "magnitude_sweep.n_thresholds=3",
+               "hydra.run.dir=base")[0] == 0
+    code, _, err = cli("train", *args, "epochs=2", "magnitude_sweep.enabled=false", "resume=base", "hydra.run.dir=x")
+    assert code == 0, err
+    summary = json.loads((tmp_path / "base" / "summary.json").read_text())
+    assert summary["epochs_completed"] == 2 and summary["status"] == "completed"
