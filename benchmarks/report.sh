@@ -16,18 +16,18 @@ if [ -d "$root" ]; then
     # .hydra/ and appends to train.log, but not summary.json
     [ -f "$dest/DONE" ] && cmp -s "$job/summary.json" "$dest/summary.json" && continue
     mkdir -p "$dest"
-    for f in summary.json metrics.csv layers.csv magnitude_sweep.csv spectra.npz DONE train.log; do
+    for f in summary.json metrics.csv layers.csv magnitude_sweep.csv posthoc_magnitude.csv spectra.npz DONE train.log; do
       [ -f "$job/$f" ] && cp "$job/$f" "$dest/"
     done
     [ -d "$job/.hydra" ] && cp -r "$job/.hydra" "$dest/"
   done
 fi
+[ -d "$runs" ] || { echo "no runs in $runs yet: run benchmarks/reproduce_cpu.sh first" >&2; exit 1; }
 for dir in "$runs"/*/; do
   s=$(basename "$dir")
-  case "$s" in ablation_*) ;; *) rmtprune compare "$runs/$s" --out "docs/results/$s" ;; esac
+  case "$s" in frontier_*) ;; *) rmtprune compare "$runs/$s" --out "docs/results/$s" ;; esac
 done
-# the ablation: every variant of the pruned arm against the normal arm of the main MNIST sweep
-if ls -d "$runs"/ablation_* > /dev/null 2>&1; then
-  rmtprune compare "$runs/mnist_fc_1000_1000_1000_500_cpu" "$runs"/ablation_* \
-    --out docs/results/ablation_mnist_fc_1000_1000_1000_500
+# the frontier: every compression level on MNIST with the main sweep's arms
+if ls -d "$runs"/frontier_* > /dev/null 2>&1; then
+  rmtprune compare "$runs/mnist_fc_1000_1000_1000_500_cpu" "$runs"/frontier_* --out docs/results/frontier_mnist
 fi

@@ -1,3 +1,3 @@
 """rmtprune: random-matrix-theory pruning of neural networks during training."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
