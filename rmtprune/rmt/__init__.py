@@ -9,12 +9,12 @@ Pure functions on arrays and small immutable results; no torch.nn, no files, no 
 (0.01, True)
 """
 
-from .fit import MPFit, as_matrix, fit_mp, singular_values
+from .fit import MPFit, NoBulkError, as_matrix, fit_mp, singular_values
 from .mp import mp_cdf, mp_edges, mp_pdf, mp_quantile, window_quantiles
 from .tracy_widom import tw1_cdf, tw1_quantile
 
 __all__ = [
-    "MPFit", "as_matrix", "fit_mp", "singular_values",
+    "MPFit", "NoBulkError", "as_matrix", "fit_mp", "singular_values",
     "mp_cdf", "mp_edges", "mp_pdf", "mp_quantile", "window_quantiles",
     "tw1_cdf", "tw1_quantile",
 ]
