@@ -14,7 +14,7 @@ from .mp import mp_cdf, mp_edges, mp_pdf, mp_quantile, window_quantiles
 from .tracy_widom import tw1_cdf, tw1_quantile
 
 __all__ = [
-    "MPFit", "as_matrix", "fit_mp", "singular_values",
+    "MPFit", "NoBulkError", "as_matrix", "fit_mp", "singular_values",
     "mp_cdf", "mp_edges", "mp_pdf", "mp_quantile", "window_quantiles",
     "tw1_cdf", "tw1_quantile",
 ]
