@@ -17,7 +17,7 @@ layers it split before) goes through (method doc section 4):
    by earlier cuts censored from below and the values that were above the edge at an earlier fit never
    used as bulk; a fit error at or above the tolerance leaves the layer unchanged (``skip_bad_fit``);
    no bulk left to fit (a layer already cut to its spikes) keeps its rank (``keep_no_bulk``);
-3. target rank r = k + floor((p - k) f(e)), k the spikes, p = min(out, m), f the schedule's keep
+3. target rank r = k + floor((p - k) f(e)), k the spikes (now or at an earlier fit), p = min(out, m), f the schedule's keep
    fraction, clamped to [min_rank, p] (the output layer: at least ``output_min_rank``, default its
    number of outputs);
 4. a split into two thin factors when r (groups m + out) < out m, else a truncation in place
@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 LEDGER_COLUMNS = [
     "epoch", "layer", "kind", "out", "in", "gamma", "sigma2", "lambda_plus", "threshold", "n_spikes",
     "fit_error", "tolerance", "good_fit", "keep_fraction", "rank_before", "rank_after", "action",
-    "params_before", "params_after", "n_censored", "n_known_spikes", "seconds", "note",
+    "params_before", "params_after", "n_censored", "n_known_spikes", "n_bulk", "seconds", "note",
 ]
 # Failures of the linear algebra on one layer (no convergence, a NaN matrix): logged in the ledger and the
 # layer left as it is. Anything else (CUDA out of memory, a device error) fails the run.
@@ -211,15 +211,17 @@ class RMTPruner(Pruner):
             return row
         event.spectra[name] = np.asarray(fit.singular_values, dtype=np.float32)
         row.update(gamma=fit.gamma, sigma2=fit.sigma2, lambda_plus=fit.lambda_plus, threshold=fit.threshold,
-                   n_spikes=fit.n_spikes, fit_error=fit.fit_error, good_fit=fit.good(tol))
+                   n_spikes=fit.n_spikes, fit_error=fit.fit_error, good_fit=fit.good(tol), n_bulk=fit.n_bulk)
         if not fit.good(tol):
             row.update(action="skip_bad_fit", note=f"fit error {fit.fit_error:.4f} >= tolerance {tol}")
             return row
-        self.known_spikes[name] = max(known, fit.n_spikes)
+        # a value above the edge at an earlier fit stays a spike: the rank never creeps down below them
+        spikes = max(known, fit.n_spikes)
+        self.known_spikes[name] = spikes
         floor = self.min_rank
         if is_output:
             floor = max(floor, int(self.output_min_rank if self.output_min_rank is not None else out))
-        rank = target_rank(p, fit.n_spikes, f, floor)
+        rank = target_rank(p, spikes, f, floor)
         try:
             result = apply_rank(module, rank, rank_now, svd, truncate=self.truncate)
         except LINALG_ERRORS as exc:

@@ -15,7 +15,7 @@ import pytest
 from rmtprune.rmt import NoBulkError, fit_mp, mp_quantile
 from rmtprune.rmt.fit import MIN_WINDOW, bulk_window
 
-RUNS = Path(__file__).resolve().parents[1] / "docs" / "results" / "runs"
+RUNS = Path(__file__).resolve().parents[1] / "docs" / "results" / "v1" / "runs"  # spectra of trained layers
 
 
 def _planted(rng, p, n, k, sigma=1.0, lo=3.0, hi=6.0):

@@ -87,10 +87,6 @@ class NoBulkError(ValueError):
     """
 
 
-class NoBulkError(ValueError):
-    """TEMPORARY shim until the fit branch lands."""
-
-
 @dataclass(frozen=True)
 class MPFit:
     """Result of :func:`fit_mp` (immutable).
@@ -308,5 +304,5 @@ def _fit_bulk(lam_asc: NDArray[np.float64], p: int, n: int, c: int, k: int, alph
 def _singular_values_checked(W: torch.Tensor | NDArray[Any]) -> NDArray[np.float64]:
     try:
         return singular_values(W).copy()
-    except (RuntimeError, np.linalg.LinAlgError) as exc:  # LAPACK did not converge
+    except (torch.linalg.LinAlgError, np.linalg.LinAlgError) as exc:  # LAPACK did not converge; not OOM / device
         raise np.linalg.LinAlgError(f"singular values did not converge: {exc}") from exc
