@@ -420,7 +420,8 @@ def markdown(cmp: Comparison) -> str:
                   if isinstance(r["magnitude_note"], str) and r["magnitude_note"]]
         lines += ["", *notes, ""] if notes else [""]
     if "acc" in cmp.metric:
-        lines.append("Accuracies in percent; variance in percent² (fraction² × 10⁴). Δ = arm − normal (or control).")
+        lines.append("Accuracies in percent; variance in percent² (fraction² × 10⁴). "
+                     "Δ = arm − normal (or control).")
     lines.append("Magnitude pruning: each normal run's final model, global unstructured L1 pruning to the same "
                  "seed's final parameter count of the arm (non-zero parameters, biases included), no retraining"
                  + (", and after as many epochs of retraining as the arm had after its last event" if cmp.finetune

@@ -40,7 +40,7 @@ log = logging.getLogger("rmtprune")
 CACHE = "posthoc_magnitude.csv"
 CACHE_COLUMNS = ["target_params", "n_nonzero", "test_acc", "test_loss", "finetune_epochs", "finetuned_n_nonzero",
                  "finetuned_test_acc", "finetuned_test_loss", "code_version"]
-# the exact count may miss the target only where pruning cannot reach it (see prune_to_count)
+# the largest relative excess of the non-zero count over the target that still counts as "at" it
 COUNT_TOLERANCE = 1e-3
 
 
@@ -120,7 +120,8 @@ class MagnitudeBaseline:
                 df["code_version"] = ""
             return df
         except (OSError, ValueError, TypeError, pd.errors.ParserError) as exc:
-            self.warnings.append({"folder": str(folder), "reason": f"{CACHE} unreadable ({type(exc).__name__}): ignored"})
+            self.warnings.append({"folder": str(folder),
+                                  "reason": f"{CACHE} unreadable ({type(exc).__name__}): ignored"})
             return pd.DataFrame(columns=CACHE_COLUMNS)
 
     def _write_cache(self, run: Run, cache: pd.DataFrame, row: dict[str, Any]) -> None:
@@ -163,9 +164,11 @@ class MagnitudeBaseline:
         model = rebuild_model(load_file(run.folder / "model.pt"), run.folder / "model.pt")
         data = self._dataset(run)
         cfg = run.summary["config"]
-        batch = int(cfg.get("eval_batch_size") or 4096)
+        batch = int(cfg.get("eval_batch_size") or len(data.test_x))
         pruned, n_nonzero = prune_to_count(model, target, keep_masks=bool(finetune))
-        if abs(n_nonzero - target) > COUNT_TOLERANCE * target:
+        # above the target only where pruning every weight is not enough; below it only where the
+        # model has fewer non-zero parameters than the target to begin with (nothing to prune)
+        if n_nonzero > target * (1 + COUNT_TOLERANCE):
             self._warn(run, f"magnitude pruning cannot reach {target:,} non-zero parameters "
                             f"(it leaves {n_nonzero:,}): no baseline at this count")
             return None
@@ -192,22 +195,25 @@ def _finetune(model: Any, data: Any, run: Run, epochs: int) -> None:
     import torch
     from omegaconf import OmegaConf
 
+    from .config import OptimizerConfig
     from .progress import BatchProgress
     from .train import make_optimizer, train_epoch
 
     cfg = run.summary["config"]
-    opt_cfg = OmegaConf.create(cfg.get("optimizer") or {})
-    m = run.metrics
-    lr = float(m["lr"].iloc[-1]) if "lr" in m and len(m) and m["lr"].iloc[-1] == m["lr"].iloc[-1] \
-        else float(opt_cfg.get("lr", 0.02))
-    seed = run.seed
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
+    if cfg.get("batch_size") is None:
+        raise UserError("the run's config has no batch_size: cannot fine-tune like it")
+    try:
+        opt_cfg = OmegaConf.merge(OmegaConf.structured(OptimizerConfig), cfg.get("optimizer") or {})
+    except Exception as exc:  # omegaconf's validation errors have no common base worth naming
+        raise UserError(f"the run's optimizer settings are not valid here ({type(exc).__name__})") from None
+    last = run.metrics["lr"].iloc[-1] if "lr" in run.metrics and len(run.metrics) else math.nan
+    lr = float(last) if last == last else float(opt_cfg.lr)
+    torch.manual_seed(run.seed)
+    gen = torch.Generator().manual_seed(run.seed)
     opt = make_optimizer(model, opt_cfg, lr)
     with BatchProgress("none") as progress:
         for e in range(1, epochs + 1):
-            train_epoch(model, data, opt, gen, int(cfg.get("batch_size") or 128), float(opt_cfg.get("l1", 0.0)),
-                        progress, e)
+            train_epoch(model, data, opt, gen, int(cfg["batch_size"]), float(opt_cfg.l1), progress, e)
 
 
 def _value(row: dict[str, Any], tuned: dict[str, Any] | None, source: str) -> BaselineValue:

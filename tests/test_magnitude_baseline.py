@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -182,7 +183,8 @@ def test_fine_tuning_keeps_the_masks_and_is_cached_beside_the_plain_value(tmp_pa
     (folder / "model.pt").unlink()
     late = MagnitudeBaseline()
     other = late.value(load_run(folder), target, 3)
-    assert other.source == "cache" and other.test_acc == value.test_acc and other.finetuned_test_acc != other.finetuned_test_acc
+    assert other.source == "cache" and other.test_acc == value.test_acc
+    assert math.isnan(other.finetuned_test_acc)
     assert "without fine-tuning" in late.warnings[0]["reason"]
     assert MagnitudeBaseline().value(load_run(folder), target, 2).finetuned_test_acc == value.finetuned_test_acc
 
