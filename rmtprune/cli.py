@@ -280,6 +280,8 @@ def _compare(argv: list[str]) -> int:
     ap.add_argument("--out", type=Path, default=None, help="output folder (default: the single PATH given, else "
                     "./comparison)")
     ap.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
+    ap.add_argument("--finetune", action="store_true", help="also fine-tune the magnitude-pruned normal models "
+                    "(as many epochs as the pruned arm trained after its last event; needs model.pt or a cached value)")
     args = ap.parse_args(argv)
     from .compare import compare, print_table, write_outputs
 
@@ -288,7 +290,7 @@ def _compare(argv: list[str]) -> int:
     if missing:
         raise UserError(f"no such folder: {', '.join(missing)}")
     by = [k.strip() for k in args.by.split(",") if k.strip()] if args.by else None
-    cmp = compare(args.paths, by=by, metric=args.metric)
+    cmp = compare(args.paths, by=by, metric=args.metric, finetune=args.finetune)
     cmp.command = "rmtprune compare " + " ".join(argv)
     if cmp.table.empty:
         for p in cmp.problems:

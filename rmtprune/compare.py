@@ -1,11 +1,24 @@
 """``rmtprune compare``: a seed sweep turned into tables, tests and figures.
 
 Runs are grouped by every config key that differs between them except the seed and the pruning
-settings (or by ``--by`` keys; data set, model and topology always separate groups). Inside a
-group, each pruning setting is an *arm*; ``none`` is the normal baseline every other arm is
-tested against: difference of means (Welch t interval and test), paired t-test over shared
-seeds, variance ratio (F-test, Levene), and magnitude pruning of the normal arm at the pruned
-arm's parameter count.
+settings (or by ``--by`` keys; data set, model and topology always separate groups). Runs on
+different device types (CPU and GPU) are never pooled: when a comparison holds both, the device
+type becomes part of every group's label (``device=cpu`` / ``device=cuda``; a run that does not
+record its device goes to ``device=unknown``). Inside a group, each pruning setting is an *arm*:
+``none`` is the normal baseline and ``control`` the fair one (the same event calendar, lr factor
+and momentum resets as ``rmt``, no pruning); both are labelled by their name alone. Every other
+arm is tested against ``none``, and also against ``control`` when the group has one (columns
+``control_*``); ``control`` itself is tested against ``none``. The tests: difference of means
+(Welch t interval and test), paired t-test over shared seeds, variance ratio (F-test, Levene, and
+a percentile-bootstrap 95% interval), and the post-training magnitude baseline: each normal
+run's final model magnitude-pruned exactly to the same seed's pruned count
+(:mod:`rmtprune.magnitude_baseline`), with ``finetune=True`` also after fine-tuning.
+
+An arm holds one run per seed: when a seed occurs more than once (a sweep given twice, a rerun),
+the newest run (summary.json ``finished_at``, else ``started_at``) is kept and the others are
+listed as left out. Runs whose files are damaged are left out and listed (never a traceback). An
+arm whose runs differ in thread count, CPU model, BLAS or GPU model is named in a warning: floating
+point sums, and with them the results of a seed, depend on those.
 """
 
 from __future__ import annotations
@@ -21,24 +34,31 @@ from typing import Any
 
 import pandas as pd
 
+from .errors import UserError
 from .outputs import write_csv
-from .runs import Run, load_runs
-from .stats import describe, interpolate_at, paired, variance_ratio, welch
+from .runs import MACHINE_KEYS, Run, load_runs
+from .stats import describe, interpolate_at, paired, variance_ratio, variance_ratio_ci, welch
 
 log = logging.getLogger("rmtprune")
 
 ALWAYS_SEPARATE = ("dataset.name", "model.name", "topology")
 NORMAL = "none"
+CONTROL = "control"
+REFERENCES = (NORMAL, CONTROL)   # arms every pruned arm is tested against; never pruned configurations
+DEVICE_KEY = "device"            # the group-label key that separates CPU and GPU runs
 
 
 @dataclass
 class Comparison:
     table: pd.DataFrame                       # comparison.csv
     curves: pd.DataFrame                      # curves.csv
-    problems: list[dict[str, str]] = field(default_factory=list)
+    problems: list[dict[str, str]] = field(default_factory=list)   # runs left out
     groups: dict[str, dict[str, list[Run]]] = field(default_factory=dict)
     metric: str = "test_acc"
     command: str = ""
+    warnings: list[dict[str, str]] = field(default_factory=list)   # counted, but worth a reader's attention
+    frontier: pd.DataFrame = field(default_factory=pd.DataFrame)   # frontier.csv
+    finetune: bool = False
 
 
 def _arm_keys(k: str) -> bool:
@@ -54,10 +74,16 @@ def _short(key: str) -> str:
     return "schedule" if key == "schedule.name" else key.split(".", 1)[-1]
 
 
+def method(run: Run) -> str:
+    """The pruning method of a run (config ``pruning.name``): none, control, rmt, magnitude, lowrank."""
+    return str(run.config.get("pruning.name", NORMAL))
+
+
 def arm_label(run: Run, arm_keys: list[str], usual: dict[str, Any] | None = None) -> str:
     """``none``, or the pruning name plus the settings in which this run differs from the usual
-    (most common) pruned run, e.g. ``rmt (horizon=300.0)``."""
-    name = str(run.config.get("pruning.name", "none"))
+    (most common) run of the same pruning method, e.g. ``rmt (horizon=300.0)``; ``control`` alone
+    unless controls differ among themselves."""
+    name = method(run)
     if name == NORMAL:
         return NORMAL
     usual = usual or {}
@@ -66,27 +92,79 @@ def arm_label(run: Run, arm_keys: list[str], usual: dict[str, Any] | None = None
     return name + (f" ({', '.join(extra)})" if extra else "")
 
 
-def group_runs(runs: list[Run], by: list[str] | None) -> dict[str, dict[str, list[Run]]]:
-    """{group label: {arm label: runs}}."""
-    varying = _varying(runs)
-    pruned = [r for r in runs if r.config.get("pruning.name", "none") != NORMAL]
-    arm_keys = [k for k in _varying(pruned) if _arm_keys(k)] if len(pruned) > 1 else []
+def _settings(runs: list[Run]) -> tuple[list[str], dict[str, Any]]:
+    """The pruning/schedule keys that vary among ``runs`` (one method) and their usual values."""
+    arm_keys = [k for k in _varying(runs) if _arm_keys(k)] if len(runs) > 1 else []
     usual = {}
     for k in arm_keys:
-        counts = Counter(repr(r.config.get(k)) for r in pruned)
+        counts = Counter(repr(r.config.get(k)) for r in runs)
         modal = min(counts, key=lambda v: (-counts[v], v))  # ties: the same choice in every process
-        usual[k] = next(r.config.get(k) for r in pruned if repr(r.config.get(k)) == modal)
+        usual[k] = next(r.config.get(k) for r in runs if repr(r.config.get(k)) == modal)
+    return arm_keys, usual
+
+
+def group_runs(runs: list[Run], by: list[str] | None) -> dict[str, dict[str, list[Run]]]:
+    """{group label: {arm label: runs}}; arms ordered none, control, then as first met by seed."""
+    varying = _varying(runs)
+    settings = {name: _settings([r for r in runs if method(r) == name]) for name in sorted({method(r) for r in runs})}
     if by:
         keys = list(by) + [k for k in ALWAYS_SEPARATE if k in varying and k not in by]
     else:
         keys = [k for k in varying if k != "seed" and not _arm_keys(k)]
     # name the data set and the architecture in every label, varying or not
     keys = [k for k in ALWAYS_SEPARATE if k not in keys and any(k in r.config for r in runs)] + keys
+    split_devices = len({r.device_type for r in runs} - {None}) > 1
     groups: dict[str, dict[str, list[Run]]] = {}
     for r in sorted(runs, key=lambda r: r.seed):
-        label = ", ".join(f"{k}={r.config.get(k)}" for k in keys) or "all runs"
-        groups.setdefault(label, {}).setdefault(arm_label(r, arm_keys, usual), []).append(r)
-    return groups
+        parts = [f"{k}={r.config.get(k)}" for k in keys]
+        if split_devices:
+            parts.append(f"{DEVICE_KEY}={r.device_type or 'unknown'}")
+        label = ", ".join(parts) or "all runs"
+        groups.setdefault(label, {}).setdefault(arm_label(r, *settings[method(r)]), []).append(r)
+    order = {NORMAL: 0, CONTROL: 1}
+    return {g: dict(sorted(arms.items(), key=lambda kv: order.get(kv[0], 2))) for g, arms in groups.items()}
+
+
+def one_run_per_seed(groups: dict[str, dict[str, list[Run]]]) -> list[dict[str, str]]:
+    """Keep the newest run of every seed in every arm (in place); returns the runs dropped, as problems."""
+    dropped = []
+    for group, arms in groups.items():
+        for arm, runs in arms.items():
+            by_seed: dict[int, list[Run]] = {}
+            for r in runs:
+                by_seed.setdefault(r.seed, []).append(r)
+            kept = []
+            for seed, same in sorted(by_seed.items()):
+                same.sort(key=lambda r: (r.finished_at, str(r.folder)), reverse=True)
+                kept.append(same[0])
+                for r in same[1:]:
+                    dropped.append({"folder": str(r.folder), "seed": str(seed), "group": group, "arm": arm, "reason": (
+                        f"seed {seed} occurs {len(same)} times in arm {arm} ({group}): one run per seed is kept, "
+                        f"the newest ({same[0].folder}, {same[0].finished_at or 'time unknown'})")})
+            arms[arm] = kept
+    return dropped
+
+
+def machine_mix(runs: list[Run]) -> str:
+    """'' when the runs share device, threads, CPU, BLAS and GPU as far as recorded; else what differs,
+    e.g. ``threads 1 (3), 2 (2)`` (runs that record nothing are not counted as different)."""
+    parts = []
+    for key in ("device", *MACHINE_KEYS):
+        values = Counter(r.machine()[key] for r in runs)
+        known = {v: n for v, n in values.items() if v is not None}
+        if len(known) > 1:
+            listed = ", ".join(f"{_shorten(v)} ({n})" for v, n in sorted(known.items()))
+            unknown = f", unrecorded ({values[None]})" if values.get(None) else ""
+            parts.append(f"{key} {listed}{unknown}")
+    return "; ".join(parts)
+
+
+def _shorten(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _number(v: Any) -> float:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
 
 
 def _final_and_best(run: Run, metric: str) -> tuple[float, float]:
@@ -95,18 +173,54 @@ def _final_and_best(run: Run, metric: str) -> tuple[float, float]:
     return float(col.iloc[-1]), float(best)
 
 
-def _magnitude_at(normal_runs: list[Run], n_params: float, metric: str) -> list[float]:
-    values = []
-    col = metric if metric in ("test_acc", "test_loss") else "test_acc"
-    for r in normal_runs:
-        if r.magnitude is not None and len(r.magnitude):
-            v = interpolate_at(n_params, r.magnitude["n_nonzero"], r.magnitude[col])
-            if v == v:
-                values.append(v)
-    return values
+def _versus(prefix: str, a: dict[int, float], b: dict[int, float]) -> dict[str, float]:
+    """Tests of arm values ``a`` against reference values ``b`` (seed -> value), keys prefixed."""
+    x, y = list(a.values()), list(b.values())
+    out = {**welch(x, y), **paired(a, b), **variance_ratio(x, y), **variance_ratio_ci(x, y)}
+    return {prefix + k: v for k, v in out.items()}
 
 
-def compare(paths: list[Path], by: list[str] | None = None, metric: str = "test_acc") -> Comparison:
+def _magnitude(arm_runs: list[Run], normal: dict[int, Run], metric: str, baseline: Any,
+               finetune: bool) -> dict[str, Any]:
+    """The post-training magnitude baseline of one pruned arm, seed by seed: the same seed's normal
+    run pruned exactly to this arm's final count (model.pt or its cache), else interpolated in its
+    magnitude_sweep.csv; the columns ``magnitude_*``."""
+    from .magnitude_baseline import finetune_epochs
+
+    col = "test_loss" if metric == "test_loss" else "test_acc"
+    exact, tuned, sources = [], [], Counter()
+    for r in arm_runs:
+        normal_run = normal.get(r.seed)
+        if normal_run is None:
+            sources["no normal run of this seed"] += 1
+            continue
+        target = int(r.summary["n_params_final"])
+        value = baseline.value(normal_run, target, finetune_epochs(r) if finetune else None)
+        if value is not None:
+            exact.append(value.test_loss if col == "test_loss" else value.test_acc)
+            tuned.append(value.finetuned_test_loss if col == "test_loss" else value.finetuned_test_acc)
+            sources[f"exact from {value.source}"] += 1
+            continue
+        mag = normal_run.magnitude
+        v = interpolate_at(target, mag["n_nonzero"], mag[col]) if mag is not None and len(mag) else math.nan
+        if v == v:
+            exact.append(v)
+            sources["interpolated in magnitude_sweep.csv (no model.pt, no cached value)"] += 1
+        else:
+            sources["none (no model.pt, cache or magnitude_sweep.csv covering the count)"] += 1
+    m, t = describe(exact), describe(tuned)
+    return {"magnitude_at_same_params_mean": m["mean"], "magnitude_at_same_params_std": m["std"],
+            "magnitude_at_same_params_n": m["n"], "magnitude_finetuned_mean": t["mean"],
+            "magnitude_finetuned_std": t["std"], "magnitude_finetuned_n": t["n"],
+            "magnitude_note": "; ".join(f"{k}: {n}" for k, n in sorted(sources.items()))}
+
+
+def compare(paths: list[Path], by: list[str] | None = None, metric: str = "test_acc",
+            finetune: bool = False) -> Comparison:
+    """Read, group and test the runs under ``paths`` (see the module doc); ``finetune``: also the
+    magnitude baseline after fine-tuning (trains each normal model; slow on real data)."""
+    from .magnitude_baseline import MagnitudeBaseline
+
     runs, problems = load_runs(paths)
     finished = []
     for r in runs:
@@ -118,21 +232,33 @@ def compare(paths: list[Path], by: list[str] | None = None, metric: str = "test_
         else:
             finished.append(r)
     groups = group_runs(finished, by)
+    dropped = one_run_per_seed(groups)
+    problems += dropped
+    warnings: list[dict[str, str]] = []
+    baseline = MagnitudeBaseline()
     rows: list[dict[str, Any]] = []
     curve_rows: list[dict[str, Any]] = []
     for group, arms in groups.items():
         all_seeds = sorted({r.seed for rs in arms.values() for r in rs})
-        normal = arms.get(NORMAL, [])
-        normal_final = {r.seed: _final_and_best(r, metric)[0] for r in normal}
+        finals = {arm: {r.seed: _final_and_best(r, metric)[0] for r in rs} for arm, rs in arms.items()}
+        normal_runs = {r.seed: r for r in arms.get(NORMAL, [])}
         for arm, rs in arms.items():
             missing = sorted(set(all_seeds) - {r.seed for r in rs})
             for s in missing:
                 problems.append({"folder": group, "seed": str(s), "reason": f"arm {arm}: no finished run for this seed"})
-            finals = {r.seed: _final_and_best(r, metric)[0] for r in rs}
             bests = [_final_and_best(r, metric)[1] for r in rs]
-            fd, bd = describe(list(finals.values())), describe(bests)
+            fd, bd = describe(list(finals[arm].values())), describe(bests)
             p_start = sum(r.summary["n_params_initial"] for r in rs) / len(rs)
             p_end = sum(r.summary["n_params_final"] for r in rs) / len(rs)
+            notes = ["one seed: no variance"] if len(rs) == 1 else []
+            n_dropped = sum(d["group"] == group and d["arm"] == arm for d in dropped)
+            if n_dropped:
+                notes.append(f"{n_dropped} duplicate run(s) of a seed left out (newest kept)")
+            mix = machine_mix(rs)
+            if mix:
+                notes.append(f"runs differ in {mix}")
+                warnings.append({"folder": group, "reason": f"arm {arm} mixes machines: {mix}; a seed's result "
+                                 f"depends on the thread count and the kind of machine"})
             row: dict[str, Any] = {
                 "group": group, "arm": arm, "metric": metric, "n_seeds": len(rs),
                 "seeds": " ".join(str(r.seed) for r in rs),
@@ -140,31 +266,41 @@ def compare(paths: list[Path], by: list[str] | None = None, metric: str = "test_
                 **{f"best_{k}": v for k, v in bd.items() if k != "n"},
                 "params_start": p_start, "params_end": p_end,
                 "param_reduction_pct": 100.0 * (1 - p_end / p_start) if p_start else math.nan,
-                "wall_time_s": sum(float(r.summary.get("wall_time_s", math.nan)) for r in rs) / len(rs),
-                "note": "one seed: no variance" if len(rs) == 1 else "",
+                "wall_time_s": sum(_number(r.summary.get("wall_time_s")) for r in rs) / len(rs),
+                "device": ", ".join(sorted({r.device_type or "unknown" for r in rs})),
+                "note": "; ".join(notes),
             }
-            if arm != NORMAL and normal:
-                row.update(welch(list(finals.values()), list(normal_final.values())))
-                row.update(paired(finals, normal_final))
-                row.update(variance_ratio(list(finals.values()), list(normal_final.values())))
-                mag = describe(_magnitude_at(normal, p_end, metric))
-                row.update(magnitude_at_same_params_mean=mag["mean"], magnitude_at_same_params_std=mag["std"],
-                           magnitude_n=mag["n"])
+            name = method(rs[0])
+            if name != NORMAL and NORMAL in finals:
+                row.update(_versus("", finals[arm], finals[NORMAL]))
+            if name not in REFERENCES and CONTROL in finals:
+                row.update(_versus("control_", finals[arm], finals[CONTROL]))
+            if name not in REFERENCES and normal_runs:
+                row.update(_magnitude(rs, normal_runs, metric, baseline, finetune))
             rows.append(row)
             curve_rows.extend(_curves(group, arm, rs))
+    warnings += baseline.warnings
     table = pd.DataFrame(rows, columns=COLUMNS)
-    return Comparison(table, pd.DataFrame(curve_rows), problems, groups, metric)
+    return Comparison(table, pd.DataFrame(curve_rows), problems, groups, metric, warnings=warnings,
+                      frontier=frontier(groups), finetune=finetune)
 
 
+_VERSUS = ["diff", "diff_ci_low", "diff_ci_high", "welch_p", "n_pairs", "paired_diff", "paired_p",
+           "var_ratio", "var_ratio_ci_low", "var_ratio_ci_high", "f_p", "levene_p"]
 COLUMNS = [
     "group", "arm", "metric", "n_seeds", "seeds",
     "final_mean", "final_std", "final_var", "final_min", "final_max", "final_ci_low", "final_ci_high",
     "best_mean", "best_std", "best_var", "best_min", "best_max", "best_ci_low", "best_ci_high",
-    "params_start", "params_end", "param_reduction_pct", "wall_time_s",
-    "diff", "diff_ci_low", "diff_ci_high", "welch_p", "n_pairs", "paired_diff", "paired_p",
-    "var_ratio", "f_p", "levene_p", "magnitude_at_same_params_mean", "magnitude_at_same_params_std", "magnitude_n",
+    "params_start", "params_end", "param_reduction_pct", "wall_time_s", "device",
+    *_VERSUS, *(f"control_{c}" for c in _VERSUS),
+    "magnitude_at_same_params_mean", "magnitude_at_same_params_std", "magnitude_at_same_params_n",
+    "magnitude_finetuned_mean", "magnitude_finetuned_std", "magnitude_finetuned_n", "magnitude_note",
     "note",
 ]
+CURVE_COLUMNS = ("test_acc", "train_acc", "test_loss", "train_loss", "n_params_after", "test_acc_after_event",
+                 "test_loss_after_event")
+FRONTIER_COLUMNS = ["group", "arm", "pruning_method", "setting", "n_seeds", "params_mean", "params_std",
+                    "acc_mean", "acc_std"]
 
 
 def _curves(group: str, arm: str, runs: list[Run]) -> list[dict[str, Any]]:
@@ -172,12 +308,33 @@ def _curves(group: str, arm: str, runs: list[Run]) -> list[dict[str, Any]]:
     out = []
     for epoch, part in frames.groupby("epoch"):
         row = {"group": group, "arm": arm, "epoch": int(epoch), "n": len(part)}
-        for col in ("test_acc", "train_acc", "test_loss", "train_loss", "n_params_after"):
-            if col in part:
-                row[f"{col}_mean"] = float(part[col].mean())
-                row[f"{col}_std"] = float(part[col].std(ddof=1)) if len(part) > 1 else math.nan
+        for col in CURVE_COLUMNS:
+            if col in part and part[col].notna().any():
+                values = part[col].dropna()
+                row[f"{col}_mean"] = float(values.mean())
+                row[f"{col}_std"] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
         out.append(row)
     return out
+
+
+def frontier(groups: dict[str, dict[str, list[Run]]]) -> pd.DataFrame:
+    """frontier.csv: for each group with more than one pruned configuration (arms other than none and
+    control), every arm's final test accuracy and final parameter count, mean and sample std over
+    seeds; ``setting`` is what the arm label adds to the method name."""
+    rows = []
+    for group, arms in groups.items():
+        if sum(method(rs[0]) not in REFERENCES for rs in arms.values()) < 2:
+            continue
+        for arm, rs in arms.items():
+            params = describe([float(r.summary["n_params_final"]) for r in rs])
+            acc = describe([float(r.metrics["test_acc"].iloc[-1]) if "test_acc" in r.metrics else math.nan
+                            for r in rs])
+            name = method(rs[0])
+            setting = arm[len(name):].strip().removeprefix("(").removesuffix(")") if arm.startswith(name) else arm
+            rows.append({"group": group, "arm": arm, "pruning_method": name, "setting": setting,
+                         "n_seeds": len(rs), "params_mean": params["mean"], "params_std": params["std"],
+                         "acc_mean": acc["mean"], "acc_std": acc["std"]})
+    return pd.DataFrame(rows, columns=FRONTIER_COLUMNS)
 
 
 def slug(group: str) -> str:
@@ -199,6 +356,32 @@ def _p(v: float) -> str:
     return "–" if v != v else (f"{v:.3f}" if v >= 0.001 else f"{v:.1e}")
 
 
+def _where(problem: dict[str, str]) -> str:
+    seed = problem.get("seed")
+    return f"{problem['folder']} (seed {seed})" if seed not in (None, "") else problem["folder"]
+
+
+def _diff_cell(r: pd.Series, metric: str, prefix: str = "") -> str:
+    d = r[f"{prefix}diff"]
+    if d != d:
+        return "–"
+    return f"{_pct(d, metric)} [{_pct(r[f'{prefix}diff_ci_low'], metric)}, {_pct(r[f'{prefix}diff_ci_high'], metric)}]"
+
+
+def _ratio_cell(r: pd.Series, prefix: str = "") -> str:
+    v = r[f"{prefix}var_ratio"]
+    if v != v:
+        return "–"
+    lo, hi = r[f"{prefix}var_ratio_ci_low"], r[f"{prefix}var_ratio_ci_high"]
+    ci = "" if lo != lo else f" [{lo:.2f}, {hi:.2f}]"
+    return f"{v:.2f}{ci} (F p {_p(r[f'{prefix}f_p'])}, Levene p {_p(r[f'{prefix}levene_p'])})"
+
+
+def _mean_std_cell(r: pd.Series, key: str, metric: str) -> str:
+    m = r[f"{key}_mean"]
+    return "–" if m != m else f"{_pct(m, metric)} ± {_pct(r[f'{key}_std'], metric)} (n={int(r[f'{key}_n'])})"
+
+
 def markdown(cmp: Comparison) -> str:
     """comparison.md: one table per group, ready for a README or paper."""
     unit = " (%)" if "acc" in cmp.metric else ""
@@ -208,68 +391,117 @@ def markdown(cmp: Comparison) -> str:
                   f"{sum(len(rs) for arms in cmp.groups.values() for rs in arms.values())} runs; "
                   f"every run's full config is in its summary.json.", ""]
     for group, part in cmp.table.groupby("group", sort=False):
-        lines += [f"## {group}", "",
-                  f"| arm | seeds | final{unit} mean ± std | variance | best{unit} mean | params start → end "
-                  f"(reduction) | Δ vs normal [95% CI] | Welch p | paired p | var ratio (F p, Levene p) | "
-                  f"magnitude pruning at same params{unit} |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        has_control = part["control_diff"].notna().any() or (part["arm"] == CONTROL).any()
+        head = (f"| arm | seeds | final{unit} mean ± std | variance | best{unit} mean | params start → end "
+                f"(reduction) | Δ vs normal [95% CI] | Welch p | paired p | var ratio vs normal [bootstrap 95% CI] "
+                f"(F p, Levene p) |")
+        if has_control:
+            head += " Δ vs control [95% CI] | Welch p | paired p | var ratio vs control [95% CI] (F p, Levene p) |"
+        head += f" magnitude pruning at same params{unit} |"
+        if cmp.finetune:
+            head += f" magnitude, fine-tuned{unit} |"
+        lines += [f"## {group}", "", head, "|" + "---|" * (head.count("|") - 1)]
         for _, r in part.iterrows():
             scale = 1e4 if "acc" in cmp.metric else 1.0
             var = "–" if r["final_var"] != r["final_var"] else f"{r['final_var'] * scale:.3g}"
-            diff = "–" if r["diff"] != r["diff"] else (
-                f"{_pct(r['diff'], cmp.metric)} [{_pct(r['diff_ci_low'], cmp.metric)}, {_pct(r['diff_ci_high'], cmp.metric)}]")
-            vr = "–" if r["var_ratio"] != r["var_ratio"] else f"{r['var_ratio']:.2f} ({_p(r['f_p'])}, {_p(r['levene_p'])})"
-            mag = "–" if r["magnitude_at_same_params_mean"] != r["magnitude_at_same_params_mean"] else (
-                f"{_pct(r['magnitude_at_same_params_mean'], cmp.metric)} ± {_pct(r['magnitude_at_same_params_std'], cmp.metric)}")
-            lines.append(
-                f"| {r['arm']} | {r['n_seeds']} | {_pct(r['final_mean'], cmp.metric)} ± {_pct(r['final_std'], cmp.metric)} "
-                f"| {var} | {_pct(r['best_mean'], cmp.metric)} | {r['params_start']:,.0f} → {r['params_end']:,.0f} "
-                f"({r['param_reduction_pct']:.1f}%) | {diff} | {_p(r['welch_p'])} | {_p(r['paired_p'])} | {vr} | {mag} |")
-        lines.append("")
+            line = (f"| {r['arm']} | {r['n_seeds']} | {_pct(r['final_mean'], cmp.metric)} ± "
+                    f"{_pct(r['final_std'], cmp.metric)} | {var} | {_pct(r['best_mean'], cmp.metric)} | "
+                    f"{r['params_start']:,.0f} → {r['params_end']:,.0f} ({r['param_reduction_pct']:.1f}%) | "
+                    f"{_diff_cell(r, cmp.metric)} | {_p(r['welch_p'])} | {_p(r['paired_p'])} | {_ratio_cell(r)} |")
+            if has_control:
+                line += (f" {_diff_cell(r, cmp.metric, 'control_')} | {_p(r['control_welch_p'])} | "
+                         f"{_p(r['control_paired_p'])} | {_ratio_cell(r, 'control_')} |")
+            line += f" {_mean_std_cell(r, 'magnitude_at_same_params', cmp.metric)} |"
+            if cmp.finetune:
+                line += f" {_mean_std_cell(r, 'magnitude_finetuned', cmp.metric)} |"
+            lines.append(line)
+        notes = [f"- {r['arm']}: {r['note']}" for _, r in part.iterrows() if isinstance(r["note"], str) and r["note"]]
+        notes += [f"- {r['arm']}, magnitude baseline: {r['magnitude_note']}" for _, r in part.iterrows()
+                  if isinstance(r["magnitude_note"], str) and r["magnitude_note"]]
+        lines += ["", *notes, ""] if notes else [""]
     if "acc" in cmp.metric:
-        lines.append("Accuracies in percent; variance in percent² (fraction² × 10⁴). Δ = pruned − normal.")
+        lines.append("Accuracies in percent; variance in percent² (fraction² × 10⁴). "
+                     "Δ = arm − normal (or control).")
+    lines.append("Magnitude pruning: each normal run's final model, global unstructured L1 pruning to the same "
+                 "seed's final parameter count of the arm (non-zero parameters, biases included), no retraining"
+                 + (", and after as many epochs of retraining as the arm had after its last event" if cmp.finetune
+                    else "") + "; where neither model.pt nor a cached value exists, interpolated in the normal run's "
+                 "magnitude_sweep.csv (the notes say which).")
+    if cmp.warnings:
+        lines += ["", "Warnings:", ""] + [f"- {w['folder']}: {w['reason']}" for w in cmp.warnings]
     if cmp.problems:
-        lines += ["", "Runs left out:", ""] + [f"- {p['folder']} (seed {p.get('seed', '?')}): {p['reason']}"
-                                                for p in cmp.problems]
+        lines += ["", "Runs left out:", ""] + [f"- {_where(p)}: {p['reason']}" for p in cmp.problems]
     return "\n".join(lines) + "\n"
 
 
 def write_outputs(cmp: Comparison, out: Path, formats: list[str], plots: bool) -> list[Path]:
+    """comparison.csv, curves.csv, frontier.csv, comparison.md and the figures in ``out``; a folder
+    that cannot be written is a UserError."""
+    try:
+        return _write_outputs(cmp, Path(out), formats, plots)
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot write there ({exc.strerror or type(exc).__name__}); give a writable "
+                        f"folder") from None
+
+
+def _write_outputs(cmp: Comparison, out: Path, formats: list[str], plots: bool) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     written = []
     if "csv" in formats:
         write_csv(out / "comparison.csv", cmp.table.to_dict("records"), COLUMNS)
         write_csv(out / "curves.csv", cmp.curves.to_dict("records"), list(cmp.curves.columns))
         written += [out / "comparison.csv", out / "curves.csv"]
+        if not cmp.frontier.empty:
+            write_csv(out / "frontier.csv", cmp.frontier.to_dict("records"), FRONTIER_COLUMNS)
+            written.append(out / "frontier.csv")
     if "md" in formats:
         (out / "comparison.md").write_text(markdown(cmp), encoding="utf-8")
         written.append(out / "comparison.md")
     if plots:
-        from .plots import esd_figures, group_figures
+        from .plots import esd_figures, frontier_figure, group_figures
 
         for group, arms in cmp.groups.items():
             written += group_figures(cmp.curves[cmp.curves["group"] == group], group, out / f"{slug(group)}", cmp.metric)
-            written += esd_figures(arms, out / f"{slug(group)}")
+            figures, failed = esd_figures(arms, out / f"{slug(group)}")
+            written += figures
+            cmp.warnings += failed
+            part = cmp.frontier[cmp.frontier["group"] == group] if not cmp.frontier.empty else cmp.frontier
+            if not part.empty:
+                written.append(frontier_figure(part, group, out / f"{slug(group)}_frontier.png"))
     return written
 
 
 def print_table(cmp: Comparison) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console(width=None if sys.stdout.isatty() else 160)
     for group, part in cmp.table.groupby("group", sort=False):
+        has_control = part["control_diff"].notna().any()
         t = Table(title=group, title_justify="left")
-        for c in ("arm", "seeds", f"final {cmp.metric}", "var", "params end (red.)", "Δ vs normal", "Welch p",
-                  "var ratio (F p)", "magnitude"):
+        cols = ["arm", "seeds", f"final {cmp.metric}", "var", "params end (red.)", "Δ vs normal", "Welch p",
+                "var ratio [CI] (F p)"]
+        cols += ["Δ vs control", "Welch p (control)"] if has_control else []
+        cols += ["magnitude"] + (["magnitude ft"] if cmp.finetune else [])
+        for c in cols:
             t.add_column(c, justify="left" if c == "arm" else "right")
         for _, r in part.iterrows():
-            t.add_row(
-                str(r["arm"]), str(r["n_seeds"]), f"{_pct(r['final_mean'], cmp.metric)} ± {_pct(r['final_std'], cmp.metric)}",
-                "–" if r["final_var"] != r["final_var"] else f"{r['final_var']:.2e}",
-                f"{r['params_end']:,.0f} ({r['param_reduction_pct']:.0f}%)", _pct(r["diff"], cmp.metric), _p(r["welch_p"]),
-                "–" if r["var_ratio"] != r["var_ratio"] else f"{r['var_ratio']:.2f} ({_p(r['f_p'])})",
-                _pct(r["magnitude_at_same_params_mean"], cmp.metric))
+            ratio = "–" if r["var_ratio"] != r["var_ratio"] else (
+                f"{r['var_ratio']:.2f} [{r['var_ratio_ci_low']:.2f}, {r['var_ratio_ci_high']:.2f}] ({_p(r['f_p'])})")
+            cells = [str(r["arm"]), str(r["n_seeds"]),
+                     f"{_pct(r['final_mean'], cmp.metric)} ± {_pct(r['final_std'], cmp.metric)}",
+                     "–" if r["final_var"] != r["final_var"] else f"{r['final_var']:.2e}",
+                     f"{r['params_end']:,.0f} ({r['param_reduction_pct']:.0f}%)", _pct(r["diff"], cmp.metric),
+                     _p(r["welch_p"]), ratio]
+            if has_control:
+                cells += [_pct(r["control_diff"], cmp.metric), _p(r["control_welch_p"])]
+            cells.append(_pct(r["magnitude_at_same_params_mean"], cmp.metric))
+            if cmp.finetune:
+                cells.append(_pct(r["magnitude_finetuned_mean"], cmp.metric))
+            t.add_row(*cells)
         console.print(t)
+    for w in cmp.warnings:
+        console.print(f"[yellow]warning:[/] {escape(_where(w))}: {escape(w['reason'])}")
     for p in cmp.problems:
-        console.print(f"[yellow]warning:[/] {p['folder']} (seed {p.get('seed', '?')}): {p['reason']}")
+        console.print(f"[yellow]warning:[/] {escape(_where(p))}: {escape(p['reason'])}")

@@ -1,5 +1,6 @@
-"""Figures from files: accuracy curves (mean ± std over seeds), parameter counts, and the ESD of a
-layer with its fitted MP density. Everything is drawn with the non-interactive Agg backend."""
+"""Figures from files: accuracy curves (mean ± std over seeds, with the drop at each pruning event),
+parameter counts, the accuracy–size frontier, and the ESD of a layer with its fitted MP density.
+Everything is drawn with the non-interactive Agg backend."""
 
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ def group_figures(curves: pd.DataFrame, group: str, prefix: Path, metric: str = 
             ax.plot(part["epoch"], m, style, color=color, label=f"{arm} {split} (n={n})")
             if split == "test":
                 ax.fill_between(part["epoch"], m - s, m + s, color=color, alpha=0.2)
+                _event_drops(ax, part, col, color)
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"{base} (mean ± std over seeds)")
     ax.set_title(textwrap.fill(group, 90), fontsize=9)
@@ -62,6 +64,49 @@ def group_figures(curves: pd.DataFrame, group: str, prefix: Path, metric: str = 
         ax.legend(fontsize=8)
         out.append(_save(fig, Path(f"{prefix}_params.png")))
     return out
+
+
+def _event_drops(ax: Any, part: pd.DataFrame, col: str, color: str) -> None:
+    """At each event epoch, a line from the epoch's value (before the event) to the value right after
+    it (``<col>_after_event_mean``, before retraining), ending in a marker."""
+    after = f"{col}_after_event_mean"
+    if after not in part or not part[after].notna().any():
+        return
+    ev = part[part[after].notna()]
+    for epoch, before, value in zip(ev["epoch"], ev[f"{col}_mean"], ev[after]):
+        ax.plot([epoch, epoch], [before, value], ":", color=color, lw=1)
+    ax.plot(ev["epoch"], ev[after], "v", color=color, ms=4, ls="none",
+            label=f"{part['arm'].iloc[0]} right after each event")
+
+
+def frontier_figure(rows: pd.DataFrame, group: str, path: Path) -> Path:
+    """Final test accuracy (mean ± std over seeds) against final parameter count (mean ± std, log x):
+    one series per pruning method, a point per setting; ``none`` and ``control`` as horizontal bands
+    (mean ± std). ``rows``: the group's rows of frontier.csv."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    bands = rows[rows["pruning_method"].isin(["none", "control"])]
+    for i, (_, r) in enumerate(bands.iterrows()):
+        color = "k" if r["pruning_method"] == "none" else "0.45"
+        m, s = 100 * r["acc_mean"], 100 * (r["acc_std"] if r["acc_std"] == r["acc_std"] else 0.0)
+        ax.axhspan(m - s, m + s, color=color, alpha=0.12)
+        ax.axhline(m, color=color, ls="--" if i == 0 else ":", lw=1,
+                   label=f"{r['arm']} (n={int(r['n_seeds'])}, {r['params_mean']:,.0f} params)")
+    points = rows[~rows["pruning_method"].isin(["none", "control"])]
+    for i, (name, part) in enumerate(points.groupby("pruning_method", sort=False)):
+        part = part.sort_values("params_mean")
+        ax.errorbar(part["params_mean"], 100 * part["acc_mean"], yerr=100 * part["acc_std"].fillna(0),
+                    xerr=part["params_std"].fillna(0), fmt="o-", color=f"C{i}", ms=5, capsize=3, label=name)
+        for _, r in part.iterrows():
+            if isinstance(r["setting"], str) and r["setting"]:
+                ax.annotate(textwrap.shorten(r["setting"], 40), (r["params_mean"], 100 * r["acc_mean"]),
+                            textcoords="offset points", xytext=(4, 4), fontsize=7, color=f"C{i}")
+    ax.set_xscale("log")
+    ax.set_xlabel("final parameter count (mean over seeds, log scale)")
+    ax.set_ylabel("final test accuracy (%), mean ± std")
+    ax.set_title(textwrap.fill(f"accuracy vs size: {group}", 90), fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
 
 
 def esd_plot(ax: Any, singular_values: np.ndarray, shape: tuple[int, int], sigma2: float, lambda_plus: float,
@@ -100,17 +145,23 @@ def esd_plot(ax: Any, singular_values: np.ndarray, shape: tuple[int, int], sigma
     ax.legend(fontsize=7, loc="upper right")
 
 
-def esd_figures(arms: dict[str, list[Any]], prefix: Path) -> list[Path]:
+def esd_figures(arms: dict[str, list[Any]], prefix: Path) -> tuple[list[Path], list[dict[str, str]]]:
     """For the first pruned arm and its lowest seed with spectra: each fitted layer at its first and
-    last pruning event (``<prefix>_esd_<layer>.png``)."""
+    last pruning event (``<prefix>_esd_<layer>.png``). Returns the figures and warnings (a run whose
+    spectra or ledger cannot be drawn is skipped, and the next one tried)."""
+    warnings = []
     for arm, runs in arms.items():
-        if arm == "none":
+        if arm in ("none", "control"):
             continue
         for run in runs:
             if run.spectra_path is None or run.ledger is None:
                 continue
-            return _run_esd(run, arm, prefix)
-    return []
+            try:
+                return _run_esd(run, arm, prefix), warnings
+            except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+                warnings.append({"folder": str(run.folder), "reason": f"no ESD figure: spectra.npz or layers.csv "
+                                 f"cannot be drawn ({type(exc).__name__}: {exc})"[:300]})
+    return [], warnings
 
 
 def _run_esd(run: Any, arm: str, prefix: Path) -> list[Path]:
@@ -123,7 +174,10 @@ def _run_esd(run: Any, arm: str, prefix: Path) -> list[Path]:
         picks = [epochs[0]] if len(epochs) == 1 else [epochs[0], epochs[-1]]
         fig, axes = plt.subplots(1, len(picks), figsize=(5.5 * len(picks), 4), squeeze=False)
         for ax, epoch in zip(axes[0], picks):
-            row = ledger[(ledger["epoch"] == epoch) & (ledger["layer"] == layer)].iloc[0]
+            rows = ledger[(ledger["epoch"] == epoch) & (ledger["layer"] == layer)]
+            if rows.empty:
+                raise ValueError(f"layers.csv has no row for {layer} at epoch {epoch}")
+            row = rows.iloc[0]
             esd_plot(ax, spectra[epoch][layer], (int(row["out"]), int(row["in"])), float(row["sigma2"]),
                      float(row["lambda_plus"]), float(row["fit_error"]), int(row["n_censored"] or 0),
                      title=f"{layer} {int(row['out'])}x{int(row['in'])}, epoch {epoch} ({arm}, seed {run.seed}): "

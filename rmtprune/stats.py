@@ -87,3 +87,38 @@ def interpolate_at(x_target: float, xs: Sequence[float], ys: Sequence[float]) ->
     if xs.size == 0 or x_target < xs[0] or x_target > xs[-1]:
         return NAN
     return float(np.interp(x_target, xs, ys))
+
+
+# percentile bootstrap of the variance ratio: resamples per arm, and the fixed seed that makes the
+# interval the same on every run of `compare`
+BOOTSTRAP_RESAMPLES = 10_000
+BOOTSTRAP_SEED = 0
+
+
+def variance_ratio_ci(a: Sequence[float], b: Sequence[float], confidence: float = 0.95,
+                      resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> dict[str, float]:
+    """Percentile-bootstrap interval of var(a) / var(b) (sample variances, ddof = 1).
+
+    Each of ``resamples`` draws resamples a (n_a values) and b (n_b values) independently with
+    replacement and computes r* = s²(a*) / s²(b*); the interval is the empirical
+    (1 - c)/2 and (1 + c)/2 quantiles of r* (order statistics, no interpolation). A draw in which
+    b* has no spread gives r* = +inf (so a tiny arm can give an unbounded upper end, as it
+    should); draws with both variances 0 (0/0) are left out. Fewer than 2 values in an arm: NaN.
+    """
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    out = {"var_ratio_ci_low": NAN, "var_ratio_ci_high": NAN}
+    if a.size < 2 or b.size < 2:
+        return out
+    rng = np.random.default_rng(seed)
+    va = a[rng.integers(0, a.size, (resamples, a.size))].var(axis=1, ddof=1)
+    vb = b[rng.integers(0, b.size, (resamples, b.size))].var(axis=1, ddof=1)
+    defined = (va > 0) | (vb > 0)
+    if not defined.any():
+        return out
+    with np.errstate(divide="ignore"):
+        r = np.sort(va[defined] / vb[defined])
+    k = r.size
+    lo = int(math.floor((1 - confidence) / 2 * k))
+    hi = min(int(math.ceil((1 + confidence) / 2 * k)) - 1, k - 1)
+    out.update(var_ratio_ci_low=float(r[lo]), var_ratio_ci_high=float(r[hi]))
+    return out

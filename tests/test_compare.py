@@ -45,7 +45,7 @@ def test_compare_writes_tables_and_figures(cli, sweep, tmp_path):
     assert pruned["diff"] == pytest.approx(sum(finals["rmt"]) / 3 - sum(finals["none"]) / 3)
     assert pruned["params_end"] < normal["params_end"] and pruned["param_reduction_pct"] > 10
     assert 0 <= pruned["welch_p"] <= 1 and pruned["n_pairs"] == 3 and pruned["var_ratio"] > 0
-    assert 0 < pruned["magnitude_at_same_params_mean"] <= 1 and pruned["magnitude_n"] == 3
+    assert 0 < pruned["magnitude_at_same_params_mean"] <= 1 and pruned["magnitude_at_same_params_n"] == 3
     assert math.isnan(normal["welch_p"])
     curves = pd.read_csv(out / "curves.csv")
     assert set(curves["epoch"]) == {1, 2, 3} and {"test_acc_mean", "test_acc_std", "train_acc_mean"} <= set(curves)
@@ -67,7 +67,7 @@ def test_a_corrupted_run_is_reported_not_fatal(cli, sweep, tmp_path):
     assert code == 0, err
     table = pd.read_csv(copy / "comparison.csv")
     assert list(table["n_seeds"]) == [3, 2]
-    assert "warning" in stdout and "summary.json unreadable" in stdout
+    assert "warning" in stdout and "summary.json unreadable" in stdout and "damaged" in stdout
     assert "no finished run for this seed" in stdout
 
 
@@ -128,11 +128,11 @@ def test_arm_labels_name_only_what_differs_from_the_usual_pruned_run():
 
 def test_a_cnn_run_is_not_labelled_with_the_mlp_topology_it_does_not_use():
     from rmtprune.compare import group_runs, slug
-    from rmtprune.runs import Run, _identity, flatten
+    from rmtprune.runs import Run, run_config
 
     def config(seed, pruning, channels):
-        return _identity(flatten({"dataset": {"name": "fashion_mnist"}, "model": {"name": "cnn", "channels": channels},
-                                  "topology": "784-1000-1000-500-10", "seed": seed, "pruning": {"name": pruning}}))
+        return run_config({"dataset": {"name": "fashion_mnist"}, "model": {"name": "cnn", "channels": channels},
+                           "topology": "784-1000-1000-500-10", "seed": seed, "pruning": {"name": pruning}})
 
     runs = [Run(Path("."), {}, config(s, p, c), pd.DataFrame(), None, None)
             for s in range(2) for p in ("none", "rmt") for c in ([16, 32], [32, 64])]
@@ -140,7 +140,7 @@ def test_a_cnn_run_is_not_labelled_with_the_mlp_topology_it_does_not_use():
     assert set(groups) == {"dataset.name=fashion_mnist, model.name=cnn, model.channels=[16, 32]",
                            "dataset.name=fashion_mnist, model.name=cnn, model.channels=[32, 64]"}
     assert all("784" not in slug(g) for g in groups)
-    assert _identity(flatten({"model": {"name": "mlp"}, "topology": "784-10"}))["topology"] == "784-10"
+    assert run_config({"model": {"name": "mlp"}, "topology": "784-10"})["topology"] == "784-10"
 
 
 def test_a_tie_between_pruned_settings_is_labelled_the_same_way_in_every_process(tmp_path):
@@ -160,3 +160,46 @@ print(sorted(next(iter(group_runs(runs, None).values()))))
     outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in range(6)}
     assert outs == {"['none', 'rmt', 'rmt (tolerance=1.0)']\n"}
+
+
+def test_the_magnitude_baseline_prunes_each_normal_model_to_the_same_seed_count(cli, sweep, tmp_path):
+    from rmtprune.magnitude_baseline import CACHE
+
+    copy = tmp_path / "copy"
+    shutil.copytree(sweep, copy)
+    for cache in copy.glob(f"*/{CACHE}"):  # made by other tests of this module
+        cache.unlink()
+    summaries = {p.parent: json.loads(p.read_text()) for p in copy.glob("*/summary.json")}
+    folder = {(s["pruning"], s["seed"]): f for f, s in summaries.items()}
+    target = {s["seed"]: s["n_params_final"] for s in summaries.values() if s["pruning"] == "rmt"}
+
+    row = compare([copy], finetune=True).table.set_index("arm").loc["rmt"]
+    assert row["magnitude_at_same_params_n"] == 3 and row["magnitude_finetuned_n"] == 3
+    assert row["magnitude_note"] == "exact from model.pt: 3"
+    cached = {}
+    for seed in range(3):
+        cache = pd.read_csv(folder["none", seed] / CACHE)
+        assert cache["target_params"].tolist() == [target[seed]]
+        assert abs(cache["n_nonzero"].iloc[0] - target[seed]) <= 1e-3 * target[seed]
+        # 3 epochs, events after epochs 1 and 2: one epoch of training after the last event
+        assert cache["finetune_epochs"].tolist() == [1]
+        assert cache["finetuned_n_nonzero"].iloc[0] == cache["n_nonzero"].iloc[0]
+        cached[seed] = cache.iloc[0]
+    assert row["magnitude_at_same_params_mean"] == pytest.approx(sum(c["test_acc"] for c in cached.values()) / 3)
+    assert row["magnitude_finetuned_mean"] == pytest.approx(
+        sum(c["finetuned_test_acc"] for c in cached.values()) / 3)
+
+    for seed in range(3):
+        (folder["none", seed] / "model.pt").unlink()
+    code, _, err = cli("compare", str(copy), "--finetune", "--no-plots", "--format", "csv")
+    assert code == 0, err
+    again = pd.read_csv(copy / "comparison.csv").set_index("arm").loc["rmt"]
+    assert again["magnitude_note"] == "exact from cache: 3"
+    for col in ("magnitude_at_same_params_mean", "magnitude_at_same_params_std", "magnitude_finetuned_mean"):
+        assert again[col] == pytest.approx(row[col], rel=1e-12)
+
+    for seed in range(3):
+        (folder["none", seed] / CACHE).unlink()
+    fallback = compare([copy]).table.set_index("arm").loc["rmt"]
+    assert fallback["magnitude_at_same_params_n"] == 3 and "interpolated" in fallback["magnitude_note"]
+    assert math.isnan(fallback["magnitude_finetuned_mean"])

@@ -1,0 +1,294 @@
+"""``rmtprune compare`` on hand-written run folders: the control arm, one run per seed, damaged runs,
+machines that must not be pooled, the frontier and the drop at each event. No training: every
+number a test checks is written into the folders by the test itself."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as st
+
+from rmtprune.compare import COLUMNS, FRONTIER_COLUMNS, compare
+
+INITIAL = 100_000
+METRICS_HEADER = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "n_params", "n_params_after",
+                  "pruned_layers", "lr", "seconds", "test_acc_after_event", "test_loss_after_event"]
+
+
+def write_run(folder: Path, seed: int, pruning: str = "none", final: float = 0.9, params: int = INITIAL,
+              epochs: int = 3, after: dict[int, float] | None = None, pruning_cfg: dict[str, Any] | None = None,
+              summary: dict[str, Any] | None = None, old_columns: bool = False) -> Path:
+    """A finished run folder: test accuracy final - 0.01 * (epochs - epoch) per epoch, ``after``
+    {epoch: test accuracy right after that epoch's event}, ``params`` parameters at the end."""
+    folder.mkdir(parents=True)
+    cfg = {"topology": "784-100-10", "seed": seed, "epochs": epochs,
+           "dataset": {"name": "synthetic", "train_size": 200, "test_size": 100},
+           "model": {"name": "mlp"}, "pruning": {"name": pruning, **(pruning_cfg or {})},
+           "schedule": {"name": "linear", "horizon": 3.0}}
+    header = METRICS_HEADER[:-2] if old_columns else METRICS_HEADER
+    lines = [",".join(header)]
+    after = after or {}
+    for e in range(1, epochs + 1):
+        acc = final - 0.01 * (epochs - e)
+        n = params if e == epochs else INITIAL
+        row = [e, 0.5, acc + 0.05, 1 - acc, acc, n, n, 0, 0.02, 1.0]
+        if not old_columns:
+            row += [after.get(e, ""), (1 - after[e]) if e in after else ""]
+        lines.append(",".join(str(v) for v in row))
+    (folder / "metrics.csv").write_text("\n".join(lines) + "\n")
+    data = {"status": "completed", "started_at": "2026-01-01T00:00:00+00:00",
+            "finished_at": "2026-01-01T01:00:00+00:00", "seed": seed, "pruning": pruning, "device": "cpu",
+            "n_params_initial": INITIAL, "n_params_final": params, "epochs_completed": epochs,
+            "wall_time_s": 1.0, "final_test_acc": final, **(summary or {}), "config": cfg}
+    (folder / "summary.json").write_text(json.dumps(data))
+    return folder
+
+
+RMT = {"lr_factor": 0.96, "every": 1, "tolerance": 0.05}
+
+
+def test_the_control_arm_is_its_own_arm_and_every_pruned_arm_is_tested_against_it(tmp_path, cli):
+    values = {"none": [0.90, 0.92, 0.91], "control": [0.89, 0.90, 0.92], "rmt": [0.88, 0.87, 0.90],
+              "rmt (horizon=9.0)": [0.85, 0.86, 0.84]}
+    for seed in range(3):
+        write_run(tmp_path / f"none{seed}", seed, "none", values["none"][seed])
+        write_run(tmp_path / f"control{seed}", seed, "control", values["control"][seed], pruning_cfg=RMT)
+        write_run(tmp_path / f"rmt{seed}", seed, "rmt", values["rmt"][seed], params=30_000, pruning_cfg=RMT)
+    for seed in range(3):  # a second rmt setting: only the schedule differs
+        f = write_run(tmp_path / f"rmt9_{seed}", seed, "rmt", values["rmt (horizon=9.0)"][seed], params=20_000,
+                      pruning_cfg=RMT)
+        data = json.loads((f / "summary.json").read_text())
+        data["config"]["schedule"]["horizon"] = 9.0
+        (f / "summary.json").write_text(json.dumps(data))
+    code, stdout, err = cli("compare", str(tmp_path), "--no-plots")
+    assert code == 0, err
+    table = pd.read_csv(tmp_path / "comparison.csv").set_index("arm")
+    assert list(table.index) == ["none", "control", "rmt", "rmt (horizon=9.0)"]
+    mean = {arm: float(np.mean(v)) for arm, v in values.items()}
+    for arm in ("rmt", "rmt (horizon=9.0)"):
+        assert table.loc[arm, "diff"] == pytest.approx(mean[arm] - mean["none"])
+        assert table.loc[arm, "control_diff"] == pytest.approx(mean[arm] - mean["control"])
+        assert table.loc[arm, "control_var_ratio"] == pytest.approx(
+            np.var(values[arm], ddof=1) / np.var(values["control"], ddof=1))
+        assert table.loc[arm, "control_paired_p"] == pytest.approx(
+            st.ttest_rel(values[arm], values["control"]).pvalue)
+        assert table.loc[arm, "control_var_ratio_ci_low"] < table.loc[arm, "control_var_ratio_ci_high"]
+    # the control is tested against normal, and against nothing else
+    assert table.loc["control", "diff"] == pytest.approx(mean["control"] - mean["none"])
+    assert all(math.isnan(table.loc["control", c]) for c in COLUMNS if c.startswith("control_"))
+    assert all(math.isnan(table.loc["none", c]) for c in ("diff", "control_diff", "var_ratio_ci_low"))
+    md = (tmp_path / "comparison.md").read_text()
+    assert "Δ vs control" in md and "| control | 3 |" in md
+
+
+def test_a_seed_given_twice_counts_once_the_newest_run(tmp_path, cli):
+    for seed in range(2):
+        write_run(tmp_path / f"none{seed}", seed, "none", 0.9)
+    # seed 0 twice, seed 1 twice: the later runs (finished later) must be the ones kept
+    write_run(tmp_path / "old0", 0, "rmt", 0.50, summary={"finished_at": "2026-01-01T00:00:00+00:00"})
+    write_run(tmp_path / "new0", 0, "rmt", 0.80, summary={"finished_at": "2026-02-01T00:00:00+00:00"})
+    write_run(tmp_path / "new1", 1, "rmt", 0.84, summary={"finished_at": "2026-03-01T00:00:00+00:00"})
+    write_run(tmp_path / "old1", 1, "rmt", 0.60, summary={"finished_at": "2026-02-15T00:00:00+00:00"})
+    cmp = compare([tmp_path])
+    row = cmp.table.set_index("arm").loc["rmt"]
+    assert row["n_seeds"] == 2 and row["seeds"] == "0 1" and row["n_pairs"] == 2
+    assert row["final_mean"] == pytest.approx(0.82)
+    assert "duplicate" in row["note"]
+    dropped = {Path(p["folder"]).name for p in cmp.problems}
+    assert dropped == {"old0", "old1"}
+    assert all("newest" in p["reason"] for p in cmp.problems)
+    assert {len(rs) for arms in cmp.groups.values() for rs in arms.values()} == {2}
+    curves = cmp.curves[cmp.curves["arm"] == "rmt"]
+    assert set(curves["n"]) == {2}
+    assert curves[curves["epoch"] == 3]["test_acc_mean"].iloc[0] == pytest.approx(0.82)
+
+
+def _cut_mid_row(f: Path) -> None:
+    text = (f / "metrics.csv").read_text()
+    (f / "metrics.csv").write_text(text[: len(text) - 7])
+
+
+def _extra_field(f: Path) -> None:
+    with open(f / "metrics.csv", "a") as fh:
+        fh.write("4,1,2,3,4,5,6,7,8,9,10,11,12\n")
+
+
+def _non_numeric_accuracy(f: Path) -> None:
+    lines = (f / "metrics.csv").read_text().splitlines()
+    cells = lines[2].split(",")
+    cells[4] = "high"
+    lines[2] = ",".join(cells)
+    (f / "metrics.csv").write_text("\n".join(lines) + "\n")
+
+
+def _summary(f: Path, edit: Any) -> None:
+    data = json.loads((f / "summary.json").read_text())
+    (f / "summary.json").write_text(json.dumps(edit(data)))
+
+
+DAMAGE = {
+    "metrics cut mid-row": (_cut_mid_row, "cut mid-row"),
+    "metrics row with extra fields": (_extra_field, "fields"),
+    "metrics non-numeric accuracy": (_non_numeric_accuracy, "test_acc='high' is not a number"),
+    "metrics rows missing": (lambda f: (f / "metrics.csv").write_text(
+        "\n".join((f / "metrics.csv").read_text().splitlines()[:-1]) + "\n"), "epoch rows"),
+    "summary null": (lambda f: (f / "summary.json").write_text("null"), "holds null"),
+    "summary list": (lambda f: (f / "summary.json").write_text("[1, 2]"), "holds a list"),
+    "config a string": (lambda f: _summary(f, lambda d: {**d, "config": "seed=2"}), "config is a str"),
+    "summary non-numeric accuracy": (lambda f: _summary(f, lambda d: {**d, "final_test_acc": "high"}),
+                                     "final_test_acc='high' is not a number"),
+    "summary non-numeric params": (lambda f: _summary(f, lambda d: {**d, "n_params_final": "many"}),
+                                   "n_params_final"),
+    "seed a string": (lambda f: _summary(f, lambda d: {**d, "config": {**d["config"], "seed": "two"}}), "seed"),
+    "corrupt spectra": (lambda f: (f / "spectra.npz").write_bytes(b"PK\x03\x04 not a zip at all"),
+                        "spectra.npz unreadable"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_a_damaged_run_is_reported_and_never_counted(tmp_path, cli, damage):
+    edit, reason = DAMAGE[damage]
+    for seed in range(3):
+        write_run(tmp_path / f"none{seed}", seed, "none", 0.9 + 0.01 * seed)
+        write_run(tmp_path / f"rmt{seed}", seed, "rmt", 0.8 + 0.01 * seed, params=30_000)
+    edit(tmp_path / "rmt2")
+    code, stdout, err = cli("compare", str(tmp_path), "--no-plots")
+    assert code == 0, err
+    assert "Traceback" not in stdout + err
+    table = pd.read_csv(tmp_path / "comparison.csv").set_index("arm")
+    assert table.loc["rmt", "n_seeds"] == 2 and table.loc["rmt", "seeds"] == "0 1"
+    assert table.loc["rmt", "final_mean"] == pytest.approx(0.805)
+    flat = " ".join(stdout.split())
+    assert "warning" in flat and "rmt2" in flat and "damaged" in flat and reason in flat
+    assert reason in (tmp_path / "comparison.md").read_text()
+
+
+@pytest.mark.parametrize("content, reason", [
+    ("{ not json", "redirect.json unreadable"),
+    ("[1, 2]", "names no run folder"),
+    ('{"run_dir": 5}', "names no run folder"),
+    ('{"run_dir": "/nowhere/at/all"}', "not a folder here"),
+])
+def test_a_bad_redirect_is_reported_and_a_good_one_followed(tmp_path, cli, content, reason):
+    write_run(tmp_path / "runs" / "none0", 0, "none", 0.9)
+    write_run(tmp_path / "runs" / "none1", 1, "none", 0.9)
+    sweep = tmp_path / "sweep"
+    for job, text in (("0", content), ("1", json.dumps({"run_dir": str(tmp_path / "runs" / "none1")}))):
+        (sweep / job).mkdir(parents=True)
+        (sweep / job / "redirect.json").write_text(text)
+    code, stdout, err = cli("compare", str(sweep), "--no-plots")
+    assert code == 0, err
+    assert pd.read_csv(sweep / "comparison.csv", dtype={"seeds": str})["seeds"].tolist() == ["1"]
+    flat = " ".join(stdout.split())
+    assert reason in flat and "Traceback" not in flat + err
+
+
+def test_an_unwritable_out_folder_is_one_error_line(tmp_path, cli):
+    write_run(tmp_path / "runs" / "none0", 0, "none", 0.9)
+    (tmp_path / "afile").write_text("")
+    code, stdout, err = cli("compare", str(tmp_path / "runs"), "--out", str(tmp_path / "afile" / "sub"))
+    assert code == 2
+    assert err.startswith("rmtprune: error:") and len(err.strip().splitlines()) == 1 and "--out" in err
+
+
+def test_cpu_and_gpu_runs_are_never_pooled_and_mixed_machines_are_named(tmp_path, cli):
+    for seed in range(4):
+        gpu = {"device": "cuda:0", "gpu": "NVIDIA H200", "threads": 4} if seed >= 2 else {"threads": 1 + seed}
+        write_run(tmp_path / f"none{seed}", seed, "none", 0.9 + 0.01 * seed, summary=gpu)
+        write_run(tmp_path / f"rmt{seed}", seed, "rmt", 0.8 + 0.01 * seed, params=30_000, summary=gpu)
+    code, stdout, err = cli("compare", str(tmp_path), "--no-plots")
+    assert code == 0, err
+    table = pd.read_csv(tmp_path / "comparison.csv")
+    cpu = table[table["group"].str.endswith("device=cpu")]
+    gpu = table[table["group"].str.endswith("device=cuda")]
+    assert len(table) == 4 and cpu["seeds"].tolist() == ["0 1"] * 2 and gpu["seeds"].tolist() == ["2 3"] * 2
+    assert set(cpu["device"]) == {"cpu"} and set(gpu["device"]) == {"cuda"}
+    assert cpu.set_index("arm").loc["rmt", "final_mean"] == pytest.approx(0.805)
+    # CPU runs with 1 and 2 threads are pooled, but said to differ
+    assert "threads 1 (1), 2 (1)" in cpu.set_index("arm").loc["rmt", "note"]
+    assert isinstance(gpu["note"].iloc[0], float)  # empty: the GPU runs agree
+    flat = " ".join(stdout.split())
+    assert "warning" in flat and "mixes machines" in flat and "threads 1 (1), 2 (1)" in flat
+    md = (tmp_path / "comparison.md").read_text()
+    assert "Warnings:" in md and "threads 1 (1), 2 (1)" in md
+
+
+def test_old_runs_without_machine_records_are_not_flagged(tmp_path):
+    for seed in range(2):
+        write_run(tmp_path / f"none{seed}", seed, "none", 0.9, summary={"device": None} if seed else {})
+        write_run(tmp_path / f"old{seed}", seed, "rmt", 0.8, params=30_000, old_columns=True)
+    cmp = compare([tmp_path])
+    assert len(cmp.groups) == 1 and not cmp.warnings
+    assert "test_acc_after_event_mean" not in cmp.curves
+
+
+def test_the_frontier_table_and_figure_hold_the_per_arm_statistics(tmp_path, cli):
+    settings = {"none": ("none", None, INITIAL), "control": ("control", None, INITIAL),
+                "rmt": ("rmt", 3.0, 30_000), "rmt9": ("rmt", 9.0, 12_000), "magnitude": ("magnitude", None, 29_000)}
+    for tag, (name, horizon, params) in settings.items():
+        for seed in range(3):
+            f = write_run(tmp_path / f"{tag}{seed}", seed, name, 0.8 + 0.02 * seed + 0.001 * len(tag),
+                          params=params + 100 * seed, pruning_cfg=RMT if name in ("rmt", "control") else {})
+            if horizon is not None:
+                _summary(f, lambda d: {**d, "config": {**d["config"], "schedule": {"name": "linear",
+                                                                                    "horizon": horizon}}})
+    code, stdout, err = cli("compare", str(tmp_path), "--out", str(tmp_path / "out"))
+    assert code == 0, err
+    table = pd.read_csv(tmp_path / "out" / "comparison.csv").set_index("arm")
+    front = pd.read_csv(tmp_path / "out" / "frontier.csv")
+    assert list(front.columns) == FRONTIER_COLUMNS
+    assert set(front["arm"]) == set(table.index) == {"none", "control", "rmt", "rmt (horizon=9.0)", "magnitude"}
+    front = front.set_index("arm")
+    assert front.loc["rmt (horizon=9.0)", "pruning_method"] == "rmt"
+    assert front.loc["rmt (horizon=9.0)", "setting"] == "horizon=9.0"
+    for arm in table.index:
+        assert front.loc[arm, "n_seeds"] == table.loc[arm, "n_seeds"] == 3
+        assert front.loc[arm, "params_mean"] == pytest.approx(table.loc[arm, "params_end"])
+        assert front.loc[arm, "acc_mean"] == pytest.approx(table.loc[arm, "final_mean"])
+        assert front.loc[arm, "acc_std"] == pytest.approx(table.loc[arm, "final_std"])
+        assert front.loc[arm, "params_std"] == pytest.approx(100.0)
+    pngs = [p.name for p in (tmp_path / "out").glob("*_frontier.png")]
+    assert len(pngs) == 1 and (tmp_path / "out" / pngs[0]).stat().st_size > 5000
+
+
+def test_no_frontier_with_a_single_pruned_configuration(tmp_path):
+    for seed in range(2):
+        write_run(tmp_path / f"none{seed}", seed, "none", 0.9)
+        write_run(tmp_path / f"control{seed}", seed, "control", 0.9, pruning_cfg=RMT)
+        write_run(tmp_path / f"rmt{seed}", seed, "rmt", 0.8, params=30_000, pruning_cfg=RMT)
+    cmp = compare([tmp_path])
+    assert cmp.frontier.empty
+    from rmtprune.compare import write_outputs
+    written = write_outputs(cmp, tmp_path / "out", ["csv"], plots=True)
+    assert not (tmp_path / "out" / "frontier.csv").exists() and not any("frontier" in p.name for p in written)
+
+
+def test_the_drop_at_each_event_is_in_the_curves(tmp_path):
+    after = {0: {1: 0.60, 2: 0.70}, 1: {1: 0.64, 2: 0.74}}
+    for seed in range(2):
+        write_run(tmp_path / f"none{seed}", seed, "none", 0.9)
+        write_run(tmp_path / f"rmt{seed}", seed, "rmt", 0.8, params=30_000, after=after[seed])
+    cmp = compare([tmp_path])
+    rmt = cmp.curves[cmp.curves["arm"] == "rmt"].set_index("epoch")
+    assert rmt.loc[1, "test_acc_after_event_mean"] == pytest.approx(0.62)
+    assert rmt.loc[2, "test_acc_after_event_mean"] == pytest.approx(0.72)
+    assert rmt.loc[2, "test_acc_after_event_std"] == pytest.approx(np.std([0.70, 0.74], ddof=1))
+    assert rmt.loc[1, "test_loss_after_event_mean"] == pytest.approx(0.38)
+    assert math.isnan(rmt.loc[3, "test_acc_after_event_mean"])
+    none = cmp.curves[cmp.curves["arm"] == "none"]
+    assert none["test_acc_after_event_mean"].isna().all()
+
+    import matplotlib.pyplot as plt
+    from rmtprune.plots import _event_drops
+    fig, ax = plt.subplots()
+    _event_drops(ax, rmt.reset_index(), "test_acc", "C1")
+    lines = {tuple(np.round(ln.get_ydata(), 6)) for ln in ax.get_lines()}
+    plt.close(fig)
+    # a segment from the epoch's accuracy (before the event) down to the one right after it, per event
+    assert (0.78, 0.62) in lines and (0.79, 0.72) in lines and (0.62, 0.72) in lines
