@@ -19,7 +19,7 @@ from .pruner import rmt_pruner_from_config
 
 COLUMNS = ["layer", "kind", "out", "in", "gamma", "sigma2", "lambda_plus", "threshold", "n_spikes", "fit_error",
            "good_fit", "tolerance", "rank_now", "rank_after_prune", "action", "params_now", "params_after",
-           "n_censored", "note"]
+           "n_censored", "n_known_spikes", "n_bulk", "note"]
 
 
 def inspect_model(model: nn.Module, pruning: DictConfig, keep_fraction: float = 0.0,

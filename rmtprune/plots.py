@@ -110,10 +110,17 @@ def frontier_figure(rows: pd.DataFrame, group: str, path: Path) -> Path:
 
 
 def esd_plot(ax: Any, singular_values: np.ndarray, shape: tuple[int, int], sigma2: float, lambda_plus: float,
-             fit_error: float, n_censored: int = 0, title: str = "") -> None:
-    """Histogram of eigenvalues s^2 / n with the MP density of the fit and the edge lambda_+."""
+             fit_error: float, n_censored: int = 0, title: str = "", n_bulk: int | None = None) -> None:
+    """Histogram of eigenvalues s^2 / n with the MP density of the fit and the edge lambda_+.
+
+    The fit (rmt.fit) describes the p_b = ``n_bulk`` values below the k = p - p_b values it left out as
+    spikes: mu = s^2 / (n - k) ~ MP(gamma_b = p_b / (n - k), sigma2). On the lambda = s^2 / n axis, as a
+    share of all p values, that density is (p_b / p) f_MP(x n / (n - k); gamma_b, sigma2) n / (n - k).
+    """
     p, n = min(shape), max(shape)
-    gamma = p / n
+    p_b = p if n_bulk is None or n_bulk != n_bulk or not 0 < int(n_bulk) <= p else int(n_bulk)
+    k = p - p_b
+    scale = n / (n - k)
     s = np.sort(np.asarray(singular_values, dtype=float))[::-1]
     lam = s[: p - n_censored] ** 2 / n
     spikes = lam[lam > lambda_plus]
@@ -125,7 +132,7 @@ def esd_plot(ax: Any, singular_values: np.ndarray, shape: tuple[int, int], sigma
     heights, _, _ = ax.hist(bulk, bins=bins, range=(0, top), weights=np.full(bulk.size, 1.0 / (p * width)),
                             color="C0", alpha=0.6, label=f"eigenvalues s²/n ({bulk.size} in bulk)")
     xs = np.linspace(top / 2000, top, 800)
-    density = mp_pdf(xs, gamma, sigma2)
+    density = (p_b / p) * mp_pdf(xs * scale, p_b / (n - k), sigma2) * scale
     ax.plot(xs, density, "C3", label=f"MP fit σ²={sigma2:.3g}")
     # at gamma = 1 the density diverges at 0: scale the axis to the histogram, not to the pole
     cap = max(float(np.max(heights)) if len(heights) else 0.0, float(np.median(density[density > 0])) * 2
@@ -180,7 +187,7 @@ def _run_esd(run: Any, arm: str, prefix: Path) -> list[Path]:
             row = rows.iloc[0]
             esd_plot(ax, spectra[epoch][layer], (int(row["out"]), int(row["in"])), float(row["sigma2"]),
                      float(row["lambda_plus"]), float(row["fit_error"]), int(row["n_censored"] or 0),
-                     title=f"{layer} {int(row['out'])}x{int(row['in'])}, epoch {epoch} ({arm}, seed {run.seed}): "
+                     n_bulk=row.get("n_bulk"), title=f"{layer} {int(row['out'])}x{int(row['in'])}, epoch {epoch} ({arm}, seed {run.seed}): "
                            f"{row['action']} {int(row['rank_before'])}→{int(row['rank_after'])}")
         out.append(_save(fig, Path(f"{prefix}_esd_{layer.replace('.', '_')}.png")))
     return out
@@ -195,7 +202,7 @@ def inspect_figures(rows: list[dict[str, Any]], spectra: dict[str, np.ndarray], 
             continue
         fig, ax = plt.subplots(figsize=(6, 4))
         esd_plot(ax, spectra[layer], (int(r["out"]), int(r["in"])), float(r["sigma2"]), float(r["lambda_plus"]),
-                 float(r["fit_error"]), int(r.get("n_censored") or 0),
+                 float(r["fit_error"]), int(r.get("n_censored") or 0), n_bulk=r.get("n_bulk"),
                  title=f"{layer} {r['out']}x{r['in']}: {r['n_spikes']} spikes, "
                        f"{'good' if r['good_fit'] else 'bad'} fit at tolerance {r['tolerance']}")
         paths.append(_save(fig, out / f"esd_{layer.replace('.', '_')}.png"))
