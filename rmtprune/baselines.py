@@ -1,23 +1,477 @@
 """Baselines at the same size as the RMT arm: gradual magnitude pruning and a low-rank cut without RMT.
 
-(Being written: see issue #12.)
+Both run on the event calendar of ``pruning=rmt`` (the same loop, lr factor and momentum policy) and
+reach a final parameter count T (``target_params``, or the final count of another run:
+``target_from``, resolved by :mod:`rmtprune.targets`) on the cubic schedule of Zhu & Gupta (2017):
+at the j-th of the J events of a run (``EventCalendar.events(epochs)``) the share of the way from the
+dense count P_0 to T done is
+
+    c_j = 1 - (1 - j / J)^3          (c_J = 1).
+
+* :class:`MagnitudePruner` (``pruning=magnitude``): unstructured L1 magnitude pruning of the weights of
+  every eligible layer, the sparsity of the E eligible weights s_j = s_f c_j, with ``torch.nn.utils.prune``
+  masks that keep pruned weights at zero while training goes on; ``finalize`` makes them permanent.
+  ``scope=global``: one magnitude threshold over all eligible weights (``prune.global_unstructured``),
+  s_f = (P_0 - T) / E, so round(s_f E) = P_0 - T weights are zero at the last event (exact);
+  ``scope=layer``: the same sparsity s_j in each layer (``prune.l1_unstructured``), each keeping at least
+  one weight, s_f solved by bisection so that sum_l min(E_l - 1, round(s_f E_l)) is closest to P_0 - T.
+  Its count is the number of non-zero parameters (``models.count_parameters``); storing a sparse layer
+  in less memory than a dense one needs the indices of its non-zeros as well (not counted).
+* :class:`LowRankPruner` (``pruning=lowrank``): the SVD truncation and split of ``pruning=rmt``
+  (``surgery.apply_rank``), every eligible layer cut to a rank from one number theta in [0, 1] shared by
+  all layers, solved by bisection at each event so that the model has P_j = P_0 - (P_0 - T) c_j
+  parameters (the nearest count the ranks allow; at the last event P_J = T):
+
+  - ``rank_rule=energy``: the smallest rank r with sum_{i<=r} s_i^2 >= theta sum_i s_i^2 (eta = theta);
+  - ``rank_rule=uniform``: r = ceil(theta p), p = min(out, m) the layer's full rank;
+
+  clamped to [floor, current rank] (ranks never grow back; floor = ``min_rank``, the output layer at
+  least ``output_min_rank``, default its number of outputs; never above p). A layer whose cut saves
+  nothing is truncated in place (``truncate``) as in rmt. The count moves in steps of one rank of one
+  layer (in + out parameters; several layers at once when their steps coincide, e.g. the uniform rule
+  on widths that divide each other), so the nearest count is within half such a step of P_j: within
+  1% of T whenever a step is below 2% of T (a warning is logged at the last event otherwise).
+
+Bad targets (``target_params`` above the dense count, below the smallest reachable count, or a run
+without events) raise :class:`rmtprune.errors.UserError` naming the key, from :meth:`setup` (before
+training) or from :func:`rmtprune.targets.check_target` (before any job starts).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+import math
+import time
+from typing import Any, Callable
 
-from omegaconf import DictConfig
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils import prune
 
-from .events import Pruner
+from .errors import UserError
+from .events import PruneEvent, Pruner
+from .lowrank import LOW_RANK_TYPES
+from .models import count_parameters, prunable_layers
+from .pruner import LINALG_ERRORS, ledger_row, record_surgery
+from .surgery import (apply_rank, layer_groups, layer_matrix_shape, layer_svd, param_count, split_weight_count,
+                      weight_count)
+from .targets import check_target, resolve_target  # noqa: F401  (the training loop and the CLI call these)
+
+SCOPES = ("global", "layer")
+RANK_RULES = ("energy", "uniform")
+BISECTION_STEPS = 60
+
+log = logging.getLogger(__name__)
 
 
-def resolve_target(cfg: DictConfig) -> None:
-    """Resolve ``pruning.target_from`` into ``pruning.target_params`` (a no-op for other prunings)."""
-    if cfg.pruning.name not in ("magnitude", "lowrank"):
-        return
-    raise NotImplementedError
+def cubic_progress(j: int, n_events: int) -> float:
+    """c_j = 1 - (1 - j / J)^3: the share of the pruning done after the j-th of J events (c_0 = 0, c_J = 1)."""
+    return 1.0 - (1.0 - j / n_events) ** 3
+
+
+def dense_param_count(model: nn.Module) -> int:
+    """The parameter count of the dense network ``model`` was made from: every entry of every parameter,
+    a masked weight in full and a split layer as its dense out x m weight (plus its bias)."""
+    total = 0
+    for _, module in prunable_layers(model):
+        if isinstance(module, LOW_RANK_TYPES):
+            out, m = layer_matrix_shape(module)
+            total += out * m - weight_count(module)
+    return total + sum(p.numel() for p in model.parameters())
+
+
+def _bisect(count: Callable[[float], int], goal: int) -> float:
+    """The theta in [0, 1] whose ``count(theta)`` (non-decreasing) is nearest to ``goal`` (the larger on a tie)."""
+    lo, hi = 0.0, 1.0
+    if count(hi) <= goal:
+        return hi
+    if count(lo) >= goal:
+        return lo
+    for _ in range(BISECTION_STEPS):  # invariant: count(lo) < goal <= count(hi)
+        mid = 0.5 * (lo + hi)
+        if count(mid) < goal:
+            lo = mid
+        else:
+            hi = mid
+    return lo if goal - count(lo) < count(hi) - goal else hi
+
+
+class TargetPruner(Pruner):
+    """The part the baselines share: a target count, eligibility, the event index and the bound checks.
+
+    Args:
+        target_params: the final parameter count T (> 0).
+        target_key: how the target is named in error messages (the config key it came from).
+        min_size: eligible layers have at least this many weight entries (out x in x kh x kw).
+        include_output_layer: whether the last prunable layer (in module order) is pruned.
+        every, start_epoch, stop_epoch, lr_factor, momentum: the event calendar (``events.Pruner``).
+    """
+
+    def __init__(self, target_params: int, *, target_key: str | None = None, min_size: int = 10000,
+                 include_output_layer: bool = True, every: int = 1, start_epoch: int = 1,
+                 stop_epoch: int | None = None, lr_factor: float = 0.96, momentum: str = "reset") -> None:
+        super().__init__(every=every, start_epoch=start_epoch, stop_epoch=stop_epoch, lr_factor=lr_factor,
+                         momentum=momentum)
+        if not isinstance(target_params, (int, np.integer)) or isinstance(target_params, bool) or target_params < 1:
+            raise ValueError(f"target_params must be a positive integer, got {target_params!r}")
+        if not isinstance(min_size, (int, np.integer)) or min_size < 0:
+            raise ValueError(f"min_size must be an integer >= 0, got {min_size!r}")
+        self.target_params = int(target_params)
+        self.target_key = target_key or f"pruning.target_params={self.target_params}"
+        self.min_size, self.include_output_layer = int(min_size), bool(include_output_layer)
+        self.events: list[int] = []
+
+    def eligible(self, model: nn.Module) -> list[tuple[str, nn.Module, bool]]:
+        """(name, module, is_output) of the layers this pruner cuts, in module order."""
+        layers = prunable_layers(model)
+        out = []
+        for i, (name, module) in enumerate(layers):
+            is_output = i == len(layers) - 1
+            if is_output and not self.include_output_layer:
+                continue
+            o, m = layer_matrix_shape(module)
+            if o * m >= self.min_size:
+                out.append((name, module, is_output))
+        return out
+
+    def bounds(self, model: nn.Module) -> tuple[int, int]:
+        """(smallest reachable count, dense count) of ``model``'s network under this pruner's settings."""
+        raise NotImplementedError
+
+    def check(self, model: nn.Module, epochs: int | None) -> None:
+        """Raise UserError (naming the target's key) when ``target_params`` cannot be reached: above the
+        dense count, below :meth:`bounds`' smallest count, or (below the dense count) with no event in a
+        run of ``epochs`` epochs. Reads shapes only (a model on the meta device will do)."""
+        low, dense = self.bounds(model)
+        t = self.target_params
+        if t > dense:
+            raise UserError(f"{self.target_key} is larger than the network ({dense:,} parameters); give a "
+                            f"final count at most {dense:,}")
+        if t < low:
+            raise UserError(f"{self.target_key} is below the smallest count {self.name} pruning can reach here "
+                            f"({low:,}: {self.floor_reason()}); give at least {low:,}")
+        if epochs is not None and t < dense and not self.calendar.events(int(epochs)):
+            raise UserError(f"{self.target_key}: pruning={self.name} has no event in a run of {epochs} epochs "
+                            f"(pruning.start_epoch={self.calendar.start_epoch}, pruning.every={self.calendar.every}, "
+                            f"events come after an epoch and before the last); raise epochs or lower start_epoch")
+
+    def floor_reason(self) -> str:
+        """What the smallest reachable count of :meth:`bounds` is made of (for the error message)."""
+        raise NotImplementedError
+
+    def setup(self, model: nn.Module, epochs: int | None = None) -> None:
+        """Check the target against ``model`` and learn the run's events. Raises UserError (see :meth:`check`)."""
+        super().setup(model, epochs)
+        self.check(model, epochs)
+        self.events = self.calendar.events(int(epochs)) if epochs is not None else []
+
+    def progress(self, epoch: int) -> tuple[int, int, float]:
+        """(j, J, c_j) of an event after ``epoch``: j counts the run's events up to ``epoch``."""
+        if self.epochs is None:
+            raise ValueError(f"{type(self).__name__} needs setup(model, epochs) before step: its cubic schedule "
+                             f"runs over the events of the whole run")
+        n_events = len(self.events)
+        j = sum(e <= epoch for e in self.events)
+        if n_events == 0:
+            return 0, 0, 1.0
+        return j, n_events, cubic_progress(j, n_events)
+
+
+class MagnitudePruner(TargetPruner):
+    """``pruning=magnitude``: gradual unstructured magnitude pruning (Zhu & Gupta 2017) to ``target_params``
+    non-zero parameters (see the module docstring for the schedule and the two scopes).
+
+    :meth:`setup` puts an identity mask (``torch.nn.utils.prune.identity``) on the weight of every
+    eligible dense Linear / Conv2d layer that has none (so it is idempotent, and a model restored from a
+    masked checkpoint keeps its masks); from then on the layer's parameter is ``weight_orig`` and the
+    forward pass uses ``weight = weight_orig * weight_mask``. :meth:`step` zeroes more of the mask;
+    :meth:`finalize` makes the masks permanent (``prune.remove``), leaving plain layers with zeros.
+    An event lists the ``weight_orig`` of every layer whose mask grew in ``event.replaced`` (its
+    effective values changed), so under ``momentum=keep`` those layers restart their momentum.
+
+    Args:
+        scope: ``"global"`` (one threshold over all eligible weights) or ``"layer"`` (the same sparsity in each).
+        other arguments: as :class:`TargetPruner`.
+    """
+
+    name = "magnitude"
+
+    def __init__(self, target_params: int, *, scope: str = "global", **kwargs: Any) -> None:
+        super().__init__(target_params, **kwargs)
+        if scope not in SCOPES:
+            raise ValueError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
+        self.scope = scope
+        self.final_sparsity = 0.0
+
+    def eligible(self, model: nn.Module) -> list[tuple[str, nn.Module, bool]]:
+        return [(n, m, o) for n, m, o in super().eligible(model) if not isinstance(m, LOW_RANK_TYPES)]
+
+    def bounds(self, model: nn.Module) -> tuple[int, int]:
+        """Dense count P_0, and P_0 - E + L: every eligible weight zero but one per eligible layer (L layers)."""
+        dense = dense_param_count(model)
+        layers = self.eligible(model)
+        return dense - sum(weight_count(m) - 1 for _, m, _ in layers), dense
+
+    def floor_reason(self) -> str:
+        return "every eligible weight zero but one per layer; lower pruning.min_size to prune more layers"
+
+    def setup(self, model: nn.Module, epochs: int | None = None) -> None:
+        super().setup(model, epochs)
+        sizes = []
+        for _, module, _ in self.eligible(model):
+            if not hasattr(module, "weight_mask"):
+                prune.identity(module, "weight")
+            sizes.append(module.weight_orig.numel())
+        self._sizes = np.array(sizes, dtype=np.int64)
+        self._to_zero = dense_param_count(model) - self.target_params  # P_0 - T weights zero at the end
+        total = int(self._sizes.sum())
+        if self.scope == "global" or total == 0:
+            self.final_sparsity = self._to_zero / total if total else 0.0
+        else:
+            self.final_sparsity = _bisect(lambda s: int(self._layer_zeros(s).sum()), self._to_zero)
+
+    def _layer_zeros(self, sparsity: float) -> np.ndarray:
+        """Weights to zero per eligible layer at ``sparsity`` (scope=layer): min(E_l - 1, round(s E_l))."""
+        return np.minimum(self._sizes - 1, np.round(sparsity * self._sizes).astype(np.int64))
+
+    def sparsity(self, epoch: int) -> float:
+        """s_j = s_f c_j, the sparsity of the eligible weights after an event after ``epoch``."""
+        return self.final_sparsity * self.progress(epoch)[2]
+
+    def step(self, model: nn.Module, epoch: int) -> PruneEvent:
+        """Zero the smallest-magnitude weights until the eligible weights have sparsity s_j (the masks only
+        grow: a pruned weight stays pruned). Ledger rows with action ``mask`` (``keep`` for a layer whose
+        mask did not change), counts of non-zero parameters, keep_fraction = the layer's share of
+        weights kept."""
+        event = PruneEvent(epoch)
+        t0 = time.perf_counter()
+        _, _, c = self.progress(epoch)
+        s = self.sparsity(epoch)
+        layers = self.eligible(model)
+        names = {id(m) for _, m, _ in layers}
+        before = {name: count_parameters(m) for name, m, _ in layers}
+        zeros_now = np.array([int((m.weight_mask == 0).sum()) for _, m, _ in layers], dtype=np.int64)
+        if self.scope == "global":
+            extra = int(round(self._to_zero * c)) - int(zeros_now.sum())
+            if extra > 0:
+                params = [(m, "weight") for _, m, _ in layers]
+                prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=extra,
+                                          importance_scores={(m, "weight"): m.weight_orig.detach() for m, _ in params})
+        else:
+            goal = self._layer_zeros(s)
+            for (_, module, _), want, have in zip(layers, goal, zeros_now):
+                if want > have:
+                    prune.l1_unstructured(module, "weight", amount=int(want - have),
+                                          importance_scores=module.weight_orig.detach())
+        seconds = (time.perf_counter() - t0) / max(len(layers), 1)
+        for lname, module in prunable_layers(model):
+            if id(module) not in names:
+                o, m = layer_matrix_shape(module)
+                if o * m < self.min_size:
+                    event.records.append(ledger_row(lname, module, epoch=epoch, action="skip_small", seconds=0.0,
+                                                    note=f"{o * m} weights < min_size {self.min_size}"))
+                continue
+            after = count_parameters(module)
+            kept = int(module.weight_mask.count_nonzero())
+            changed = after != before[lname]
+            if changed:
+                event.replaced.append(module.weight_orig)  # its effective values were overwritten by the mask
+            event.records.append(ledger_row(
+                lname, module, epoch=epoch, action="mask" if changed else "keep", params_before=before[lname],
+                params_after=after, keep_fraction=kept / module.weight_orig.numel(), seconds=seconds,
+                note=f"{self.scope} sparsity {s:.4f} of the eligible weights (event {self.progress(epoch)[0]} "
+                     f"of {len(self.events)}, final {self.final_sparsity:.4f})"))
+        return event
+
+    def finalize(self, model: nn.Module) -> None:
+        """Make every mask permanent (``prune.remove``): plain layers whose pruned weights are zeros."""
+        for module in model.modules():
+            if hasattr(module, "weight_mask") and hasattr(module, "weight_orig"):
+                prune.remove(module, "weight")
+
+
+class LowRankPruner(TargetPruner):
+    """``pruning=lowrank``: rank cuts without random-matrix theory, on the cubic schedule to ``target_params``
+    (see the module docstring for the rank rules and how theta is solved).
+
+    Args:
+        rank_rule: ``"energy"`` or ``"uniform"``.
+        min_rank: never cut a layer below this rank.
+        output_min_rank: the output layer's rank floor (None: its number of outputs).
+        truncate: a layer whose split would not save parameters is truncated in place (True) or left.
+        other arguments: as :class:`TargetPruner`.
+    """
+
+    name = "lowrank"
+
+    def __init__(self, target_params: int, *, rank_rule: str = "energy", min_rank: int = 1,
+                 output_min_rank: int | None = None, truncate: bool = True, **kwargs: Any) -> None:
+        super().__init__(target_params, **kwargs)
+        if rank_rule not in RANK_RULES:
+            raise ValueError(f"rank_rule must be one of {', '.join(RANK_RULES)}, got {rank_rule!r}")
+        if not isinstance(min_rank, (int, np.integer)) or min_rank < 1:
+            raise ValueError(f"min_rank must be an integer >= 1, got {min_rank!r}")
+        if output_min_rank is not None and (not isinstance(output_min_rank, (int, np.integer)) or output_min_rank < 1):
+            raise ValueError(f"output_min_rank must be a positive integer or None, got {output_min_rank!r}")
+        self.rank_rule, self.min_rank, self.output_min_rank = rank_rule, int(min_rank), output_min_rank
+        self.truncate = bool(truncate)
+        self.ranks: dict[str, int] = {}  # rank of the layers truncated in place
+        self.dense_params = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"ranks": dict(self.ranks)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.ranks = {str(k): int(v) for k, v in state.get("ranks", {}).items()}
+
+    def floor(self, module: nn.Module, is_output: bool) -> int:
+        """The layer's rank floor: min_rank (the output layer: at least output_min_rank, default its number of
+        outputs), at most p."""
+        out, m = layer_matrix_shape(module)
+        floor = self.min_rank
+        if is_output:
+            floor = max(floor, int(self.output_min_rank if self.output_min_rank is not None else out))
+        return min(floor, out, m)
+
+    def bounds(self, model: nn.Module) -> tuple[int, int]:
+        """Dense count P_0, and P_0 less what every eligible layer saves at its rank floor (split when that
+        is smaller than the dense layer)."""
+        dense = dense_param_count(model)
+        low = dense
+        for _, module, is_output in self.eligible(model):
+            out, m = layer_matrix_shape(module)
+            at_floor = split_weight_count(module, self.floor(module, is_output))
+            low -= max(0, out * m - at_floor)
+        return low, dense
+
+    def floor_reason(self) -> str:
+        return "every eligible layer cut to its rank floor, pruning.min_rank and pruning.output_min_rank"
+
+    def setup(self, model: nn.Module, epochs: int | None = None) -> None:
+        super().setup(model, epochs)
+        self.dense_params = dense_param_count(model)
+
+    def budget(self, epoch: int) -> int:
+        """P_j = P_0 - (P_0 - T) c_j, the parameter count after an event after ``epoch``."""
+        c = self.progress(epoch)[2]
+        return int(round(self.dense_params - (self.dense_params - self.target_params) * c))
+
+    def current_rank(self, name: str, module: nn.Module) -> int:
+        out, m = layer_matrix_shape(module)
+        p = min(out, m)
+        if isinstance(module, LOW_RANK_TYPES):
+            return min(module.rank * layer_groups(module), p)
+        return min(self.ranks.get(name, p), p)
+
+    def rank_for(self, theta: float, s2_share: np.ndarray, p: int, floor: int, now: int) -> int:
+        """The rule's rank at theta, clamped to [floor, now]. ``s2_share``: cumulative share of sum s_i^2."""
+        if self.rank_rule == "energy":
+            r = int(np.searchsorted(s2_share, theta, side="left")) + 1
+        else:
+            r = math.ceil(theta * p - 1e-12)
+        return min(now, max(floor, r))
+
+    @staticmethod
+    def params_at(module: nn.Module, rank: int, now: int) -> int:
+        """The layer's parameter count after ``surgery.apply_rank(module, rank, now)`` (without doing it)."""
+        before = param_count(module)
+        if rank >= now:
+            return before
+        if isinstance(module, LOW_RANK_TYPES) or split_weight_count(module, rank) < weight_count(module):
+            bias = module.bias.numel() if module.bias is not None else 0
+            return split_weight_count(module, rank) + bias
+        return before
+
+    def step(self, model: nn.Module, epoch: int) -> PruneEvent:
+        """Cut every eligible layer to the rule's rank at the theta that brings the model nearest the
+        event's budget P_j; ledger rows with actions split / truncate / keep (skip_no_saving when
+        ``truncate=False``, skip_small, skip_svd_failed)."""
+        event = PruneEvent(epoch)
+        goal = self.budget(epoch)
+        eligible = {id(m) for _, m, _ in self.eligible(model)}
+        all_layers = prunable_layers(model)
+        layers = []  # (name, module, is_output, svd, share, p, floor, now, t_svd)
+        for i, (name, module) in enumerate(all_layers):
+            is_output = i == len(all_layers) - 1
+            if id(module) not in eligible:
+                if not (is_output and not self.include_output_layer):
+                    o, m = layer_matrix_shape(module)
+                    event.records.append(ledger_row(name, module, epoch=epoch, action="skip_small", seconds=0.0,
+                                                    note=f"{o * m} weights < min_size {self.min_size}"))
+                continue
+            out, m = layer_matrix_shape(module)
+            p, now = min(out, m), self.current_rank(name, module)
+            t0 = time.perf_counter()
+            try:
+                svd = layer_svd(module)
+            except LINALG_ERRORS as exc:
+                event.records.append(ledger_row(name, module, epoch=epoch, action="skip_svd_failed",
+                                                rank_before=now, rank_after=now, note=f"SVD failed: {exc}"))
+                continue
+            s = np.zeros(p)
+            vals = svd[1].double().cpu().numpy()[:p]
+            s[: vals.size] = vals
+            event.spectra[name] = s.astype(np.float32)
+            energy = np.cumsum(s ** 2)
+            share = energy / energy[-1] if energy[-1] > 0 else np.ones(p)
+            layers.append((name, module, is_output, svd, share, p, self.floor(module, is_output), now,
+                           time.perf_counter() - t0))
+        others = count_parameters(model) - sum(param_count(L[1]) for L in layers)
+
+        def count(theta: float) -> int:
+            return others + sum(self.params_at(mod, self.rank_for(theta, share, p, floor, now), now)
+                                for _, mod, _, _, share, p, floor, now, _ in layers)
+
+        theta = _bisect(count, goal)
+        what = "energy share eta" if self.rank_rule == "energy" else "rank fraction"
+        j, n_events, _ = self.progress(epoch)
+        reached = count(theta)
+        note = f"{what} {theta:.6f}; budget {goal:,} (event {j} of {n_events}), reached {reached:,}"
+        if j == n_events and abs(reached - goal) > 0.01 * goal:
+            log.warning("pruning=lowrank: the nearest count rank_rule=%s reaches is %s, %.1f%% from the target %s "
+                        "(one rank of a layer costs in + out parameters)", self.rank_rule, f"{reached:,}",
+                        100 * abs(reached - goal) / goal, f"{goal:,}")
+        for name, module, is_output, svd, share, p, floor, now, t_svd in layers:
+            t0 = time.perf_counter()
+            rank = self.rank_for(theta, share, p, floor, now)
+            row = ledger_row(name, module, epoch=epoch, keep_fraction=theta, rank_before=now, rank_after=now,
+                             note=note)
+            try:
+                result = apply_rank(module, rank, now, svd, truncate=self.truncate)
+            except LINALG_ERRORS as exc:
+                row.update(action="skip_svd_failed", note=f"SVD failed: {exc}", seconds=t_svd)
+                event.records.append(row)
+                continue
+            record_surgery(model, name, module, result, event)
+            if result.action == "split":
+                self.ranks.pop(name, None)
+            elif result.action == "truncate":
+                self.ranks[name] = result.rank_after
+            row.update(action=result.action, rank_after=result.rank_after, params_before=result.params_before,
+                       params_after=result.params_after, seconds=t_svd + time.perf_counter() - t0)
+            event.records.append(row)
+        return event
 
 
 def baseline_from_config(pruning: Any) -> Pruner:
-    raise NotImplementedError
+    """The pruner of a ``pruning=magnitude`` or ``pruning=lowrank`` config node (conf/pruning/*.yaml): its
+    keys (``config.PRUNING_KEYS``) are the keyword arguments. ``target_from`` must have been resolved into
+    ``target_params`` (:func:`rmtprune.targets.resolve_target`); it names the target in error messages."""
+    from .config import PRUNING_KEYS
+
+    name = pruning.name
+    if name not in ("magnitude", "lowrank"):
+        raise ValueError(f"not a baseline pruning: {name!r}")
+    if pruning.target_params is None:
+        raise UserError(f"pruning={name} needs pruning.target_params=N, or pruning.target_from=RUN resolved into it "
+                        f"(rmtprune.targets.resolve_target)")
+    kwargs = {k: pruning[k] for k in PRUNING_KEYS[name] if k not in ("name", "target_params", "target_from")}
+    target = int(pruning.target_params)
+    if pruning.get("target_from") is not None:
+        key = f"pruning.target_from={pruning.target_from} (final count {target:,})"
+    else:
+        key = f"pruning.target_params={target}"
+    cls = MagnitudePruner if name == "magnitude" else LowRankPruner
+    return cls(target, target_key=key, **kwargs)
+

@@ -6,7 +6,8 @@ loadable with ``torch.load(path, weights_only=True)`` on any machine::
     format: "rmtprune-checkpoint", version: 1
     spec          the dense model spec (models.model_spec): how to build the network before pruning
     ranks         {split layer name: rank}: the factorised layers pruning made
-    state_dict    the model's weights
+    state_dict    the model's weights (a masked weight of a pruning=magnitude checkpoint.pt as
+                  <name>_orig and <name>_mask, torch.nn.utils.prune's form; model.pt holds it plain)
     num_classes, input_shape
     epoch         epochs completed
     lr            the learning rate of the next epoch
@@ -30,6 +31,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import prune
 
 from .errors import UserError
 from .models import build_model, factorised_ranks
@@ -92,6 +94,19 @@ def is_checkpoint(obj: dict[str, Any]) -> bool:
     return obj.get("format") == FORMAT
 
 
+def attach_masks(model: nn.Module, state_dict: dict[str, Any]) -> None:
+    """Put a pruning mask (``torch.nn.utils.prune.identity``) on every parameter that ``state_dict`` holds
+    masked, as ``<name>_orig`` and ``<name>_mask`` (a checkpoint of a ``pruning=magnitude`` run), so that
+    the state loads; ``load_state_dict`` then fills the masks. Parameters masked already are left."""
+    for key in state_dict:
+        if not (key.endswith("_mask") and key[: -len("_mask")] + "_orig" in state_dict):
+            continue
+        path, _, name = key[: -len("_mask")].rpartition(".")
+        module = model.get_submodule(path)
+        if not hasattr(module, name + "_mask"):
+            prune.identity(module, name)
+
+
 def rebuild_model(ckpt: dict[str, Any], path: Path | str = "checkpoint") -> nn.Module:
     """The (possibly factorised) model of an rmtprune checkpoint, weights loaded."""
     if not is_checkpoint(ckpt):
@@ -100,6 +115,7 @@ def rebuild_model(ckpt: dict[str, Any], path: Path | str = "checkpoint") -> nn.M
         raise UserError(f"{path}: checkpoint version {ckpt.get('version')} is not supported (expected {VERSION})")
     try:
         model = build_model(ckpt["spec"], ckpt.get("ranks", {}))
+        attach_masks(model, ckpt["state_dict"])
         model.load_state_dict(ckpt["state_dict"])
     except (KeyError, ValueError, RuntimeError, AttributeError, TypeError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]

@@ -136,8 +136,19 @@ def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def count_parameters(model: nn.Module) -> int:
-    """The model's parameter count: every entry of every parameter."""
-    return sum(p.numel() for p in model.parameters())
+    """The model's parameter count: every entry of every parameter, less the entries a pruning mask zeroes.
+
+    A parameter under a ``torch.nn.utils.prune`` mask (stored as ``<name>_orig`` with a buffer
+    ``<name>_mask``, as ``pruning=magnitude`` keeps its layers while training) counts the entries its
+    mask keeps (the non-zero parameters); every other parameter counts all its entries, zeros
+    included, so a dense or split model's count does not depend on its values.
+    """
+    total = 0
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            mask = getattr(module, name[: -len("_orig")] + "_mask", None) if name.endswith("_orig") else None
+            total += int(torch.count_nonzero(mask)) if isinstance(mask, torch.Tensor) else p.numel()
+    return total
 
 
 def is_conv(module: nn.Module) -> bool:

@@ -1,0 +1,177 @@
+"""The final parameter count of ``pruning=magnitude`` / ``pruning=lowrank``: ``pruning.target_params=N``, or
+``pruning.target_from=PATH``, the final count (``n_params_final`` of summary.json) of a finished run.
+
+``PATH`` is either
+
+* a run folder (it holds summary.json, or a redirect.json to the folder that does): that run, whatever its
+  seed and pruning; or
+* a sweep folder (anything else): among the finished runs under it (every summary.json, and the folders
+  the redirect.json files under it point to), the one of the same seed that pruned by another method than
+  the baselines (``pruning`` not none, control, magnitude or lowrank: e.g. the rmt arm of a sweep of
+  ``pruning=none,control,rmt``), so a sweep's baselines can be matched seed by seed.
+
+Either way the run must be of the same data set (``dataset.name``) and network (``model``, and
+``topology`` for the MLP; the whole model config otherwise). Anything else is a UserError naming the key:
+no finished run, another network or data set, several runs with different final counts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from .config import parse_topology
+from .errors import UserError
+from .outputs import read_json, resolve_redirect
+
+BASELINES = ("magnitude", "lowrank")
+NOT_MATCHED_IN_SWEEPS = ("none", "control", *BASELINES)
+
+
+def resolve_target(cfg: DictConfig) -> None:
+    """Set ``pruning.target_params`` from ``pruning.target_from`` (a no-op for other prunings or without
+    target_from), then check the target against the network (:func:`check_target`). Raises UserError."""
+    pr = cfg.pruning
+    if pr.name not in BASELINES:
+        return
+    if pr.get("target_from") is not None:
+        count = target_from_run(cfg)
+        with open_dict(cfg):
+            cfg.pruning.target_params = count
+    if cfg.pruning.target_params is not None:
+        _check_against_network(cfg, int(cfg.pruning.target_params))
+
+
+def check_target(cfg: DictConfig) -> None:
+    """Check ``pruning.target_params`` / ``pruning.target_from`` of a composed, validated config without
+    training or loading data (the CLI's pre-check calls it before any job starts): the target_from folder
+    and its run, then the count against the network's dense count and smallest reachable count (from the
+    layer shapes of the model built on the meta device; MLP and reference CNN). Does not modify ``cfg``.
+    Raises UserError naming the key."""
+    pr = cfg.pruning
+    if pr.name not in BASELINES:
+        return
+    target = target_from_run(cfg) if pr.get("target_from") is not None else pr.target_params
+    if target is not None:  # None: validate() has refused this already
+        _check_against_network(cfg, int(target))
+
+
+def _check_against_network(cfg: DictConfig, target: int) -> None:
+    """The pruner's own check (``TargetPruner.check``) of ``target`` on the config's network, built on the meta
+    device."""
+    model = _meta_model(cfg)
+    if model is None:
+        return  # a custom model: checked in the pruner's setup, before epoch 1
+    from .baselines import baseline_from_config
+
+    node = OmegaConf.to_container(cfg.pruning, resolve=True)
+    node["target_params"] = target
+    baseline_from_config(OmegaConf.create(node)).check(model, int(cfg.epochs))
+
+
+def _meta_model(cfg: DictConfig) -> Any:
+    """The dense network of ``cfg`` with its parameters on the meta device (shapes, no memory), or None."""
+    import torch
+
+    from .models import build_model, model_spec
+
+    if cfg.model.name not in ("mlp", "cnn"):
+        return None
+    with torch.device("meta"):
+        return build_model(model_spec(cfg))
+
+
+def target_from_run(cfg: DictConfig) -> int:
+    """The final parameter count of the run ``pruning.target_from`` names (see the module docstring)."""
+    raw = str(cfg.pruning.target_from)
+    key = f"pruning.target_from={raw}"
+    path = Path(raw).expanduser()
+    if path.is_file() and path.name == "summary.json":
+        path = path.parent
+    if not path.is_dir():
+        raise UserError(f"{key}: no such folder; give a finished run folder of rmtprune train, or a sweep folder")
+    if (path / "summary.json").exists() or (path / "redirect.json").exists():
+        folder = resolve_redirect(path)
+        summary = _summary(folder / "summary.json")
+        if summary is None or summary.get("status") != "completed" or summary.get("n_params_final") is None:
+            status = "no readable summary.json" if summary is None else f"status {summary.get('status')}"
+            raise UserError(f"{key}: the run there has not finished ({status}); finish it (resume=true) or give "
+                            f"a finished run")
+        mismatch = _other_network(summary, cfg)
+        if mismatch:
+            raise UserError(f"{key}: that run is of {mismatch}; match a run of the same network and data set")
+        return int(summary["n_params_final"])
+    return _match_in_sweep(cfg, path, key)
+
+
+def _match_in_sweep(cfg: DictConfig, root: Path, key: str) -> int:
+    runs = [(f, s) for f, s in _finished_runs(root) if s.get("pruning") not in NOT_MATCHED_IN_SWEEPS]
+    if not runs:
+        raise UserError(f"{key}: no finished run there (no summary.json with status completed of a pruning other "
+                        f"than {', '.join(NOT_MATCHED_IN_SWEEPS)} under it); give a finished run or sweep folder")
+    seed = int(cfg.seed)
+    same_seed = [(f, s) for f, s in runs if s.get("seed") == seed]
+    if not same_seed:
+        seeds = sorted({s.get("seed") for _, s in runs}, key=str)
+        raise UserError(f"{key}: no finished run with seed={seed} there (seeds found: "
+                        f"{', '.join(map(str, seeds))}); give a run folder to match one run whatever its seed")
+    matching = [(f, s) for f, s in same_seed if not _other_network(s, cfg)]
+    if not matching:
+        raise UserError(f"{key}: the run with seed={seed} there is of {_other_network(same_seed[0][1], cfg)}; "
+                        f"match a run of the same network and data set")
+    counts = sorted({int(s["n_params_final"]) for _, s in matching})
+    if len(counts) > 1:
+        shown = "; ".join(f"{f} ({int(s['n_params_final']):,})" for f, s in matching[:3])
+        raise UserError(f"{key}: {len(matching)} finished runs with seed={seed} and different final counts there "
+                        f"({shown}{'; ...' if len(matching) > 3 else ''}); give the run folder to match")
+    return counts[0]
+
+
+def _finished_runs(root: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """(folder, summary) of the completed runs under ``root`` and of the folders its redirect.json files name."""
+    folders = {p.parent.resolve() for p in root.rglob("summary.json")}
+    folders |= {resolve_redirect(p.parent).resolve() for p in root.rglob("redirect.json")}
+    out = []
+    for folder in sorted(folders):
+        summary = _summary(folder / "summary.json")
+        if summary and summary.get("status") == "completed" and summary.get("n_params_final") is not None:
+            out.append((folder, summary))
+    return out
+
+
+def _summary(path: Path) -> dict[str, Any] | None:
+    try:
+        data = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _other_network(summary: dict[str, Any], cfg: DictConfig) -> str:
+    """'' when the run of ``summary`` has the data set and network of ``cfg``; else what it is, and what this run is."""
+    config = summary.get("config") if isinstance(summary.get("config"), dict) else {}
+    theirs = {"dataset": summary.get("dataset"), "model": summary.get("model")}
+    ours = {"dataset": cfg.dataset.name, "model": cfg.model.name}
+    if cfg.model.name == "mlp":
+        theirs["topology"], ours["topology"] = _widths(summary.get("topology")), _widths(cfg.topology)
+    else:
+        theirs["model config"] = config.get("model")
+        ours["model config"] = OmegaConf.to_container(cfg.model, resolve=True)
+    if theirs == ours:
+        return ""
+    differ = [k for k in ours if theirs.get(k) != ours[k]]
+    show = lambda d: " ".join(f"{k}={_show(d.get(k))}" for k in differ)  # noqa: E731
+    return f"{show(theirs)}, this run {show(ours)}"
+
+
+def _widths(topology: Any) -> Any:
+    try:
+        return "-".join(map(str, parse_topology(str(topology))))
+    except UserError:
+        return topology
+
+
+def _show(value: Any) -> str:
+    return str(value) if not isinstance(value, dict) else ",".join(f"{k}:{v}" for k, v in value.items())
