@@ -87,7 +87,10 @@ def test_resplit_keeps_bias_and_uses_the_product():
 
 
 def test_qr_path_svd_of_a_split_layer_matches_dense_svd():
-    lr = LowRankLinear(70, 50, 12).double()
+    lr = LowRankLinear(70, 50, 12).double()  # factors are created uninitialised: fill them
+    with torch.no_grad():
+        for p in lr.parameters():
+            p.normal_()
     u, s, vh = layer_svd(lr)
     np.testing.assert_allclose(s.numpy(), np.linalg.svd(layer_matrix(lr).numpy(), compute_uv=False)[:12], rtol=1e-9)
     torch.testing.assert_close((u * s) @ vh, layer_matrix(lr))
