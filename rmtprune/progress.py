@@ -72,6 +72,7 @@ def _cells(r: dict[str, Any]) -> tuple[str, ...]:
         return "-" if v != v else format(v, fmt)  # NaN -> "-"
     return (
         str(r["layer"]), f"{r['out']}x{r['in']}", num(r["sigma2"], ".3g"), num(r["n_spikes"], ".0f"),
-        num(r["fit_error"], ".4f"), num(r["keep_fraction"], ".3f"), f"{r['rank_before']}->{r['rank_after']}",
+        num(r["fit_error"], ".4f"), num(r["keep_fraction"], ".3f"),
+        "-" if r["rank_before"] != r["rank_before"] else f"{r['rank_before']}->{r['rank_after']}",
         str(r["action"]), f"{r['params_before']:,}->{r['params_after']:,}",
     )
