@@ -4,7 +4,9 @@ The one description of the format. A checkpoint is a dict of tensors and plain d
 loadable with ``torch.load(path, weights_only=True)`` on any machine::
 
     format: "rmtprune-checkpoint", version: 1
-    spec          the dense model spec (models.model_spec): how to build the network before pruning
+    spec          the dense model spec (models.model_spec): how to build the network before pruning; for
+                  model=custom {"kind": "custom", "target": "pkg.mod.Class", "kwargs": {constructor arguments}}
+                  (rebuilding it needs the class importable, as when it was trained)
     ranks         {split layer name: rank}: the factorised layers pruning made
     state_dict    the model's weights (a masked weight of a pruning=magnitude checkpoint.pt as
                   <name>_orig and <name>_mask, torch.nn.utils.prune's form; model.pt holds it plain)
@@ -115,6 +117,12 @@ def rebuild_model(ckpt: dict[str, Any], path: Path | str = "checkpoint") -> nn.M
         raise UserError(f"{path}: checkpoint version {ckpt.get('version')} is not supported (expected {VERSION})")
     try:
         model = build_model(ckpt["spec"], ckpt.get("ranks", {}))
+    except UserError as exc:  # a custom model whose class is gone or changed
+        raise UserError(f"{path}: cannot rebuild its model: {exc}") from None
+    except (KeyError, ValueError, RuntimeError, AttributeError, TypeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise UserError(f"{path}: checkpoint does not match its architecture ({first})") from None
+    try:
         attach_masks(model, ckpt["state_dict"])
         model.load_state_dict(ckpt["state_dict"])
     except (KeyError, ValueError, RuntimeError, AttributeError, TypeError) as exc:

@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from .errors import UserError
 
-DATASETS = ("mnist", "fashion_mnist", "synthetic")
+DATASETS = ("mnist", "fashion_mnist", "cifar10", "synthetic")
 MODELS = ("mlp", "cnn", "custom")
 PRUNINGS = ("none", "control", "rmt", "magnitude", "lowrank")
 SCHEDULES = ("linear", "step", "oneshot", "exponential", "constant")
@@ -281,6 +281,24 @@ def validate(cfg: DictConfig) -> None:
         for key in ("conv_dropout", "fc_dropout"):
             if not 0 <= m[key] < 1:
                 raise UserError(f"model.{key}={m[key]} must be in [0, 1)")
+        from .models import cnn_feature_shape
+
+        try:
+            cnn_feature_shape(list(ds.input_shape), list(m.channels), int(m.kernel_size), list(m.pool_after))
+        except ValueError as exc:
+            raise UserError(f"model=cnn with model.channels={list(m.channels)}, model.kernel_size={m.kernel_size}, "
+                            f"model.pool_after={list(m.pool_after)} on dataset={ds.name}: {exc}") from None
+    if cfg.model.name == "custom":
+        if OmegaConf.is_missing(cfg.model, "_target_"):
+            raise UserError("model=custom needs model._target_=your.module.Class (an importable nn.Module "
+                            "subclass or a function that returns one)")
+        from .models import check_custom_model
+
+        check_custom_model(cfg)
+    if cfg.logger != "csv":
+        from .loggers import check_logger
+
+        check_logger(cfg.logger)
     validate_pruning(cfg.pruning)
     sc = cfg.schedule
     if sc.name == "linear":
@@ -328,6 +346,28 @@ def validate_pruning(pr: DictConfig) -> None:
         _choice("pruning.scope", pr.scope, ("global", "layer"))
     if pr.name == "lowrank":
         _choice("pruning.rank_rule", pr.rank_rule, ("energy", "uniform"))
+
+
+_MODEL_KEY = re.compile(r"^model\.([A-Za-z_][A-Za-z0-9_]*)(\.[^=]*)?=")
+
+
+def custom_model_overrides(args: list[str]) -> list[str]:
+    """Let ``model=custom`` take constructor arguments without Hydra's ``+``: with ``model=custom``
+    among the overrides, ``model.K=V`` becomes ``+model.K=V`` for every K but ``_target_`` and ``name``
+    (the keys of the schema). Other arguments, and any override when model=custom is not chosen on the
+    command line, are returned unchanged, so a typo such as ``model.hiden=3`` with ``model=mlp`` stays an
+    error.
+
+    >>> custom_model_overrides(["model=custom", "model._target_=a.Net", "model.hidden=300", "epochs=2"])
+    ['model=custom', 'model._target_=a.Net', '+model.hidden=300', 'epochs=2']
+    """
+    if "model=custom" not in args:
+        return list(args)
+    out = []
+    for a in args:
+        match = _MODEL_KEY.match(a)
+        out.append("+" + a if match and match.group(1) not in ("_target_", "name") else a)
+    return out
 
 
 def unused_key_error(key: str, option: str, group: str = "pruning") -> str:

@@ -1,11 +1,19 @@
 """Data sets as whole tensors on the training device.
 
-Real data goes through torchvision's MNIST / FashionMNIST loaders (which download where a
-network exists). Offline, the gzip-compressed IDX files of a local mirror (a folder holding
-``mnist/`` and ``fashion_mnist/``, named by ``dataset.offline_dir`` or the environment variable
-``RMTPRUNE_OFFLINE_DATA``) are decompressed into torchvision's raw folder under ``dataset.root``
-and checked against the md5 sums of the config. Images are scaled to [-1, 1]
-(Normalize(0.5, 0.5), as in the paper) once; batches are index slices, no per-sample transforms.
+Real data goes through torchvision's MNIST / FashionMNIST / CIFAR10 loaders (which download where a
+network exists). Offline, a local mirror (a folder named by ``dataset.offline_dir`` or the environment
+variable ``RMTPRUNE_OFFLINE_DATA``) is used instead:
+
+* ``mnist/``, ``fashion_mnist/``: the gzip-compressed IDX files, decompressed into torchvision's raw
+  folder under ``dataset.root`` and checked against the md5 sums of the config;
+* ``cifar10/``: the official python archive ``cifar-10-python.tar.gz`` (checked against its official
+  md5, ``dataset.raw_md5``) or its extracted ``cifar-10-batches-py/``; the batches are copied to
+  ``dataset.root/cifar-10-batches-py`` and checked against torchvision's md5 of each file.
+
+``dataset.verify_md5=false`` switches the checks off (for a home-made archive of the same format, as
+the tests make; it is not part of a run's identity). Images are scaled to [-1, 1] per channel
+(Normalize(0.5, 0.5), as in the paper) once, into (N, C, H, W) float32; batches are index slices, no
+per-sample transforms.
 """
 
 from __future__ import annotations
@@ -15,9 +23,13 @@ import hashlib
 import logging
 import math
 import os
+import pickle
 import shutil
+import tarfile
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig
@@ -30,6 +42,13 @@ _TORCHVISION_FOLDER = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
 _FIX = (
     "set RMTPRUNE_OFFLINE_DATA (or dataset.offline_dir) to a folder holding mnist/ and "
     "fashion_mnist/ with the IDX .gz files, or allow downloads (dataset.download=true, network needed)"
+)
+CIFAR_ARCHIVE = "cifar-10-python.tar.gz"
+CIFAR_FOLDER = "cifar-10-batches-py"
+_CIFAR_FIX = (
+    f"set RMTPRUNE_OFFLINE_DATA (or dataset.offline_dir) to a folder holding cifar10/ with the official "
+    f"{CIFAR_ARCHIVE} (or its extracted {CIFAR_FOLDER}/), or allow downloads (dataset.download=true, network "
+    f"needed)"
 )
 
 
@@ -55,21 +74,29 @@ def load_data(cfg: DictConfig, device: torch.device) -> Data:
     if ds.name == "synthetic":
         tx, ty, vx, vy = make_synthetic(ds)
     else:
-        tx, ty, vx, vy = _load_torchvision(ds)
+        tx, ty, vx, vy = _load_cifar10(ds) if ds.name == "cifar10" else _load_torchvision(ds)
         tx, vx = _scale(tx), _scale(vx)
-    tx, ty = _subset(tx, ty, ds.train_size)
-    vx, vy = _subset(vx, vy, ds.test_size)
+    tx, ty = _subset(tx, ty, ds.train_size, "train_size", ds.name)
+    vx, vy = _subset(vx, vy, ds.test_size, "test_size", ds.name)
     return Data(tx.to(device), ty.to(device), vx.to(device), vy.to(device), int(ds.num_classes), ds.name)
 
 
 def _scale(images_uint8: torch.Tensor) -> torch.Tensor:
-    """(N, 28, 28) uint8 -> (N, 1, 28, 28) float32 in [-1, 1]: (x / 255 - 0.5) / 0.5."""
-    return (images_uint8.float().div_(255.0).sub_(0.5).div_(0.5)).unsqueeze(1)
+    """(N, H, W) or (N, C, H, W) uint8 -> (N, C, H, W) float32 in [-1, 1]: (x / 255 - 0.5) / 0.5 in every
+    channel."""
+    x = images_uint8.float().div_(255.0).sub_(0.5).div_(0.5)
+    return x.unsqueeze(1) if x.ndim == 3 else x
 
 
-def _subset(x: torch.Tensor, y: torch.Tensor, size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    if size is None or size >= len(x):
+def _subset(x: torch.Tensor, y: torch.Tensor, size: int | None, key: str = "train_size",
+            name: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``size`` examples (all for None); more than the data set holds is a UserError naming the key."""
+    if size is None:
         return x, y
+    if size > len(x):
+        part = "training" if key == "train_size" else "test"
+        raise UserError(f"dataset.{key}={size} exceeds the {len(x)} {part} examples of dataset={name}; use at most "
+                        f"{len(x)}, or dataset.{key}=null for all of them")
     return x[:size].contiguous(), y[:size].contiguous()
 
 
@@ -119,9 +146,10 @@ def prepare_offline(ds: DictConfig, root: Path) -> None:
     if not src.is_dir():
         raise UserError(f"dataset={ds.name}: offline folder {src} does not exist; {_FIX}")
     raw.mkdir(parents=True, exist_ok=True)
+    verify = bool(ds.verify_md5)
     for stem, md5 in ds.raw_md5.items():
         dest = raw / stem
-        if dest.exists() and _md5(dest) == md5:
+        if dest.exists() and (not verify or _md5(dest) == md5):
             continue
         gz = src / f"{stem}.gz"
         plain = src / stem
@@ -138,7 +166,7 @@ def prepare_offline(ds: DictConfig, root: Path) -> None:
             shutil.copyfile(plain, dest)
         else:
             raise UserError(f"dataset={ds.name}: {gz} is missing from the offline folder; {_FIX}")
-        if _md5(dest) != md5:
+        if verify and _md5(dest) != md5:
             dest.unlink()
             raise UserError(f"dataset={ds.name}: {gz} is corrupt (md5 of its content is not {md5}); {_FIX}")
 
@@ -163,3 +191,112 @@ def _load_torchvision(ds: DictConfig) -> tuple[torch.Tensor, torch.Tensor, torch
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"dataset={ds.name}: could not load from {root} ({first}); {_FIX}") from None
     return train.data, train.targets.long(), test.data, test.targets.long()
+
+
+def _cifar_files() -> dict[str, str]:
+    """The files of ``cifar-10-batches-py/`` with torchvision's (the official) md5 of each."""
+    from torchvision.datasets import CIFAR10
+
+    files = {name: md5 for name, md5 in CIFAR10.train_list + CIFAR10.test_list}
+    files[CIFAR10.meta["filename"]] = CIFAR10.meta["md5"]
+    return files
+
+
+def _cifar_complete(folder: Path, verify: bool) -> list[str]:
+    """The files of the CIFAR-10 batches missing from ``folder`` (or, if ``verify``, with a wrong md5)."""
+    return [name for name, md5 in _cifar_files().items()
+            if not (folder / name).is_file() or (verify and _md5(folder / name) != md5)]
+
+
+def prepare_offline_cifar10(ds: DictConfig, root: Path) -> None:
+    """Put the CIFAR-10 batches of ``offline_dir/cifar10/`` into ``root/cifar-10-batches-py``.
+
+    The mirror holds the official ``cifar-10-python.tar.gz`` (its md5 checked against
+    ``dataset.raw_md5``, then its batches extracted) or the extracted ``cifar-10-batches-py/`` (copied).
+    With ``dataset.verify_md5`` every batch file is then checked against its official md5. Batches already
+    in place (and right) are kept. A missing, unreadable or wrong mirror is a UserError.
+    """
+    verify = bool(ds.verify_md5)
+    src = Path(os.path.expanduser(str(ds.offline_dir))) / "cifar10"
+    dest = root / CIFAR_FOLDER
+    if not _cifar_complete(dest, verify):
+        return
+    archive, extracted = src / CIFAR_ARCHIVE, src / CIFAR_FOLDER
+    if not src.is_dir():
+        raise UserError(f"dataset=cifar10: offline folder {src} does not exist; {_CIFAR_FIX}")
+    dest.mkdir(parents=True, exist_ok=True)
+    if archive.is_file():
+        official = dict(ds.raw_md5).get(CIFAR_ARCHIVE)
+        if verify and official and _md5(archive) != official:
+            raise UserError(f"dataset=cifar10: {archive} is not the official archive (its md5 is not {official}: "
+                            f"corrupt, truncated or another file); {_CIFAR_FIX}")
+        _extract_cifar(archive, dest)
+    elif extracted.is_dir():
+        for name in _cifar_files():
+            if (extracted / name).is_file():
+                shutil.copyfile(extracted / name, dest / name)
+    else:
+        raise UserError(f"dataset=cifar10: neither {archive} nor {extracted}/ is in the offline folder; {_CIFAR_FIX}")
+    bad = _cifar_complete(dest, verify)
+    if bad:
+        where = archive if archive.is_file() else extracted
+        for name in bad:
+            (dest / name).unlink(missing_ok=True)
+        raise UserError(f"dataset=cifar10: {where} lacks or has corrupt batch files ({', '.join(bad)}: missing, or "
+                        f"not their official md5); {_CIFAR_FIX}")
+
+
+def _extract_cifar(archive: Path, dest: Path) -> None:
+    """The batch files of ``cifar-10-batches-py/`` inside ``archive`` (a .tar.gz) into ``dest``; nothing
+    else of the archive is written (no paths outside ``dest``, no links)."""
+    wanted = {f"{CIFAR_FOLDER}/{name}": name for name in _cifar_files()}
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            for member in tar:
+                name = wanted.get(member.name.lstrip("./"))
+                if name is None or not member.isfile():
+                    continue
+                source = tar.extractfile(member)
+                assert source is not None
+                fd, tmp = tempfile.mkstemp(dir=dest, prefix=f".{name}.")
+                with source, os.fdopen(fd, "wb") as out:
+                    shutil.copyfileobj(source, out)
+                os.replace(tmp, dest / name)
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise UserError(f"dataset=cifar10: {archive} is not a readable .tar.gz archive ({exc}); {_CIFAR_FIX}") from None
+
+
+def _load_cifar10(ds: DictConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """CIFAR-10 through torchvision's loader: (N, 3, 32, 32) uint8 images, (N,) int64 labels."""
+    from torchvision import datasets
+
+    root = Path(os.path.expanduser(str(ds.root)))
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"dataset.root={root} cannot be created ({exc.strerror})") from None
+    download = bool(ds.download)
+    cls = datasets.CIFAR10
+    if ds.offline_dir:
+        prepare_offline_cifar10(ds, root)
+        download = False
+    if ds.offline_dir or not ds.verify_md5:
+        # checked above (or the check is off): torchvision's loader need not hash the files again
+        class Unchecked(datasets.CIFAR10):
+            train_list = [[name, None] for name, _ in datasets.CIFAR10.train_list]
+            test_list = [[name, None] for name, _ in datasets.CIFAR10.test_list]
+            meta = {**datasets.CIFAR10.meta, "md5": None}
+
+        cls = Unchecked
+    try:
+        train = cls(str(root), train=True, download=download)
+        test = cls(str(root), train=False, download=download)
+    except (RuntimeError, OSError, ValueError, EOFError, pickle.UnpicklingError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"dataset=cifar10: could not load from {root} ({first}); {_CIFAR_FIX}") from None
+
+    def tensors(split: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        images = torch.from_numpy(split.data).permute(0, 3, 1, 2).contiguous()  # torchvision gives (N, H, W, C)
+        return images, torch.as_tensor(split.targets, dtype=torch.long)
+
+    return (*tensors(train), *tensors(test))

@@ -1,22 +1,38 @@
-"""The networks: an MLP from a topology and the reference CNN; their specs and rebuilding.
+"""The networks: an MLP from a topology, the reference CNN, or the user's own ``nn.Module``; their
+specs and rebuilding.
 
 A model is described by a plain-data *spec* (stored in checkpoints) plus the ranks of the layers
-that pruning split; :func:`build_model` turns both back into a module.
+that pruning split; :func:`build_model` turns both back into a module. The specs::
+
+    {"kind": "mlp", "widths": [784, ..., 10]}
+    {"kind": "cnn", "input_shape": [c, h, w], "num_classes": n, "channels": [...], ...}
+    {"kind": "custom", "target": "mypkg.nets.Net", "kwargs": {"hidden": 300}}
+
+A custom model (``model=custom model._target_=mypkg.nets.Net model.hidden=300``) is built by Hydra's
+``instantiate`` (nested ``_target_`` nodes among the arguments are instantiated too, and containers
+reach the constructor as plain dicts and lists). It keeps its own initialisation: the paper's
+N(0, 1/fan_in) init is applied to the built-in networks only, since a user's module may rely on its
+own (normalisation layers, zero-init residual branches, pretrained weights). It receives the images as
+(N, C, H, W) float32 in [-1, 1] and must return (N, num_classes) logits.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
-from omegaconf import DictConfig
 from torch import nn
 
-from .config import parse_topology
+from .errors import UserError
 from .lowrank import LOW_RANK_TYPES, PRUNABLE_TYPES, LowRankConv2d, LowRankLinear
 
+if TYPE_CHECKING:  # importing rmtprune (the Python API) must not import the config machinery
+    from omegaconf import DictConfig
+
 ModelSpec = dict[str, Any]
+# keys of ``model=custom`` that are not constructor arguments
+CUSTOM_RESERVED = ("_target_", "name")
 
 
 def init_paper_(module: nn.Module) -> None:
@@ -47,6 +63,26 @@ class MLP(nn.Module):
         return x
 
 
+def cnn_feature_shape(input_shape: list[int], channels: list[int], kernel_size: int,
+                      pool_after: list[int]) -> tuple[int, int, int]:
+    """(c, h, w) after the convolutions of the reference CNN on inputs of ``input_shape`` (c, h, w): each
+    k x k conv without padding takes h -> h - k + 1, each pool h -> floor(h / 2).
+
+    Raises:
+        ValueError: the input is too small for the convolutions (a side reaches 0).
+    """
+    c, h, w = (int(d) for d in input_shape)
+    for i, width in enumerate(channels, start=1):
+        h, w = h - kernel_size + 1, w - kernel_size + 1
+        if i in pool_after:
+            h, w = h // 2, w // 2
+        c = int(width)
+        if h <= 0 or w <= 0:
+            raise ValueError(f"the input {list(input_shape)} is too small for {len(channels)} {kernel_size}x"
+                             f"{kernel_size} convs (side {min(h, w)} after conv {i})")
+    return c, h, w
+
+
 class CNN(nn.Module):
     """The reference CNN: [conv k x k -> ReLU -> BatchNorm -> (max-pool 2) -> dropout] per channel
     width, then Linear -> BatchNorm -> ReLU -> dropout -> Linear to the classes."""
@@ -54,18 +90,15 @@ class CNN(nn.Module):
     def __init__(self, input_shape: list[int], num_classes: int, channels: list[int], kernel_size: int,
                  pool_after: list[int], hidden: int, conv_dropout: float, fc_dropout: float) -> None:
         super().__init__()
-        c, h, w = input_shape
+        c, h, w = cnn_feature_shape(input_shape, channels, kernel_size, pool_after)
         blocks: list[nn.Module] = []
+        in_channels = int(input_shape[0])
         for i, width in enumerate(channels, start=1):
-            blocks += [nn.Conv2d(c, width, kernel_size), nn.ReLU(), nn.BatchNorm2d(width)]
-            h, w = h - kernel_size + 1, w - kernel_size + 1
+            blocks += [nn.Conv2d(in_channels, width, kernel_size), nn.ReLU(), nn.BatchNorm2d(width)]
             if i in pool_after:
                 blocks.append(nn.MaxPool2d(2))
-                h, w = h // 2, w // 2
             blocks.append(nn.Dropout(conv_dropout))
-            c = width
-            if h <= 0 or w <= 0:
-                raise ValueError(f"the input {input_shape} is too small for {len(channels)} convs")
+            in_channels = width
         self.features = nn.Sequential(*blocks)
         self.classifier = nn.Sequential(
             nn.Flatten(), nn.Linear(c * h * w, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
@@ -78,9 +111,18 @@ class CNN(nn.Module):
 
 def model_spec(cfg: DictConfig) -> ModelSpec:
     """Plain-data description of the dense model the config asks for."""
+    from omegaconf import OmegaConf
+
+    from .config import parse_topology
+
     ds = cfg.dataset
     if cfg.model.name == "mlp":
         return {"kind": "mlp", "widths": parse_topology(cfg.topology)}
+    if cfg.model.name == "custom":
+        data = OmegaConf.to_container(cfg.model, resolve=True)
+        assert isinstance(data, dict)
+        return {"kind": "custom", "target": str(data["_target_"]),
+                "kwargs": {str(k): v for k, v in data.items() if k not in CUSTOM_RESERVED}}
     m = cfg.model
     return {
         "kind": "cnn", "input_shape": list(ds.input_shape), "num_classes": int(ds.num_classes),
@@ -90,19 +132,192 @@ def model_spec(cfg: DictConfig) -> ModelSpec:
 
 
 def build_model(spec: ModelSpec, ranks: dict[str, int] | None = None) -> nn.Module:
-    """Dense model from ``spec`` with the paper's init; layers named in ``ranks`` become factorised
-    (uninitialised shells of that rank, to be filled by ``load_state_dict``)."""
+    """Dense model from ``spec`` (the built-in ones with the paper's init, a custom one with its own);
+    layers named in ``ranks`` become factorised (uninitialised shells of that rank, to be filled by
+    ``load_state_dict``).
+
+    Raises:
+        UserError: a custom model whose target cannot be imported, rejects its arguments or is no nn.Module.
+    """
     if spec["kind"] == "mlp":
         model: nn.Module = MLP(spec["widths"])
     elif spec["kind"] == "cnn":
         model = CNN(spec["input_shape"], spec["num_classes"], spec["channels"], spec["kernel_size"],
                     spec["pool_after"], spec["hidden"], spec["conv_dropout"], spec["fc_dropout"])
+    elif spec["kind"] == "custom":
+        model = build_custom(spec["target"], spec.get("kwargs", {}))
     else:
         raise ValueError(f"unknown model kind {spec['kind']!r}")
-    init_paper_(model)
+    if spec["kind"] != "custom":
+        init_paper_(model)
     for name, rank in (ranks or {}).items():
         model.set_submodule(name, factorised_like(model.get_submodule(name), int(rank)))
     return model
+
+
+def _arguments(kwargs: dict[str, Any]) -> str:
+    return " ".join(f"model.{k}={v!r}" for k, v in kwargs.items()) or "no arguments"
+
+
+def locate(path: str) -> Any:
+    """The object at a dotted path ``package.module.Name`` (the longest importable module, then attributes).
+
+    Raises:
+        ModuleNotFoundError: no prefix of ``path`` is a module; other import errors of the module as they are.
+        AttributeError: the module has no such attribute.
+    """
+    import importlib
+
+    parts = str(path).split(".")
+    if not all(parts):
+        raise ValueError(f"{path!r} is not a dotted path like package.module.Class")
+    for i in range(len(parts), 0, -1):
+        name = ".".join(parts[:i])
+        try:
+            obj = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            # only "this module does not exist" moves on to a shorter prefix; a module that exists but
+            # imports something missing is the user's error to see
+            missing = exc.name or ""
+            if i > 1 and (name == missing or name.startswith(missing + ".")):
+                continue
+            raise
+        for j, attr in enumerate(parts[i:], start=i):
+            if not hasattr(obj, attr):
+                raise AttributeError(f"{'.'.join(parts[:j])} has no attribute {attr!r}")
+            obj = getattr(obj, attr)
+        return obj
+    raise ModuleNotFoundError(f"No module named {parts[0]!r}")
+
+
+def build_custom(target: str, kwargs: dict[str, Any]) -> nn.Module:
+    """``target(**kwargs)`` through Hydra's instantiate (nested ``_target_`` nodes instantiated too).
+
+    Raises:
+        UserError: ``target`` cannot be imported, the call fails (its arguments are rejected), or the
+            result is not an ``nn.Module``; each names ``model._target_``.
+    """
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    hint = "the class must be importable: install its package, or add its folder to PYTHONPATH"
+    try:
+        obj = locate(target)
+    except Exception as exc:  # the user's module failing to import raises anything: all mean "not importable"
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise UserError(f"model._target_={target} cannot be imported ({type(exc).__name__}: {reason}); "
+                        f"{hint}") from None
+    if not callable(obj):
+        raise UserError(f"model._target_={target} is a {type(obj).__name__}, not a class or function "
+                        f"that builds an nn.Module")
+    node = OmegaConf.create({"_target_": target, **kwargs})
+    try:
+        model = instantiate(node, _convert_="all")
+    except Exception as exc:
+        cause = exc.__cause__ or exc
+        reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:300]
+        raise UserError(f"model._target_={target} rejected its arguments ({_arguments(kwargs)}): "
+                        f"{type(cause).__name__}: {reason}") from None
+    if not isinstance(model, nn.Module):
+        raise UserError(f"model._target_={target} built a {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def check_model_output(model: nn.Module, input_shape: list[int], num_classes: int, what: str) -> list[str]:
+    """One forward pass of a batch of 2 zeros on the model's device (eval mode, no gradients, the CPU RNG
+    untouched): the output must be (2, num_classes) logits.
+
+    Returns the names of the prunable layers in the order they ran. Raises UserError naming ``what`` when
+    the forward pass fails or the output has another shape. Leaves the model's train/eval mode as it was.
+    """
+    ran: list[str] = []
+    names = {id(m): n for n, m in prunable_layers(model)}
+    hooks = [m.register_forward_hook(lambda mod, i, o: ran.append(names[id(mod)]))
+             for n, m in prunable_layers(model)]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            device = next(iter(model.parameters()), torch.empty(0)).device
+            out = model(torch.zeros(2, *[int(d) for d in input_shape], device=device))
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise UserError(f"{what} fails on the data set's input (N, {', '.join(map(str, input_shape))}): "
+                        f"{type(exc).__name__}: {first}") from None
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    shape = tuple(out.shape) if torch.is_tensor(out) else None
+    if shape != (2, int(num_classes)):
+        got = f"output of shape {shape}" if shape is not None else f"a {type(out).__name__}"
+        raise UserError(f"{what} gives {got} for a batch of 2 inputs of shape {list(input_shape)}; it must give "
+                        f"(2, {num_classes}): one logit per class of the data set")
+    return ran
+
+
+def check_custom_model(cfg: DictConfig) -> None:
+    """The checks of ``model=custom`` before a run: the target imports, accepts its arguments, builds an
+    nn.Module, and gives one logit per class of the data set (one forward pass of 2 zero inputs). The
+    global RNG is left as it was. Raises UserError (one line, naming the setting) otherwise."""
+    with torch.random.fork_rng(devices=[]):
+        spec = model_spec(cfg)
+        model = build_custom(spec["target"], spec["kwargs"])
+    check_model_output(model, list(cfg.dataset.input_shape), int(cfg.dataset.num_classes),
+                       f"model._target_={spec['target']}")
+
+
+def eligible_layers(model: nn.Module, min_size: int, include_output_layer: bool = True) -> list[str]:
+    """Names of the layers a pruning event looks at: Linear / Conv2d (dense or split) whose weight matrix
+    (out, m) has at least ``min_size`` entries and min(out, m) >= 10 singular values; the last one (the
+    output layer) only if ``include_output_layer``."""
+    from .surgery import layer_matrix_shape
+
+    layers = prunable_layers(model)
+    if not include_output_layer:
+        layers = layers[:-1]
+    out = []
+    for name, m in layers:
+        rows, cols = layer_matrix_shape(m)
+        if rows * cols >= min_size and min(rows, cols) >= 10:
+            out.append(name)
+    return out
+
+
+def model_warnings(model: nn.Module, cfg: DictConfig) -> list[str]:
+    """What a run should say about its model before training (one line each; the run goes on):
+
+    * a pruning option that prunes (``pruning.min_size`` is one of its keys), on a model with no eligible
+      layer (:func:`eligible_layers`): nothing will be pruned; the events still apply the lr factor and
+      momentum policy, so the run is a ``pruning=control`` arm in all but name;
+    * a model whose last registered Linear / Conv2d (the one pruning treats as the output layer:
+      ``include_output_layer``, ``output_min_rank``) is not the last to run in the forward pass.
+    """
+    from .config import PRUNING_KEYS
+
+    warnings: list[str] = []
+    pr = cfg.pruning
+    used = PRUNING_KEYS.get(str(pr.name), ())
+    if "min_size" in used and not eligible_layers(model, int(pr.min_size), bool(pr.include_output_layer)):
+        warnings.append(
+            f"pruning={pr.name}: no layer of model={cfg.model.name} is eligible (a Linear / Conv2d with at least "
+            f"pruning.min_size={pr.min_size} weights and 10 singular values"
+            f"{'' if pr.include_output_layer else ', the output layer excluded'}): nothing will be pruned, and "
+            f"the run is a normal arm with the lr calendar of pruning=control; lower pruning.min_size to prune")
+    layers = prunable_layers(model)
+    if layers:
+        ran = check_model_output(model, _input_shape(cfg), int(cfg.dataset.num_classes),
+                                 f"model={cfg.model.name}")
+        if ran and ran[-1] != layers[-1][0]:
+            warnings.append(
+                f"model={cfg.model.name}: pruning treats {layers[-1][0]} (the last Linear / Conv2d registered) as "
+                f"the output layer, but {ran[-1]} runs last; register the layers in forward order so that "
+                f"pruning.include_output_layer and pruning.output_min_rank apply to the real output layer")
+    return warnings
+
+
+def _input_shape(cfg: DictConfig) -> list[int]:
+    return [int(d) for d in cfg.dataset.input_shape]
 
 
 def factorised_like(dense: nn.Module, rank: int) -> nn.Module:
@@ -114,6 +329,50 @@ def factorised_like(dense: nn.Module, rank: int) -> nn.Module:
                              padding=dense.padding, dilation=dense.dilation, groups=dense.groups,
                              bias=dense.bias is not None, padding_mode=dense.padding_mode)
     raise ValueError(f"cannot factorise a {type(dense).__name__}")
+
+
+def factorise_to_match(model: nn.Module, state_dict: Mapping[str, Any], prefix: str = "") -> dict[str, int]:
+    """Give ``model`` the split layers a state_dict of its pruned version holds, so that it loads.
+
+    A layer stored as two factors (``<layer>.first.weight`` and ``<layer>.second.weight`` under ``prefix``)
+    whose module in ``model`` is a dense Linear / Conv2d (or a split one of another rank) is replaced by an
+    empty ``LowRankLinear`` / ``LowRankConv2d`` of the stored rank (``first.weight.shape[0] // groups``) on
+    the layer's device and dtype. Modifies ``model`` in place; returns {layer: rank} of the layers replaced.
+    Other modules named ``first`` / ``second`` (not prunable layers) are left alone.
+    """
+    changed: dict[str, int] = {}
+    suffix = ".first.weight"
+    for key, value in state_dict.items():
+        if not (key.startswith(prefix) and key.endswith(suffix)):
+            continue
+        if f"{key[:-len(suffix)]}.second.weight" not in state_dict:
+            continue
+        name = key[len(prefix):-len(suffix)]
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            continue
+        if not isinstance(module, PRUNABLE_TYPES):
+            continue
+        rank = int(value.shape[0]) // int(getattr(module, "groups", 1))
+        like = next(iter(module.parameters()))
+        if isinstance(module, LOW_RANK_TYPES):
+            if module.rank == rank:
+                continue
+            module = _dense_twin(module)
+        model.set_submodule(name, factorised_like(module, rank).to(device=like.device, dtype=like.dtype))
+        changed[name] = rank
+    return changed
+
+
+def _dense_twin(module: nn.Module) -> nn.Module:
+    """A dense layer (on the meta device: no memory, no RNG) with a split layer's shape and settings."""
+    if isinstance(module, LowRankLinear):
+        return nn.Linear(module.in_features, module.out_features, bias=module.bias is not None, device="meta")
+    first = module.first
+    return nn.Conv2d(module.in_channels, module.out_channels, module.kernel_size, stride=first.stride,
+                     padding=first.padding, dilation=first.dilation, groups=module.groups,
+                     bias=module.bias is not None, padding_mode=first.padding_mode, device="meta")
 
 
 def factorised_ranks(model: nn.Module) -> dict[str, int]:

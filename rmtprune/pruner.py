@@ -123,6 +123,9 @@ class RMTPruner(Pruner):
                 raise ValueError(f"{key} must be an integer >= {0 if key == 'min_size' else 1}, got {value!r}")
         if output_min_rank is not None and (not isinstance(output_min_rank, (int, np.integer)) or output_min_rank < 1):
             raise ValueError(f"output_min_rank must be a positive integer or None, got {output_min_rank!r}")
+        for key, value in (("include_output_layer", include_output_layer), ("truncate", truncate)):
+            if not isinstance(value, (bool, np.bool_)):
+                raise ValueError(f"{key} must be True or False, got {value!r}")
         self.tolerance, self.conv_tolerance = float(tolerance), conv_tolerance
         self.alpha, self.beta = float(alpha), float(beta)
         self.schedule, self.horizon = schedule, horizon
@@ -151,17 +154,29 @@ class RMTPruner(Pruner):
 
     # --- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """What the pruner learned about the model, for a checkpoint: ``{"ranks": {layer: rank of a layer
+        truncated in place}, "known_spikes": {layer: values above the edge at an earlier good fit}}``
+        (plain ints, ``torch.save`` / ``weights_only`` safe). The constructor arguments are not included."""
         return {"ranks": dict(self.ranks), "known_spikes": dict(self.known_spikes)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; replaces this pruner's ranks and known spikes (the model is not touched)."""
         self.ranks = {str(k): int(v) for k, v in state.get("ranks", {}).items()}
         self.known_spikes = {str(k): int(v) for k, v in state.get("known_spikes", {}).items()}
 
     # --- the event ------------------------------------------------------------------------------
     def step(self, model: nn.Module, epoch: int) -> PruneEvent:
-        """Fit and cut every eligible layer of ``model`` in place; returns the event (ledger rows,
-        replaced and added parameters, spectra). Does not check the calendar: call it at the epochs
-        for which :meth:`is_event` is true (or at any epoch, for a one-off cut)."""
+        """Fit and cut every eligible layer of ``model``; returns the event (ledger rows, replaced and
+        added parameters, spectra). Does not check the calendar: call it at the epochs for which
+        :meth:`is_event` is true (or at any epoch, for a one-off cut).
+
+        Modifies ``model`` in place: a layer cut to a rank that saves parameters is replaced by a
+        ``LowRankLinear`` / ``LowRankConv2d`` module of two factors (``model.set_submodule``: its old
+        parameters leave the model, new ones enter); a layer truncated in place keeps its module and
+        parameters but gets new weight values. Either way the optimizer state of those parameters is
+        stale: rebuild the optimizer (:func:`rmtprune.rebuild_optimizer`) after an event that
+        ``changed`` the model. Also updates this pruner's :meth:`state_dict`. Records no autograd graph
+        and draws no random numbers."""
         event = PruneEvent(epoch)
         layers = prunable_layers(model)
         f = self.keep_fraction(epoch)

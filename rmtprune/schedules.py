@@ -7,9 +7,10 @@ MP edge and p = min(out, in): f = 1 keeps every value, f = 0 keeps only the spik
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from omegaconf import DictConfig
+if TYPE_CHECKING:  # importing rmtprune (the Python API) must not import the config machinery
+    from omegaconf import DictConfig
 
 Schedule = Callable[[int], float]
 

@@ -27,6 +27,18 @@ needs_real_data = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """Tests use tiny tensors: one intra-op thread is fastest, and on a shared machine two OpenMP threads
+    that wait for each other make a small training step over 100 times slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _isolated_data_cache(tmp_path_factory):
     """Decompressed data goes to a temporary cache, never to the user's home or the mirror."""
     cache = tmp_path_factory.mktemp("data-cache")

@@ -24,7 +24,7 @@ def test_train_help_and_cfg_job_run_nothing(cli, tmp_path):
 @pytest.mark.parametrize("override,needle", [
     ("topology=784-abc-10", "topology"), ("topology=784", "topology"), ("topology=784--10", "topology"),
     ("topology=784-0-10", "topology"), ("topology=784--3-10", "topology"), ("topology=100-10", "input size"),
-    ("topology=784-7", "number of classes"), ("dataset=cifar10", "dataset/cifar10"), ("model=resnet", "model/resnet"),
+    ("topology=784-7", "number of classes"), ("dataset=imagenet", "dataset/imagenet"), ("model=resnet", "model/resnet"),
     ("device=cuda:7", "cuda"), ("optimizer.lr=-1", "optimizer.lr"), ("batch_size=0", "batch_size"),
     ("epochs=0", "epochs"), ("epoch=3", "did you mean epochs"), ("epochs=ten", "epochs"),
     ("hydra.run.dir=/proc/rmtprune", "hydra.run.dir"),
@@ -83,10 +83,12 @@ def test_plain_pip_install_into_a_fresh_virtualenv(tmp_path):
     assert res.returncode == 0, res.stderr
     assert "name: synthetic" in res.stdout
     where = run_subprocess([str(venv / "bin" / "python"), "-c", "import rmtprune.conf, os; print(rmtprune.conf.__file__)"],
-                           cwd=work)
+                           cwd=work, env={"PYTHONPATH": ""})
     assert str(venv) in where.stdout, where.stdout
     shipped = Path(where.stdout.strip()).parent
-    for rel in ("config.yaml", "prune.yaml", "dataset/mnist.yaml", "experiment/fashion_cnn.yaml",
+    assert (shipped.parent / "integrations" / "lightning.py").exists()
+    for rel in ("config.yaml", "prune.yaml", "dataset/mnist.yaml", "dataset/cifar10.yaml", "model/custom.yaml",
+                "experiment/fashion_cnn.yaml",
                 "hydra/launcher/local_parallel.yaml", "hydra/launcher/slurm.yaml"):
         assert (shipped / rel).exists(), rel
 

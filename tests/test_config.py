@@ -27,7 +27,8 @@ def _compose(*overrides, name="config"):
 @pytest.mark.parametrize("group,option", list(groups()))
 def test_every_group_option_composes_and_validates(group, option):
     extra = {("pruning", "magnitude"): ["pruning.target_params=100000"], ("pruning", "lowrank"): ["pruning.target_params=100000"],
-             ("model", "custom"): ["model._target_=torch.nn.Identity"]}.get((group, option), [])
+             ("model", "custom"): ["model._target_=tests_support.nets.Net"],
+             ("dataset", "cifar10"): ["topology=3072-100-10"]}.get((group, option), [])
     cfg = _compose(f"{group}={option}", *extra)
     if group == "dataset":
         assert cfg.dataset.name == option

@@ -67,3 +67,132 @@ def test_no_mirror_and_no_network_is_a_clear_error(tmp_path):
     cfg = dataset_cfg("fashion_mnist", root=str(tmp_path / "cache"), offline_dir=None, download=False)
     with pytest.raises(UserError, match="RMTPRUNE_OFFLINE_DATA"):
         load_data(cfg, torch.device("cpu"))
+
+
+# --- CIFAR-10: a tiny archive in the official format --------------------------------------------------
+
+def cifar_batch(n: int, seed: int) -> dict:
+    """A batch as the official python pickles hold it: ``data`` (n, 3072) uint8, rows of the red, green and
+    blue 32x32 planes in row-major order, and ``labels``."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return {"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
+            "labels": [int(v) for v in rng.integers(0, 10, size=n)], "batch_label": f"batch {seed}"}
+
+
+def make_cifar_mirror(folder, archive: bool = True, n: int = 6) -> dict:
+    """``folder/cifar10/`` holding a tiny ``cifar-10-python.tar.gz`` (or its extracted folder); returns the
+    batches by file name."""
+    import io
+    import pickle
+    import tarfile
+
+    batches = {f"data_batch_{i}": cifar_batch(n, i) for i in range(1, 6)}
+    batches["test_batch"] = cifar_batch(n, 9)
+    files = {name: pickle.dumps(b) for name, b in batches.items()}
+    files["batches.meta"] = pickle.dumps({"label_names": [f"class{i}" for i in range(10)], "num_vis": 3072})
+    root = folder / "cifar10"
+    root.mkdir(parents=True)
+    if archive:
+        with tarfile.open(root / "cifar-10-python.tar.gz", "w:gz") as tar:
+            for name, blob in files.items():
+                info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+                info.size = len(blob)
+                tar.addfile(info, io.BytesIO(blob))
+    else:
+        (root / "cifar-10-batches-py").mkdir()
+        for name, blob in files.items():
+            (root / "cifar-10-batches-py" / name).write_bytes(blob)
+    return batches
+
+
+@pytest.mark.parametrize("archive", [True, False])
+def test_cifar10_from_an_offline_archive_or_folder_in_the_official_format(tmp_path, archive):
+    import numpy as np
+
+    batches = make_cifar_mirror(tmp_path / "mirror", archive=archive)
+    cfg = dataset_cfg("cifar10", root=str(tmp_path / "cache"), offline_dir=str(tmp_path / "mirror"), verify_md5=False)
+    d = load_data(cfg, torch.device("cpu"))
+    assert d.train_x.shape == (30, 3, 32, 32) and d.test_x.shape == (6, 3, 32, 32) and d.input_shape == (3, 32, 32)
+    # pixel (c, h, w) of image i is byte c * 1024 + h * 32 + w of its row, scaled by (x / 255 - 0.5) / 0.5
+    raw = np.concatenate([batches[f"data_batch_{i}"]["data"] for i in range(1, 6)])
+    i, c, h, w = 7, 2, 5, 30
+    assert float(d.train_x[i, c, h, w]) == pytest.approx((raw[i, c * 1024 + h * 32 + w] / 255 - 0.5) / 0.5)
+    expected = torch.from_numpy(raw.reshape(30, 3, 32, 32).astype(np.float32) / 127.5 - 1)
+    assert torch.allclose(d.train_x, expected, atol=1e-6)
+    assert d.train_y.tolist() == sum((batches[f"data_batch_{i}"]["labels"] for i in range(1, 6)), [])
+    assert d.test_y.tolist() == batches["test_batch"]["labels"]
+    assert (tmp_path / "cache" / "cifar-10-batches-py" / "test_batch").exists()
+
+
+def test_cifar10_md5_check_refuses_an_archive_that_is_not_the_official_one(tmp_path):
+    make_cifar_mirror(tmp_path / "mirror")
+    cfg = dataset_cfg("cifar10", root=str(tmp_path / "cache"), offline_dir=str(tmp_path / "mirror"))
+    assert cfg.verify_md5 is True and cfg.raw_md5["cifar-10-python.tar.gz"] == "c58f30108f718f92721af3b95e74349a"
+    with pytest.raises(UserError, match="not the official archive.*c58f30108f718f92721af3b95e74349a"):
+        load_data(cfg, torch.device("cpu"))
+    assert not (tmp_path / "cache" / "cifar-10-batches-py" / "test_batch").exists()
+
+
+def test_cifar10_extracted_batches_are_checked_against_the_official_md5(tmp_path):
+    make_cifar_mirror(tmp_path / "mirror", archive=False)
+    cfg = dataset_cfg("cifar10", root=str(tmp_path / "cache"), offline_dir=str(tmp_path / "mirror"))
+    with pytest.raises(UserError, match="corrupt batch files .*data_batch_1"):
+        load_data(cfg, torch.device("cpu"))
+
+
+def test_cifar10_missing_or_broken_mirror_is_a_clear_error(tmp_path):
+    (tmp_path / "mirror" / "cifar10").mkdir(parents=True)
+    cfg = dataset_cfg("cifar10", root=str(tmp_path / "cache"), offline_dir=str(tmp_path / "mirror"), verify_md5=False)
+    with pytest.raises(UserError, match="cifar-10-python.tar.gz"):
+        load_data(cfg, torch.device("cpu"))
+    (tmp_path / "mirror" / "cifar10" / "cifar-10-python.tar.gz").write_bytes(b"not gzip")
+    with pytest.raises(UserError, match="not a readable .tar.gz"):
+        load_data(cfg, torch.device("cpu"))
+    cfg = dataset_cfg("cifar10", root=str(tmp_path / "c2"), offline_dir=None, download=False)
+    with pytest.raises(UserError, match="RMTPRUNE_OFFLINE_DATA"):
+        load_data(cfg, torch.device("cpu"))
+
+
+def test_a_train_size_larger_than_the_data_set_is_an_error_naming_the_key(tmp_path):
+    make_cifar_mirror(tmp_path / "mirror")
+    cfg = dataset_cfg("cifar10", root=str(tmp_path / "cache"), offline_dir=str(tmp_path / "mirror"), verify_md5=False)
+    assert len(load_data(OmegaConf.merge(cfg, {"train_size": 30}), torch.device("cpu")).train_x) == 30
+    with pytest.raises(UserError, match=r"dataset.train_size=31 exceeds the 30 training examples"):
+        load_data(OmegaConf.merge(cfg, {"train_size": 31}), torch.device("cpu"))
+    with pytest.raises(UserError, match=r"dataset.test_size=7 exceeds the 6 test examples"):
+        load_data(OmegaConf.merge(cfg, {"test_size": 7}), torch.device("cpu"))
+
+
+def test_reference_cnn_adapts_to_the_channels_and_size_of_cifar_images():
+    from rmtprune.models import build_model
+
+    spec = {"kind": "cnn", "input_shape": [3, 32, 32], "num_classes": 10, "channels": [4, 4, 4, 4, 8],
+            "kernel_size": 3, "pool_after": [3, 5], "hidden": 16, "conv_dropout": 0.0, "fc_dropout": 0.0}
+    model = build_model(spec).eval()
+    # 32 -> 30 -> 28 -> 26 -> pool 13 -> 11 -> 9 -> pool 4: 8 channels of 4 x 4 reach the classifier
+    assert model.features[0].in_channels == 3 and model.classifier[1].in_features == 8 * 4 * 4
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    mnist = build_model({**spec, "input_shape": [1, 28, 28]})
+    # 28 -> 26 -> 24 -> 22 -> pool 11 -> 9 -> 7 -> pool 3
+    assert mnist.features[0].in_channels == 1 and mnist.classifier[1].in_features == 8 * 3 * 3
+
+
+def test_cifar10_trains_from_the_command_line_on_a_made_archive(cli, tmp_path):
+    import json
+
+    make_cifar_mirror(tmp_path / "mirror")
+    args = ["dataset=cifar10", f"dataset.offline_dir={tmp_path / 'mirror'}", "dataset.verify_md5=false",
+            "model=cnn", "model.channels=[4,4,4,4,4]", "model.hidden=16", "epochs=1", "pruning=none",
+            "progress=none", "magnitude_sweep.enabled=false", "hydra.run.dir=run"]
+    code, _, err = cli("train", *args)
+    assert code == 0, err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["dataset"] == "cifar10"
+    assert torch.load(tmp_path / "run" / "model.pt", weights_only=True)["input_shape"] == [3, 32, 32]
+    # a train_size beyond the data, or convolutions that eat the whole image: one line, exit 2
+    code, _, err = cli("train", *args[:-1], "dataset.train_size=100", "hydra.run.dir=big")
+    assert code == 2 and "dataset.train_size=100 exceeds the 30 training examples" in err
+    code, _, err = cli("train", *args[:-1], "model.channels=[4,4,4,4,4,4,4]", "hydra.run.dir=small")
+    assert code == 2 and "too small for 7 3x3 convs" in err and err.count("rmtprune: error:") == 1

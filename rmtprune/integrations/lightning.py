@@ -1,0 +1,189 @@
+"""``RMTPruning``: RMT pruning as a PyTorch Lightning callback (``pip install 'rmtprune[lightning]'``).
+
+>>> from rmtprune.integrations.lightning import RMTPruning
+>>> trainer = lightning.Trainer(max_epochs=20, callbacks=[RMTPruning(tolerance=0.05, horizon=20)])
+>>> trainer.fit(module, datamodule)
+
+After the training epoch e (1-based: Lightning's ``current_epoch + 1``) of every event epoch of the
+pruner's calendar, never after the last one, the callback:
+
+1. calls ``pruner.step(pl_module, e)``: every eligible Linear / Conv2d of the LightningModule is fitted
+   and cut. **Modifies the module in place** (split layers replaced by two-factor modules);
+2. rebuilds every optimizer of the trainer (``trainer.optimizers``), whether or not the event changed the
+   model, the way ``rmtprune train`` does: the same class and parameter groups over the module's current
+   parameters (a split layer's factors join the group of the layer they replace), every group's lr times
+   ``lr_factor``, and the momentum policy (``"reset"``: fresh optimizer state; ``"keep"``: parameters the
+   event did not touch keep theirs). Learning-rate schedulers are pointed at the new optimizers; a
+   scheduler that sets the lr from its base values (``LambdaLR``, ``OneCycleLR``) overrides the factor;
+3. logs ``rmt/n_params`` and ``rmt/pruned_layers`` with ``pl_module.log``, and keeps the event (ledger
+   rows, spectra) in :attr:`RMTPruning.events`.
+
+Checkpoints: the callback's state (the pruner's state and the ranks of the split layers) is saved in
+Lightning checkpoints; resuming with ``trainer.fit(..., ckpt_path=...)`` splits the dense module's layers
+as the checkpoint holds them before Lightning loads the weights (a ``load_state_dict`` pre-hook the
+callback registers on the module in ``setup``: **it modifies the module** when a pruned state_dict is
+loaded into it). The module's ``configure_optimizers`` should
+build its optimizers over ``self.parameters()`` (in their order) for the saved optimizer state to fit.
+Single-process training only (one device, no DDP): pruning changes the parameters a distributed wrapper
+has registered.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from torch import nn
+
+try:
+    import lightning.pytorch as pl
+except ImportError:  # the older package name
+    try:
+        import pytorch_lightning as pl  # type: ignore[no-redef]
+    except ImportError:
+        raise ImportError("rmtprune.integrations.lightning needs PyTorch Lightning: pip install 'rmtprune[lightning]' "
+                          "(or pip install lightning)") from None
+
+from ..events import MOMENTUM_POLICIES, PruneEvent
+from ..models import factorise_to_match, factorised_ranks
+from ..pruner import RMTPruner
+
+__all__ = ["RMTPruning", "rebuild_with_groups"]
+
+
+def _owner(name: str, owners: dict[str, tuple[int, int]]) -> tuple[int, int] | None:
+    """Where a parameter the event added belongs: the (optimizer, group) of the parameter of the same kind
+    (``weight`` / ``bias``, else the weight) of the nearest module above it that had parameters before
+    (``layer.second.bias`` -> ``layer.bias``, ``layer.first.weight`` -> ``layer.weight``)."""
+    leaf = name.rsplit(".", 1)[-1]
+    parts = name.split(".")[:-1]
+    while True:
+        prefix = ".".join(parts)
+        own = {k.rsplit(".", 1)[-1]: v for k, v in owners.items()
+               if (k.rsplit(".", 1)[0] if "." in k else "") == prefix}
+        if own:
+            return own.get(leaf) or own.get("weight") or next(iter(own.values()))
+        if not parts:
+            return None
+        parts.pop()
+
+
+def rebuild_with_groups(optimizers: list[torch.optim.Optimizer], module: nn.Module, event: PruneEvent,
+                        owners: dict[str, tuple[int, int]], momentum: str = "reset",
+                        lr_factor: float = 1.0) -> list[torch.optim.Optimizer]:
+    """New optimizers of the same classes and parameter groups over ``module``'s current parameters.
+
+    ``owners`` maps the name of each parameter an optimizer held before the event to its (optimizer,
+    group) index (:meth:`RMTPruning._owners`); a parameter the event added goes where the parameter of
+    the same kind of the layer it replaced was (``_owner``). Parameters no optimizer held before (frozen ones) stay out.
+    Every group keeps its settings, its lr times ``lr_factor``. Does not modify ``optimizers``.
+    """
+    if momentum not in MOMENTUM_POLICIES:
+        raise ValueError(f"momentum must be one of {', '.join(MOMENTUM_POLICIES)}, got {momentum!r}")
+    held = {id(p): (i, g) for i, opt in enumerate(optimizers) for g, group in enumerate(opt.param_groups)
+            for p in group["params"]}
+    placed: dict[tuple[int, int], list[nn.Parameter]] = {}
+    for name, p in module.named_parameters():
+        where = held.get(id(p))
+        if where is None and id(p) in event.touched:
+            where = _owner(name, owners)
+        if where is not None:
+            placed.setdefault(where, []).append(p)
+    touched = event.touched
+    new_optimizers = []
+    for i, opt in enumerate(optimizers):
+        groups = []
+        for g, group in enumerate(opt.param_groups):
+            params = placed.get((i, g), [])
+            if params:
+                settings = {k: v for k, v in group.items() if k != "params"}
+                settings["lr"] = group["lr"] * lr_factor
+                groups.append({"params": params, **settings})
+        accepted = inspect.signature(type(opt).__init__).parameters
+        defaults = {k: v for k, v in opt.defaults.items() if k in accepted}
+        defaults["lr"] = groups[0]["lr"] if groups else defaults.get("lr", 1e-3)
+        new = type(opt)(groups or [{"params": []}], **defaults) if groups else opt
+        if momentum == "keep" and groups:
+            for group in groups:
+                for p in group["params"]:
+                    if id(p) not in touched and p in opt.state:
+                        new.state[p] = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in opt.state[p].items()}
+        new_optimizers.append(new)
+    return new_optimizers
+
+
+class RMTPruning(pl.Callback):
+    """Prune a LightningModule with :class:`rmtprune.RMTPruner` between epochs (see the module docstring).
+
+    Args:
+        pruner: a configured RMTPruner; or give its keyword arguments instead (``tolerance=0.05, ...``).
+        log_metrics: log ``rmt/n_params`` and ``rmt/pruned_layers`` after every event.
+
+    Raises:
+        ValueError: both ``pruner`` and keyword arguments, or a bad keyword argument (named).
+    """
+
+    def __init__(self, pruner: RMTPruner | None = None, *, log_metrics: bool = True, **pruner_kwargs: Any) -> None:
+        super().__init__()
+        if pruner is not None and pruner_kwargs:
+            raise ValueError(f"give either pruner= or its keyword arguments ({', '.join(pruner_kwargs)}), not both")
+        self.pruner = pruner if pruner is not None else RMTPruner(**pruner_kwargs)
+        self.log_metrics = bool(log_metrics)
+        self.events: list[PruneEvent] = []
+        self._ranks: dict[str, int] = {}
+        self._hook: Any = None
+
+    # --- set-up and checkpoints -------------------------------------------------------------------
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        if getattr(trainer, "world_size", 1) > 1:
+            raise ValueError("RMTPruning supports single-process training only: pruning replaces parameters that "
+                             "a distributed strategy has registered")
+        max_epochs = trainer.max_epochs
+        self.pruner.setup(pl_module, max_epochs if max_epochs is not None and max_epochs > 0 else None)
+        if self._hook is None:
+            # Lightning loads a checkpoint's weights before it restores the callbacks: split the layers the
+            # checkpoint holds as factors first, from the shapes in its state_dict
+            def factorise(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+                if prefix == "":
+                    factorise_to_match(module, state_dict)
+
+            self._hook = pl_module.register_load_state_dict_pre_hook(factorise)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"pruner": self.pruner.state_dict(), "ranks": dict(self._ranks)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.pruner.load_state_dict(state_dict.get("pruner", {}))
+        self._ranks = dict(state_dict.get("ranks", {}))
+
+    # --- the event --------------------------------------------------------------------------------
+    @staticmethod
+    def _owners(trainer: pl.Trainer, pl_module: nn.Module) -> dict[str, tuple[int, int]]:
+        """Parameter name -> (optimizer, group) that holds it now."""
+        held = {id(p): (i, g) for i, opt in enumerate(trainer.optimizers) for g, group in enumerate(opt.param_groups)
+                for p in group["params"]}
+        return {name: held[id(p)] for name, p in pl_module.named_parameters() if id(p) in held}
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        epoch = trainer.current_epoch + 1
+        if not self.pruner.is_event(epoch):
+            return
+        owners = self._owners(trainer, pl_module)
+        event = self.pruner.step(pl_module, epoch)
+        self.events.append(event)
+        self._ranks = factorised_ranks(pl_module)
+        old = list(trainer.optimizers)
+        new = rebuild_with_groups(old, pl_module, event, owners, momentum=self.pruner.momentum,
+                                  lr_factor=self.pruner.lr_factor)
+        trainer.optimizers = new
+        for config in getattr(trainer, "lr_scheduler_configs", []):
+            for o, n in zip(old, new):
+                if config.scheduler.optimizer is o:
+                    config.scheduler.optimizer = n
+        if self.log_metrics:
+            pruned = sum(r["action"] in ("split", "truncate") for r in event.records)
+            pl_module.log("rmt/n_params", float(sum(p.numel() for p in pl_module.parameters())), on_epoch=True)
+            pl_module.log("rmt/pruned_layers", float(pruned), on_epoch=True)

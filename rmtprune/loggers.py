@@ -1,0 +1,217 @@
+"""Experiment loggers people already read: ``logger=csv`` (the default), ``tensorboard``, ``mlflow``.
+
+The run folder's CSV and JSON files (metrics.csv, layers.csv, summary.json, spectra.npz) are always
+written; a logger sends the same numbers to one more place. :func:`open_logger` gives a
+:class:`Logger`, which the training loop calls at three points::
+
+    logger = open_logger(cfg, run_dir)            # before the first epoch (fresh or resumed)
+    logger.log_event(epoch, event.records, event.spectra)   # after a pruning event
+    logger.log_epoch(row)                         # after each epoch (the row of metrics.csv)
+    logger.close()                                # at the end, however the run ends
+
+What is logged, at step = epoch:
+
+* ``epoch/<column>``: every numeric column of metrics.csv (losses, accuracies as fractions, lr,
+  accuracy right after the event), and ``params/n_params``, ``params/n_params_after``: the parameter
+  count before and after that epoch's event;
+* ``prune/<layer>/<key>`` for key in n_spikes, fit_error, rank_before, rank_after, params_after
+  (the ledger's columns, per layer; NaN entries, e.g. the fit of a skipped layer, are left out);
+* the singular values of every fitted layer: a histogram ``spectrum/<layer>`` (TensorBoard), or an
+  artifact ``spectra/e<epoch>.npz`` with one array per layer (MLflow, which has no histograms).
+
+TensorBoard writes to ``<run>/tb/`` (``tensorboard --logdir outputs``); MLflow to a local file store
+``mlruns/`` in ``output_root`` (``mlflow ui --backend-store-uri outputs/mlruns``), one MLflow run per
+rmtprune run, named by its folder. A resumed run appends to the same TensorBoard folder (a new event
+file) and to the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import UserError
+
+# logger name -> (the import that must work, the pip command that provides it)
+PACKAGES = {"tensorboard": ("tensorboard", "pip install tensorboard  (or pip install 'rmtprune[tensorboard]')"),
+            "mlflow": ("mlflow", "pip install mlflow-skinny  (or pip install 'rmtprune[mlflow]')")}
+LEDGER_SCALARS = ("n_spikes", "fit_error", "rank_before", "rank_after", "params_after")
+PARAM_COLUMNS = ("n_params", "n_params_after")
+
+
+def check_logger(name: str) -> None:
+    """Raise UserError naming ``logger=<name>`` and the pip command when its package is not installed."""
+    if name not in PACKAGES:
+        return
+    module, command = PACKAGES[name]
+    if importlib.util.find_spec(module) is None:
+        raise UserError(f"logger={name} needs the {module} package, which is not installed: {command}; "
+                        f"or use logger=csv")
+
+
+def _number(value: Any) -> float | None:
+    """A finite float, or None for anything else (NaN, empty, text)."""
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float, np.integer, np.floating)) and math.isfinite(float(value)):
+        return float(value)
+    return None
+
+
+def epoch_scalars(row: dict[str, Any]) -> dict[str, float]:
+    """The scalars of one metrics.csv row: ``params/<col>`` for the parameter counts, ``epoch/<col>``
+    for the other numeric columns (the epoch itself is the step)."""
+    out = {}
+    for key, value in row.items():
+        number = _number(value)
+        if key == "epoch" or number is None:
+            continue
+        out[f"params/{key}" if key in PARAM_COLUMNS else f"epoch/{key}"] = number
+    return out
+
+
+def event_scalars(records: list[dict[str, Any]]) -> dict[str, float]:
+    """``prune/<layer>/<key>`` for the ledger columns of :data:`LEDGER_SCALARS` that are finite."""
+    out = {}
+    for r in records:
+        for key in LEDGER_SCALARS:
+            number = _number(r.get(key))
+            if number is not None:
+                out[f"prune/{r['layer']}/{key}"] = number
+    return out
+
+
+class Logger:
+    """``logger=csv``: the run folder's files are the log; nothing else is written."""
+
+    def log_epoch(self, row: dict[str, Any]) -> None:
+        """One epoch's row of metrics.csv (``row["epoch"]`` is the step)."""
+
+    def log_event(self, epoch: int, records: list[dict[str, Any]], spectra: dict[str, np.ndarray]) -> None:
+        """A pruning event after ``epoch``: its ledger rows and the singular values of each fitted layer."""
+
+    def close(self) -> None:
+        """Flush and release the files (idempotent)."""
+
+    def __enter__(self) -> "Logger":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class TensorBoardLogger(Logger):
+    """Scalars and singular-value histograms in ``<run>/tb/`` (torch.utils.tensorboard.SummaryWriter),
+    flushed after every call so that a running job can be watched."""
+
+    def __init__(self, run_dir: Path) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.log_dir = Path(run_dir) / "tb"
+        self.writer: Any = SummaryWriter(log_dir=str(self.log_dir))
+
+    def log_epoch(self, row: dict[str, Any]) -> None:
+        step = int(row["epoch"])
+        for tag, value in epoch_scalars(row).items():
+            self.writer.add_scalar(tag, value, step)
+        self.writer.flush()
+
+    def log_event(self, epoch: int, records: list[dict[str, Any]], spectra: dict[str, np.ndarray]) -> None:
+        for tag, value in event_scalars(records).items():
+            self.writer.add_scalar(tag, value, int(epoch))
+        for layer, values in spectra.items():
+            values = np.asarray(values, dtype=np.float64)
+            if values.size:
+                self.writer.add_histogram(f"spectrum/{layer}", values, int(epoch), bins="auto")
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+class MLflowLogger(Logger):
+    """Metrics, the run's config as parameters, and the spectra as ``.npz`` artifacts in a local file
+    store ``<output_root>/mlruns`` (experiment ``rmtprune``; one MLflow run per run folder, reopened on
+    resume through the tag ``rmtprune.run_dir``)."""
+
+    def __init__(self, cfg: Any, run_dir: Path) -> None:
+        import os
+
+        # MLflow 3 keeps the file store (mlruns/) in maintenance mode behind this opt-in; a database
+        # store would need SQLAlchemy, which mlflow-skinny does not install
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        from mlflow.tracking import MlflowClient
+
+        from .outputs import config_key
+        from .runs import flatten
+
+        store = (Path(str(cfg.output_root)) / "mlruns").resolve()
+        store.mkdir(parents=True, exist_ok=True)
+        self.client = MlflowClient(tracking_uri=store.as_uri())
+        experiment = self.client.get_experiment_by_name("rmtprune")
+        exp_id = experiment.experiment_id if experiment else self.client.create_experiment("rmtprune")
+        folder = str(Path(run_dir).resolve())
+        found = self.client.search_runs([exp_id], filter_string=f"tags.`rmtprune.run_dir` = '{folder}'",
+                                        max_results=1)
+        if found:
+            self.run_id = found[0].info.run_id
+            self.client.update_run(self.run_id, status="RUNNING")
+        else:
+            from omegaconf import OmegaConf
+
+            run = self.client.create_run(exp_id, run_name=Path(run_dir).name,
+                                         tags={"rmtprune.run_dir": folder, "rmtprune.config_key": config_key(cfg)})
+            self.run_id = run.info.run_id
+            config = OmegaConf.to_container(cfg, resolve=True)
+            for key, value in flatten(config if isinstance(config, dict) else {}).items():
+                self.client.log_param(self.run_id, key, str(value)[:500])
+        self._closed = False
+
+    def _log(self, values: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+        import time
+
+        now = int(time.time() * 1000)
+        # MLflow metric names allow letters, digits, _ - . / and spaces
+        metrics = [Metric(key=k, value=v, timestamp=now, step=step) for k, v in values.items()]
+        if metrics:
+            self.client.log_batch(self.run_id, metrics=metrics)
+
+    def log_epoch(self, row: dict[str, Any]) -> None:
+        self._log(epoch_scalars(row), int(row["epoch"]))
+
+    def log_event(self, epoch: int, records: list[dict[str, Any]], spectra: dict[str, np.ndarray]) -> None:
+        import tempfile
+
+        self._log(event_scalars(records), int(epoch))
+        if spectra:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / f"e{int(epoch)}.npz"
+                np.savez_compressed(path, **{k: np.asarray(v) for k, v in spectra.items()})
+                self.client.log_artifact(self.run_id, str(path), artifact_path="spectra")
+
+    def close(self) -> None:
+        if not self._closed:
+            self.client.set_terminated(self.run_id)
+            self._closed = True
+
+
+def open_logger(cfg: Any, run_dir: Path) -> Logger:
+    """The logger of ``cfg.logger`` for the run in ``run_dir`` (see the module docstring).
+
+    Raises:
+        UserError: the logger's package is not installed (naming ``logger=<name>`` and the pip command).
+    """
+    name = str(cfg.logger)
+    check_logger(name)
+    if name == "tensorboard":
+        return TensorBoardLogger(run_dir)
+    if name == "mlflow":
+        return MLflowLogger(cfg, run_dir)
+    return Logger()

@@ -1,0 +1,192 @@
+"""``model=custom``: the user's own nn.Module (tests_support.nets) trained, pruned, resumed, compared and
+inspected like the built-in networks; each bad input one line and exit 2."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import FAST
+from rmtprune.config import custom_model_overrides
+
+NET = "tests_support.nets.Net"
+# synthetic data (MNIST-shaped), a small custom net, pruning that always passes the fit gate
+BASE = [a for a in FAST if not a.startswith(("topology=", "pruning="))] + [
+    "dataset.train_size=600", "dataset.test_size=200", "batch_size=32", "optimizer.lr=0.05"]
+CUSTOM = ["model=custom", f"model._target_={NET}", "model.hidden=32"]
+RMT = ["pruning=rmt", "pruning.tolerance=1.0", "pruning.min_size=1000", "schedule=constant", "schedule.value=0.5"]
+
+
+def train(cli, *args: str):
+    """``rmtprune train`` with the overrides as the CLI rewrites them (model.K=V -> +model.K=V)."""
+    flags = [a for a in args if a.startswith("-")]
+    return cli("train", *flags, *custom_model_overrides([*BASE, *(a for a in args if not a.startswith("-"))]))
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def metrics_without_time(folder: Path) -> list[dict[str, str]]:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in read_csv(folder / "metrics.csv")]
+
+
+def compose(*overrides: str):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+
+    from rmtprune.config import register_configs
+
+    register_configs()
+    with initialize_config_module("rmtprune.conf", version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=custom_model_overrides([*BASE, *overrides]))
+
+
+def test_custom_model_overrides_adds_the_plus_for_constructor_arguments_only():
+    args = ["model=custom", "model._target_=a.Net", "model.name=custom", "model.hidden=300", "+model.depth=2",
+            "model.act._target_=torch.nn.ReLU", "epochs=2", "pruning.min_size=5"]
+    assert custom_model_overrides(args) == [
+        "model=custom", "model._target_=a.Net", "model.name=custom", "+model.hidden=300", "+model.depth=2",
+        "+model.act._target_=torch.nn.ReLU", "epochs=2", "pruning.min_size=5"]
+    assert custom_model_overrides(custom_model_overrides(args)) == custom_model_overrides(args)
+    assert custom_model_overrides(["model=mlp", "model.hidden=3"]) == ["model=mlp", "model.hidden=3"]
+
+
+def test_without_the_rewrite_hydra_refuses_a_constructor_argument(cli):
+    code, _, err = cli("train", *BASE, *CUSTOM, "hydra.run.dir=x")
+    assert code == 2 and "hidden" in err and err.count("rmtprune: error:") == 1
+
+
+def test_the_custom_model_is_built_with_its_arguments_and_its_own_init():
+    from rmtprune.models import build_model, model_spec
+    from tests_support.nets import Net
+
+    cfg = compose(*CUSTOM, "model.conv_channels=4")
+    spec = model_spec(cfg)
+    assert spec == {"kind": "custom", "target": NET, "kwargs": {"hidden": 32, "conv_channels": 4}}
+    torch.manual_seed(3)
+    model = build_model(spec)
+    torch.manual_seed(3)
+    own = Net(hidden=32, conv_channels=4)
+    assert type(model) is Net and model.body[1].out_features == 32 and model.conv.out_channels == 4
+    # PyTorch's default init, not the paper's N(0, 1/fan_in) with zero biases
+    for a, b in zip(model.state_dict().values(), own.state_dict().values()):
+        assert torch.equal(a, b)
+    assert model.head.bias.abs().sum() > 0
+
+
+def test_custom_model_trains_prunes_checkpoints_and_is_inspected(cli, tmp_path):
+    code, out, err = train(cli, *CUSTOM, *RMT, "epochs=3", "hydra.run.dir=run")
+    assert code == 0, err
+    run = tmp_path / "run"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["model"] == "custom"
+    assert summary["config"]["model"] == {"name": "custom", "_target_": NET, "hidden": 32}
+    assert summary["n_params_final"] < summary["n_params_initial"]
+    assert summary["final_test_acc"] > 0.3  # learns (chance 0.1)
+    ledger = read_csv(run / "layers.csv")
+    assert {r["layer"] for r in ledger} >= {"body.1", "head"} and "split" in {r["action"] for r in ledger}
+    from rmtprune.checkpoint import load_file, rebuild_model
+    from rmtprune.lowrank import LowRankLinear
+
+    ckpt = load_file(run / "model.pt")
+    assert ckpt["spec"] == {"kind": "custom", "target": NET, "kwargs": {"hidden": 32}}
+    model = rebuild_model(ckpt)
+    assert isinstance(model.body[1], LowRankLinear) and ckpt["ranks"]["body.1"] == model.body[1].rank
+    assert sum(p.numel() for p in model.parameters()) == summary["n_params_final"]
+    code, out, err = cli("inspect", str(run), "--format", "csv", "--min-size", "1000")
+    assert code == 0, err
+    rows = {r["layer"]: r for r in read_csv(run / "inspect.csv")}
+    assert {"conv", "body.1", "body.3", "head", "total"} <= set(rows)
+    assert rows["body.1"]["rank_now"] == str(model.body[1].rank)
+    # a checkpoint whose class is no longer importable: one line naming the file and the target
+    ckpt["spec"]["target"] = "gone_pkg.Net"
+    torch.save(ckpt, tmp_path / "moved.pt")
+    code, out, err = cli("inspect", str(tmp_path / "moved.pt"))
+    assert code == 2 and err.count("rmtprune: error:") == 1
+    assert "moved.pt: cannot rebuild its model: model._target_=gone_pkg.Net cannot be imported" in err
+
+
+def test_interrupted_custom_run_resumes_to_identical_metrics(cli, tmp_path, monkeypatch):
+    args = [*CUSTOM, *RMT, "epochs=2"]
+    assert train(cli, *args, "hydra.run.dir=full")[0] == 0
+
+    import rmtprune.train as train_mod
+    original = train_mod.train_epoch
+
+    def crash_at_epoch_2(*a, **kw):
+        if a[-1] == 2:
+            raise KeyboardInterrupt
+        return original(*a, **kw)
+
+    monkeypatch.setattr(train_mod, "train_epoch", crash_at_epoch_2)
+    code, _, err = train(cli, *args, "output_root=part", "hydra.run.dir=part/first")
+    assert code == 130
+    monkeypatch.setattr(train_mod, "train_epoch", original)
+    ckpt = torch.load(tmp_path / "part" / "first" / "checkpoint.pt", weights_only=True)
+    assert ckpt["epoch"] == 1 and ckpt["ranks"]  # after the event: resume rebuilds the factorised architecture
+    code, _, err = train(cli, *args, "output_root=part", "resume=true", "hydra.run.dir=part/second")
+    assert code == 0, err
+    assert metrics_without_time(tmp_path / "part" / "first") == metrics_without_time(tmp_path / "full")
+
+
+def test_custom_model_seeds_are_compared_rmt_against_none(cli, tmp_path):
+    code, _, err = train(cli, "-m", *CUSTOM, "pruning.tolerance=1.0", "pruning.min_size=1000", "schedule=oneshot",
+                         "epochs=2", "seed=0,1", "pruning=none,rmt", "hydra.sweep.dir=sweep")
+    assert code == 0, err
+    code, out, err = cli("compare", "sweep", "--no-plots", "--format", "csv")
+    assert code == 0, err
+    table = read_csv(tmp_path / "sweep" / "comparison.csv")
+    arms = {r["arm"]: r for r in table}
+    assert set(arms) == {"none", "rmt"}
+    assert all(r["n_seeds"] == "2" and r["seeds"] == "0 1" for r in table)
+    assert float(arms["rmt"]["params_end"]) < float(arms["none"]["params_end"]) == float(arms["none"]["params_start"])
+    assert float(arms["rmt"]["n_pairs"]) == 2 and arms["rmt"]["welch_p"] != ""
+
+
+@pytest.mark.parametrize("args, message", [
+    (["model=custom", "model._target_=no_such_pkg.Net"], r"model._target_=no_such_pkg.Net cannot be imported"),
+    (["model=custom", "model._target_=tests_support.nets.Nope"], r"cannot be imported"),
+    (["model=custom", f"model._target_={NET}", "model.depth=3"], r"rejected its arguments \(model.depth=3\).*depth"),
+    (["model=custom", f"model._target_={NET}", "model.num_classes=7"],
+     r"gives output of shape \(2, 7\).*must give \(2, 10\)"),
+    (["model=custom", f"model._target_={NET}", "model.side=20"], r"fails on the data set's input"),
+    (["model=custom", "model._target_=tests_support.nets.not_a_module"], r"built a dict, not a torch.nn.Module"),
+    (["model=custom"], r"model=custom needs model._target_"),
+])
+def test_bad_custom_models_are_one_line_and_exit_2(cli, tmp_path, args, message):
+    import re
+
+    code, out, err = train(cli, *args, "hydra.run.dir=bad")
+    assert code == 2, err
+    assert err.count("rmtprune: error:") == 1 and "Traceback" not in err
+    assert re.search(message, err), err
+    assert not (tmp_path / "bad").exists()  # refused before any job started
+
+
+def test_a_model_with_no_eligible_layer_trains_as_a_normal_arm_with_a_warning(cli, tmp_path):
+    from rmtprune.models import build_model, model_spec, model_warnings
+
+    cfg = compose(*CUSTOM, *RMT, "pruning.min_size=1000000")
+    (warning,) = model_warnings(build_model(model_spec(cfg)), cfg)
+    assert "no layer of model=custom is eligible" in warning and "pruning.min_size=1000000" in warning
+    assert model_warnings(build_model(model_spec(compose(*CUSTOM, *RMT))), compose(*CUSTOM, *RMT)) == []
+    assert model_warnings(build_model(model_spec(compose(*CUSTOM, "pruning=none"))),
+                          compose(*CUSTOM, "pruning=none", "pruning.min_size=1000000")) == []
+    code, _, err = train(cli, *CUSTOM, *RMT, "pruning.min_size=1000000", "epochs=2", "hydra.run.dir=run")
+    assert code == 0, err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["n_params_final"] == summary["n_params_initial"]
+
+
+def test_an_output_layer_registered_first_is_warned_about():
+    from rmtprune.models import build_model, model_spec, model_warnings
+
+    cfg = compose("model=custom", "model._target_=tests_support.nets.HeadFirst", *RMT)
+    warnings = model_warnings(build_model(model_spec(cfg)), cfg)
+    assert len(warnings) == 1 and "treats body.1" in warnings[0] and "head runs last" in warnings[0]

@@ -1,0 +1,132 @@
+"""logger=tensorboard / mlflow: the numbers of metrics.csv and layers.csv, and the spectra, written and read back."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from rmtprune.errors import UserError
+from rmtprune.loggers import Logger, check_logger, open_logger
+
+ROWS = [
+    {"epoch": 1, "train_loss": 0.9, "train_acc": 0.7, "test_loss": 1.0, "test_acc": 0.68, "n_params": 5000,
+     "n_params_after": 3000, "pruned_layers": 1, "lr": 0.02, "test_loss_after_event": 1.2,
+     "test_acc_after_event": 0.61, "seconds": 1.5},
+    {"epoch": 2, "train_loss": 0.5, "train_acc": 0.8, "test_loss": 0.6, "test_acc": 0.79, "n_params": 3000,
+     "n_params_after": 3000, "pruned_layers": 0, "lr": 0.0192, "test_loss_after_event": math.nan,
+     "test_acc_after_event": math.nan, "seconds": 1.4},
+]
+RECORDS = [
+    {"layer": "layers.0", "n_spikes": 4, "fit_error": 0.012, "rank_before": 100, "rank_after": 40,
+     "params_after": 2000, "action": "split"},
+    {"layer": "layers.1", "n_spikes": math.nan, "fit_error": math.nan, "rank_before": 10, "rank_after": 10,
+     "params_after": 1000, "action": "skip_small"},
+]
+
+
+def spectrum(seed: int = 0) -> np.ndarray:
+    """Singular values of a 200 x 100 Gaussian matrix, descending."""
+    return np.linalg.svd(np.random.default_rng(seed).normal(size=(200, 100)), compute_uv=False)
+
+
+def cfg(logger: str, root) -> object:
+    return OmegaConf.create({"logger": logger, "output_root": str(root), "seed": 0, "pruning": {"name": "rmt"}})
+
+
+def test_csv_logger_writes_nothing(tmp_path):
+    logger = open_logger(cfg("csv", tmp_path), tmp_path / "run")
+    assert type(logger) is Logger
+    logger.log_epoch(ROWS[0])
+    logger.log_event(1, RECORDS, {"layers.0": spectrum()})
+    logger.close()
+    assert not (tmp_path / "run").exists()
+
+
+def test_tensorboard_event_file_holds_the_scalars_and_histograms(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    values = spectrum()
+    run = tmp_path / "run"
+    with open_logger(cfg("tensorboard", tmp_path), run) as logger:
+        logger.log_epoch(ROWS[0])
+        logger.log_event(1, RECORDS, {"layers.0": values})
+        logger.log_epoch(ROWS[1])
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    acc = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0, "histograms": 0})
+    acc.Reload()
+    tags = acc.Tags()
+
+    def series(tag):
+        return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+    assert series("epoch/test_acc") == [(1, pytest.approx(0.68)), (2, pytest.approx(0.79))]
+    assert series("epoch/lr") == [(1, pytest.approx(0.02)), (2, pytest.approx(0.0192))]
+    assert series("params/n_params") == [(1, 5000), (2, 3000)]
+    assert series("params/n_params_after") == [(1, 3000), (2, 3000)]
+    assert series("epoch/test_acc_after_event") == [(1, pytest.approx(0.61))]  # NaN of epoch 2 left out
+    assert series("prune/layers.0/n_spikes") == [(1, 4)]
+    assert series("prune/layers.0/fit_error") == [(1, pytest.approx(0.012))]
+    assert series("prune/layers.0/rank_after") == [(1, 40)] and series("prune/layers.1/rank_after") == [(1, 10)]
+    assert "prune/layers.1/fit_error" not in tags["scalars"]
+    assert "epoch/epoch" not in tags["scalars"]
+    assert tags["histograms"] == ["spectrum/layers.0"]
+    (event,) = acc.Histograms("spectrum/layers.0")
+    h = event.histogram_value
+    assert event.step == 1 and h.num == values.size
+    assert h.min == pytest.approx(values.min()) and h.max == pytest.approx(values.max())
+    assert h.sum == pytest.approx(values.sum()) and h.sum_squares == pytest.approx((values ** 2).sum())
+    assert sum(h.bucket) == values.size
+
+
+def test_mlflow_run_holds_metrics_params_and_spectra(tmp_path):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    run = tmp_path / "out" / "run"
+    config = cfg("mlflow", tmp_path / "out")
+    logger = open_logger(config, run)
+    logger.log_epoch(ROWS[0])
+    logger.log_event(1, RECORDS, {"layers.0": spectrum()})
+    logger.close()
+    client = MlflowClient(tracking_uri=(tmp_path / "out" / "mlruns").resolve().as_uri())
+    (found,) = client.search_runs([client.get_experiment_by_name("rmtprune").experiment_id])
+    assert found.data.metrics["epoch/test_acc"] == pytest.approx(0.68)
+    assert found.data.metrics["prune/layers.0/rank_after"] == 40 and found.data.params["seed"] == "0"
+    local = client.download_artifacts(found.info.run_id, "spectra/e1.npz", str(tmp_path))
+    with np.load(local) as data:
+        np.testing.assert_allclose(data["layers.0"], spectrum())
+    # a resumed run logs into the same MLflow run
+    again = open_logger(config, run)
+    again.log_epoch(ROWS[1])
+    again.close()
+    (found,) = client.search_runs([client.get_experiment_by_name("rmtprune").experiment_id])
+    assert [m.step for m in client.get_metric_history(found.info.run_id, "epoch/test_acc")] == [1, 2]
+
+
+def test_a_missing_logger_package_is_one_line_naming_the_logger_and_pip(monkeypatch, tmp_path):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    with pytest.raises(UserError, match=r"logger=tensorboard .*pip install tensorboard"):
+        check_logger("tensorboard")
+    with pytest.raises(UserError, match="logger=tensorboard"):
+        open_logger(cfg("tensorboard", tmp_path), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_logger_without_its_package_is_refused_before_any_run(cli, monkeypatch, tmp_path):
+    import importlib.util
+
+    from conftest import FAST
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
+    code, _, err = cli("train", *FAST, "logger=mlflow", "hydra.run.dir=run")
+    assert code == 2 and err.count("rmtprune: error:") == 1
+    assert "logger=mlflow needs the mlflow package" in err and "pip install mlflow-skinny" in err
+    assert not (tmp_path / "run").exists()
