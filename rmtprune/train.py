@@ -40,7 +40,8 @@ from .evaluate import evaluate
 from .events import Pruner, rebuild_optimizer
 from .magnitude import COLUMNS as MAGNITUDE_COLUMNS
 from .magnitude import magnitude_sweep
-from .models import count_parameters, factorised_ranks, model_spec
+from .loggers import Logger, open_logger
+from .models import count_parameters, factorised_ranks, model_spec, model_warnings
 from .outputs import (METRICS_COLUMNS, RunLock, append_spectra, config_key, find_runs, identity_differences,
                       read_json, write_csv, write_json)
 from .progress import BatchProgress, show_event
@@ -205,8 +206,11 @@ def _train(cfg: DictConfig, out_dir: Path, key: str, device: torch.device, resum
     else:
         state = TrainingState.fresh(cfg, model_spec(cfg), data.num_classes, list(data.input_shape), device, pruner,
                                     _now())
+    warnings = model_warnings(state.model, cfg)
+    for warning in warnings:
+        log.warning(warning)
     summary: dict[str, Any] = {
-        "status": "running", "config_key": key, "started_at": state.started_at, "run_dir": str(out_dir.resolve()),
+        "status": "running", "warnings": warnings, "config_key": key, "started_at": state.started_at, "run_dir": str(out_dir.resolve()),
         "seed": int(cfg.seed), "dataset": cfg.dataset.name, "model": cfg.model.name,
         "topology": cfg.topology if cfg.model.name == "mlp" else None, "pruning": cfg.pruning.name,
         "schedule": cfg.schedule.name, **machine(device), "n_params_initial": state.n_params_initial,
@@ -215,10 +219,11 @@ def _train(cfg: DictConfig, out_dir: Path, key: str, device: torch.device, resum
     write_json(out_dir / "summary.json", _summarise(summary, state.metrics, state.wall_time_s))
     write_csv(out_dir / "metrics.csv", state.metrics, METRICS_COLUMNS)
     t_start = time.perf_counter() - state.wall_time_s
+    logger = open_logger(cfg, out_dir)
     try:
         with BatchProgress(cfg.progress) as progress:
             for epoch in range(state.epoch + 1, int(cfg.epochs) + 1):
-                _epoch(cfg, state, data, epoch, out_dir, progress)
+                _epoch(cfg, state, data, epoch, out_dir, progress, logger)
                 state.epoch = epoch
                 state.wall_time_s = time.perf_counter() - t_start
                 if cfg.checkpoint:
@@ -240,6 +245,8 @@ def _train(cfg: DictConfig, out_dir: Path, key: str, device: torch.device, resum
         message = f"{type(exc).__name__}: {first}"
         _record_end(out_dir, summary, state, t_start, "failed", message)
         raise RunFailed(f"the run failed at epoch {state.epoch + 1}: {message}") from exc
+    finally:
+        logger.close()
 
     state.pruner.finalize(state.model)
     save_atomic_model(state, out_dir / "model.pt")
@@ -270,7 +277,7 @@ def _checkpoint_config(path: Path) -> dict[str, Any]:
 
 
 def _epoch(cfg: DictConfig, state: TrainingState, data: Data, epoch: int, out_dir: Path,
-           progress: BatchProgress) -> None:
+           progress: BatchProgress, logger: Logger) -> None:
     """Train one epoch, evaluate, and (at an event epoch before the last) prune, evaluate again, apply
     the lr factor and rebuild the optimizer; append the epoch's row to metrics.csv."""
     t0 = time.perf_counter()
@@ -289,6 +296,7 @@ def _epoch(cfg: DictConfig, state: TrainingState, data: Data, epoch: int, out_di
         if event.spectra:
             append_spectra(out_dir / "spectra.npz", epoch, event.spectra)
         show_event(event.records, epoch, cfg.progress)
+        logger.log_event(epoch, event.records, event.spectra)
         if event.changed:
             after_loss, after_acc = evaluate(state.model, data.test_x, data.test_y, int(cfg.eval_batch_size))
         else:  # nothing changed: the model evaluated after the event is the one evaluated before it
@@ -303,6 +311,7 @@ def _epoch(cfg: DictConfig, state: TrainingState, data: Data, epoch: int, out_di
            "lr": lr_used, "test_loss_after_event": after_loss, "test_acc_after_event": after_acc,
            "seconds": time.perf_counter() - t0}
     state.metrics.append(row)
+    logger.log_epoch(row)
     log.info("epoch %d/%d  train_loss %.4f  train_acc %.2f%%  test_loss %.4f  test_acc %.2f%%%s  params %s  lr %.4g  "
              "%.1fs", epoch, cfg.epochs, train_loss, 100 * train_acc, test_loss, 100 * test_acc,
              f" (after event {100 * after_acc:.2f}%)" if event is not None and event.changed else "",
