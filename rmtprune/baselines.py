@@ -53,8 +53,8 @@ from .errors import UserError
 from .events import PruneEvent, Pruner
 from .lowrank import LOW_RANK_TYPES
 from .models import count_parameters, prunable_layers
-from .pruner import LINALG_ERRORS, ledger_row, record_surgery
-from .surgery import (apply_rank, layer_groups, layer_matrix_shape, layer_svd, param_count, split_weight_count,
+from .pruner import LINALG_ERRORS, cut_layer, ledger_row
+from .surgery import (layer_groups, layer_matrix_shape, layer_svd, param_count, split_weight_count,
                       weight_count)
 from .targets import check_target, resolve_target  # noqa: F401  (the training loop and the CLI call these)
 
@@ -437,19 +437,8 @@ class LowRankPruner(TargetPruner):
             rank = self.rank_for(theta, share, p, floor, now)
             row = ledger_row(name, module, epoch=epoch, keep_fraction=theta, rank_before=now, rank_after=now,
                              note=note)
-            try:
-                result = apply_rank(module, rank, now, svd, truncate=self.truncate)
-            except LINALG_ERRORS as exc:
-                row.update(action="skip_svd_failed", note=f"SVD failed: {exc}", seconds=t_svd)
-                event.records.append(row)
-                continue
-            record_surgery(model, name, module, result, event)
-            if result.action == "split":
-                self.ranks.pop(name, None)
-            elif result.action == "truncate":
-                self.ranks[name] = result.rank_after
-            row.update(action=result.action, rank_after=result.rank_after, params_before=result.params_before,
-                       params_after=result.params_after, seconds=t_svd + time.perf_counter() - t0)
+            cut_layer(model, name, module, rank, now, svd, self.truncate, self.ranks, event, row)
+            row.update(seconds=t_svd + time.perf_counter() - t0)
             event.records.append(row)
         return event
 

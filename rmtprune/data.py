@@ -171,15 +171,21 @@ def prepare_offline(ds: DictConfig, root: Path) -> None:
             raise UserError(f"dataset={ds.name}: {gz} is corrupt (md5 of its content is not {md5}); {_FIX}")
 
 
-def _load_torchvision(ds: DictConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    from torchvision import datasets
-
-    cls = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST}[ds.name]
+def _data_root(ds: DictConfig) -> Path:
+    """``dataset.root`` (the decompressed data cache), created if needed."""
     root = Path(os.path.expanduser(str(ds.root)))
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"dataset.root={root} cannot be created ({exc.strerror})") from None
+    return root
+
+
+def _load_torchvision(ds: DictConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    from torchvision import datasets
+
+    cls = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST}[ds.name]
+    root = _data_root(ds)
     download = bool(ds.download)
     if ds.offline_dir:
         prepare_offline(ds, root)
@@ -270,11 +276,7 @@ def _load_cifar10(ds: DictConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     """CIFAR-10 through torchvision's loader: (N, 3, 32, 32) uint8 images, (N,) int64 labels."""
     from torchvision import datasets
 
-    root = Path(os.path.expanduser(str(ds.root)))
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"dataset.root={root} cannot be created ({exc.strerror})") from None
+    root = _data_root(ds)
     download = bool(ds.download)
     cls = datasets.CIFAR10
     if ds.offline_dir:

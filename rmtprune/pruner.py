@@ -237,30 +237,31 @@ class RMTPruner(Pruner):
         if is_output:
             floor = max(floor, int(self.output_min_rank if self.output_min_rank is not None else out))
         rank = target_rank(p, spikes, f, floor)
-        try:
-            result = apply_rank(module, rank, rank_now, svd, truncate=self.truncate)
-        except LINALG_ERRORS as exc:
-            row.update(action="skip_svd_failed", note=f"SVD failed: {exc}")
-            return row
-        record_surgery(model, name, module, result, event)
-        if result.action == "split":
-            self.ranks.pop(name, None)
-        elif result.action == "truncate":
-            self.ranks[name] = result.rank_after
-        row.update(action=result.action, rank_after=result.rank_after, params_before=result.params_before,
-                   params_after=result.params_after)
+        cut_layer(model, name, module, rank, rank_now, svd, self.truncate, self.ranks, event, row)
         return row
 
 
-def record_surgery(model: nn.Module, name: str, module: nn.Module, result: Any, event: PruneEvent) -> None:
-    """Put a surgery's result into the model and the event: a split replaces the layer (its parameters
-    replaced, the factors added); a truncation overwrote the layer's weight in place."""
+def cut_layer(model: nn.Module, name: str, module: nn.Module, rank: int, rank_now: int, svd: Any, truncate: bool,
+              ranks: dict[str, int], event: PruneEvent, row: dict[str, Any]) -> None:
+    """Bring layer ``name`` to ``rank`` (surgery.apply_rank) and record it: a split replaces the layer in
+    ``model`` (its parameters listed as replaced, the factors as added), a truncation overwrites its
+    weight in place (replaced) and its rank goes into ``ranks``; ``row`` gets the action, the rank and the
+    counts (``skip_svd_failed`` when the linear algebra fails)."""
+    try:
+        result = apply_rank(module, rank, rank_now, svd, truncate=truncate)
+    except LINALG_ERRORS as exc:
+        row.update(action="skip_svd_failed", note=f"SVD failed: {exc}")
+        return
     if result.action == "split":
         event.replaced.extend(module.parameters())
         model.set_submodule(name, result.module)
         event.added.extend(result.module.parameters())
+        ranks.pop(name, None)
     elif result.action == "truncate":
         event.replaced.extend(module.parameters())
+        ranks[name] = result.rank_after
+    row.update(action=result.action, rank_after=result.rank_after, params_before=result.params_before,
+               params_after=result.params_after)
 
 
 def prune_model(model: nn.Module, keep_fraction: float = 0.0, **kwargs: Any) -> PruneEvent:
