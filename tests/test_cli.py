@@ -33,7 +33,7 @@ def test_train_help_and_cfg_job_run_nothing(cli, tmp_path):
     ("hydra.run.dir=/proc/rmtprune", "hydra.run.dir"),
     ("threads=-1", "threads"), ("threads=0", "threads"), ("seed=1e20", "seed"),
     (f"seed={2**70}", "seed range"), ("topology=784-1000000000-10", "needs at least"),
-    ("dataset.train_size=100000000", "needs at least"), ("pruning.stop_epoch=-1 pruning=rmt", "pruning.stop_epoch"),
+    ("dataset.train_size=10000000000", "needs at least"), ("pruning.stop_epoch=-1 pruning=rmt", "pruning.stop_epoch"),
     ("model=cnn model.kernel_size=0", "model.kernel_size"), ("model=cnn model.kernel_size=20", "kernel_size=20"),
     ("model=cnn model.fc_dropout=2", "model.fc_dropout"), ("hydra.run.dir=" + "a" * 300, "folder name"),
     ("hydra.run.dir=${foo}", "hydra.run.dir"), ("experiment=nope", "experiment=nope"),

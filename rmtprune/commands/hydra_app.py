@@ -108,11 +108,12 @@ def _sweep(plan: Plan, task: Callable[[DictConfig], None], config_name: str, arg
     code = _call_hydra(task, config_name, args, prog)
     found = outcomes.collect(folder, plan.jobs, _folder_of(plan, folder))
     outcomes.forget(folder)
-    if code:
-        return code
     if not found:
+        if code:
+            return code
         raise UserError(f"the sweep ran no job (see {folder})")
-    return outcomes.report(found)
+    status = outcomes.report(found)  # also when the launcher itself failed: the jobs it never ran are listed
+    return code or status
 
 
 def _folder_of(plan: Plan, folder: Path) -> Callable[[int], str]:

@@ -8,7 +8,6 @@ Only Ctrl-C / SIGTERM stop it (recorded as ``interrupted``).
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -19,8 +18,6 @@ from ..errors import RunFailed, UserError
 from . import outcomes
 from .common import debugging, err, unexpected
 from .outcomes import Outcome
-
-log = logging.getLogger("rmtprune")
 
 # The outcomes of the jobs this process ran (a single run, or a sweep under the basic launcher).
 FINISHED: list[Outcome] = []
