@@ -298,3 +298,22 @@ def test_a_relative_offline_data_path_means_the_folder_where_the_command_started
     assert code == 0, err
     assert json.loads((tmp_path / "rel" / "summary.json").read_text())["status"] == "completed"
 
+
+
+def test_only_command_line_keys_are_checked_against_the_chosen_option():
+    """A preset's pruning.* / schedule.* keys never block pruning=none; a command-line key is accepted when
+    one option of a sweep uses it, refused when none does."""
+    from rmtprune.commands.compose import Composer
+    from rmtprune.commands.precheck import check_unused_keys, parse_overrides
+    from rmtprune.errors import UserError
+
+    preset = ["experiment=mnist_fc_1000_1000_1000_500", "pruning=none"]
+    with Composer(None, "config") as composer:
+        none = composer.compose(preset)
+        rmt = composer.compose(["experiment=mnist_fc_1000_1000_1000_500", "pruning=rmt"])
+    assert none.pruning.name == "none" and none.schedule.horizon == 300  # set by the preset, unused: fine
+    check_unused_keys(parse_overrides(preset), [none])
+    swept = parse_overrides(["pruning=none,rmt", "pruning.tolerance=0.1", "schedule.horizon=10"])
+    check_unused_keys(swept, [none, rmt])
+    with pytest.raises(UserError, match="pruning.tolerance is not used by pruning=none"):
+        check_unused_keys(parse_overrides([*preset, "pruning.tolerance=0.1"]), [none])
