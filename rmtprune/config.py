@@ -22,6 +22,7 @@ PRUNINGS = ("none", "control", "rmt", "magnitude", "lowrank")
 SCHEDULES = ("linear", "step", "oneshot", "exponential", "constant")
 PRECISIONS = ("fp32", "tf32", "bf16")
 LOGGERS = ("csv", "tensorboard", "mlflow")
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.manual_seed accepts
 
 
 @dataclass
@@ -246,6 +247,11 @@ def validate(cfg: DictConfig) -> None:
     _choice("precision", cfg.precision, PRECISIONS)
     _choice("logger", cfg.logger, LOGGERS)
     _positive("epochs", cfg.epochs)
+    if not SEED_RANGE[0] <= int(cfg.seed) <= SEED_RANGE[1]:
+        raise UserError(f"seed={cfg.seed} is outside torch's seed range [-2**63, 2**64 - 1]")
+    if cfg.get("threads") is not None and int(cfg.threads) < 1:
+        raise UserError(f"threads={cfg.threads} must be a positive number of torch threads per job (or null: "
+                        f"torch's default, or the cores divided among the parallel jobs)")
     _positive("batch_size", cfg.batch_size)
     _positive("eval_batch_size", cfg.eval_batch_size)
     _positive("optimizer.lr", cfg.optimizer.lr)

@@ -45,13 +45,20 @@ def skeleton_from_state_dict(state: dict[str, Any], path: Path | str = "file") -
                 if bias.shape != (value.shape[0],):
                     raise UserError(f"{path}: {name}.bias has shape {tuple(bias.shape)}, expected ({value.shape[0]},)")
                 layer.bias.copy_(bias)
-        parent = root
         parts = name.split(".")
-        for part in parts[:-1]:
-            if not hasattr(parent, part):
-                parent.add_module(part, nn.Module())
-            parent = getattr(parent, part)
-        parent.add_module(parts[-1], layer)
+        if not all(parts):
+            raise UserError(f"{path}: the state_dict key {key!r} is not a module path (an empty name between dots)")
+        parent = root
+        try:
+            for part in parts[:-1]:
+                if not hasattr(parent, part):
+                    parent.add_module(part, nn.Module())
+                parent = getattr(parent, part)
+                if not isinstance(parent, nn.Module):
+                    raise KeyError(f"{part!r} is not a module")
+            parent.add_module(parts[-1], layer)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise UserError(f"{path}: the state_dict key {key!r} does not fit a module tree ({exc})") from None
         found += 1
     if not found:
         raise UserError(f"{path}: no Linear or Conv2d weights (2-D or 4-D '*.weight' tensors) in this state_dict")

@@ -39,18 +39,27 @@ class RunLock:
     """An exclusive lock on a run folder while a run writes to it (``<folder>/.lock``, flock).
 
     A second process that tries to use the folder gets a UserError naming the holder's pid; the lock
-    goes with the process, so a killed run never leaves the folder locked.
+    goes with the process, so a killed run never leaves the folder locked. Within one process the lock
+    is re-entrant (the command holds it while Hydra writes ``.hydra/``, the run takes it again). Whoever
+    takes it first also removes the temporary files a killed write left (:func:`remove_stale_temporaries`):
+    nobody else writes there while the lock is held.
     """
+
+    _held: dict[str, list[int]] = {}  # lock file -> [fd, depth], in this process
 
     def __init__(self, folder: Path) -> None:
         self.path = Path(folder) / ".lock"
-        self._fd: int | None = None
+        self._key = os.path.realpath(self.path)
 
     def __enter__(self) -> "RunLock":
         import fcntl
 
         from .errors import UserError
 
+        held = RunLock._held.get(self._key)
+        if held is not None:
+            held[1] += 1
+            return self
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -61,14 +70,37 @@ class RunLock:
                             f"or choose another folder (hydra.run.dir=...)") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
+        RunLock._held[self._key] = [fd, 1]
+        remove_stale_temporaries(self.path.parent)
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self._fd is not None:
+        held = RunLock._held.get(self._key)
+        if held is None:
+            return
+        held[1] -= 1
+        if held[1] == 0:
+            del RunLock._held[self._key]
             self.path.unlink(missing_ok=True)
-            os.close(self._fd)
-            self._fd = None
+            os.close(held[0])
+
+
+# The names atomic writes give their temporary files: ``.<name>.<random>.tmp`` (and ``.tmp.npz`` for spectra).
+TEMPORARY_PATTERNS = (".*.tmp", ".*.tmp.npz")
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Remove the temporary files of atomic writes that a killed process left in ``folder``; call it only
+    while holding the folder's RunLock. Returns what was removed."""
+    removed = []
+    for pattern in TEMPORARY_PATTERNS:
+        for path in Path(folder).glob(pattern):
+            try:
+                path.unlink()
+                removed.append(path)
+            except OSError:
+                pass
+    return removed
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -196,7 +228,7 @@ def append_spectra(path: Path, epoch: int, spectra: dict[str, Any]) -> None:
         with np.load(path) as old:
             data = {k: old[k] for k in old.files}
     data.update({f"e{epoch}/{layer}": values for layer, values in spectra.items()})
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.npz")
     os.close(fd)
     try:
         np.savez_compressed(tmp, **data)

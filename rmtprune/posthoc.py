@@ -1,5 +1,12 @@
 """``rmtprune prune``: one pruning event on a saved model, evaluation before and after, optional
-fine-tuning, and the pruned model saved with its ledger and summary."""
+fine-tuning, and the pruned model saved with its ledger and summary.
+
+A model saved by ``rmtprune train`` (model.pt, checkpoint.pt) carries its epoch and its next learning
+rate: the event uses the schedule's keep fraction at that epoch (a 3-epoch run with
+``schedule=linear schedule.horizon=6`` gets f = 1 - 3/6 = 0.5), and fine-tuning continues at that
+learning rate, where training stopped. ``optimizer.lr=`` given on the command line sets the fine-tuning
+rate instead; a plain state_dict has neither, so it is pruned at epoch ``epochs`` and fine-tuned at
+``optimizer.lr``."""
 
 from __future__ import annotations
 
@@ -48,11 +55,15 @@ def _model_for(cfg: DictConfig, path: Path) -> tuple[torch.nn.Module, dict[str, 
     return dense, info, int(cfg.dataset.num_classes)
 
 
-def prune_saved(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Prune the model at ``cfg.model_path`` once and write the results into ``run_dir``."""
+def prune_saved(cfg: DictConfig, run_dir: Path, finetune_lr: float | None = None) -> dict[str, Any]:
+    """Prune the model at ``cfg.model_path`` once and write the results into ``run_dir``.
+
+    ``finetune_lr``: the fine-tuning learning rate; None: the saved run's next lr (``cfg.optimizer.lr``
+    for a plain state_dict).
+    """
     validate(cfg)
     if cfg.pruning.name != "rmt":
-        raise UserError("pruning=none: rmtprune prune needs pruning=rmt")
+        raise UserError(f"pruning={cfg.pruning.name}: rmtprune prune makes one RMT event; use pruning=rmt")
     if cfg.finetune_epochs < 0:
         raise UserError(f"finetune_epochs={cfg.finetune_epochs} must be >= 0")
     device = resolve_device(cfg.device)
@@ -76,10 +87,12 @@ def prune_saved(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
              f"{params1:,}")
     metrics = []
     acc_ft = loss_ft = None
+    saved_lr = info["raw"].get("lr") if info["kind"] == "rmtprune" else None
+    lr = float(finetune_lr if finetune_lr is not None else saved_lr if saved_lr is not None else cfg.optimizer.lr)
     if cfg.finetune_epochs:
         torch.manual_seed(int(cfg.seed))
         gen = torch.Generator().manual_seed(int(cfg.seed))
-        opt = make_optimizer(model, cfg.optimizer, float(cfg.optimizer.lr))
+        opt = make_optimizer(model, cfg.optimizer, lr)
         with BatchProgress(cfg.progress) as progress:
             for e in range(1, int(cfg.finetune_epochs) + 1):
                 t0 = time.perf_counter()
@@ -87,7 +100,7 @@ def prune_saved(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 loss_ft, acc_ft = evaluate(model, data.test_x, data.test_y, int(cfg.eval_batch_size))
                 metrics.append({"epoch": e, "train_loss": tl, "train_acc": ta, "test_loss": loss_ft, "test_acc": acc_ft,
                                 "n_params": params1, "n_params_after": params1, "pruned_layers": 0,
-                                "lr": float(cfg.optimizer.lr), "seconds": time.perf_counter() - t0})
+                                "lr": lr, "seconds": time.perf_counter() - t0})
                 write_csv(run_dir / "metrics.csv", metrics, METRICS_COLUMNS)
                 log.info("fine-tune epoch %d/%d  test_acc %.2f%%", e, cfg.finetune_epochs, 100 * acc_ft)
     spec = info["raw"]["spec"] if info["kind"] == "rmtprune" else model_spec(cfg)
@@ -99,6 +112,7 @@ def prune_saved(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "keep_fraction": float(make_schedule(cfg.schedule)(epoch)),
         "test_acc_before": acc0, "test_loss_before": loss0, "test_acc_after": acc1, "test_loss_after": loss1,
         "test_acc_finetuned": acc_ft, "test_loss_finetuned": loss_ft, "finetune_epochs": int(cfg.finetune_epochs),
+        "finetune_lr": lr if cfg.finetune_epochs else None,
         "n_params_before": params0, "n_params_after": params1,
         "param_reduction_pct": 100.0 * (1 - params1 / params0), "accuracy_unit": "fraction",
         "actions": {a: sum(r["action"] == a for r in event.records) for a in {r["action"] for r in event.records}},

@@ -13,11 +13,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def offline_data_dir() -> Path | None:
-    """The offline MNIST / Fashion-MNIST mirror: $RMTPRUNE_OFFLINE_DATA, else ../shared/datasets."""
+    """The offline MNIST / Fashion-MNIST mirror: $RMTPRUNE_OFFLINE_DATA (relative to where pytest started,
+    as the README's ``../shared/datasets``), else ../shared/datasets; absolute, since tests run from
+    other folders."""
     env = os.environ.get("RMTPRUNE_OFFLINE_DATA")
-    for cand in ([Path(env)] if env else []) + [REPO.parent / "shared" / "datasets"]:
+    for cand in ([Path(env).expanduser()] if env else []) + [REPO.parent / "shared" / "datasets"]:
         if (cand / "mnist" / "train-images-idx3-ubyte.gz").exists():
-            return cand
+            return cand.resolve()
     return None
 
 
@@ -77,3 +79,12 @@ def run_subprocess(args: list[str], cwd: Path, env: dict | None = None, timeout:
 
 
 FAST = ["dataset=synthetic", "progress=none", "magnitude_sweep.enabled=false", "topology=784-256-128-10", "pruning=none"]
+# Smaller still, for tests of the command line rather than of training (a second per run).
+TINY = ["dataset=synthetic", "dataset.train_size=500", "dataset.test_size=200", "progress=none",
+        "magnitude_sweep.enabled=false", "topology=784-32-10", "pruning=none"]
+
+
+def rmtprune_command() -> list[str]:
+    """The installed console script beside this interpreter, else ``python -m rmtprune``."""
+    exe = Path(sys.executable).parent / "rmtprune"
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "rmtprune"]

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import FAST
+from conftest import FAST, TINY
 from rmtprune.checkpoint import model_payload, save_atomic
 from rmtprune.models import build_model
 
@@ -98,3 +98,77 @@ def test_bad_files_are_refused_cleanly(cli, tmp_path):
     assert code == 2 and "not a readable PyTorch file" in err
     code, _, err = cli("inspect", str(tmp_path / "list.pt"), "--tolerance", "3")
     assert code == 2 and "--tolerance" in err
+
+
+def test_prune_takes_the_runs_epoch_and_final_lr_unless_lr_is_given(cli, tmp_path):
+    """A 3-epoch run pruned at horizon 6 gets f = 1 - 3/6 = 0.5; fine-tuning continues at the run's next
+    lr (0.04 * 0.5^3 after three epochs with lr_decay 0.5), or at optimizer.lr given on the command line."""
+    assert cli("train", *TINY, "epochs=3", "optimizer.lr=0.04", "optimizer.lr_decay=0.5", "hydra.run.dir=run")[0] == 0
+    prune = [*TINY, "pruning=rmt", "schedule=linear", "schedule.horizon=6", "finetune_epochs=1"]
+    code, _, err = cli("prune", "run", *prune, "hydra.run.dir=p1")
+    assert code == 0, err
+    s = json.loads((tmp_path / "p1" / "summary.json").read_text())
+    assert s["prune_epoch"] == 3 and s["keep_fraction"] == pytest.approx(0.5)
+    assert s["finetune_lr"] == pytest.approx(0.04 * 0.5 ** 3)
+    assert float(pd.read_csv(tmp_path / "p1" / "metrics.csv")["lr"].iloc[0]) == pytest.approx(0.005)
+    code, _, err = cli("prune", "run", *prune, "optimizer.lr=0.01", "hydra.run.dir=p2")
+    assert code == 0, err
+    assert json.loads((tmp_path / "p2" / "summary.json").read_text())["finetune_lr"] == pytest.approx(0.01)
+
+
+def test_inspect_accepts_every_key_of_pruning_rmt(cli, tmp_path):
+    """pruning.KEY=VALUE as for `rmtprune train pruning=rmt`: every layer fitted (min_size 0), then the
+    output layer left out and the rank floor raised, and the table follows."""
+    path = tmp_path / "m.pt"
+    torch.save(planted_model().state_dict(), path)
+    code, _, err = cli("inspect", str(path), "pruning.min_size=0", "--out", str(tmp_path / "all"))
+    assert code == 0, err
+    assert "layers.2" in set(pd.read_csv(tmp_path / "all" / "inspect.csv")["layer"])  # min_size 0: every layer
+    code, _, err = cli("inspect", str(path), "pruning.min_size=0", "pruning.include_output_layer=false",
+                       "pruning.min_rank=5", "--tolerance", "0.1", "--out", str(tmp_path / "view"))
+    assert code == 0, err
+    rows = pd.read_csv(tmp_path / "view" / "inspect.csv").set_index("layer")
+    assert "layers.2" not in rows.index  # the output layer left out
+    assert rows.loc["layers.1", "rank_after_prune"] == 5  # 3 planted spikes, floor 5
+    assert rows.loc["layers.0", "rank_after_prune"] == 6 and set(rows["tolerance"].dropna()) == {0.1}
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--conv-tolerance", "-3"], "--conv-tolerance: pruning.conv_tolerance=-3.0"),
+    (["pruning.alpha=0.7"], "pruning.alpha=0.7"),
+    (["pruning.target_params=1000"], "pruning.target_params is not used by pruning=rmt"),
+    (["pruning.tolerence=0.1"], "did you mean pruning.tolerance"),
+    (["seed=3"], "pruning.KEY=VALUE settings only"),
+    (["--tolerance", "0.1", "pruning.tolerance=0.2"], "both given"),
+])
+def test_inspect_refuses_bad_pruning_settings_in_one_line(cli, tmp_path, args, needle):
+    path = tmp_path / "m.pt"
+    torch.save(planted_model().state_dict(), path)
+    code, out, err = cli("inspect", str(path), *args)
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and needle in lines[0], err
+
+
+def test_inspect_refuses_a_state_dict_key_that_is_no_module_path(cli, tmp_path):
+    torch.save({"a..b.weight": torch.zeros(20, 30), "fc.weight": torch.zeros(10, 20)}, tmp_path / "odd.pt")
+    code, out, err = cli("inspect", str(tmp_path / "odd.pt"))
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and "'a..b.weight'" in lines[0] and "Traceback" not in err, err
+
+
+def test_compare_command_errors_are_one_line(cli, tmp_path, monkeypatch):
+    """An unwritable --out, and an error inside the reader nobody foresaw (simulated): one line each."""
+    assert cli("train", *TINY, "epochs=1", "hydra.run.dir=runs/a")[0] == 0
+    (tmp_path / "file").write_text("")
+    code, out, err = cli("compare", "runs", "--out", str(tmp_path / "file" / "out"), "--no-plots")
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and "--out" in lines[0], err
+    import rmtprune.compare
+
+    def broken(*a, **k):
+        raise TypeError("'NoneType' object is not subscriptable")
+
+    monkeypatch.setattr(rmtprune.compare, "compare", broken)
+    code, out, err = cli("compare", "runs")
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and "runs" in lines[0] and "Traceback" not in err, err

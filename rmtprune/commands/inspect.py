@@ -1,0 +1,126 @@
+"""``rmtprune inspect PATH [options] [pruning.KEY=VALUE ...]``: the MP fit of every layer of a saved
+model and what one pruning event would keep (rmtprune.inspection).
+
+The pruning settings are ``conf/pruning/rmt.yaml`` composed through Hydra, as ``rmtprune train
+pruning=rmt`` composes them: every key train accepts for pruning=rmt is accepted as
+``pruning.KEY=VALUE`` and checked by config.validate_pruning; ``--tolerance``, ``--conv-tolerance``,
+``--alpha``, ``--beta`` and ``--min-size`` are shorthands for five of them.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from ..errors import UserError
+from .common import Parser, formats
+from .compose import Composer
+from .precheck import check_unused_keys, parse_overrides
+
+# shorthand flag -> pruning key
+FLAGS = {"tolerance": "tolerance", "conv_tolerance": "conv_tolerance", "alpha": "alpha", "beta": "beta",
+         "min_size": "min_size"}
+
+
+def pruning_config(overrides: list[str]) -> DictConfig:
+    """``pruning=rmt`` as ``rmtprune train`` composes it, with ``pruning.KEY=VALUE`` overrides, checked."""
+    from ..config import validate_pruning
+
+    bad = [o for o in overrides if not o.lstrip("+").startswith("pruning.")]
+    if bad:
+        raise UserError(f"{bad[0]}: inspect takes pruning.KEY=VALUE settings only (the keys of pruning=rmt)")
+    with Composer(None, "config") as composer:
+        parsed = parse_overrides(overrides)
+        if any(o.is_sweep_override() for o in parsed):
+            raise UserError("inspect takes one value per key (no sweeps)")
+        cfg = composer.compose(["pruning=rmt", *overrides])
+    check_unused_keys(parsed, [cfg])
+    validate_pruning(cfg.pruning)
+    return cfg.pruning
+
+
+def parser(defaults: DictConfig) -> Parser:
+    d = defaults
+    ap = Parser(prog="rmtprune inspect", description="The MP fit of every Linear / Conv2d layer of a saved model "
+                "(a run folder, an rmtprune checkpoint, or a plain state_dict) and what one-shot pruning would keep. "
+                "Any key of pruning=rmt can be set as pruning.KEY=VALUE (e.g. pruning.alpha=0.3).")
+    ap.add_argument("path", type=Path, help="run folder, model.pt / checkpoint.pt, or a state_dict file")
+    ap.add_argument("overrides", nargs="*", metavar="pruning.KEY=VALUE", help="settings of pruning=rmt "
+                    "(conf/pruning/rmt.yaml), as for rmtprune train")
+    ap.add_argument("--tolerance", type=float, default=None, help=f"pruning.tolerance: MP fit tolerance "
+                    f"(default {d.tolerance})")
+    ap.add_argument("--conv-tolerance", type=float, default=None, help="pruning.conv_tolerance: tolerance for conv "
+                    "layers (default: --tolerance)")
+    ap.add_argument("--alpha", type=float, default=None, help=f"pruning.alpha: BEMA trimming (default {d.alpha})")
+    ap.add_argument("--beta", type=float, default=None, help=f"pruning.beta: Tracy-Widom confidence (default {d.beta})")
+    ap.add_argument("--min-size", type=int, default=None, help=f"pruning.min_size: smallest layer fitted, in weights "
+                    f"(default {d.min_size})")
+    ap.add_argument("--keep-fraction", type=float, default=0.0, help="share of sub-edge singular values a prune "
+                    "would keep (default 0: one-shot, spikes only)")
+    ap.add_argument("--plots", action="store_true", help="one ESD figure per layer")
+    ap.add_argument("--format", default="csv,md", help="files to write: csv (inspect.csv), md (inspect.md)")
+    ap.add_argument("--out", type=Path, default=None, help="output folder (default: the model's folder)")
+    return ap
+
+
+def main(argv: list[str]) -> int:
+    args = parser(pruning_config([])).parse_intermixed_args(argv)
+    from ..inspection import COLUMNS, inspect_model
+    from ..inspection import markdown as inspect_markdown
+    from ..loading import load_model, resolve_model_file
+    from ..outputs import write_csv
+
+    fmts = formats(args.format, ("csv", "md"))
+    overrides = list(args.overrides)
+    for flag, key in FLAGS.items():
+        value = getattr(args, flag)
+        if value is None:
+            continue
+        if any(o.lstrip("+").startswith(f"pruning.{key}=") for o in overrides):
+            raise UserError(f"--{flag.replace('_', '-')} and pruning.{key}= both given: give one")
+        overrides.append(f"pruning.{key}={value}")
+    try:
+        pruning = pruning_config(overrides)
+    except UserError as exc:
+        flag = next((f for f, k in FLAGS.items() if getattr(args, f) is not None and f"pruning.{k}=" in str(exc)), None)
+        raise UserError(f"--{flag.replace('_', '-')}: {exc}" if flag else str(exc)) from None
+    if not 0 <= args.keep_fraction <= 1:
+        raise UserError(f"--keep-fraction={args.keep_fraction} is out of range [0, 1]")
+    path = resolve_model_file(args.path)
+    model, info = load_model(path)
+    pruner_state = info["raw"].get("pruner") if info["kind"] == "rmtprune" else None
+    rows, spectra = inspect_model(model, pruning, args.keep_fraction, pruner_state)
+    out = args.out or path.parent
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if "csv" in fmts:
+            write_csv(out / "inspect.csv", rows, COLUMNS)
+        if "md" in fmts:
+            (out / "inspect.md").write_text(inspect_markdown(rows, f"RMT view of {path}"), encoding="utf-8")
+        if args.plots:
+            from ..plots import inspect_figures
+
+            inspect_figures(rows, spectra, out)
+    except OSError as exc:
+        raise UserError(f"cannot write to {out} ({exc.strerror}); choose another folder with --out") from None
+    print_table(rows, str(path))
+    print(f"wrote inspect files to {out}")
+    return 0
+
+
+def print_table(rows: list[dict[str, Any]], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..inspection import cells
+
+    t = Table(title=f"RMT view of {title}", title_justify="left")
+    for col in ("layer", "shape", "gamma", "sigma2", "lambda+", "threshold", "spikes", "fit err", "good", "rank",
+                "action", "params"):
+        t.add_column(col, justify="left" if col in ("layer", "action") else "right")
+    for r in rows:
+        t.add_row(*(c.replace("**", "") for c in cells(r)))
+    Console(width=None if sys.stdout.isatty() else 160).print(t)

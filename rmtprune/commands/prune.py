@@ -1,0 +1,65 @@
+"""``rmtprune prune MODEL [key=value ...]``: one RMT pruning event on a saved model (rmtprune.posthoc)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from ..errors import UserError
+from .hydra_app import run_hydra
+
+# Flags after which no model path is needed (they print and run nothing).
+_NO_MODEL = {"--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "--shell-completion", "--version"}
+
+
+def main(args: list[str]) -> int:
+    from ..config import custom_model_overrides
+
+    return run_hydra(_prune, "prune", custom_model_overrides(model_path_override(args)), "rmtprune prune",
+                     check=check, claim=claim)
+
+
+def model_path_override(rest: list[str]) -> list[str]:
+    """``rmtprune prune PATH k=v ...``: the first argument that is no override names the model."""
+    out, named = [], False
+    for a in rest:
+        if not named and "=" not in a and not a.startswith("-"):
+            out.append("model_path=" + ("'" + a.replace("'", "\\'") + "'" if any(c in a for c in " ,[]{}()=:'\"") else a))
+            named = True
+        else:
+            out.append(a)
+    if not named and not any(a.startswith("model_path=") for a in rest) and not set(rest) & _NO_MODEL:
+        raise UserError("rmtprune prune MODEL [key=value ...]: name a run folder, model.pt or state_dict file")
+    return out
+
+
+def check(cfg: DictConfig) -> None:
+    from ..config import validate
+    from ..train import resolve_device
+
+    if not Path(str(cfg.model_path)).exists():
+        raise UserError(f"{cfg.model_path}: no such file or folder")
+    validate(cfg)
+    if cfg.pruning.name != "rmt":
+        raise UserError(f"pruning={cfg.pruning.name}: rmtprune prune makes one RMT event; use pruning=rmt")
+    if cfg.finetune_epochs < 0:
+        raise UserError(f"finetune_epochs={cfg.finetune_epochs} must be >= 0")
+    resolve_device(str(cfg.device))
+
+
+def claim(cfg: DictConfig, folder: Path) -> None:
+    """A named folder that holds results already is refused: a run folder belongs to one run."""
+    taken = [n for n in ("summary.json", "model.pt", "layers.csv", "metrics.csv", "checkpoint.pt") if (folder / n).exists()]
+    if taken:
+        raise UserError(f"{folder} already holds the results of another run ({', '.join(taken)}); choose another "
+                        f"folder (hydra.run.dir=...)")
+
+
+def _prune(cfg: DictConfig, run_dir: Path) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from ..posthoc import prune_saved
+
+    given = [str(o).split("=", 1)[0].lstrip("+") for o in HydraConfig.get().overrides.task]
+    prune_saved(cfg, run_dir, finetune_lr=float(cfg.optimizer.lr) if "optimizer.lr" in given else None)

@@ -1,0 +1,52 @@
+"""``rmtprune train [-m] key=value ...``: train (and prune) one network per job (rmtprune.train.run)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from .hydra_app import run_hydra
+
+_NOT_RESUMING = ("false", "0", "none", "no", "")
+
+
+def main(args: list[str]) -> int:
+    from ..config import custom_model_overrides
+
+    return run_hydra(_train, "config", custom_model_overrides(args), "rmtprune train", check=check, claim=claim)
+
+
+def check(cfg: DictConfig) -> None:
+    """One composed config, before any job starts: the values (config.validate), the device, and whether
+    the model can be built and the run fits in memory."""
+    from ..config import validate
+    from ..resources import check_fits
+    from ..train import resolve_device
+
+    from ..targets import check_target
+
+    validate(cfg)
+    check_target(cfg)
+    check_fits(cfg, resolve_device(str(cfg.device)))
+
+
+def claim(cfg: DictConfig, folder: Path) -> None:
+    """A named run folder that holds another run is refused before Hydra writes into it (``resume=``
+    is checked by the run itself)."""
+    from ..baselines import resolve_target
+    from ..outputs import config_key
+    from ..train import _claim_folder
+
+    if str(cfg.resume).strip().lower() not in _NOT_RESUMING:
+        return
+    resolve_target(cfg)
+    _claim_folder(folder, config_key(cfg), resuming=False)
+
+
+def _train(cfg: DictConfig, run_dir: Path) -> None:
+    from ..resources import check_fits
+    from ..train import resolve_device, run
+
+    check_fits(cfg, resolve_device(str(cfg.device)), in_job=True)
+    run(cfg, run_dir)
