@@ -8,7 +8,10 @@ Format (a dict of tensors and plain data, loadable with ``torch.load(weights_onl
     # training checkpoints only:
     epoch, optimizer, lr, rng {torch, cuda, data}, pruner, metrics, ledger, config_key
 
-``model.pt`` (the final model) has the first group only.
+``model.pt`` (the final model) has the first group only. Every tensor is stored on the CPU (the
+optimizer's momentum buffers of a GPU run too), so a plain ``torch.load(path, weights_only=True)``
+works on a machine without CUDA; ``Optimizer.load_state_dict`` moves the state back onto the
+parameters' device.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +33,29 @@ FORMAT = "rmtprune-checkpoint"
 VERSION = 1
 
 
+def to_cpu(obj: Any) -> Any:
+    """``obj`` with every tensor in it (through dicts, lists and tuples) moved to the CPU; tensors
+    already there and other values are kept as they are (not copied)."""
+    if torch.is_tensor(obj):
+        return obj if obj.device.type == "cpu" else obj.detach().to("cpu")
+    if isinstance(obj, dict):
+        items = [(k, to_cpu(v)) for k, v in obj.items()]
+        return OrderedDict(items) if isinstance(obj, OrderedDict) else dict(items)
+    if isinstance(obj, list):
+        return [to_cpu(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(to_cpu(v) for v in obj)
+    return obj
+
+
 def save_atomic(obj: dict[str, Any], path: Path) -> None:
-    """torch.save to a temporary file beside ``path``, then os.replace (atomic on POSIX)."""
+    """torch.save of ``to_cpu(obj)`` to a temporary file beside ``path``, then os.replace (atomic on
+    POSIX)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        torch.save(obj, tmp)
+        torch.save(to_cpu(obj), tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -14,7 +14,6 @@ test losses are the cross-entropy alone.
 from __future__ import annotations
 
 import logging
-import math
 import platform
 import time
 from datetime import datetime, timezone
@@ -23,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -41,6 +39,7 @@ from .outputs import (METRICS_COLUMNS, append_spectra, config_key, find_runs, id
 from .progress import BatchProgress, show_event
 from .pruner import LEDGER_COLUMNS, Pruner, make_pruner
 from .schedules import make_schedule
+from .step import train_epoch  # noqa: F401  (re-exported: run() and posthoc call it from here)
 
 log = logging.getLogger("rmtprune")
 
@@ -77,45 +76,6 @@ def rebuild_optimizer(model: nn.Module, old: torch.optim.Optimizer, cfg: DictCon
 def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
     for group in opt.param_groups:
         group["lr"] = lr
-
-
-def train_epoch(model: nn.Module, data: Data, opt: torch.optim.Optimizer, gen: torch.Generator,
-                batch_size: int, l1: float, progress: BatchProgress, epoch: int) -> tuple[float, float]:
-    """One pass over the shuffled training set; returns (mean cross-entropy, accuracy).
-
-    Raises RunFailed as soon as the loss is NaN or Inf.
-    """
-    model.train()
-    n = len(data.train_x)
-    perm = torch.randperm(n, generator=gen).to(data.train_x.device)
-    n_batches = math.ceil(n / batch_size)
-    params = [p for p in model.parameters()]
-    loss_sum = torch.zeros((), dtype=torch.float64, device=data.train_x.device)
-    correct = torch.zeros((), dtype=torch.int64, device=data.train_x.device)
-    progress.start_epoch(epoch, n_batches)
-    t0 = time.perf_counter()
-    for b in range(n_batches):
-        idx = perm[b * batch_size : (b + 1) * batch_size]
-        x, y = data.train_x[idx], data.train_y[idx]
-        logits = model(x)
-        loss = F.cross_entropy(logits, y)
-        opt.zero_grad(set_to_none=False)
-        loss.backward()
-        if l1 > 0:
-            grads = [p.grad for p in params]
-            torch._foreach_add_(grads, torch._foreach_sign(params), alpha=l1)
-        opt.step()
-        with torch.no_grad():
-            loss_sum += loss.detach().double() * len(y)
-            correct += (logits.argmax(1) == y).sum()
-        if b % 20 == 19 or b == n_batches - 1:
-            seen = min((b + 1) * batch_size, n)
-            mean = float(loss_sum) / seen
-            if not math.isfinite(mean):
-                raise RunFailed(f"the training loss became {mean} at epoch {epoch}, batch {b + 1}; "
-                                f"try a smaller optimizer.lr")
-            progress.update(b + 1, mean, float(correct) / seen, seen / max(time.perf_counter() - t0, 1e-9))
-    return float(loss_sum) / n, float(correct) / n
 
 
 def _versions() -> dict[str, str]:
