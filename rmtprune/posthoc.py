@@ -22,6 +22,7 @@ from .outputs import METRICS_COLUMNS, append_spectra, write_csv, write_json
 from .progress import BatchProgress, show_event
 from .pruner import LEDGER_COLUMNS, RMTPruner
 from .schedules import make_schedule
+from .step import configure_numerics
 from .train import make_optimizer, resolve_device, train_epoch
 
 log = logging.getLogger("rmtprune")
@@ -54,6 +55,7 @@ def prune_saved(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if cfg.finetune_epochs < 0:
         raise UserError(f"finetune_epochs={cfg.finetune_epochs} must be >= 0")
     device = resolve_device(cfg.device)
+    configure_numerics(cfg, device)
     model, info, num_classes = _model_for(cfg, Path(str(cfg.model_path)))
     model = model.to(device)
     data = load_data(cfg.dataset, device)
@@ -81,7 +83,8 @@ def prune_saved(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         with BatchProgress(cfg.progress) as progress:
             for e in range(1, int(cfg.finetune_epochs) + 1):
                 t0 = time.perf_counter()
-                tl, ta = train_epoch(model, data, opt, gen, int(cfg.batch_size), float(cfg.optimizer.l1), progress, e)
+                tl, ta = train_epoch(model, data, opt, gen, int(cfg.batch_size), float(cfg.optimizer.l1), progress, e,
+                                     precision=str(cfg.precision), compile=bool(cfg.compile))
                 loss_ft, acc_ft = evaluate(model, data.test_x, data.test_y, int(cfg.eval_batch_size))
                 metrics.append({"epoch": e, "train_loss": tl, "train_acc": ta, "test_loss": loss_ft, "test_acc": acc_ft,
                                 "n_params": params1, "n_params_after": params1, "pruned_layers": 0,
