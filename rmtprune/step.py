@@ -84,16 +84,11 @@ def configure_numerics(cfg: Any, device: torch.device) -> dict[str, Any]:
 
 
 def _set_tf32(on: bool) -> None:
-    """TF32 for CUDA matmuls and cuDNN convolutions (the new ``fp32_precision`` API where it exists:
-    mixing it with the legacy ``allow_tf32`` flags is an error in recent PyTorch)."""
-    matmul = torch.backends.cuda.matmul
-    if hasattr(matmul, "fp32_precision") and hasattr(torch.backends.cudnn, "conv"):
-        value = "tf32" if on else "ieee"
-        matmul.fp32_precision = value
-        torch.backends.cudnn.conv.fp32_precision = value
-    else:  # PyTorch < 2.9
-        matmul.allow_tf32 = on
-        torch.backends.cudnn.allow_tf32 = on
+    """TF32 for CUDA matmuls and cuDNN convolutions. The ``allow_tf32`` flags, not the newer
+    ``fp32_precision`` ones: setting these keeps both views consistent, whereas setting the new ones
+    makes a later read of ``allow_tf32`` (by Inductor, say) an error in recent PyTorch."""
+    torch.backends.cuda.matmul.allow_tf32 = on
+    torch.backends.cudnn.allow_tf32 = on
 
 
 def autocast_for(precision: str, device: torch.device) -> contextlib.AbstractContextManager[Any]:

@@ -182,10 +182,7 @@ def restore_numerics(monkeypatch):
 
 
 def tf32_flag() -> bool:
-    matmul = torch.backends.cuda.matmul
-    if hasattr(matmul, "fp32_precision"):
-        return matmul.fp32_precision == "tf32" and torch.backends.cudnn.conv.fp32_precision == "tf32"
-    return bool(matmul.allow_tf32 and torch.backends.cudnn.allow_tf32)
+    return bool(torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32)
 
 
 def test_deterministic_switches_torch_cudnn_and_cublas_and_back(restore_numerics):
