@@ -88,7 +88,7 @@ def test_resume_across_devices(cli, tmp_path, monkeypatch, first, second):
     """A run interrupted on one device continues on the other: its first epochs are kept, the
     optimizer state moves with the parameters, and it ends as the uninterrupted run does (close, not
     bitwise: CPU and GPU kernels round differently)."""
-    base = [a for a in GPU if not a.startswith("device=")] + [*RMT, "epochs=4"]
+    base = [a for a in GPU if not a.startswith("device=")] + [*RMT, "epochs=4", "deterministic=true"]
     code, _, err = cli("train", *base, f"device={first}", "hydra.run.dir=full")
     assert code == 0, err
     import rmtprune.train as train_mod
