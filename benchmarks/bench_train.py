@@ -51,16 +51,20 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int = 2) -> float:
-    """Mean seconds per call of ``fn`` after ``warmup`` calls (device work included)."""
+def timed(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int = 2, rounds: int = 3) -> float:
+    """Seconds per call of ``fn`` (device work included): the best of ``rounds`` means over ``repeats``
+    calls, after ``warmup`` calls (the best round is the least disturbed by other work on the machine)."""
     for _ in range(warmup):
         fn()
-    sync(device)
-    t = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    sync(device)
-    return (time.perf_counter() - t) / repeats
+    best = float("inf")
+    for _ in range(rounds):
+        sync(device)
+        t = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        sync(device)
+        best = min(best, (time.perf_counter() - t) / repeats)
+    return best
 
 
 def matmul_tflops(device: torch.device, dtype: torch.dtype = torch.float32, tf32: bool = False) -> float:
@@ -70,7 +74,7 @@ def matmul_tflops(device: torch.device, dtype: torch.dtype = torch.float32, tf32
     if device.type == "cuda":
         _tf32(tf32)
     try:
-        seconds = timed(lambda: a @ b, device, repeats=10 if device.type == "cuda" else 5)
+        seconds = timed(lambda: a @ b, device, repeats=10 if device.type == "cuda" else 3)
     finally:
         if device.type == "cuda":
             _tf32(False)
@@ -97,7 +101,7 @@ def gemm_shapes_seconds(widths: list[int], device: torch.device, batch: int = BA
             if i:
                 dy @ w
 
-    return timed(step, device, repeats=50)
+    return timed(step, device, repeats=20)
 
 
 def step_breakdown(model: torch.nn.Module, data: Data, l1: float, device: torch.device) -> dict[str, float]:
