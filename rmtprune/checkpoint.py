@@ -20,7 +20,10 @@ loadable with ``torch.load(path, weights_only=True)`` on any machine::
     metrics, ledger   the rows of metrics.csv and layers.csv so far
     config, config_key, n_params_initial, started_at, wall_time_s
 
-``model.pt`` (the final model, written once at the end) has everything but the last group.
+``model.pt`` (the final model, written once at the end) has everything but the last group. Every tensor
+is stored on the CPU (the optimizer's momentum buffers of a GPU run too), so a plain
+``torch.load(path, weights_only=True)`` works on a machine without CUDA; ``Optimizer.load_state_dict``
+moves the state back onto the parameters' device.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -42,13 +46,29 @@ FORMAT = "rmtprune-checkpoint"
 VERSION = 1
 
 
+def to_cpu(obj: Any) -> Any:
+    """``obj`` with every tensor in it (through dicts, lists and tuples) moved to the CPU; tensors
+    already there and other values are kept as they are (not copied)."""
+    if torch.is_tensor(obj):
+        return obj if obj.device.type == "cpu" else obj.detach().to("cpu")
+    if isinstance(obj, dict):
+        items = [(k, to_cpu(v)) for k, v in obj.items()]
+        return OrderedDict(items) if isinstance(obj, OrderedDict) else dict(items)
+    if isinstance(obj, list):
+        return [to_cpu(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(to_cpu(v) for v in obj)
+    return obj
+
+
 def save_atomic(obj: dict[str, Any], path: Path) -> None:
-    """torch.save to a temporary file beside ``path``, then os.replace (atomic on POSIX)."""
+    """torch.save of ``to_cpu(obj)`` to a temporary file beside ``path``, then os.replace (atomic on
+    POSIX)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        torch.save(obj, tmp)
+        torch.save(to_cpu(obj), tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

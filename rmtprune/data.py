@@ -154,7 +154,8 @@ def prepare_offline(ds: DictConfig, root: Path) -> None:
         gz = src / f"{stem}.gz"
         plain = src / stem
         if gz.exists():
-            tmp = dest.with_suffix(".tmp")
+            # a temporary name of this process's own: jobs of a parallel sweep may fill the same cache
+            tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
             try:
                 with gzip.open(gz, "rb") as fin, open(tmp, "wb") as fout:
                     shutil.copyfileobj(fin, fout)

@@ -30,7 +30,7 @@ from .progress import BatchProgress, show_event
 from .pruner import LEDGER_COLUMNS, rmt_pruner_from_config
 from .schedules import make_schedule
 from .state import make_optimizer
-from .step import train_epoch
+from .step import configure_numerics, train_epoch
 from .train import resolve_device
 
 log = logging.getLogger("rmtprune")
@@ -67,6 +67,7 @@ def prune_saved(cfg: DictConfig, run_dir: Path, finetune_lr: float | None = None
     if cfg.finetune_epochs < 0:
         raise UserError(f"finetune_epochs={cfg.finetune_epochs} must be >= 0")
     device = resolve_device(cfg.device)
+    configure_numerics(cfg, device)
     model, info, num_classes = _model_for(cfg, Path(str(cfg.model_path)))
     model = model.to(device)
     data = load_data(cfg.dataset, device)
@@ -96,7 +97,8 @@ def prune_saved(cfg: DictConfig, run_dir: Path, finetune_lr: float | None = None
         with BatchProgress(cfg.progress) as progress:
             for e in range(1, int(cfg.finetune_epochs) + 1):
                 t0 = time.perf_counter()
-                tl, ta = train_epoch(model, data, opt, gen, int(cfg.batch_size), float(cfg.optimizer.l1), progress, e)
+                tl, ta = train_epoch(model, data, opt, gen, int(cfg.batch_size), float(cfg.optimizer.l1), progress, e,
+                                     precision=str(cfg.precision), compile=bool(cfg.compile))
                 loss_ft, acc_ft = evaluate(model, data.test_x, data.test_y, int(cfg.eval_batch_size))
                 metrics.append({"epoch": e, "train_loss": tl, "train_acc": ta, "test_loss": loss_ft, "test_acc": acc_ft,
                                 "n_params": params1, "n_params_after": params1, "pruned_layers": 0,

@@ -48,7 +48,7 @@ from .progress import BatchProgress, show_event
 from .pruner import LEDGER_COLUMNS, make_pruner
 from .schedules import make_schedule
 from .state import TrainingState, make_optimizer  # noqa: F401  (make_optimizer: the loop's optimizer)
-from .step import train_epoch
+from .step import train_epoch  # noqa: F401  (re-exported: tests patch it here)
 
 log = logging.getLogger("rmtprune")
 
@@ -196,7 +196,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 def _train(cfg: DictConfig, out_dir: Path, key: str, device: torch.device, resuming: bool) -> dict[str, Any]:
     from .step import configure_numerics
 
-    configure_numerics(cfg, device)
+    numerics = configure_numerics(cfg, device)
     data = load_data(cfg.dataset, device)
     pruner: Pruner = make_pruner(cfg.pruning, make_schedule(cfg.schedule))
     ckpt_path = out_dir / "checkpoint.pt"
@@ -213,7 +213,7 @@ def _train(cfg: DictConfig, out_dir: Path, key: str, device: torch.device, resum
         "status": "running", "warnings": warnings, "config_key": key, "started_at": state.started_at, "run_dir": str(out_dir.resolve()),
         "seed": int(cfg.seed), "dataset": cfg.dataset.name, "model": cfg.model.name,
         "topology": cfg.topology if cfg.model.name == "mlp" else None, "pruning": cfg.pruning.name,
-        "schedule": cfg.schedule.name, **machine(device), "n_params_initial": state.n_params_initial,
+        "schedule": cfg.schedule.name, **machine(device), "numerics": numerics, "n_params_initial": state.n_params_initial,
         "versions": versions(), "config": OmegaConf.to_container(cfg, resolve=True),
     }
     write_json(out_dir / "summary.json", _summarise(summary, state.metrics, state.wall_time_s))
@@ -284,7 +284,8 @@ def _epoch(cfg: DictConfig, state: TrainingState, data: Data, epoch: int, out_di
     for group in state.optimizer.param_groups:
         group["lr"] = state.lr
     train_loss, train_acc = train_epoch(state.model, data, state.optimizer, state.gen, int(cfg.batch_size),
-                                        float(cfg.optimizer.l1), progress, epoch)
+                                        float(cfg.optimizer.l1), progress, epoch, precision=str(cfg.precision),
+                                        compile=bool(cfg.compile))
     test_loss, test_acc = evaluate(state.model, data.test_x, data.test_y, int(cfg.eval_batch_size))
     n_params = count_parameters(state.model)
     lr_used = state.lr

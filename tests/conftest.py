@@ -28,6 +28,18 @@ needs_real_data = pytest.mark.skipif(
     OFFLINE is None, reason="no offline MNIST mirror: set RMTPRUNE_OFFLINE_DATA to a folder with mnist/*.gz")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` skip, with the reason, on a machine without a CUDA GPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is false)")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _one_torch_thread():
     """Tests use tiny tensors: one intra-op thread is fastest, and on a shared machine two OpenMP threads

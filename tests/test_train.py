@@ -48,7 +48,7 @@ def test_normal_run_writes_every_output(cli, tmp_path):
 
 def test_same_seed_same_metrics_other_seed_other_metrics(cli, tmp_path):
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
-        assert cli("train", *FAST, "epochs=2", f"seed={seed}", f"hydra.run.dir={name}")[0] == 0
+        assert cli("train", *FAST, "device=cpu", "epochs=2", f"seed={seed}", f"hydra.run.dir={name}")[0] == 0
     assert metrics_without_time(tmp_path / "a") == metrics_without_time(tmp_path / "b")
     assert metrics_without_time(tmp_path / "a") != metrics_without_time(tmp_path / "c")
 
@@ -77,7 +77,7 @@ def test_rmt_pruning_shrinks_the_model_and_keeps_accuracy(cli, tmp_path):
 
 
 def test_interrupted_run_resumes_to_identical_metrics(cli, tmp_path, monkeypatch):
-    args = [*FAST, "epochs=4", "pruning=rmt", "schedule.horizon=3"]
+    args = [*FAST, "device=cpu", "epochs=4", "pruning=rmt", "schedule.horizon=3"]
     assert cli("train", *args, "hydra.run.dir=full")[0] == 0
 
     import rmtprune.train as train_mod

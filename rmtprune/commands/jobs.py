@@ -91,14 +91,10 @@ def threads_per_job(launcher: Any, cpu_count: int) -> int | None:
     return None
 
 
-def gpu_for_job(num: int, count: int) -> int:
-    """The GPU of job ``num`` of a sweep on a machine with ``count`` GPUs: round robin, job k on GPU k mod count."""
-    return num % count
-
-
 def place_job(cfg: DictConfig, hc: Any) -> None:
     """Threads and GPU of one job: ``threads`` if set, else cores / parallel jobs of the launcher;
-    ``device=auto`` on a multi-GPU machine puts each job of a sweep on its own GPU."""
+    ``device=auto`` on a multi-GPU machine spreads every arm of a sweep evenly over the GPUs
+    (placement.gpu_for_job: the two arms of one seed never share a GPU)."""
     import torch
 
     threads = cfg.get("threads")
@@ -109,7 +105,9 @@ def place_job(cfg: DictConfig, hc: Any) -> None:
     if cfg.device == "auto" and torch.cuda.device_count() > 1:
         num = hc.job.get("num")
         if num is not None:
-            # GPU PLACEMENT: the one call site. A balanced placement (rmtprune/placement.py) replaces gpu_for_job here.
-            index = gpu_for_job(int(num), torch.cuda.device_count())
+            from ..placement import gpu_for_job, sweep_overrides_of
+
+            overrides = sweep_overrides_of(hc.sweep.dir) or list(hc.overrides.task)
+            index = gpu_for_job(int(num), overrides, torch.cuda.device_count())
             with open_dict(cfg):
                 cfg.device = f"cuda:{index}"
