@@ -84,17 +84,6 @@ def model_payload(model: nn.Module, spec: dict[str, Any], num_classes: int, inpu
     }
 
 
-def to_cpu(obj: Any) -> Any:
-    """A copy of a nested dict / list of tensors with every tensor on the CPU (optimizer states)."""
-    if torch.is_tensor(obj):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(to_cpu(v) for v in obj)
-    return obj
-
-
 def load_file(path: Path) -> dict[str, Any]:
     """Load a checkpoint or state_dict file safely (weights_only); a bad file is a UserError."""
     path = Path(path)

@@ -57,7 +57,9 @@ def test_inspect_reports_the_planted_spike_counts(cli, tmp_path, form):
 def test_prune_a_trained_model_keeps_accuracy_and_shrinks_it(cli, tmp_path):
     args = [*FAST, "topology=784-512-512-10", "optimizer.lr=0.1"]  # FAST trains the normal arm
     assert cli("train", *args, "epochs=6", "hydra.run.dir=trained")[0] == 0
-    code, out, err = cli("prune", "trained", *args, "pruning=rmt", "schedule=oneshot", "finetune_epochs=2", "hydra.run.dir=pruned")
+    # fine-tuning at the run's lr of 0.1 overshoots on this small synthetic task; 0.02 is the paper's lr
+    code, out, err = cli("prune", "trained", *args, "pruning=rmt", "schedule=oneshot", "finetune_epochs=2",
+                         "optimizer.lr=0.02", "hydra.run.dir=pruned")
     assert code == 0, err
     s = json.loads((tmp_path / "pruned" / "summary.json").read_text())
     assert s["n_params_after"] < 0.2 * s["n_params_before"]
