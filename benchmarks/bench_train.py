@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from rmtprune.checkpoint import model_payload, save_atomic
-from rmtprune.config import DatasetConfig, OptimizerConfig, PruningConfig, RunConfig, parse_topology
+from rmtprune.config import DatasetConfig, OptimizerConfig, RunConfig, parse_topology
 from rmtprune.data import Data, load_data
 from rmtprune.models import build_model, count_parameters
 from rmtprune.progress import BatchProgress
@@ -298,8 +298,7 @@ def main() -> None:
     x = data.test_x[:4096]
     dense_fwd, dense_params = forward_seconds(model, x, device), count_parameters(model)
     r["checkpoint_s"] = checkpoint_seconds(model, spec)
-    pcfg = OmegaConf.merge(OmegaConf.structured(PruningConfig), {"name": "rmt"})
-    pruner = RMTPruner(pcfg, lambda e: 0.0, 10)
+    pruner = RMTPruner(schedule="oneshot")  # conf/pruning/rmt.yaml's defaults, one cut to the spikes
     sync(device)
     t = time.perf_counter()
     event = pruner.step(model, 2)

@@ -196,5 +196,7 @@ tar -czf "$OUTDIR/logs.tar.gz" -C "$WORK" --exclude='*.pt' --exclude='data-cache
   --exclude='protocol' logs smoke $(cd "$WORK" && ls smoke.json compile.json cuda_tests.xml 2>/dev/null) 2>/dev/null
 say "gpu_check: done in $(($(date +%s) - T0)) s; results in $OUTDIR"
 cut -f1,2 "$STAGES" | tr '\t' ' ' | sed 's/^/  /' | tee -a "$LOG"
+status=0
+grep -qv $'\tok\t' "$STAGES" && status=1  # a stage that is not ok: exit 1 (after the results are written)
 [ -n "${KEEP_WORK:-}" ] || rm -rf "$WORK"
-! grep -qv $'\tok\t' "$STAGES"
+exit $status

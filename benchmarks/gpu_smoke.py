@@ -66,7 +66,8 @@ class Smoke:
         return [sys.executable, "-m", "rmtprune", *args]
 
     def train_args(self, folder: str, *extra: str, device: str | None = None) -> list[str]:
-        return ["train", *self.data, *self.net, *self.common, "epochs=3", "schedule.horizon=3",
+        net = [a for a in self.net if "pruning=none" not in extra or not a.startswith("pruning.")]  # none has no keys
+        return ["train", *self.data, *net, *self.common, "epochs=3",
                 f"device={device or self.gpu}", *extra, f"hydra.run.dir={self.work / folder}"]
 
     def run(self, args: list[str], log: str, env: dict[str, str] | None = None, timeout: float = 600) -> int:
