@@ -220,14 +220,34 @@ def resolve_redirect(folder: Path) -> Path:
 
 
 def append_spectra(path: Path, epoch: int, spectra: dict[str, Any]) -> None:
-    """Add one event's singular values to ``spectra.npz`` (keys ``e{epoch}/{layer}``), atomically."""
+    """Append one event's singular values to ``spectra.npz`` (keys ``e{epoch}/{layer}``).
+
+    The earlier events are not rewritten: the arrays go into the zip archive as new deflated ``.npy``
+    members (what ``np.savez_compressed`` writes), so an event costs its own size, not the file's. Only
+    when the archive already holds this epoch (a resumed run repeating the event it wrote before it was
+    stopped) is the file rewritten once, atomically, without the old entries.
+    """
+    import zipfile
+
     import numpy as np
 
-    data: dict[str, Any] = {}
+    members = {f"e{epoch}/{layer}.npy": np.asanyarray(values) for layer, values in spectra.items()}
     if path.exists():
-        with np.load(path) as old:
-            data = {k: old[k] for k in old.files}
-    data.update({f"e{epoch}/{layer}": values for layer, values in spectra.items()})
+        with zipfile.ZipFile(path) as zf:
+            stale = set(zf.namelist()) & set(members)
+        if stale:
+            with np.load(path) as old:
+                kept = {k: old[k] for k in old.files if f"{k}.npy" not in stale}
+            _write_npz_atomic(path, kept)
+    with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, values in members.items():
+            with zf.open(name, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, values, allow_pickle=False)
+
+
+def _write_npz_atomic(path: Path, data: dict[str, Any]) -> None:
+    import numpy as np
+
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.npz")
     os.close(fd)
     try:
@@ -236,6 +256,23 @@ def append_spectra(path: Path, epoch: int, spectra: dict[str, Any]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def repair_spectra(path: Path) -> str | None:
+    """A ``spectra.npz`` that a killed append left unreadable is moved aside to ``spectra.npz.damaged``
+    (so the run can go on appending); returns a warning, or None when the file is fine or absent."""
+    import zipfile
+
+    if not path.exists():
+        return None
+    try:
+        with zipfile.ZipFile(path) as zf:
+            if zf.testzip() is None:
+                return None
+    except (zipfile.BadZipFile, OSError, EOFError):
+        pass
+    os.replace(path, path.with_name(path.name + ".damaged"))
+    return f"{path} was damaged (a write interrupted?): moved to {path.name}.damaged; later events start a new file"
 
 
 def read_spectra(path: Path) -> dict[int, dict[str, Any]]:

@@ -43,7 +43,7 @@ from .magnitude import magnitude_sweep
 from .loggers import Logger, open_logger
 from .models import count_parameters, factorised_ranks, model_spec, model_warnings
 from .outputs import (METRICS_COLUMNS, RunLock, append_spectra, config_key, find_runs, identity_differences,
-                      read_json, write_csv, write_json)
+                      read_json, repair_spectra, write_csv, write_json)
 from .progress import BatchProgress, show_event
 from .pruner import LEDGER_COLUMNS, make_pruner
 from .schedules import make_schedule
@@ -203,6 +203,9 @@ def _train(cfg: DictConfig, out_dir: Path, key: str, device: torch.device, resum
     if resuming and ckpt_path.exists():
         _same_config_or_refuse(_checkpoint_config(ckpt_path), cfg, ckpt_path, "it was made by")
         state = TrainingState.restore(ckpt_path, cfg, device, pruner)
+        damaged = repair_spectra(out_dir / "spectra.npz")
+        if damaged:
+            log.warning(damaged)
     else:
         state = TrainingState.fresh(cfg, model_spec(cfg), data.num_classes, list(data.input_shape), device, pruner,
                                     _now())
