@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from .pruner import rmt_pruner_from_config
+from .models import count_parameters
 
 COLUMNS = ["layer", "kind", "out", "in", "gamma", "sigma2", "lambda_plus", "threshold", "n_spikes", "fit_error",
            "good_fit", "tolerance", "rank_now", "rank_after_prune", "action", "params_now", "params_after",
@@ -38,7 +39,7 @@ def inspect_model(model: nn.Module, pruning: DictConfig, keep_fraction: float = 
         rows.append({**{k: r.get(k) for k in COLUMNS if k in r}, "rank_now": r["rank_before"],
                      "rank_after_prune": r["rank_after"], "params_now": r["params_before"],
                      "params_after": r["params_after"]})
-    total_now = sum(p.numel() for p in model.parameters())
+    total_now = count_parameters(model)
     saved = sum(r["params_now"] - r["params_after"] for r in rows)
     rows.append({c: None for c in COLUMNS} | {"layer": "total", "params_now": total_now,
                                               "params_after": total_now - saved,

@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from .evaluate import evaluate
+from .models import count_parameters
 
 COLUMNS = ["sparsity", "tau", "n_nonzero", "n_params", "test_loss", "test_acc"]
 
@@ -44,7 +45,7 @@ def magnitude_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_thresh
     """
     all_w = torch.cat([m.weight.detach().abs().flatten() for m, _ in _weights(model)])
     sorted_w = torch.sort(all_w.float().cpu()).values
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = count_parameters(model)
     rows = []
     for s in sparsity_grid(n_thresholds):
         amount = int(round(s * sorted_w.numel()))

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .lowrank import LOW_RANK_TYPES, LowRankConv2d, LowRankLinear
+from .models import count_parameters
 
 SVD = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -42,7 +43,8 @@ def weight_count(module: nn.Module) -> int:
 
 
 def param_count(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
+    """The layer's parameter count (models.count_parameters, the one home of parameter counting)."""
+    return count_parameters(module)
 
 
 def split_weight_count(module: nn.Module, rank: int) -> int:
@@ -61,22 +63,47 @@ def layer_matrix_shape(module: nn.Module) -> tuple[int, int]:
     return int(w.shape[0]), int(w[0].numel())
 
 
-def layer_svd(module: nn.Module) -> SVD:
+def layer_svd(module: nn.Module, method: str = "auto") -> SVD:
     """Thin SVD (U (out, q), s (q,) descending, Vh (q, m)) of the layer's matrix.
 
     A split layer (one group) is decomposed through QR of its factors, at O((out + m) r^2) cost:
     W2 = Q2 R2, W1^T = Q1 R1, W2 W1 = Q2 (R2 R1^T) Q1^T, then the SVD of the small r x r core.
-    Computed in float32 at least (float64 stays float64).
+    Computed in float32 at least (float64 stays float64). A dense layer: ``method="svd"``
+    (``torch.linalg.svd``) or ``"gram"``: the float64 eigendecomposition of the p x p Gram matrix,
+    W W^T = U diag(s^2) U^T (W (out, m), out <= m; the transpose otherwise), V = W^T U diag(1 / s) for
+    s > 0 (zero columns for exact zeros, which no cut keeps); ``"auto"`` takes the Gram path on CUDA
+    for rectangular matrices (m >= 2 out or out >= 2 m), where it is the faster driver, and the SVD
+    elsewhere.
     """
     work = torch.float64 if _dtype(module) == torch.float64 else torch.float32
+    w = None
+    if not isinstance(module, LOW_RANK_TYPES):
+        w = layer_matrix(module)
+        p, n = min(w.shape), max(w.shape)
+        if method == "gram" or (method == "auto" and w.is_cuda and n >= 2 * p):
+            return _gram_svd(w.double(), work)
     if isinstance(module, LowRankLinear) or (isinstance(module, LowRankConv2d) and module.groups == 1):
         left, right = (f.detach().to(work) for f in module.factors())
         q2, r2 = torch.linalg.qr(left)
         q1, r1 = torch.linalg.qr(right.T)
         uc, s, vhc = torch.linalg.svd(r2 @ r1.T)
         return q2 @ uc, s, vhc @ q1.T
-    u, s, vh = torch.linalg.svd(layer_matrix(module).to(work), full_matrices=False)
+    u, s, vh = torch.linalg.svd((w if w is not None else layer_matrix(module)).to(work), full_matrices=False)
     return u, s, vh
+
+
+def _gram_svd(w: torch.Tensor, work: torch.dtype) -> SVD:
+    """Thin SVD of a float64 matrix through its small Gram matrix (see :func:`layer_svd`)."""
+    transposed = w.shape[0] > w.shape[1]
+    a = w.T if transposed else w                       # (p, n), p <= n
+    ev, u = torch.linalg.eigh(a @ a.T)                 # ascending
+    ev, u = ev.flip(0).clamp_min(0.0), u.flip(1)
+    s = ev.sqrt()
+    inv = torch.where(s > s[0] * torch.finfo(torch.float64).eps * max(a.shape), 1.0 / s, torch.zeros_like(s))
+    v = (a.T @ u) * inv                                # (n, p)
+    if transposed:                                     # w = a^T = v diag(s) u^T
+        return v.to(work), s.to(work), u.T.to(work)
+    return u.to(work), s.to(work), v.T.to(work)
 
 
 def _dtype(module: nn.Module) -> torch.dtype:

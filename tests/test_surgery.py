@@ -112,3 +112,20 @@ def test_one_optimizer_step_changes_the_new_factors():
     loss.backward()
     opt.step()
     assert all(not torch.equal(b, p) for b, p in zip(before, new.parameters()))
+
+
+@pytest.mark.parametrize("shape", [(40, 200), (200, 40), (60, 60)])
+def test_the_gram_path_gives_the_svd_of_the_layer(shape):
+    """The float64 Gram eigendecomposition (the GPU's driver for rectangular layers) against the SVD:
+    the same singular values and the same rank-r truncations."""
+    out, inp = shape
+    layer = nn.Linear(inp, out).double()
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(out, 5, dtype=torch.float64) @ torch.randn(5, inp, dtype=torch.float64)
+                           + 0.01 * torch.randn(out, inp, dtype=torch.float64))
+    u, s, vh = layer_svd(layer, method="gram")
+    u2, s2, vh2 = layer_svd(layer, method="svd")
+    np.testing.assert_allclose(s.numpy(), s2.numpy(), rtol=1e-9, atol=1e-9 * float(s2[0]))
+    for r in (1, 5, 20):
+        torch.testing.assert_close((u[:, :r] * s[:r]) @ vh[:r], (u2[:, :r] * s2[:r]) @ vh2[:r], rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close((u * s) @ vh, layer.weight.detach(), rtol=1e-7, atol=1e-9)
