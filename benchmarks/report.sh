@@ -9,11 +9,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=outputs/paper runs=docs/results/runs
 if [ -d "$root" ]; then
+  # the exact post-training magnitude baseline needs the normal runs' model.pt, which is not committed:
+  # compute it where the models are, cached in each normal run's posthoc_magnitude.csv (copied below)
+  for sweep in "$root"/*/; do
+    rmtprune compare "$sweep" --finetune --no-plots --format csv --out "$(mktemp -d)" > /dev/null || true
+  done
   for job in "$root"/*/*/; do
     [ -f "$job/DONE" ] || continue  # unfinished or failed jobs are not reported
     dest="$runs/$(basename "$(dirname "$job")")/$(basename "$job")"
     # a job already copied keeps its copy: a skip_done relaunch into the same folder rewrites
     # .hydra/ and appends to train.log, but not summary.json
+    if [ -f "$job/posthoc_magnitude.csv" ] && [ -d "$dest" ]; then cp "$job/posthoc_magnitude.csv" "$dest/"; fi
     [ -f "$dest/DONE" ] && cmp -s "$job/summary.json" "$dest/summary.json" && continue
     mkdir -p "$dest"
     for f in summary.json metrics.csv layers.csv magnitude_sweep.csv posthoc_magnitude.csv spectra.npz DONE train.log; do
@@ -25,9 +31,9 @@ fi
 [ -d "$runs" ] || { echo "no runs in $runs yet: run benchmarks/reproduce_cpu.sh first" >&2; exit 1; }
 for dir in "$runs"/*/; do
   s=$(basename "$dir")
-  case "$s" in frontier_*) ;; *) rmtprune compare "$runs/$s" --out "docs/results/$s" ;; esac
+  case "$s" in frontier_*) ;; *) rmtprune compare "$runs/$s" --finetune --out "docs/results/$s" ;; esac
 done
 # the frontier: every compression level on MNIST with the main sweep's arms
 if ls -d "$runs"/frontier_* > /dev/null 2>&1; then
-  rmtprune compare "$runs/mnist_fc_1000_1000_1000_500_cpu" "$runs"/frontier_* --out docs/results/frontier_mnist
+  rmtprune compare "$runs/mnist_fc_1000_1000_1000_500_cpu" "$runs"/frontier_* --finetune --out docs/results/frontier_mnist
 fi

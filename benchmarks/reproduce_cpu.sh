@@ -20,6 +20,13 @@ case "${JOBS:-1}" in ''|*[!0-9]*|0) echo "JOBS must be a positive integer, not '
 launcher=(threads=1)
 [ "${JOBS:-1}" -gt 1 ] && launcher=(hydra/launcher=local_parallel "hydra.launcher.n_jobs=$JOBS" threads=1)
 status=0
+# finished runs committed by an earlier session (docs/results/runs) are put back where skip_done finds them
+if [ -d docs/results/runs ]; then
+  for job in docs/results/runs/*/*/; do
+    dest="$root/$(basename "$(dirname "$job")")/$(basename "$job")"
+    if [ -f "$job/DONE" ] && [ ! -e "$dest" ]; then mkdir -p "$(dirname "$dest")"; cp -r "$job" "$dest"; fi
+  done
+fi
 sweep() {  # folder, overrides...: one Hydra sweep; a failed job is reported and the next sweep still runs
   local folder=$1; shift
   rmtprune train -m "${launcher[@]}" "$@" device=cpu progress=plain skip_done=true output_root="$root" \
