@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -100,3 +101,23 @@ def rmtprune_command() -> list[str]:
     """The installed console script beside this interpreter, else ``python -m rmtprune``."""
     exe = Path(sys.executable).parent / "rmtprune"
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "rmtprune"]
+
+
+@contextlib.contextmanager
+def interrupted_at(monkeypatch, epoch: int):
+    """Inside the block, ``rmtprune train`` stops with Ctrl-C (KeyboardInterrupt) when epoch ``epoch`` starts
+    (train.train_epoch patched); the real epoch is back after it."""
+    import rmtprune.train as train_mod
+
+    original = train_mod.train_epoch
+
+    def crash(*a, **kw):
+        if a[-1] == epoch:
+            raise KeyboardInterrupt
+        return original(*a, **kw)
+
+    monkeypatch.setattr(train_mod, "train_epoch", crash)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(train_mod, "train_epoch", original)

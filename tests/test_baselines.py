@@ -13,7 +13,7 @@ import torch
 from hydra import compose, initialize_config_module
 from torch import nn
 
-from conftest import FAST
+from conftest import FAST, interrupted_at
 from rmtprune.checkpoint import load_file, rebuild_model
 from rmtprune.config import register_configs
 from rmtprune.errors import UserError
@@ -225,18 +225,9 @@ def test_interrupted_magnitude_run_resumes_to_identical_metrics(cli, tmp_path, m
     args = [*FAST, "epochs=4", "device=cpu", "pruning=magnitude", *SMALL, f"pruning.target_params={TARGET}"]
     assert cli("train", *args, "hydra.run.dir=full")[0] == 0
 
-    import rmtprune.train as train_mod
-    original = train_mod.train_epoch
-
-    def crash_at_epoch_3(*a, **kw):
-        if a[-1] == 3:
-            raise KeyboardInterrupt
-        return original(*a, **kw)
-
-    monkeypatch.setattr(train_mod, "train_epoch", crash_at_epoch_3)
-    code, _, err = cli("train", *args, "output_root=part", "hydra.run.dir=part/first")
-    assert code == 130
-    monkeypatch.setattr(train_mod, "train_epoch", original)
+    with interrupted_at(monkeypatch, 3):
+        code, _, err = cli("train", *args, "output_root=part", "hydra.run.dir=part/first")
+        assert code == 130
     code, _, err = cli("train", *args, "output_root=part", "resume=true", "hydra.run.dir=part/second")
     assert code == 0, err
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import FAST, REPO
+from conftest import FAST, REPO, interrupted_at
 
 pytestmark = pytest.mark.cuda
 
@@ -66,18 +66,8 @@ def test_the_cnn_trains_deterministically_on_the_gpu(cli, tmp_path):
 def test_interrupted_gpu_run_resumes_to_identical_metrics(cli, tmp_path, monkeypatch):
     args = [*GPU, *RMT, "epochs=4", "deterministic=true"]
     assert cli("train", *args, "hydra.run.dir=full")[0] == 0
-    import rmtprune.train as train_mod
-
-    original = train_mod.train_epoch
-
-    def crash_at_epoch_3(*a, **kw):
-        if a[-1] == 3:
-            raise KeyboardInterrupt
-        return original(*a, **kw)
-
-    monkeypatch.setattr(train_mod, "train_epoch", crash_at_epoch_3)
-    assert cli("train", *args, "output_root=part", "hydra.run.dir=part/first")[0] == 130
-    monkeypatch.setattr(train_mod, "train_epoch", original)
+    with interrupted_at(monkeypatch, 3):
+        assert cli("train", *args, "output_root=part", "hydra.run.dir=part/first")[0] == 130
     code, _, err = cli("train", *args, "output_root=part", "resume=true", "hydra.run.dir=part/second")
     assert code == 0, err
     assert metrics(tmp_path / "part" / "first") == metrics(tmp_path / "full")
@@ -91,18 +81,8 @@ def test_resume_across_devices(cli, tmp_path, monkeypatch, first, second):
     base = [a for a in GPU if not a.startswith("device=")] + [*RMT, "epochs=4", "deterministic=true"]
     code, _, err = cli("train", *base, f"device={first}", "hydra.run.dir=full")
     assert code == 0, err
-    import rmtprune.train as train_mod
-
-    original = train_mod.train_epoch
-
-    def crash_at_epoch_3(*a, **kw):
-        if a[-1] == 3:
-            raise KeyboardInterrupt
-        return original(*a, **kw)
-
-    monkeypatch.setattr(train_mod, "train_epoch", crash_at_epoch_3)
-    assert cli("train", *base, f"device={first}", "output_root=part", "hydra.run.dir=part/first")[0] == 130
-    monkeypatch.setattr(train_mod, "train_epoch", original)
+    with interrupted_at(monkeypatch, 3):
+        assert cli("train", *base, f"device={first}", "output_root=part", "hydra.run.dir=part/first")[0] == 130
     code, _, err = cli("train", *base, f"device={second}", "output_root=part", "resume=true", "hydra.run.dir=part/x")
     assert code == 0, err
     part, full = metrics(tmp_path / "part" / "first"), metrics(tmp_path / "full")

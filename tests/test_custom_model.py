@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import FAST
+from conftest import FAST, interrupted_at
 from rmtprune.config import custom_model_overrides
 
 NET = "tests_support.nets.Net"
@@ -117,18 +117,9 @@ def test_interrupted_custom_run_resumes_to_identical_metrics(cli, tmp_path, monk
     args = [*CUSTOM, *RMT, "epochs=2"]
     assert train(cli, *args, "hydra.run.dir=full")[0] == 0
 
-    import rmtprune.train as train_mod
-    original = train_mod.train_epoch
-
-    def crash_at_epoch_2(*a, **kw):
-        if a[-1] == 2:
-            raise KeyboardInterrupt
-        return original(*a, **kw)
-
-    monkeypatch.setattr(train_mod, "train_epoch", crash_at_epoch_2)
-    code, _, err = train(cli, *args, "output_root=part", "hydra.run.dir=part/first")
-    assert code == 130
-    monkeypatch.setattr(train_mod, "train_epoch", original)
+    with interrupted_at(monkeypatch, 2):
+        code, _, err = train(cli, *args, "output_root=part", "hydra.run.dir=part/first")
+        assert code == 130
     ckpt = torch.load(tmp_path / "part" / "first" / "checkpoint.pt", weights_only=True)
     assert ckpt["epoch"] == 1 and ckpt["ranks"]  # after the event: resume rebuilds the factorised architecture
     code, _, err = train(cli, *args, "output_root=part", "resume=true", "hydra.run.dir=part/second")

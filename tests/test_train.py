@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import FAST, needs_real_data
+from conftest import FAST, interrupted_at, needs_real_data
 from rmtprune.outputs import METRICS_COLUMNS
 from rmtprune.pruner import LEDGER_COLUMNS
 
@@ -80,20 +80,11 @@ def test_interrupted_run_resumes_to_identical_metrics(cli, tmp_path, monkeypatch
     args = [*FAST, "device=cpu", "epochs=4", "pruning=rmt", "schedule.horizon=3"]
     assert cli("train", *args, "hydra.run.dir=full")[0] == 0
 
-    import rmtprune.train as train_mod
-    original = train_mod.train_epoch
-
-    def crash_at_epoch_3(*a, **kw):
-        if a[-1] == 3:
-            raise KeyboardInterrupt
-        return original(*a, **kw)
-
-    monkeypatch.setattr(train_mod, "train_epoch", crash_at_epoch_3)
-    code, _, err = cli("train", *args, "output_root=part", "hydra.run.dir=part/first")
-    assert code == 130 and "resume=true" in err
-    status = json.loads((tmp_path / "part" / "first" / "summary.json").read_text())
-    assert status["status"] == "interrupted" and status["epochs_completed"] == 2
-    monkeypatch.setattr(train_mod, "train_epoch", original)
+    with interrupted_at(monkeypatch, 3):
+        code, _, err = cli("train", *args, "output_root=part", "hydra.run.dir=part/first")
+        assert code == 130 and "resume=true" in err
+        status = json.loads((tmp_path / "part" / "first" / "summary.json").read_text())
+        assert status["status"] == "interrupted" and status["epochs_completed"] == 2
 
     code, _, err = cli("train", *args, "output_root=part", "resume=true", "hydra.run.dir=part/second")
     assert code == 0, err
