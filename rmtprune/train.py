@@ -37,7 +37,7 @@ from .data import Data, load_data
 from .environment import machine, versions
 from .errors import RunFailed, UserError
 from .evaluate import evaluate
-from .events import Pruner, rebuild_optimizer
+from .events import PruneEvent, Pruner, rebuild_optimizer
 from .magnitude import COLUMNS as MAGNITUDE_COLUMNS
 from .magnitude import magnitude_sweep
 from .loggers import Logger, open_logger
@@ -200,9 +200,18 @@ def _train(cfg: DictConfig, out_dir: Path, key: str, device: torch.device, resum
     data = load_data(cfg.dataset, device)
     pruner: Pruner = make_pruner(cfg.pruning, make_schedule(cfg.schedule))
     ckpt_path = out_dir / "checkpoint.pt"
+    old_epochs = None
     if resuming and ckpt_path.exists():
-        _same_config_or_refuse(_checkpoint_config(ckpt_path), cfg, ckpt_path, "it was made by")
+        old_config = _checkpoint_config(ckpt_path)
+        _same_config_or_refuse(old_config, cfg, ckpt_path, "it was made by")
         state = TrainingState.restore(ckpt_path, cfg, device, pruner)
+        old_epochs = int(old_config.get("epochs", state.epoch))
+        from .baselines import TargetPruner
+
+        if isinstance(pruner, TargetPruner) and old_epochs != int(cfg.epochs):
+            raise UserError(f"epochs={cfg.epochs}: a pruning={cfg.pruning.name} run of {old_epochs} epochs cannot be "
+                            f"continued with another length: its schedule is spread over the events of its own")
+        (out_dir / "DONE").unlink(missing_ok=True)  # a finished run continued to more epochs is running again
         damaged = repair_spectra(out_dir / "spectra.npz")
         if damaged:
             log.warning(damaged)
@@ -224,6 +233,8 @@ def _train(cfg: DictConfig, out_dir: Path, key: str, device: torch.device, resum
     t_start = time.perf_counter() - state.wall_time_s
     logger = open_logger(cfg, out_dir)
     try:
+        if old_epochs is not None and old_epochs < int(cfg.epochs) and state.epoch == old_epochs:
+            _grow(cfg, state, data, old_epochs, out_dir, logger)
         with BatchProgress(cfg.progress) as progress:
             for epoch in range(state.epoch + 1, int(cfg.epochs) + 1):
                 _epoch(cfg, state, data, epoch, out_dir, progress, logger)
@@ -295,19 +306,7 @@ def _epoch(cfg: DictConfig, state: TrainingState, data: Data, epoch: int, out_di
     after_loss = after_acc = math.nan
     event = None
     if state.pruner.is_event(epoch) and epoch < int(cfg.epochs):
-        event = state.pruner.step(state.model, epoch)
-        state.ledger.extend(event.records)
-        if event.spectra:
-            append_spectra(out_dir / "spectra.npz", epoch, event.spectra)
-        show_event(event.records, epoch, cfg.progress)
-        logger.log_event(epoch, event.records, event.spectra)
-        if event.changed:
-            after_loss, after_acc = evaluate(state.model, data.test_x, data.test_y, int(cfg.eval_batch_size))
-        else:  # nothing changed: the model evaluated after the event is the one evaluated before it
-            after_loss, after_acc = test_loss, test_acc
-        state.lr *= state.pruner.lr_factor
-        state.optimizer = rebuild_optimizer(state.optimizer, state.model, event, momentum=state.pruner.momentum,
-                                            lr=state.lr)
+        event, after_loss, after_acc = _event(cfg, state, data, epoch, out_dir, logger, test_loss, test_acc)
     state.lr *= float(cfg.optimizer.lr_decay)
     row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
            "test_acc": test_acc, "n_params": n_params, "n_params_after": count_parameters(state.model),
@@ -320,6 +319,48 @@ def _epoch(cfg: DictConfig, state: TrainingState, data: Data, epoch: int, out_di
              "%.1fs", epoch, cfg.epochs, train_loss, 100 * train_acc, test_loss, 100 * test_acc,
              f" (after event {100 * after_acc:.2f}%)" if event is not None and event.changed else "",
              f"{row['n_params_after']:,}", lr_used, row["seconds"])
+    write_csv(out_dir / "metrics.csv", state.metrics, METRICS_COLUMNS)
+    if state.ledger:
+        write_csv(out_dir / "layers.csv", state.ledger, LEDGER_COLUMNS)
+
+
+def _event(cfg: DictConfig, state: TrainingState, data: Data, epoch: int, out_dir: Path, logger: Logger,
+           test_loss: float, test_acc: float) -> tuple[PruneEvent, float, float]:
+    """The event after ``epoch``: prune, record, evaluate right after, lr x lr_factor, rebuild the optimizer.
+    Returns the event and the test loss and accuracy right after it."""
+    event = state.pruner.step(state.model, epoch)
+    state.ledger.extend(event.records)
+    if event.spectra:
+        append_spectra(out_dir / "spectra.npz", epoch, event.spectra)
+    show_event(event.records, epoch, cfg.progress)
+    logger.log_event(epoch, event.records, event.spectra)
+    if event.changed:
+        after_loss, after_acc = evaluate(state.model, data.test_x, data.test_y, int(cfg.eval_batch_size))
+    else:  # nothing changed: the model evaluated after the event is the one evaluated before it
+        after_loss, after_acc = test_loss, test_acc
+    state.lr *= state.pruner.lr_factor
+    state.optimizer = rebuild_optimizer(state.optimizer, state.model, event, momentum=state.pruner.momentum,
+                                        lr=state.lr)
+    return event, after_loss, after_acc
+
+
+def _grow(cfg: DictConfig, state: TrainingState, data: Data, old_epochs: int, out_dir: Path, logger: Logger) -> None:
+    """A finished run continued with more epochs: it skipped the event after its last epoch (no event
+    after a run's last epoch), which a run of the new length has. Replay that event now, so that the
+    continued run is the run of the new length (same model, lr calendar and optimizer state; its
+    metrics row gets the event's columns). Baselines matched to a count spread their cubic schedule over
+    the run's events: their epochs cannot grow."""
+    epoch = state.epoch
+    if not state.pruner.is_event(epoch) or not state.metrics or int(state.metrics[-1]["epoch"]) != epoch:
+        return
+    log.info("continuing a finished run of %d epochs to %d: the event after epoch %d happens now", old_epochs,
+             cfg.epochs, epoch)
+    row = state.metrics[-1]
+    event, after_loss, after_acc = _event(cfg, state, data, epoch, out_dir, logger, float(row["test_loss"]),
+                                          float(row["test_acc"]))
+    row.update(n_params_after=count_parameters(state.model), test_loss_after_event=after_loss,
+               test_acc_after_event=after_acc,
+               pruned_layers=sum(r["action"] in ("split", "truncate", "mask") for r in event.records))
     write_csv(out_dir / "metrics.csv", state.metrics, METRICS_COLUMNS)
     if state.ledger:
         write_csv(out_dir / "layers.csv", state.ledger, LEDGER_COLUMNS)
