@@ -7,8 +7,10 @@ type becomes part of every group's label (``device=cpu`` / ``device=cuda``; a ru
 record its device goes to ``device=unknown``). Inside a group, each pruning setting is an *arm*:
 ``none`` is the normal baseline and ``control`` the fair one (the same event calendar, lr factor
 and momentum resets as ``rmt``, no pruning); both are labelled by their name alone. Every other
-arm is tested against ``none``, and also against ``control`` when the group has one (columns
-``control_*``); ``control`` itself is tested against ``none``. The tests: difference of means
+arm is tested against ``none``, and also against a ``control`` arm of the group whose event calendar
+(``pruning.every``, ``start_epoch``, ``stop_epoch``, ``lr_factor``, ``momentum``) is the arm's own
+(columns ``control_*``; left empty, with a note, when the group's control has another calendar);
+``control`` itself is tested against ``none``. The tests: difference of means
 (Welch t interval and test), paired t-test over shared seeds, variance ratio (F-test, Levene, and
 a percentile-bootstrap 95% interval), and the post-training magnitude baseline: each normal
 run's final model magnitude-pruned exactly to the same seed's pruned count
@@ -34,6 +36,7 @@ from typing import Any
 
 import pandas as pd
 
+from .config import PRUNING_KEYS
 from .errors import UserError
 from .outputs import write_csv
 from .runs import MACHINE_KEYS, Run, load_runs
@@ -46,6 +49,8 @@ NORMAL = "none"
 CONTROL = "control"
 REFERENCES = (NORMAL, CONTROL)   # arms every pruned arm is tested against; never pruned configurations
 DEVICE_KEY = "device"            # the group-label key that separates CPU and GPU runs
+# The event calendar an arm must share with the control arm it is tested against.
+CALENDAR = tuple(f"pruning.{k}" for k in PRUNING_KEYS[CONTROL] if k != "name")
 
 
 @dataclass
@@ -273,8 +278,13 @@ def compare(paths: list[Path], by: list[str] | None = None, metric: str = "test_
             name = method(rs[0])
             if name != NORMAL and NORMAL in finals:
                 row.update(_versus("", finals[arm], finals[NORMAL]))
-            if name not in REFERENCES and CONTROL in finals:
-                row.update(_versus("control_", finals[arm], finals[CONTROL]))
+            if name not in REFERENCES:
+                control, other = same_calendar_control(arms, rs)
+                if control is not None:
+                    row.update(_versus("control_", finals[arm], finals[control]))
+                elif other:
+                    notes.append(f"control has another calendar: {', '.join(other)}")
+                    row["note"] = "; ".join(notes)
             if name not in REFERENCES and normal_runs:
                 row.update(_magnitude(rs, normal_runs, metric, baseline, finetune))
             rows.append(row)
@@ -283,6 +293,27 @@ def compare(paths: list[Path], by: list[str] | None = None, metric: str = "test_
     table = pd.DataFrame(rows, columns=COLUMNS)
     return Comparison(table, pd.DataFrame(curve_rows), problems, groups, metric, warnings=warnings,
                       frontier=frontier(groups), finetune=finetune)
+
+
+def calendar(run: Run) -> dict[str, Any]:
+    """The event calendar of a run: {``pruning.every``, ...: value} (:data:`CALENDAR`)."""
+    return {k: run.config.get(k) for k in CALENDAR}
+
+
+def same_calendar_control(arms: dict[str, list[Run]], runs: list[Run]) -> tuple[str | None, list[str]]:
+    """(the control arm of ``arms`` with the calendar of ``runs``, []), or (None, the calendar keys in
+    which the group's control differs) when no control arm has it; (None, []) without a control arm.
+    ``control`` itself is preferred when several control arms (other settings) share the calendar."""
+    controls = [a for a, rs in arms.items() if rs and method(rs[0]) == CONTROL]
+    controls.sort(key=lambda a: a != CONTROL)
+    ours = calendar(runs[0])
+    for arm in controls:
+        if calendar(arms[arm][0]) == ours:
+            return arm, []
+    if not controls:
+        return None, []
+    theirs = calendar(arms[controls[0]][0])
+    return None, [_short(k) for k in CALENDAR if theirs[k] != ours[k]]
 
 
 _VERSUS = ["diff", "diff_ci_low", "diff_ci_high", "welch_p", "n_pairs", "paired_diff", "paired_p",

@@ -11,8 +11,12 @@
   ``pruning=none,control,rmt``), so a sweep's baselines can be matched seed by seed.
 
 Either way the run must be of the same data set (``dataset.name``) and network (``model``, and
-``topology`` for the MLP; the whole model config otherwise). Anything else is a UserError naming the key:
-no finished run, another network or data set, several runs with different final counts.
+``topology`` for the MLP; the whole model config otherwise), must have pruned (its pruning is not none or
+control, and ``n_params_final < n_params_initial``), and must share this run's event calendar and length
+(``pruning.every``, ``start_epoch``, ``stop_epoch``, ``lr_factor``, ``momentum``: the keys of
+``config.PRUNING_KEYS["control"]`` but ``name``; and ``epochs``): a matched baseline runs the same loop and
+calendar as the run it matches. Anything else is a UserError naming the key: no finished run, another
+network or data set, an unpruned run, another calendar, several runs with different final counts.
 """
 
 from __future__ import annotations
@@ -22,12 +26,16 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from .config import parse_topology
+from .config import PRUNING_KEYS, parse_topology
 from .errors import UserError
 from .outputs import read_json, resolve_redirect
 
 BASELINES = ("magnitude", "lowrank")
 NOT_MATCHED_IN_SWEEPS = ("none", "control", *BASELINES)
+UNPRUNED = ("none", "control")
+# What a matched run must share with this one besides the network: the event calendar and the run length.
+CALENDAR_KEYS = tuple(f"pruning.{k}" for k in PRUNING_KEYS["control"] if k != "name") + ("epochs",)
+_ABSENT = object()
 
 
 def resolve_target(cfg: DictConfig) -> None:
@@ -102,6 +110,12 @@ def target_from_run(cfg: DictConfig) -> int:
         mismatch = _other_network(summary, cfg)
         if mismatch:
             raise UserError(f"{key}: that run is of {mismatch}; match a run of the same network and data set")
+        unpruned = _unpruned(summary)
+        if unpruned:
+            raise UserError(f"{key}: that run {unpruned}; match a pruned run (e.g. pruning=rmt)")
+        calendar = _other_calendar(summary, cfg)
+        if calendar:
+            raise UserError(f"{key}: that run has {calendar}; match a run with this run's event calendar and epochs")
         return int(summary["n_params_final"])
     return _match_in_sweep(cfg, path, key)
 
@@ -121,6 +135,14 @@ def _match_in_sweep(cfg: DictConfig, root: Path, key: str) -> int:
     if not matching:
         raise UserError(f"{key}: the run with seed={seed} there is of {_other_network(same_seed[0][1], cfg)}; "
                         f"match a run of the same network and data set")
+    pruned = [(f, s) for f, s in matching if not _unpruned(s)]
+    if not pruned:
+        raise UserError(f"{key}: the run with seed={seed} there ({matching[0][0]}) {_unpruned(matching[0][1])}; "
+                        f"match a pruned run (e.g. pruning=rmt)")
+    matching = [(f, s) for f, s in pruned if not _other_calendar(s, cfg)]
+    if not matching:
+        raise UserError(f"{key}: the run with seed={seed} there ({pruned[0][0]}) has {_other_calendar(pruned[0][1], cfg)}; "
+                        f"match a run with this run's event calendar and epochs")
     counts = sorted({int(s["n_params_final"]) for _, s in matching})
     if len(counts) > 1:
         shown = "; ".join(f"{f} ({int(s['n_params_final']):,})" for f, s in matching[:3])
@@ -164,6 +186,32 @@ def _other_network(summary: dict[str, Any], cfg: DictConfig) -> str:
     differ = [k for k in ours if theirs.get(k) != ours[k]]
     show = lambda d: " ".join(f"{k}={_show(d.get(k))}" for k in differ)  # noqa: E731
     return f"{show(theirs)}, this run {show(ours)}"
+
+
+def _unpruned(summary: dict[str, Any]) -> str:
+    """'' when the run of ``summary`` pruned; else why its final count is no pruned count."""
+    if summary.get("pruning") in UNPRUNED:
+        return f"did not prune (pruning={summary.get('pruning')})"
+    initial, final = summary.get("n_params_initial"), summary.get("n_params_final")
+    if initial is not None and final is not None and int(final) >= int(initial):
+        return f"pruned nothing ({int(final):,} parameters at the end of {int(initial):,})"
+    return ""
+
+
+def _other_calendar(summary: dict[str, Any], cfg: DictConfig) -> str:
+    """'' when the run of ``summary`` has the event calendar and epochs of ``cfg`` (:data:`CALENDAR_KEYS`);
+    else the keys that differ, theirs and ours. A key its saved config lacks (a hand-written summary) is
+    not compared."""
+    config = summary.get("config") if isinstance(summary.get("config"), dict) else {}
+    differ = []
+    for dotted in CALENDAR_KEYS:
+        node: Any = config
+        for part in dotted.split("."):
+            node = node.get(part, _ABSENT) if isinstance(node, dict) else _ABSENT
+        ours = OmegaConf.select(cfg, dotted)
+        if node is not _ABSENT and node != ours:
+            differ.append(f"{dotted}={node} (this run {ours})")
+    return ", ".join(differ)
 
 
 def _widths(topology: Any) -> Any:

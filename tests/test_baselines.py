@@ -372,3 +372,53 @@ def test_a_target_the_pruner_cannot_reach_is_refused_in_setup_before_training():
     with pytest.raises(UserError, match=f"below the smallest count lowrank pruning can reach here \\({floor:,}"):
         LowRankPruner(floor - 1, min_rank=5, min_size=10).setup(model, epochs=3)
     LowRankPruner(floor, min_rank=5, min_size=10).setup(model, epochs=3)
+
+
+def test_target_from_refuses_an_unpruned_run_and_another_calendar_or_length(cli, tmp_path):
+    """A matched baseline must prune to a pruned count on rmt's calendar: a control / none run, a run that
+    pruned nothing, or one with another event calendar or epochs is refused, naming pruning.target_from and
+    the key; the same run with this calendar is matched."""
+    from rmtprune.baselines import check_target
+    from rmtprune.targets import target_from_run
+
+    calendar = {"name": "rmt", "every": 1, "start_epoch": 1, "stop_epoch": None, "lr_factor": 0.96, "momentum": "reset"}
+
+    def run(name, pruning="rmt", final=70000, epochs=2, seed=0, **changes):
+        config = {"model": {"name": "mlp"}, "topology": "784-256-128-10", "seed": seed, "epochs": epochs,
+                  "pruning": {**calendar, "name": pruning, **changes}}
+        fake_run(None, tmp_path / name, pruning=pruning, n_params_final=final, seed=seed, config=config)
+        return tmp_path / name
+
+    def composed(*overrides):
+        with initialize_config_module("rmtprune.conf", version_base="1.3"):
+            return compose(config_name="config", overrides=[*FAST, "epochs=2", "pruning=magnitude", *overrides])
+
+    good = run("good")
+    assert target_from_run(composed(f"pruning.target_from={good}")) == 70000
+    refused = [
+        (run("control", pruning="control", final=P0), "pruning=control"),
+        (run("none", pruning="none", final=P0), "pruning=none"),
+        (run("nothing", final=P0), "pruned nothing"),
+        (run("every2", every=2), "pruning.every=2"),
+        (run("start3", start_epoch=3), "pruning.start_epoch=3"),
+        (run("stop1", stop_epoch=1), "pruning.stop_epoch=1"),
+        (run("lr", lr_factor=0.9), "pruning.lr_factor=0.9"),
+        (run("keep", momentum="keep"), "pruning.momentum=keep"),
+        (run("longer", epochs=5), "epochs=5"),
+    ]
+    for folder, needle in refused:
+        with pytest.raises(UserError, match="pruning.target_from") as info:
+            check_target(composed(f"pruning.target_from={folder}"))
+        assert needle in str(info.value), (folder, str(info.value))
+    # a sweep folder whose seed-0 rmt run has another calendar: refused, naming the key
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (tmp_path / "every2").rename(sweep / "rmt_seed0")
+    with pytest.raises(UserError, match="pruning.target_from.*pruning.every=2"):
+        check_target(composed(f"pruning.target_from={sweep}"))
+    # end to end: one line, exit 2, nothing trained
+    code, _, err = cli("train", *FAST, "epochs=2", "device=cpu", "pruning=magnitude",
+                       f"pruning.target_from={tmp_path / 'control'}", "hydra.run.dir=matched")
+    lines = error_lines(err)
+    assert code == 2 and len(lines) == 1 and "pruning.target_from" in lines[0] and "pruning=control" in lines[0], err
+    assert not (tmp_path / "matched" / "summary.json").exists()

@@ -292,3 +292,34 @@ def test_the_drop_at_each_event_is_in_the_curves(tmp_path):
     plt.close(fig)
     # a segment from the epoch's accuracy (before the event) down to the one right after it, per event
     assert (0.78, 0.62) in lines and (0.79, 0.72) in lines and (0.62, 0.72) in lines
+
+
+def test_control_columns_only_against_a_control_with_the_arms_calendar(tmp_path):
+    """An arm whose event calendar (every, start_epoch, stop_epoch, lr_factor, momentum) differs from the
+    control's gets no control_* numbers, and a note naming the keys; a control arm with its calendar is used."""
+    values = {"none": [0.90, 0.92, 0.91], "control": [0.89, 0.90, 0.92], "rmt": [0.88, 0.87, 0.90],
+              "slow": [0.85, 0.86, 0.84], "slow control": [0.80, 0.83, 0.81]}
+    slow = {**RMT, "every": 2, "lr_factor": 0.99}
+    first, second = tmp_path / "a", tmp_path / "b"
+    for root in (first, second):
+        for seed in range(3):
+            write_run(root / f"none{seed}", seed, "none", values["none"][seed])
+            write_run(root / f"control{seed}", seed, "control", values["control"][seed], pruning_cfg=RMT)
+            write_run(root / f"rmt{seed}", seed, "rmt", values["rmt"][seed], params=30_000, pruning_cfg=RMT)
+            write_run(root / f"slow{seed}", seed, "rmt", values["slow"][seed], params=30_000, pruning_cfg=slow)
+    for seed in range(3):  # the second folder also holds a control on the slow calendar
+        write_run(second / f"slowcontrol{seed}", seed, "control", values["slow control"][seed], pruning_cfg=slow)
+    mean = {arm: float(np.mean(v)) for arm, v in values.items()}
+
+    table = compare([first]).table.set_index("arm")
+    assert table.loc["rmt", "control_diff"] == pytest.approx(mean["rmt"] - mean["control"])
+    slow_arm = "rmt (every=2, lr_factor=0.99)"
+    assert all(math.isnan(table.loc[slow_arm, c]) for c in COLUMNS if c.startswith("control_"))
+    assert table.loc[slow_arm, "diff"] == pytest.approx(mean["slow"] - mean["none"])
+    assert "control has another calendar: every, lr_factor" in table.loc[slow_arm, "note"]
+    assert "calendar" not in str(table.loc["rmt", "note"])
+
+    table = compare([second]).table.set_index("arm")
+    assert table.loc[slow_arm, "control_diff"] == pytest.approx(mean["slow"] - mean["slow control"])
+    assert table.loc["rmt", "control_diff"] == pytest.approx(mean["rmt"] - mean["control"])
+    assert "calendar" not in str(table.loc[slow_arm, "note"])

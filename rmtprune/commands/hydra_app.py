@@ -5,6 +5,8 @@
   starts: the folder is created here, and when it exists already (another run started in the same
   second) ``-2``, ``-3``, ... is appended. A folder you name is yours: a single run locks it
   (outputs.RunLock) before Hydra writes into it, and the command refuses one that holds another run.
+  A sweep checks every job's folder the same way before Hydra starts (Hydra writes ``.hydra/`` into
+  each job's folder before the job runs), and refuses two jobs that resolve to one folder (:mod:`.precheck`).
 - A sweep's folder is given to Hydra as an absolute path, so every launcher's processes write to the
   same place whatever their working folder; after the sweep each job's outcome is read back
   (:mod:`.outcomes`): ``N of M jobs failed`` and a non-zero exit, for every launcher.
@@ -60,7 +62,8 @@ def run_hydra(body: Callable[[DictConfig, Path], Any], config_name: str, args: l
     """Check, then run ``body(cfg, run_dir)`` for every job of ``prog ARGS`` through ``hydra.main``.
 
     ``check(task config)`` is the command's check of one composed config (every sweep value);
-    ``claim(task config, folder)`` refuses a named run folder that belongs to another run (single runs).
+    ``claim(task config, folder)`` refuses a named run folder that belongs to another run (a single run's
+    folder, every job folder of a sweep).
     """
     args = flags_first(args)
     ns = hydra_args(args)
@@ -70,7 +73,7 @@ def run_hydra(body: Callable[[DictConfig, Path], Any], config_name: str, args: l
     with Composer(ns, config_name, task) as composer:
         plan = precheck(composer, list(ns.overrides), bool(ns.multirun), check)
     if plan.multirun:
-        return _sweep(plan, task, config_name, args, prog)
+        return _sweep(plan, task, config_name, args, prog, claim)
     return _single(plan, task, config_name, args, prog, claim)
 
 
@@ -98,9 +101,13 @@ def _single(plan: Plan, task: Callable[[DictConfig], None], config_name: str, ar
     return 2 if done.status == outcomes.REFUSED else 1
 
 
-def _sweep(plan: Plan, task: Callable[[DictConfig], None], config_name: str, args: list[str], prog: str) -> int:
+def _sweep(plan: Plan, task: Callable[[DictConfig], None], config_name: str, args: list[str], prog: str,
+           claim: Callable[[DictConfig, Path], None] | None = None) -> int:
     import os
 
+    if claim is not None and not plan.clock_named and plan.job_configs is not None and plan.job_subdirs is not None:
+        for cfg, subdir in zip(plan.job_configs, plan.job_subdirs):
+            claim(cfg, Path(os.path.abspath(plan.output_dir / subdir)))
     folder = Path(os.path.abspath(claim_unique(plan.output_dir) if plan.clock_named else plan.output_dir))
     args = _pin(args, plan.output_key, str(folder))
     outcomes.forget(folder)

@@ -2,7 +2,8 @@
 line and no compute: every override is parsed; every group choice exists (``experiment=nope`` gets a
 did-you-mean instead of silently running the default); every sweep value is composed and checked by
 the command (``train``: :func:`rmtprune.config.validate`, the device, the memory it needs); a key the
-chosen option does not use, given on the command line, is refused; the output folder can be made.
+chosen option does not use, given on the command line, is refused; the output folder can be made; no
+two jobs of a sweep write into the same folder (``hydra.sweep.subdir`` resolved with each job's config).
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ class Plan:
     output_dir: Path         # resolved
     clock_named: bool        # the folder's name comes from the clock (${now:...})
     jobs: list[list[str]] | None = None
+    # For a sweep under the basic sweeper: each job's task config and its folder under the sweep folder
+    # (hydra.sweep.subdir resolved with that job's config), in job order.
+    job_configs: list[DictConfig] | None = None
+    job_subdirs: list[str] | None = None
 
 
 def parse_overrides(overrides: list[str]) -> list[Any]:
@@ -220,4 +225,34 @@ def precheck(composer: Composer, overrides: list[str], multirun: bool,
     for cfg in configs:
         check(task_config(cfg))
     jobs = job_overrides(configs[0], parsed) if multirun else None
-    return Plan(multirun, configs, key, folder, clock, jobs)
+    plan = Plan(multirun, configs, key, folder, clock, jobs)
+    if jobs is not None:
+        hydra_overrides = [o.input_line for o in parsed if o.is_hydra_override()]
+        plan.job_configs, plan.job_subdirs = job_folders(composer, hydra_overrides, jobs)
+    return plan
+
+
+def job_folders(composer: Composer, hydra_overrides: list[str],
+                jobs: list[list[str]]) -> tuple[list[DictConfig], list[str]]:
+    """(task config, subfolder) of every job, as the basic launcher composes them (the command line's
+    ``hydra.*`` overrides, then the job's; ``hydra.job.num`` = ``hydra.job.id`` = its index). Two jobs
+    with one subfolder would mix their files: one line naming both and the folder."""
+    configs: list[DictConfig] = []
+    subdirs: list[str] = []
+    seen: dict[str, int] = {}
+    for num, overrides in enumerate(jobs):
+        cfg = composer.compose(hydra_overrides + list(overrides))
+        with open_dict(cfg):
+            cfg.hydra.job.num = num
+            cfg.hydra.job.id = str(num)
+        subdir = os.path.normpath(_resolve(cfg, "hydra.sweep.subdir"))
+        if subdir in seen:
+            first = seen[subdir]
+            raise UserError(f"two jobs of the sweep write into one folder {subdir} (hydra.sweep.subdir): "
+                            f"#{first} ({' '.join(jobs[first]) or 'no overrides'}) and #{num} "
+                            f"({' '.join(overrides) or 'no overrides'}); make hydra.sweep.subdir tell them "
+                            f"apart (e.g. ${{hydra.job.num}} or ${{hydra.job.override_dirname}})")
+        seen[subdir] = num
+        configs.append(task_config(cfg))
+        subdirs.append(subdir)
+    return configs, subdirs
