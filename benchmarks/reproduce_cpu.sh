@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The runs behind docs/results.md (the paper's presets with budget=cpu), one torch thread per run so that
-# two jobs can run side by side on a 2-core machine. Resumable: finished jobs are skipped (skip_done=true),
-# so the script can be stopped and started again at any time; it exits non-zero if a job failed.
+# two jobs can run side by side on a 2-core machine. Resumable (resume=true): finished jobs are skipped and a
+# job stopped midway continues from its checkpoint, so the script can be stopped and started again at any
+# time; it exits non-zero if a job failed.
 #   RMTPRUNE_OFFLINE_DATA=../shared/datasets JOBS=2 bash benchmarks/reproduce_cpu.sh [block...]
 # JOBS=2 runs the jobs of each sweep two at a time (hydra/launcher=local_parallel, one thread each).
 #   blocks (default: all, in this order):
@@ -20,7 +21,7 @@ case "${JOBS:-1}" in ''|*[!0-9]*|0) echo "JOBS must be a positive integer, not '
 launcher=(threads=1)
 [ "${JOBS:-1}" -gt 1 ] && launcher=(hydra/launcher=local_parallel "hydra.launcher.n_jobs=$JOBS" threads=1)
 status=0
-# finished runs committed by an earlier session (docs/results/runs) are put back where skip_done finds them
+# finished runs committed by an earlier session (docs/results/runs) are put back where resume=true finds them
 if [ -d docs/results/runs ]; then
   for job in docs/results/runs/*/*/; do
     dest="$root/$(basename "$(dirname "$job")")/$(basename "$job")"
@@ -29,7 +30,7 @@ if [ -d docs/results/runs ]; then
 fi
 sweep() {  # folder, overrides...: one Hydra sweep; a failed job is reported and the next sweep still runs
   local folder=$1; shift
-  rmtprune train -m "${launcher[@]}" "$@" device=cpu progress=plain skip_done=true output_root="$root" \
+  rmtprune train -m "${launcher[@]}" "$@" device=cpu progress=plain resume=true output_root="$root" \
     hydra.sweep.dir="$root/$folder" 'hydra.sweep.subdir=${pruning.name}_seed${seed}' || status=1
 }
 matched() {  # folder, seeds, overrides...: magnitude and lowrank matched to the rmt runs of the same seeds

@@ -138,6 +138,11 @@ def _claim_folder(run_dir: Path, key: str, resuming: bool) -> None:
         raise UserError(f"{run_dir} holds another run (config key {other.get('config_key', '?') if isinstance(other, dict) else '?'}, "
                         f"this one {key}); choose another folder (hydra.run.dir=...)")
     if other.get("status") != "completed":
+        if not (run_dir / "checkpoint.pt").exists():
+            # the same config stopped before its first epoch ended: nothing to continue, start it again
+            for name in ("metrics.csv", "layers.csv", "spectra.npz"):
+                (run_dir / name).unlink(missing_ok=True)
+            return
         raise UserError(f"{run_dir} holds an unfinished run of this config (status {other.get('status')}); "
                         f"continue it with resume=true or resume={run_dir}, or choose another folder")
 

@@ -41,3 +41,20 @@ def test_a_matched_baseline_cannot_grow(cli, tmp_path):
     code, _, err = cli("train", *BASE, *arm, "epochs=3", "resume=m", "hydra.run.dir=x")
     assert code == 2 and err.count("rmtprune: error:") == 1 and "epochs=3" in err
     assert json.loads((tmp_path / "m" / "summary.json").read_text())["status"] == "completed"
+
+
+def test_a_run_stopped_before_its_first_checkpoint_starts_again_in_its_folder(cli, tmp_path):
+    args = [*BASE, "pruning=none", "epochs=1"]
+    assert cli("train", *args, "hydra.run.dir=a")[0] == 0
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    # as left by a job killed during its first epoch: the same config, running, no checkpoint yet
+    (tmp_path / "a" / "checkpoint.pt").unlink()
+    (tmp_path / "a" / "DONE").unlink()
+    (tmp_path / "a" / "summary.json").write_text(json.dumps({**summary, "status": "running"}))
+    code, _, err = cli("train", *args, "hydra.run.dir=a")
+    assert code == 0, err
+    assert json.loads((tmp_path / "a" / "summary.json").read_text())["status"] == "completed"
+    # with a checkpoint the same folder is refused without resume= (its epochs would be lost)
+    (tmp_path / "a" / "summary.json").write_text(json.dumps({**summary, "status": "interrupted"}))
+    code, _, err = cli("train", *args, "hydra.run.dir=a")
+    assert code == 2 and "resume=true" in err
