@@ -107,15 +107,8 @@ def target_from_run(cfg: DictConfig) -> int:
             status = "no readable summary.json" if summary is None else f"status {summary.get('status')}"
             raise UserError(f"{key}: the run there has not finished ({status}); finish it (resume=true) or give "
                             f"a finished run")
-        mismatch = _other_network(summary, cfg)
-        if mismatch:
-            raise UserError(f"{key}: that run is of {mismatch}; match a run of the same network and data set")
-        unpruned = _unpruned(summary)
-        if unpruned:
-            raise UserError(f"{key}: that run {unpruned}; match a pruned run (e.g. pruning=rmt)")
-        calendar = _other_calendar(summary, cfg)
-        if calendar:
-            raise UserError(f"{key}: that run has {calendar}; match a run with this run's event calendar and epochs")
+        for reason, hint in _mismatches(summary, cfg):
+            raise UserError(f"{key}: that run {reason}; {hint}")
         return int(summary["n_params_final"])
     return _match_in_sweep(cfg, path, key)
 
@@ -131,24 +124,33 @@ def _match_in_sweep(cfg: DictConfig, root: Path, key: str) -> int:
         seeds = sorted({s.get("seed") for _, s in runs}, key=str)
         raise UserError(f"{key}: no finished run with seed={seed} there (seeds found: "
                         f"{', '.join(map(str, seeds))}); give a run folder to match one run whatever its seed")
-    matching = [(f, s) for f, s in same_seed if not _other_network(s, cfg)]
+    matching = [(f, s) for f, s in same_seed if not _mismatches(s, cfg)]
     if not matching:
-        raise UserError(f"{key}: the run with seed={seed} there is of {_other_network(same_seed[0][1], cfg)}; "
-                        f"match a run of the same network and data set")
-    pruned = [(f, s) for f, s in matching if not _unpruned(s)]
-    if not pruned:
-        raise UserError(f"{key}: the run with seed={seed} there ({matching[0][0]}) {_unpruned(matching[0][1])}; "
-                        f"match a pruned run (e.g. pruning=rmt)")
-    matching = [(f, s) for f, s in pruned if not _other_calendar(s, cfg)]
-    if not matching:
-        raise UserError(f"{key}: the run with seed={seed} there ({pruned[0][0]}) has {_other_calendar(pruned[0][1], cfg)}; "
-                        f"match a run with this run's event calendar and epochs")
+        folder, summary = same_seed[0]
+        reason, hint = _mismatches(summary, cfg)[0]
+        raise UserError(f"{key}: the run with seed={seed} there ({folder}) {reason}; {hint}")
     counts = sorted({int(s["n_params_final"]) for _, s in matching})
     if len(counts) > 1:
         shown = "; ".join(f"{f} ({int(s['n_params_final']):,})" for f, s in matching[:3])
         raise UserError(f"{key}: {len(matching)} finished runs with seed={seed} and different final counts there "
                         f"({shown}{'; ...' if len(matching) > 3 else ''}); give the run folder to match")
     return counts[0]
+
+
+def _mismatches(summary: dict[str, Any], cfg: DictConfig) -> list[tuple[str, str]]:
+    """Why a finished run cannot be matched by this run: (reason, hint) for another network or data set, an
+    unpruned run, another event calendar or length; empty when it can."""
+    out = []
+    network = _other_network(summary, cfg)
+    if network:
+        out.append((f"is of {network}", "match a run of the same network and data set"))
+    unpruned = _unpruned(summary)
+    if unpruned:
+        out.append((unpruned, "match a pruned run (e.g. pruning=rmt)"))
+    calendar = _other_calendar(summary, cfg)
+    if calendar:
+        out.append((f"has {calendar}", "match a run with this run's event calendar and epochs"))
+    return out
 
 
 def _finished_runs(root: Path) -> list[tuple[Path, dict[str, Any]]]:
