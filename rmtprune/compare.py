@@ -10,7 +10,10 @@ and momentum resets as ``rmt``, no pruning); both are labelled by their name alo
 arm is tested against ``none``, and also against a ``control`` arm of the group whose event calendar
 (``pruning.every``, ``start_epoch``, ``stop_epoch``, ``lr_factor``, ``momentum``) is the arm's own
 (columns ``control_*``; left empty, with a note, when the group's control has another calendar);
-``control`` itself is tested against ``none``. The tests: difference of means
+``control`` itself is tested against ``none``. A baseline matched to another run's count
+(``pruning.target_from``) is also tested against the arm it was matched to (columns ``matched_*``,
+Δ = baseline − that arm): the pruned arm of the same calendar whose runs lie in the folder
+``target_from`` names. The tests: difference of means
 (Welch t interval and test), paired t-test over shared seeds, variance ratio (F-test, Levene, and
 a percentile-bootstrap 95% interval), and the post-training magnitude baseline: each normal
 run's final model magnitude-pruned exactly to the same seed's pruned count
@@ -41,6 +44,7 @@ from .errors import UserError
 from .outputs import write_csv
 from .runs import MACHINE_KEYS, Run, load_runs
 from .stats import describe, interpolate_at, paired, variance_ratio, variance_ratio_ci, welch
+from .targets import NOT_MATCHED_IN_SWEEPS
 
 log = logging.getLogger("rmtprune")
 
@@ -285,6 +289,10 @@ def compare(paths: list[Path], by: list[str] | None = None, metric: str = "test_
                 elif other:
                     notes.append(f"control has another calendar: {', '.join(other)}")
                     row["note"] = "; ".join(notes)
+            matched = matched_arm(arms, rs)
+            if matched is not None:
+                row["matched_arm"] = matched
+                row.update(_versus("matched_", finals[arm], finals[matched]))
             if name not in REFERENCES and normal_runs:
                 row.update(_magnitude(rs, normal_runs, metric, baseline, finetune))
             rows.append(row)
@@ -316,6 +324,22 @@ def same_calendar_control(arms: dict[str, list[Run]], runs: list[Run]) -> tuple[
     return None, [_short(k) for k in CALENDAR if theirs[k] != ours[k]]
 
 
+def matched_arm(arms: dict[str, list[Run]], runs: list[Run]) -> str | None:
+    """The arm that ``runs``, a baseline matched with ``pruning.target_from``, were matched to: the pruned
+    arm (not none, control or a baseline) of the same calendar with runs in the folder that target_from
+    names (run_config keeps its last part: a sweep folder, or the run folder itself); None for other arms
+    and when that arm is not among ``arms``."""
+    name = runs[0].config.get("pruning.target_from")
+    if not name:
+        return None
+    for arm, rs in arms.items():
+        if rs is runs or method(rs[0]) in NOT_MATCHED_IN_SWEEPS or calendar(rs[0]) != calendar(runs[0]):
+            continue
+        if any(name in (r.folder.name, r.folder.parent.name) for r in rs):
+            return arm
+    return None
+
+
 _VERSUS = ["diff", "diff_ci_low", "diff_ci_high", "welch_p", "n_pairs", "paired_diff", "paired_p",
            "var_ratio", "var_ratio_ci_low", "var_ratio_ci_high", "f_p", "levene_p"]
 COLUMNS = [
@@ -323,7 +347,7 @@ COLUMNS = [
     "final_mean", "final_std", "final_var", "final_min", "final_max", "final_ci_low", "final_ci_high",
     "best_mean", "best_std", "best_var", "best_min", "best_max", "best_ci_low", "best_ci_high",
     "params_start", "params_end", "param_reduction_pct", "wall_time_s", "device",
-    *_VERSUS, *(f"control_{c}" for c in _VERSUS),
+    *_VERSUS, *(f"control_{c}" for c in _VERSUS), "matched_arm", *(f"matched_{c}" for c in _VERSUS),
     "magnitude_at_same_params_mean", "magnitude_at_same_params_std", "magnitude_at_same_params_n",
     "magnitude_finetuned_mean", "magnitude_finetuned_std", "magnitude_finetuned_n", "magnitude_note",
     "note",
@@ -408,6 +432,13 @@ def _ratio_cell(r: pd.Series, prefix: str = "") -> str:
     return f"{v:.2f}{ci} (F p {_p(r[f'{prefix}f_p'])}, Levene p {_p(r[f'{prefix}levene_p'])})"
 
 
+def _matched_cell(r: pd.Series, metric: str) -> str:
+    if not isinstance(r["matched_arm"], str):
+        return "–"
+    return (f"{r['matched_arm']}: {_diff_cell(r, metric, 'matched_')} (Welch p {_p(r['matched_welch_p'])}, "
+            f"paired p {_p(r['matched_paired_p'])})")
+
+
 def _mean_std_cell(r: pd.Series, key: str, metric: str) -> str:
     m = r[f"{key}_mean"]
     return "–" if m != m else f"{_pct(m, metric)} ± {_pct(r[f'{key}_std'], metric)} (n={int(r[f'{key}_n'])})"
@@ -428,6 +459,9 @@ def markdown(cmp: Comparison) -> str:
                 f"(F p, Levene p) |")
         if has_control:
             head += " Δ vs control [95% CI] | Welch p | paired p | var ratio vs control [95% CI] (F p, Levene p) |"
+        has_matched = part["matched_arm"].notna().any()
+        if has_matched:
+            head += " vs the arm it matches: Δ [95% CI] (Welch p, paired p) |"
         head += f" magnitude pruning at same params{unit} |"
         if cmp.finetune:
             head += f" magnitude, fine-tuned{unit} |"
@@ -442,6 +476,8 @@ def markdown(cmp: Comparison) -> str:
             if has_control:
                 line += (f" {_diff_cell(r, cmp.metric, 'control_')} | {_p(r['control_welch_p'])} | "
                          f"{_p(r['control_paired_p'])} | {_ratio_cell(r, 'control_')} |")
+            if has_matched:
+                line += f" {_matched_cell(r, cmp.metric)} |"
             line += f" {_mean_std_cell(r, 'magnitude_at_same_params', cmp.metric)} |"
             if cmp.finetune:
                 line += f" {_mean_std_cell(r, 'magnitude_finetuned', cmp.metric)} |"
@@ -452,7 +488,7 @@ def markdown(cmp: Comparison) -> str:
         lines += ["", *notes, ""] if notes else [""]
     if "acc" in cmp.metric:
         lines.append("Accuracies in percent; variance in percent² (fraction² × 10⁴). "
-                     "Δ = arm − normal (or control).")
+                     "Δ = arm − normal (or control, or the arm a baseline was matched to).")
     lines.append("Magnitude pruning: each normal run's final model, global unstructured L1 pruning to the same "
                  "seed's final parameter count of the arm (non-zero parameters, biases included), no retraining"
                  + (", and after as many epochs of retraining as the arm had after its last event" if cmp.finetune

@@ -323,3 +323,37 @@ def test_control_columns_only_against_a_control_with_the_arms_calendar(tmp_path)
     assert table.loc[slow_arm, "control_diff"] == pytest.approx(mean["slow"] - mean["slow control"])
     assert table.loc["rmt", "control_diff"] == pytest.approx(mean["rmt"] - mean["control"])
     assert "calendar" not in str(table.loc[slow_arm, "note"])
+
+
+def test_a_matched_baseline_is_tested_against_the_arm_it_was_matched_to(tmp_path, cli):
+    """Two sweeps, each an rmt arm with a magnitude arm matched to it (target_from names the sweep folder),
+    compared together: each baseline's matched_* columns are against its own rmt arm, seed by seed."""
+    values = {"main": {"rmt": [0.88, 0.87, 0.90], "magnitude": [0.89, 0.89, 0.91]},
+              "h5": {"rmt": [0.80, 0.84, 0.83], "magnitude": [0.85, 0.84, 0.88]}}
+    for sweep, horizon, params in (("main", 3.0, 30_000), ("h5", 5.0, 10_000)):
+        for seed in range(3):
+            if sweep == "main":
+                write_run(tmp_path / sweep / f"none_seed{seed}", seed, "none", 0.9)
+            f = write_run(tmp_path / sweep / f"rmt_seed{seed}", seed, "rmt", values[sweep]["rmt"][seed],
+                          params=params, pruning_cfg=RMT)
+            _summary(f, lambda d: {**d, "config": {**d["config"], "schedule": {"name": "linear", "horizon": horizon}}})
+            write_run(tmp_path / sweep / f"magnitude_seed{seed}", seed, "magnitude", values[sweep]["magnitude"][seed],
+                      params=params, pruning_cfg={**RMT, "target_from": f"outputs/paper/{sweep}/",
+                                                  "target_params": params})
+    code, stdout, err = cli("compare", str(tmp_path / "main"), str(tmp_path / "h5"), "--no-plots",
+                            "--out", str(tmp_path / "out"))
+    assert code == 0, err
+    table = pd.read_csv(tmp_path / "out" / "comparison.csv").set_index("arm")
+    # the magnitude label names target_from where it differs from the usual one (a tie: the first in order)
+    arms = {"main": ("rmt", "magnitude (target_from=main)"), "h5": ("rmt (horizon=5.0)", "magnitude")}
+    assert set(table.index) == {"none", *arms["main"], *arms["h5"]}
+    for sweep, (rmt, magnitude) in arms.items():
+        base, ref = values[sweep]["magnitude"], values[sweep]["rmt"]
+        assert table.loc[magnitude, "matched_arm"] == rmt
+        assert table.loc[magnitude, "matched_diff"] == pytest.approx(np.mean(base) - np.mean(ref))
+        assert table.loc[magnitude, "matched_paired_p"] == pytest.approx(st.ttest_rel(base, ref).pvalue)
+        assert table.loc[magnitude, "matched_welch_p"] == pytest.approx(st.ttest_ind(base, ref, equal_var=False).pvalue)
+        assert table.loc[magnitude, "matched_n_pairs"] == 3
+        assert pd.isna(table.loc[rmt, "matched_arm"]) and pd.isna(table.loc[rmt, "matched_diff"])
+    md = (tmp_path / "out" / "comparison.md").read_text()
+    assert "vs the arm it matches" in md and "| rmt (horizon=5.0): " in md
