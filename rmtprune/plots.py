@@ -153,7 +153,8 @@ def esd_plot(ax: Any, singular_values: np.ndarray, shape: tuple[int, int], sigma
 
 
 def esd_figures(arms: dict[str, list[Any]], prefix: Path) -> tuple[list[Path], list[dict[str, str]]]:
-    """For the first pruned arm and its lowest seed with spectra: each fitted layer at its first and
+    """For the first arm that fitted the MP law (layers.csv has a σ²: rmt, not the baselines, whose
+    spectra have no fit to draw) and its lowest seed with spectra: each fitted layer at its first and
     last pruning event (``<prefix>_esd_<layer>.png``). Returns the figures and warnings (a run whose
     spectra or ledger cannot be drawn is skipped, and the next one tried)."""
     warnings = []
@@ -161,7 +162,7 @@ def esd_figures(arms: dict[str, list[Any]], prefix: Path) -> tuple[list[Path], l
         if arm in ("none", "control"):
             continue
         for run in runs:
-            if run.spectra_path is None or run.ledger is None:
+            if run.spectra_path is None or run.ledger is None or not _fitted(run.ledger):
                 continue
             try:
                 return _run_esd(run, arm, prefix), warnings
@@ -169,6 +170,10 @@ def esd_figures(arms: dict[str, list[Any]], prefix: Path) -> tuple[list[Path], l
                 warnings.append({"folder": str(run.folder), "reason": f"no ESD figure: spectra.npz or layers.csv "
                                  f"cannot be drawn ({type(exc).__name__}: {exc})"[:300]})
     return [], warnings
+
+
+def _fitted(ledger: pd.DataFrame) -> bool:
+    return "sigma2" in ledger and bool(pd.to_numeric(ledger["sigma2"], errors="coerce").notna().any())
 
 
 def _run_esd(run: Any, arm: str, prefix: Path) -> list[Path]:

@@ -29,3 +29,35 @@ def test_the_esd_curve_is_the_density_of_the_bulk_the_fit_describes():
     mean_curve = np.trapezoid(x * y, x) / np.trapezoid(y, x)
     assert mean_curve == pytest.approx(lam.mean(), rel=0.02)
     plt.close(fig)
+
+
+def _run(tmp_path, name: str, sigma2: float, seed: int = 0):
+    """A run read back, as esd_figures sees it: one event at epoch 1 on a 100x300 layer."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from rmtprune.outputs import append_spectra
+
+    folder = tmp_path / name
+    folder.mkdir()
+    s = np.random.default_rng(seed).normal(size=(100, 300))
+    append_spectra(folder / "spectra.npz", 1, {"layers.0": np.linalg.svd(s, compute_uv=False)})
+    ledger = pd.DataFrame([{"epoch": 1, "layer": "layers.0", "out": 100, "in": 300, "sigma2": sigma2,
+                            "lambda_plus": (1 + np.sqrt(1 / 3)) ** 2, "fit_error": 0.01, "n_censored": 0,
+                            "n_bulk": 100, "action": "truncate", "rank_before": 100, "rank_after": 50}])
+    return SimpleNamespace(folder=folder, seed=seed, spectra_path=folder / "spectra.npz", ledger=ledger)
+
+
+def test_esd_figures_come_from_the_arm_that_fitted_the_mp_law(tmp_path):
+    """A baseline cutting by SVD (lowrank) has spectra but no MP fit (σ² empty): its runs are passed over
+    without a warning, and the figure is the rmt run's."""
+    from rmtprune.plots import esd_figures
+
+    arms = {"none": [], "lowrank": [_run(tmp_path, "lowrank", float("nan"))], "rmt": [_run(tmp_path, "rmt", 1.0)]}
+    paths, warnings = esd_figures(arms, tmp_path / "out")
+    assert warnings == []
+    assert [p.name for p in paths] == ["out_esd_layers_0.png"]
+    assert paths[0].stat().st_size > 5000
+    paths, warnings = esd_figures({"lowrank": arms["lowrank"]}, tmp_path / "only")
+    assert paths == [] and warnings == []
