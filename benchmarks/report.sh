@@ -14,6 +14,11 @@ if [ -d "$root" ]; then
   for sweep in "$root"/*/; do
     rmtprune compare "$sweep" --finetune --no-plots --format csv --out "$(mktemp -d)" > /dev/null || true
   done
+  # the frontier's counts are compared with the normal runs of the main MNIST sweep (see the end)
+  if ls -d "$root"/frontier_* > /dev/null 2>&1; then
+    rmtprune compare "$root/mnist_fc_1000_1000_1000_500_cpu" "$root"/frontier_* --finetune --no-plots --format csv \
+      --out "$(mktemp -d)" > /dev/null || true
+  fi
   for job in "$root"/*/*/; do
     [ -f "$job/DONE" ] || continue  # unfinished or failed jobs are not reported
     dest="$runs/$(basename "$(dirname "$job")")/$(basename "$job")"
