@@ -253,8 +253,9 @@ def compare(paths: list[Path], by: list[str] | None = None, metric: str = "test_
         normal_runs = {r.seed: r for r in arms.get(NORMAL, [])}
         for arm, rs in arms.items():
             missing = sorted(set(all_seeds) - {r.seed for r in rs})
-            for s in missing:
-                problems.append({"folder": group, "seed": str(s), "reason": f"arm {arm}: no finished run for this seed"})
+            if missing:  # one line per arm: a baseline run at 5 of 10 seeds is not 5 problems
+                problems.append({"folder": group, "seed": "", "reason": f"arm {arm}: no finished run for "
+                                 f"seed{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))}"})
             bests = [_final_and_best(r, metric)[1] for r in rs]
             fd, bd = describe(list(finals[arm].values())), describe(bests)
             p_start = sum(r.summary["n_params_initial"] for r in rs) / len(rs)

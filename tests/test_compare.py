@@ -68,7 +68,7 @@ def test_a_corrupted_run_is_reported_not_fatal(cli, sweep, tmp_path):
     table = pd.read_csv(copy / "comparison.csv")
     assert list(table["n_seeds"]) == [3, 2]
     assert "warning" in stdout and "summary.json unreadable" in stdout and "damaged" in stdout
-    assert "no finished run for this seed" in stdout
+    assert "arm rmt: no finished run for seed 2" in stdout
 
 
 def test_groups_never_mix_topologies_and_single_seeds_have_no_variance(cli, sweep, tmp_path):
