@@ -9,7 +9,8 @@
 #     mnist1000 fashion1000   784-1000-1000-1000-500-10: none, control, rmt at 10 seeds, then magnitude and
 #                             lowrank (energy) at 5 seeds, each matched to the rmt run of its seed
 #     frontier                MNIST, rmt at three more compression levels (horizon 5 and 7 of 10 epochs, one
-#                             shot after epoch 5), magnitude and lowrank matched seed by seed, 3 seeds
+#                             shot after epoch 5), magnitude and lowrank matched seed by seed, 3 seeds; at
+#                             horizons 5 and 7 the baselines also with pruning.target_epoch=5 / 7
 #     mnist2000 fashion2000   784-2000-2000-1000-500-10: none, control, rmt at 5 seeds
 #     cnn                     the reference CNN at half width: none, control, rmt at 3 seeds
 # then: bash benchmarks/report.sh
@@ -48,6 +49,10 @@ frontier() {  # folder, calendar overrides (shared by all arms), rmt overrides..
   sweep "$folder" "${e[@]}" seed=0,1,2 pruning=rmt "$@"
   matched "$folder" 0,1,2 "${e[@]}"
 }
+early() {  # rmt sweep folder, epoch: the matched baselines with pruning.target_epoch, in <folder>_target<epoch>
+  sweep "$1_target$2" experiment=mnist_fc_1000_1000_1000_500 budget=cpu seed=0,1,2 pruning=magnitude,lowrank \
+    pruning.target_from="$root/$1" pruning.target_epoch="$2"
+}
 blocks=("$@")
 [ ${#blocks[@]} -gt 0 ] || blocks=(mnist1000 fashion1000 frontier mnist2000 fashion2000 cnn)
 for b in "${blocks[@]}"; do
@@ -57,7 +62,10 @@ for b in "${blocks[@]}"; do
     frontier)
       frontier frontier_mnist_horizon5 "" schedule.horizon=5
       frontier frontier_mnist_horizon7 "" schedule.horizon=7
-      frontier frontier_mnist_oneshot "pruning.start_epoch=5 pruning.stop_epoch=5" schedule=oneshot ;;
+      frontier frontier_mnist_oneshot "pruning.start_epoch=5 pruning.stop_epoch=5" schedule=oneshot
+      # rmt at horizon h reaches its final size after epoch h: the baselines again, reaching theirs there too
+      early frontier_mnist_horizon5 5
+      early frontier_mnist_horizon7 7 ;;
     mnist2000)   paper mnist_fc_2000_2000_1000_500_cpu mnist_fc_2000_2000_1000_500 0,1,2,3,4 ;;
     fashion2000) paper fashion_fc_2000_2000_1000_500_cpu fashion_fc_2000_2000_1000_500 0,1,2,3,4 ;;
     cnn)         sweep fashion_cnn_cpu experiment=fashion_cnn_cpu seed=0,1,2 pruning=rmt,none,control ;;

@@ -8,6 +8,11 @@ dense count P_0 to T done is
 
     c_j = 1 - (1 - j / J)^3          (c_J = 1).
 
+``target_epoch`` ends the schedule earlier: J counts only the events after epochs <= target_epoch, and the
+later events of the calendar keep the count (c = 1; they still apply its lr factor and momentum policy),
+so a baseline can reach its count when the run it is matched to reached its own (e.g. after epoch 5 for
+rmt at horizon 5) instead of at the calendar's last event.
+
 * :class:`MagnitudePruner` (``pruning=magnitude``): unstructured L1 magnitude pruning of the weights of
   every eligible layer, the sparsity of the E eligible weights s_j = s_f c_j, with ``torch.nn.utils.prune``
   masks that keep pruned weights at zero while training goes on; ``finalize`` makes them permanent.
@@ -105,19 +110,26 @@ class TargetPruner(Pruner):
         target_key: how the target is named in error messages (the config key it came from).
         min_size: eligible layers have at least this many weight entries (out x in x kh x kw).
         include_output_layer: whether the last prunable layer (in module order) is pruned.
+        target_epoch: the schedule reaches the target at the last event after an epoch <= target_epoch
+            (None: the calendar's last event); later events keep the count.
         every, start_epoch, stop_epoch, lr_factor, momentum: the event calendar (``events.Pruner``).
     """
 
     def __init__(self, target_params: int, *, target_key: str | None = None, min_size: int = 10000,
-                 include_output_layer: bool = True, every: int = 1, start_epoch: int = 1,
-                 stop_epoch: int | None = None, lr_factor: float = 0.96, momentum: str = "reset") -> None:
+                 include_output_layer: bool = True, target_epoch: int | None = None, every: int = 1,
+                 start_epoch: int = 1, stop_epoch: int | None = None, lr_factor: float = 0.96,
+                 momentum: str = "reset") -> None:
         super().__init__(every=every, start_epoch=start_epoch, stop_epoch=stop_epoch, lr_factor=lr_factor,
                          momentum=momentum)
         if not isinstance(target_params, (int, np.integer)) or isinstance(target_params, bool) or target_params < 1:
             raise ValueError(f"target_params must be a positive integer, got {target_params!r}")
         if not isinstance(min_size, (int, np.integer)) or min_size < 0:
             raise ValueError(f"min_size must be an integer >= 0, got {min_size!r}")
+        if target_epoch is not None and (not isinstance(target_epoch, (int, np.integer))
+                                         or isinstance(target_epoch, bool) or target_epoch < 1):
+            raise ValueError(f"target_epoch must be a positive integer or None, got {target_epoch!r}")
         self.target_params = int(target_params)
+        self.target_epoch = None if target_epoch is None else int(target_epoch)
         self.target_key = target_key or f"pruning.target_params={self.target_params}"
         self.min_size, self.include_output_layer = int(min_size), bool(include_output_layer)
         self.events: list[int] = []
@@ -155,6 +167,14 @@ class TargetPruner(Pruner):
             raise UserError(f"{self.target_key}: pruning={self.name} has no event in a run of {epochs} epochs "
                             f"(pruning.start_epoch={self.calendar.start_epoch}, pruning.every={self.calendar.every}, "
                             f"events come after an epoch and before the last); raise epochs or lower start_epoch")
+        if epochs is not None and t < dense and not self.schedule_events(self.calendar.events(int(epochs))):
+            first = self.calendar.events(int(epochs))[0]
+            raise UserError(f"pruning.target_epoch={self.target_epoch}: no event of pruning={self.name} comes after "
+                            f"an epoch <= {self.target_epoch} (the first is after epoch {first}); give at least {first}")
+
+    def schedule_events(self, events: list[int]) -> list[int]:
+        """The events of the cubic schedule: those after epochs <= ``target_epoch`` (all without one)."""
+        return [e for e in events if self.target_epoch is None or e <= self.target_epoch]
 
     def floor_reason(self) -> str:
         """What the smallest reachable count of :meth:`bounds` is made of (for the error message)."""
@@ -167,15 +187,21 @@ class TargetPruner(Pruner):
         self.events = self.calendar.events(int(epochs)) if epochs is not None else []
 
     def progress(self, epoch: int) -> tuple[int, int, float]:
-        """(j, J, c_j) of an event after ``epoch``: j counts the run's events up to ``epoch``."""
+        """(j, J, c_j) of an event after ``epoch``: j counts the run's events up to ``epoch`` (at most J, the
+        events of the schedule)."""
         if self.epochs is None:
             raise ValueError(f"{type(self).__name__} needs setup(model, epochs) before step: its cubic schedule "
                              f"runs over the events of the whole run")
-        n_events = len(self.events)
-        j = sum(e <= epoch for e in self.events)
+        n_events = len(self.schedule_events(self.events))
+        j = min(sum(e <= epoch for e in self.events), n_events)
         if n_events == 0:
             return 0, 0, 1.0
         return j, n_events, cubic_progress(j, n_events)
+
+    def reached(self, epoch: int) -> bool:
+        """Whether the target was reached at an earlier event: an event after ``epoch`` only keeps the count."""
+        scheduled = self.schedule_events(self.events)
+        return self.target_epoch is not None and bool(scheduled) and epoch > scheduled[-1]
 
 
 class MagnitudePruner(TargetPruner):
@@ -391,6 +417,14 @@ class LowRankPruner(TargetPruner):
         goal = self.budget(epoch)
         eligible = {id(m) for _, m, _ in self.eligible(model)}
         all_layers = prunable_layers(model)
+        if self.reached(epoch):  # no SVD, no new cut: the ranks stay as the last scheduled event left them
+            for name, module in all_layers:
+                if id(module) in eligible:
+                    now = self.current_rank(name, module)
+                    event.records.append(ledger_row(name, module, epoch=epoch, action="keep", rank_before=now,
+                                                    rank_after=now, note=f"target reached (pruning.target_epoch="
+                                                    f"{self.target_epoch})"))
+            return event
         layers = []  # (name, module, is_output, svd, share, p, floor, now, t_svd)
         for i, (name, module) in enumerate(all_layers):
             is_output = i == len(all_layers) - 1

@@ -121,6 +121,7 @@ class PruningConfig:
     # baselines matched to a parameter count: magnitude, lowrank
     target_params: Optional[int] = None
     target_from: Optional[str] = None
+    target_epoch: Optional[int] = None  # the epoch after which the target is reached; None: the last event
     scope: str = "global"          # magnitude: global | layer
     rank_rule: str = "energy"      # lowrank: energy | uniform
 
@@ -131,9 +132,10 @@ PRUNING_KEYS: dict[str, tuple[str, ...]] = {
     "control": _CALENDAR,
     "rmt": (*_CALENDAR, "min_size", "include_output_layer", "min_rank", "output_min_rank", "truncate",
             "alpha", "beta", "tolerance", "conv_tolerance"),
-    "magnitude": (*_CALENDAR, "min_size", "include_output_layer", "target_params", "target_from", "scope"),
+    "magnitude": (*_CALENDAR, "min_size", "include_output_layer", "target_params", "target_from", "target_epoch",
+                  "scope"),
     "lowrank": (*_CALENDAR, "min_size", "include_output_layer", "min_rank", "output_min_rank", "truncate",
-                "target_params", "target_from", "rank_rule"),
+                "target_params", "target_from", "target_epoch", "rank_rule"),
 }
 # Only rmt's keep fraction comes from the schedule group; the baselines follow a cubic schedule of their own.
 USES_SCHEDULE = ("rmt",)
@@ -348,6 +350,8 @@ def validate_pruning(pr: DictConfig) -> None:
                             f"count) or pruning.target_from=RUN_OR_SWEEP_FOLDER (match that run's final count)")
         if pr.target_params is not None:
             _positive("pruning.target_params", pr.target_params)
+        if pr.target_epoch is not None:
+            _positive("pruning.target_epoch", pr.target_epoch)
     if pr.name == "magnitude":
         _choice("pruning.scope", pr.scope, ("global", "layer"))
     if pr.name == "lowrank":

@@ -221,6 +221,26 @@ def test_both_arms_reach_the_target_on_the_cubic_schedule(cli, tmp_path, arm, se
         assert sum(p.numel() for p in model.parameters()) == summary["n_params_final"]
 
 
+@pytest.mark.parametrize("arm", ["magnitude", "lowrank"])
+def test_target_epoch_reaches_the_count_early_and_later_events_keep_it(cli, tmp_path, arm):
+    code, out, err = cli("train", *FAST, "epochs=5", "device=cpu", f"pruning={arm}", *SMALL,
+                         f"pruning.target_params={TARGET}", "pruning.target_epoch=2", "hydra.run.dir=run")
+    assert code == 0, err
+    run = tmp_path / "run"
+    rows = read_csv(run / "metrics.csv")
+    # events after epochs 1-4; the cubic schedule runs over the two after epochs <= 2 (J = 2)
+    expected = P0 - (P0 - TARGET) * cubic(1, 2)
+    assert abs(int(rows[0]["n_params_after"]) - expected) <= (3 if arm == "magnitude" else 0.01 * expected)
+    counts = [int(r["n_params_after"]) for r in rows[1:]]
+    assert abs(counts[0] - TARGET) <= 0.01 * TARGET and len(set(counts)) == 1
+    assert summary_of(run)["n_params_final"] == counts[0]
+    # the calendar goes on after the target: the lr falls by the factor at every event epoch
+    lrs = [float(r["lr"]) for r in rows]
+    assert lrs == pytest.approx([lrs[0] * 0.96 ** k for k in range(5)])
+    late = [r for r in read_csv(run / "layers.csv") if int(r["epoch"]) > 2]
+    assert {int(r["epoch"]) for r in late} == {3, 4} and {r["action"] for r in late} == {"keep"}
+
+
 def test_interrupted_magnitude_run_resumes_to_identical_metrics(cli, tmp_path, monkeypatch):
     args = [*FAST, "epochs=4", "device=cpu", "pruning=magnitude", *SMALL, f"pruning.target_params={TARGET}"]
     assert cli("train", *args, "hydra.run.dir=full")[0] == 0
@@ -338,6 +358,9 @@ def bad_target_cases(tmp: Path) -> list[tuple[list[str], str]]:
         (["pruning=lowrank", f"pruning.target_from={other_topology}"], "pruning.target_from"),
         (["pruning=lowrank", f"pruning.target_from={other_data}"], "pruning.target_from"),
         (["pruning=magnitude", f"pruning.target_from={ambiguous}"], "pruning.target_from"),
+        (["pruning=magnitude", "pruning.target_params=50000", "pruning.target_epoch=0"], "pruning.target_epoch"),
+        (["pruning=lowrank", "pruning.target_params=50000", "pruning.start_epoch=2", "pruning.target_epoch=1"],
+         "pruning.target_epoch"),
     ]
 
 
@@ -357,6 +380,7 @@ def test_bad_targets_are_one_line_naming_the_key_before_any_training(cli, tmp_pa
     assert "not finished" in messages[3] and "no finished run" in messages[4]
     assert "topology=784-64-10" in messages[5] and "dataset=fashion_mnist" in messages[6]
     assert "different final counts" in messages[7]
+    assert "must be positive" in messages[8] and "no event of pruning=lowrank" in messages[9]
 
 
 def test_a_target_the_pruner_cannot_reach_is_refused_in_setup_before_training():

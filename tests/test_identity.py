@@ -77,3 +77,15 @@ def test_turning_the_magnitude_sweep_off_does_not_block_a_resume(cli, tmp_path):
     assert code == 0, err
     summary = json.loads((tmp_path / "base" / "summary.json").read_text())
     assert summary["epochs_completed"] == 2 and summary["status"] == "completed"
+
+
+def test_a_key_added_later_keeps_the_identity_of_runs_made_before_it_at_its_default():
+    """pruning.target_epoch came after IDENTITY_VERSION 2: at null it computes what earlier baseline runs
+    computed, and a run made before the key existed (its summary has no such key) keeps its identity."""
+    for arm in ("magnitude", "lowrank"):
+        now = _compose(f"pruning={arm}", "pruning.target_params=1000")
+        before = json.loads(json.dumps(OmegaConf.to_container(now, resolve=True)))
+        del before["pruning"]["target_epoch"]
+        assert config_key(before) == config_key(now)
+        early = _compose(f"pruning={arm}", "pruning.target_params=1000", "pruning.target_epoch=5")
+        assert identity_differences(early, now) == ["pruning.target_epoch"]
