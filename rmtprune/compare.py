@@ -44,7 +44,7 @@ from .errors import UserError
 from .outputs import write_csv
 from .runs import MACHINE_KEYS, Run, load_runs
 from .stats import describe, interpolate_at, paired, variance_ratio, variance_ratio_ci, welch
-from .targets import NOT_MATCHED_IN_SWEEPS
+from .targets import BASELINES, NOT_MATCHED_IN_SWEEPS
 
 log = logging.getLogger("rmtprune")
 
@@ -355,7 +355,7 @@ COLUMNS = [
 ]
 CURVE_COLUMNS = ("test_acc", "train_acc", "test_loss", "train_loss", "n_params_after", "test_acc_after_event",
                  "test_loss_after_event")
-FRONTIER_COLUMNS = ["group", "arm", "pruning_method", "setting", "n_seeds", "params_mean", "params_std",
+FRONTIER_COLUMNS = ["group", "arm", "pruning_method", "setting", "series", "n_seeds", "params_mean", "params_std",
                     "acc_mean", "acc_std"]
 
 
@@ -376,7 +376,8 @@ def _curves(group: str, arm: str, runs: list[Run]) -> list[dict[str, Any]]:
 def frontier(groups: dict[str, dict[str, list[Run]]]) -> pd.DataFrame:
     """frontier.csv: for each group with more than one pruned configuration (arms other than none and
     control), every arm's final test accuracy and final parameter count, mean and sample std over
-    seeds; ``setting`` is what the arm label adds to the method name."""
+    seeds; ``setting`` is what the arm label adds to the method name, ``series`` the curve of the
+    frontier figure the arm is a point of (:func:`_series`)."""
     rows = []
     for group, arms in groups.items():
         if sum(method(rs[0]) not in REFERENCES for rs in arms.values()) < 2:
@@ -388,9 +389,24 @@ def frontier(groups: dict[str, dict[str, list[Run]]]) -> pd.DataFrame:
             name = method(rs[0])
             setting = arm[len(name):].strip().removeprefix("(").removesuffix(")") if arm.startswith(name) else arm
             rows.append({"group": group, "arm": arm, "pruning_method": name, "setting": setting,
-                         "n_seeds": len(rs), "params_mean": params["mean"], "params_std": params["std"],
+                         "series": _series(name, setting), "n_seeds": len(rs), "params_mean": params["mean"], "params_std": params["std"],
                          "acc_mean": acc["mean"], "acc_std": acc["std"]})
     return pd.DataFrame(rows, columns=FRONTIER_COLUMNS)
+
+
+# What sets a matched baseline's size (its target, and the calendar it shares with the run it matches)
+# rather than making it another variant of the method.
+_SIZE_KEYS = {"target_from", "target_params", *(_short(k) for k in CALENDAR)}
+
+
+def _series(name: str, setting: str) -> str:
+    """The curve an arm belongs to: rmt's settings are points along one curve (they set its size); a
+    baseline's target and calendar are points along its curve, its other settings (``target_epoch``,
+    ``scope``, ``rank_rule``) another curve, e.g. ``magnitude (target_epoch=5)``."""
+    if name not in BASELINES or not isinstance(setting, str):
+        return name
+    variant = [part for part in setting.split(", ") if part and part.split("=", 1)[0] not in _SIZE_KEYS]
+    return name + (f" ({', '.join(variant)})" if variant else "")
 
 
 def slug(group: str) -> str:

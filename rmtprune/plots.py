@@ -17,6 +17,7 @@ import pandas as pd  # noqa: E402
 
 from .outputs import read_spectra  # noqa: E402
 from .rmt import mp_pdf  # noqa: E402
+from .targets import BASELINES  # noqa: E402
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -81,8 +82,9 @@ def _event_drops(ax: Any, part: pd.DataFrame, col: str, color: str) -> None:
 
 def frontier_figure(rows: pd.DataFrame, group: str, path: Path) -> Path:
     """Final test accuracy (mean ± std over seeds) against final parameter count (mean ± std, log x):
-    one series per pruning method, a point per setting; ``none`` and ``control`` as horizontal bands
-    (mean ± std). ``rows``: the group's rows of frontier.csv."""
+    one curve per ``series`` of frontier.csv (rmt's settings along one curve, each baseline variant along
+    another), a point per setting; ``none`` and ``control`` as horizontal bands (mean ± std). ``rows``:
+    the group's rows of frontier.csv."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     bands = rows[rows["pruning_method"].isin(["none", "control"])]
     for i, (_, r) in enumerate(bands.iterrows()):
@@ -92,12 +94,14 @@ def frontier_figure(rows: pd.DataFrame, group: str, path: Path) -> Path:
         ax.axhline(m, color=color, ls="--" if i == 0 else ":", lw=1,
                    label=f"{r['arm']} (n={int(r['n_seeds'])}, {r['params_mean']:,.0f} params)")
     points = rows[~rows["pruning_method"].isin(["none", "control"])]
-    for i, (name, part) in enumerate(points.groupby("pruning_method", sort=False)):
+    series = points["series"] if "series" in points else points["pruning_method"]
+    for i, (name, part) in enumerate(points.groupby(series, sort=False)):
         part = part.sort_values("params_mean")
         ax.errorbar(part["params_mean"], 100 * part["acc_mean"], yerr=100 * part["acc_std"].fillna(0),
                     xerr=part["params_std"].fillna(0), fmt="o-", color=f"C{i}", ms=5, capsize=3, label=name)
         for _, r in part.iterrows():
-            if isinstance(r["setting"], str) and r["setting"]:
+            # a matched baseline sits at the count of the point it matches: only that point is named
+            if isinstance(r["setting"], str) and r["setting"] and r["pruning_method"] not in BASELINES:
                 ax.annotate(textwrap.shorten(r["setting"], 40), (r["params_mean"], 100 * r["acc_mean"]),
                             textcoords="offset points", xytext=(4, 4), fontsize=7, color=f"C{i}")
     ax.set_xscale("log")

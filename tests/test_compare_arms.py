@@ -357,3 +357,17 @@ def test_a_matched_baseline_is_tested_against_the_arm_it_was_matched_to(tmp_path
         assert pd.isna(table.loc[rmt, "matched_arm"]) and pd.isna(table.loc[rmt, "matched_diff"])
     md = (tmp_path / "out" / "comparison.md").read_text()
     assert "vs the arm it matches" in md and "| rmt (horizon=5.0): " in md
+    # the frontier's curves: rmt's settings along one, the matched magnitude arms along another
+    front = pd.read_csv(tmp_path / "out" / "frontier.csv").set_index("arm")
+    assert front.loc["rmt (horizon=5.0)", "series"] == front.loc["rmt", "series"] == "rmt"
+    assert set(front.loc[[arms["main"][1], arms["h5"][1]], "series"]) == {"magnitude"}
+
+
+def test_a_baseline_variant_is_a_curve_of_its_own_in_the_frontier():
+    from rmtprune.compare import _series
+
+    assert _series("rmt", "horizon=5.0, schedule=oneshot") == "rmt"
+    assert _series("magnitude", "start_epoch=5, stop_epoch=5, target_from=frontier_oneshot") == "magnitude"
+    assert _series("lowrank", "target_epoch=5, target_from=h5") == "lowrank (target_epoch=5)"
+    assert _series("magnitude", "scope=layer") == "magnitude (scope=layer)"
+    assert _series("magnitude", "") == "magnitude"
