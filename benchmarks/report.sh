@@ -14,9 +14,10 @@ if [ -d "$root" ]; then
   for sweep in "$root"/*/; do
     rmtprune compare "$sweep" --finetune --no-plots --format csv --out "$(mktemp -d)" > /dev/null || true
   done
-  # the frontier's counts are compared with the normal runs of the main MNIST sweep (see the end)
+  # the frontier's counts are compared with the normal runs of the main MNIST sweep (see the end; without
+  # fine-tuning: the trained baselines at each count are the comparison there)
   if ls -d "$root"/frontier_* > /dev/null 2>&1; then
-    rmtprune compare "$root/mnist_fc_1000_1000_1000_500_cpu" "$root"/frontier_* --finetune --no-plots --format csv \
+    rmtprune compare "$root/mnist_fc_1000_1000_1000_500_cpu" "$root"/frontier_* --no-plots --format csv \
       --out "$(mktemp -d)" > /dev/null || true
   fi
   for job in "$root"/*/*/; do
@@ -40,5 +41,5 @@ for dir in "$runs"/*/; do
 done
 # the frontier: every compression level on MNIST with the main sweep's arms
 if ls -d "$runs"/frontier_* > /dev/null 2>&1; then
-  rmtprune compare "$runs/mnist_fc_1000_1000_1000_500_cpu" "$runs"/frontier_* --finetune --out docs/results/frontier_mnist
+  rmtprune compare "$runs/mnist_fc_1000_1000_1000_500_cpu" "$runs"/frontier_* --out docs/results/frontier_mnist
 fi
