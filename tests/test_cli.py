@@ -240,6 +240,30 @@ def test_a_job_that_died_without_a_word_counts_as_failed(cli, tmp_path, monkeypa
     assert code == 1 and "2 of 2 jobs failed" in err and "sweep/0: missing" in err and "sweep/1: missing" in err, err
 
 
+def test_two_launches_into_one_sweep_folder_keep_their_own_job_records(tmp_path, monkeypatch):
+    """Two sweeps launched into the same folder at the same time (e.g. the main arms and the matched
+    baselines) number their jobs from 0 each: each reads back only its own jobs' records, and removing
+    one launch's records leaves the other's."""
+    from rmtprune.commands import outcomes
+
+    sweep = tmp_path / "sweep"
+    for name, status in (("done", "completed"), ("broken", "failed")):
+        (sweep / name).mkdir(parents=True)
+        (sweep / name / "summary.json").write_text(json.dumps({"status": status, "error": "nan loss"}))
+    first, second = outcomes.new_launch(), outcomes.new_launch()
+    assert first != second
+    for launch, folder, status in ((first, "done", "completed"), (second, "broken", "failed")):
+        monkeypatch.setenv(outcomes.LAUNCH_ENV, launch)  # what hydra.job.env_set gives each job
+        outcomes.write(outcomes.Outcome(0, str(sweep / folder), status, "nan loss" if status == "failed" else ""), sweep)
+    mine = outcomes.collect(sweep, first, [["seed=0"]])
+    assert [(o.status, Path(o.folder).name) for o in mine] == [("completed", "done")]
+    outcomes.forget(sweep, second)
+    assert [o.status for o in outcomes.collect(sweep, first, [["seed=0"]])] == ["completed"]
+    assert [o.status for o in outcomes.collect(sweep, second, [["seed=0"]])] == ["missing"]
+    outcomes.forget(sweep, first)
+    assert not (sweep / outcomes.RECORDS).exists()
+
+
 def test_output_folder_unwritable_mid_run_is_one_line(cli, tmp_path, monkeypatch):
     """A full disk (summary.json still writable: it says failed), then a folder that turned read-only
     (nothing writable): one line and exit 1 either way, never a traceback."""

@@ -110,11 +110,12 @@ def _sweep(plan: Plan, task: Callable[[DictConfig], None], config_name: str, arg
             claim(cfg, Path(os.path.abspath(plan.output_dir / subdir)))
     folder = Path(os.path.abspath(claim_unique(plan.output_dir) if plan.clock_named else plan.output_dir))
     args = _pin(args, plan.output_key, str(folder))
-    outcomes.forget(folder)
+    launch = outcomes.new_launch()  # every job records its outcome under this launch's name
+    args = _pin(args, f"+hydra.job.env_set.{outcomes.LAUNCH_ENV}", launch)
     jobs.FINISHED.clear()
     code = _call_hydra(task, config_name, args, prog)
-    found = outcomes.collect(folder, plan.jobs, _folder_of(plan, folder))
-    outcomes.forget(folder)
+    found = outcomes.collect(folder, launch, plan.jobs, _folder_of(plan, folder))
+    outcomes.forget(folder, launch)
     if not found:
         if code:
             return code

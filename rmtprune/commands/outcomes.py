@@ -1,8 +1,10 @@
 """The outcome of every job of a sweep, whatever the launcher.
 
-Each job records how it ended in ``<sweep dir>/.rmtprune-jobs/<job number>.json`` (written by the job
-itself, in whichever process or machine the launcher ran it); after the sweep the launching process
-reads them back, checks each against the job's ``summary.json`` and reports
+Each job records how it ended in ``<sweep dir>/.rmtprune-jobs/<launch>/<job number>.json`` (written by
+the job itself, in whichever process or machine the launcher ran it; ``<launch>`` names one launch of a
+sweep, passed to every job in the environment variable ``RMTPRUNE_LAUNCH`` through Hydra's
+``hydra.job.env_set``, so that two sweeps launched into the same folder, even at the same time, never
+read or remove each other's records); after the sweep the launching process reads them back, checks each against the job's ``summary.json`` and reports
 ``N of M jobs failed`` with the failed jobs' folders. A job that left no record, or whose results
 folder has no ``summary.json`` saying ``completed``, counts as failed: it died before it could say
 otherwise (killed, out of memory, refused before training).
@@ -21,6 +23,7 @@ from typing import Any, Callable
 from .common import err
 
 RECORDS = ".rmtprune-jobs"
+LAUNCH_ENV = "RMTPRUNE_LAUNCH"
 COMPLETED, FAILED, REFUSED, INTERRUPTED, MISSING = "completed", "failed", "refused", "interrupted", "missing"
 
 
@@ -35,8 +38,17 @@ class Outcome:
     error: str = ""
 
 
-def records_dir(sweep_dir: Path | str) -> Path:
-    return Path(sweep_dir) / RECORDS
+def new_launch() -> str:
+    """A name for one launch of a sweep, unique across processes and machines."""
+    import uuid
+
+    return uuid.uuid4().hex[:16]
+
+
+def records_dir(sweep_dir: Path | str, launch: str | None = None) -> Path:
+    """Where the jobs of ``launch`` (default: this job's launch, ``$RMTPRUNE_LAUNCH``) record their outcomes."""
+    launch = launch if launch is not None else os.environ.get(LAUNCH_ENV, "")
+    return Path(sweep_dir) / RECORDS / (launch or "unnamed")
 
 
 def write(outcome: Outcome, sweep_dir: Path | str) -> None:
@@ -52,9 +64,13 @@ def write(outcome: Outcome, sweep_dir: Path | str) -> None:
         err(f"cannot record the outcome of job {outcome.num} in {folder} ({exc.strerror})")
 
 
-def forget(sweep_dir: Path | str) -> None:
-    """Remove the records of an earlier sweep into the same folder (before launching) or of this one (after)."""
-    shutil.rmtree(records_dir(sweep_dir), ignore_errors=True)
+def forget(sweep_dir: Path | str, launch: str) -> None:
+    """Remove the records of one launch (after reading them); other launches' records are theirs."""
+    shutil.rmtree(records_dir(sweep_dir, launch), ignore_errors=True)
+    try:
+        records_dir(sweep_dir, launch).parent.rmdir()  # only when no other launch has records there
+    except OSError:
+        pass
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -75,12 +91,12 @@ def summary_status(folder: Path) -> tuple[str | None, str]:
     return str(summary.get("status")), str(summary.get("error") or "")
 
 
-def collect(sweep_dir: Path | str, jobs: list[list[str]] | None,
+def collect(sweep_dir: Path | str, launch: str, jobs: list[list[str]] | None,
             folder_of: Callable[[int], str] | None = None) -> list[Outcome]:
-    """Every job's outcome, in job order. ``jobs``: the overrides of every job the sweep launched
-    (None when unknown: then the records found are the jobs); ``folder_of(num)``: where job ``num``
-    would have written (for the jobs that left no record)."""
-    folder = records_dir(sweep_dir)
+    """Every job's outcome of one launch, in job order. ``jobs``: the overrides of every job the sweep
+    launched (None when unknown: then the records found are the jobs); ``folder_of(num)``: where job
+    ``num`` would have written (for the jobs that left no record)."""
+    folder = records_dir(sweep_dir, launch)
     found: dict[int, dict[str, Any]] = {}
     if folder.is_dir():
         for path in folder.glob("*.json"):
