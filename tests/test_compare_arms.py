@@ -371,3 +371,26 @@ def test_a_baseline_variant_is_a_curve_of_its_own_in_the_frontier():
     assert _series("lowrank", "target_epoch=5, target_from=h5") == "lowrank (target_epoch=5)"
     assert _series("magnitude", "scope=layer") == "magnitude (scope=layer)"
     assert _series("magnitude", "") == "magnitude"
+
+
+def test_the_report_tables_print_the_comparison(tmp_path):
+    """benchmarks/results_tables.py: the rows of docs/results.md come from comparison.csv unchanged."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("results_tables", Path(__file__).parents[1] / "benchmarks" /
+                                                  "results_tables.py")
+    tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tables)
+    for seed, (rmt, mag) in enumerate(((0.88, 0.89), (0.87, 0.89), (0.90, 0.91))):
+        write_run(tmp_path / "main" / f"none_seed{seed}", seed, "none", 0.9)
+        write_run(tmp_path / "main" / f"rmt_seed{seed}", seed, "rmt", rmt, params=30_000, pruning_cfg=RMT)
+        write_run(tmp_path / "main" / f"magnitude_seed{seed}", seed, "magnitude", mag, params=30_000,
+                  pruning_cfg={**RMT, "target_from": "outputs/main", "target_params": 30_000})
+    cmp = compare([tmp_path / "main"])
+    rows = {line.split(" | ")[0].strip("| "): line for line in tables.main_table(cmp.table)[2:]}
+    assert list(rows) == ["none", "rmt", "magnitude"]
+    assert "| 88.33 ± 1.53 | 30,000 (−70.0%) |" in rows["rmt"]
+    assert rows["magnitude"].endswith(f"| +1.33 [{tables.pct(cmp.table.set_index('arm').loc['magnitude', 'matched_diff_ci_low'])}, "
+                                      f"{tables.pct(cmp.table.set_index('arm').loc['magnitude', 'matched_diff_ci_high'])}] "
+                                      f"({tables.pval(st.ttest_ind([0.89, 0.89, 0.91], [0.88, 0.87, 0.90], equal_var=False).pvalue)}, "
+                                      f"{tables.pval(st.ttest_rel([0.89, 0.89, 0.91], [0.88, 0.87, 0.90]).pvalue)}) |")
