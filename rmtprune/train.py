@@ -48,7 +48,7 @@ from .progress import BatchProgress, show_event
 from .pruner import LEDGER_COLUMNS, make_pruner
 from .schedules import make_schedule
 from .state import TrainingState, make_optimizer  # noqa: F401  (make_optimizer: the loop's optimizer)
-from .step import train_epoch  # noqa: F401  (re-exported: tests patch it here)
+from .step import train_epoch
 
 log = logging.getLogger("rmtprune")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 
 import pytest
 import torch
@@ -158,12 +157,6 @@ def test_an_optimizer_the_step_does_not_fuse_runs_its_own_step():
     assert results[0] == results[1]
 
 
-def test_train_epoch_is_reexported_from_train():
-    import rmtprune.train as train_mod
-
-    assert train_mod.train_epoch is step_mod.train_epoch
-
-
 def test_nan_loss_raises_at_a_logging_point():
     data = synthetic(300)
     with pytest.raises(RunFailed, match="loss became"):
@@ -191,21 +184,15 @@ def test_deterministic_switches_torch_cudnn_and_cublas_and_back(restore_numerics
     assert torch.are_deterministic_algorithms_enabled()
     assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
-    data = synthetic(300)
-    first, second = train(MLP, data, 2)[0], train(MLP, data, 2)[0]
-    assert first == second
     configure_numerics(numerics(deterministic=False), CPU)
     assert not torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.deterministic
 
 
-def test_tf32_sets_the_cuda_flags_and_changes_nothing_on_the_cpu(restore_numerics):
-    data = synthetic(300)
+def test_tf32_sets_the_cuda_flags_and_reports_it_unused_on_the_cpu(restore_numerics):
     configure_numerics(numerics(precision="fp32"), CPU)
     assert not tf32_flag()
-    fp32 = train(MLP, data, 1)[0]
     info = configure_numerics(numerics(precision="tf32"), CPU)
     assert tf32_flag() and info["tf32"] is False  # requested, but TF32 does not exist on the CPU
-    assert train(MLP, data, 1, precision="tf32")[0] == fp32
     configure_numerics(numerics(precision="bf16"), CPU)
     assert not tf32_flag()
 
@@ -236,13 +223,10 @@ def test_compiled_step_matches_the_eager_step(restore_numerics):
     configure_numerics(numerics(compile=True), CPU)
     data = synthetic(256, 64)
     spec = {"kind": "mlp", "widths": [784, 32, 10]}
-    t0 = time.perf_counter()
     compiled, m_c, o_c = train(spec, data, 2, compile=True)
-    elapsed = time.perf_counter() - t0
     eager, m_e, o_e = train(spec, data, 2)
     for (lc, ac), (le, ae) in zip(compiled, eager):
         assert lc == pytest.approx(le, rel=1e-4) and abs(ac - ae) <= 2 / 256
     for pc, pe in zip(m_c.parameters(), m_e.parameters()):
         assert torch.allclose(pc, pe, rtol=1e-3, atol=1e-5)
         assert o_c.state[pc]["momentum_buffer"].shape == pc.shape
-    assert elapsed < 120  # compile time on 2 loaded cores; the second call reuses the compiled code
