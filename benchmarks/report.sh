@@ -9,16 +9,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=outputs/paper runs=docs/results/runs
 if [ -d "$root" ]; then
+  scratch=$(mktemp -d); trap 'rm -rf "$scratch"' EXIT
   # the exact post-training magnitude baseline needs the normal runs' model.pt, which is not committed:
   # compute it where the models are, cached in each normal run's posthoc_magnitude.csv (copied below)
   for sweep in "$root"/*/; do
-    rmtprune compare "$sweep" --finetune --no-plots --format csv --out "$(mktemp -d)" > /dev/null || true
+    rmtprune compare "$sweep" --finetune --no-plots --format csv --out "$scratch" > /dev/null \
+      || echo "report.sh: the post-training baseline of $sweep was not computed (see the lines above)" >&2
   done
   # the frontier's counts are compared with the normal runs of the main MNIST sweep (see the end; without
   # fine-tuning: the trained baselines at each count are the comparison there)
   if ls -d "$root"/frontier_* > /dev/null 2>&1; then
     rmtprune compare "$root/mnist_fc_1000_1000_1000_500_cpu" "$root"/frontier_* --no-plots --format csv \
-      --out "$(mktemp -d)" > /dev/null || true
+      --out "$scratch" > /dev/null || echo "report.sh: the frontier's post-training baseline was not computed" >&2
   fi
   for job in "$root"/*/*/; do
     [ -f "$job/DONE" ] || continue  # unfinished or failed jobs are not reported

@@ -171,6 +171,11 @@ class TargetPruner(Pruner):
             first = self.calendar.events(int(epochs))[0]
             raise UserError(f"pruning.target_epoch={self.target_epoch}: no event of pruning={self.name} comes after "
                             f"an epoch <= {self.target_epoch} (the first is after epoch {first}); give at least {first}")
+        if epochs is not None and self.target_epoch is not None and self.calendar.events(int(epochs)) \
+                and self.target_epoch >= self.calendar.events(int(epochs))[-1]:
+            last = self.calendar.events(int(epochs))[-1]
+            raise UserError(f"pruning.target_epoch={self.target_epoch} is not before the last event (after epoch {last}) "
+                            f"of this {epochs}-epoch run: it would change nothing; leave it null, or give less than {last}")
 
     def schedule_events(self, events: list[int]) -> list[int]:
         """The events of the cubic schedule: those after epochs <= ``target_epoch`` (all without one)."""
@@ -307,7 +312,7 @@ class MagnitudePruner(TargetPruner):
                 lname, module, epoch=epoch, action="mask" if changed else "keep", params_before=before[lname],
                 params_after=after, keep_fraction=kept / module.weight_orig.numel(), seconds=seconds,
                 note=f"{self.scope} sparsity {s:.4f} of the eligible weights (event {self.progress(epoch)[0]} "
-                     f"of {len(self.events)}, final {self.final_sparsity:.4f})"))
+                     f"of {self.progress(epoch)[1]}, final {self.final_sparsity:.4f})"))
         return event
 
     def finalize(self, model: nn.Module) -> None:

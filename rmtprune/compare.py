@@ -328,17 +328,15 @@ def same_calendar_control(arms: dict[str, list[Run]], runs: list[Run]) -> tuple[
 def matched_arm(arms: dict[str, list[Run]], runs: list[Run]) -> str | None:
     """The arm that ``runs``, a baseline matched with ``pruning.target_from``, were matched to: the pruned
     arm (not none, control or a baseline) of the same calendar with runs in the folder that target_from
-    names (run_config keeps its last part: a sweep folder, or the run folder itself); None for other arms
-    and when that arm is not among ``arms``."""
+    names (run_config keeps its last part: a sweep folder, or the run folder itself); None for other arms,
+    when that arm is not among ``arms``, and when several arms fit (folders of the same name)."""
     name = runs[0].config.get("pruning.target_from")
     if not name:
         return None
-    for arm, rs in arms.items():
-        if rs is runs or method(rs[0]) in NOT_MATCHED_IN_SWEEPS or calendar(rs[0]) != calendar(runs[0]):
-            continue
-        if any(name in (r.folder.name, r.folder.parent.name) for r in rs):
-            return arm
-    return None
+    found = [arm for arm, rs in arms.items()
+             if rs is not runs and method(rs[0]) not in NOT_MATCHED_IN_SWEEPS and calendar(rs[0]) == calendar(runs[0])
+             and any(name in (r.folder.name, r.folder.parent.name) for r in rs)]
+    return found[0] if len(found) == 1 else None  # two folders of that name: which one is not known
 
 
 _VERSUS = ["diff", "diff_ci_low", "diff_ci_high", "welch_p", "n_pairs", "paired_diff", "paired_p",

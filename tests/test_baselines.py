@@ -361,6 +361,7 @@ def bad_target_cases(tmp: Path) -> list[tuple[list[str], str]]:
         (["pruning=magnitude", "pruning.target_params=50000", "pruning.target_epoch=0"], "pruning.target_epoch"),
         (["pruning=lowrank", "pruning.target_params=50000", "pruning.start_epoch=2", "pruning.target_epoch=1"],
          "pruning.target_epoch"),
+        (["pruning=magnitude", "pruning.target_params=50000", "pruning.target_epoch=2"], "pruning.target_epoch"),
     ]
 
 
@@ -381,6 +382,7 @@ def test_bad_targets_are_one_line_naming_the_key_before_any_training(cli, tmp_pa
     assert "topology=784-64-10" in messages[5] and "dataset=fashion_mnist" in messages[6]
     assert "different final counts" in messages[7]
     assert "must be positive" in messages[8] and "no event of pruning=lowrank" in messages[9]
+    assert "not before the last event (after epoch 2)" in messages[10]  # epochs=3: events after 1 and 2
 
 
 def test_a_target_the_pruner_cannot_reach_is_refused_in_setup_before_training():

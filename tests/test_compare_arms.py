@@ -394,3 +394,19 @@ def test_the_report_tables_print_the_comparison(tmp_path):
                                       f"{tables.pct(cmp.table.set_index('arm').loc['magnitude', 'matched_diff_ci_high'])}] "
                                       f"({tables.pval(st.ttest_ind([0.89, 0.89, 0.91], [0.88, 0.87, 0.90], equal_var=False).pvalue)}, "
                                       f"{tables.pval(st.ttest_rel([0.89, 0.89, 0.91], [0.88, 0.87, 0.90]).pvalue)}) |")
+
+
+def test_a_baseline_is_not_tested_against_a_guess_when_two_arms_fit(tmp_path):
+    """target_from names a folder by its last part: two rmt arms in folders of that name give no matched_* numbers."""
+    for parent, horizon in (("a", 3.0), ("b", 5.0)):
+        for seed in range(2):
+            f = write_run(tmp_path / parent / "main" / f"rmt_seed{seed}", seed, "rmt", 0.88, params=30_000,
+                          pruning_cfg=RMT)
+            _summary(f, lambda d: {**d, "config": {**d["config"], "schedule": {"name": "linear", "horizon": horizon}}})
+    for seed in range(2):
+        write_run(tmp_path / "a" / "main" / f"magnitude_seed{seed}", seed, "magnitude", 0.89, params=30_000,
+                  pruning_cfg={**RMT, "target_from": "outputs/main", "target_params": 30_000})
+    table = compare([tmp_path / "a", tmp_path / "b"]).table.set_index("arm")
+    assert table["matched_arm"].isna().all()
+    table = compare([tmp_path / "a"]).table.set_index("arm")
+    assert table.loc["magnitude", "matched_arm"] == "rmt"
