@@ -6,7 +6,7 @@
 ``main``: one row per arm (none, control, rmt, magnitude, lowrank) with the tests against none, control
 and, for a matched baseline, the rmt arm it was matched to. ``frontier``: the arms of the combined
 frontier comparison, grouped by the rmt setting each baseline was matched to. Accuracies in percent,
-differences in points; p-values as compare computed them.
+differences in points; every cell formatted by rmtprune.compare as in comparison.md.
 """
 
 from __future__ import annotations
@@ -17,19 +17,18 @@ from pathlib import Path
 
 import pandas as pd
 
+from rmtprune.compare import diff_cell, fmt_p, fmt_value, ratio_cell
+
 METHODS = ("rmt", "magnitude", "lowrank")
 LEVELS = {"rmt": "horizon 10 (main sweeps)", "rmt (horizon=5.0)": "horizon 5", "rmt (horizon=7.0)": "horizon 7"}
 ONESHOT = "one shot after epoch 5"
 
 
-def pct(v: float, sign: bool = True) -> str:
-    if v != v:
-        return "–"
-    return (f"{100 * v:+.2f}" if sign else f"{100 * v:.2f}").replace("-", "−")
+METRIC = "test_acc"
 
 
-def pval(v: float) -> str:
-    return "–" if v != v else (f"{v:.1e}" if v < 0.001 else f"{v:.2g}")
+def mean_std(r: pd.Series) -> str:
+    return f"{fmt_value(r['final_mean'], METRIC)} ± {fmt_value(r['final_std'], METRIC)}"
 
 
 def size(r: pd.Series) -> str:
@@ -38,33 +37,23 @@ def size(r: pd.Series) -> str:
     return f"{r['params_end']:,.0f}"
 
 
-def versus_matched(r: pd.Series) -> str:
-    if not isinstance(r.get("matched_arm"), str):
+def versus(r: pd.Series, prefix: str, paired: bool = True) -> str:
+    """Δ [95% CI] (Welch p[, paired p]) against none (prefix ""), control or the matched arm, as compare shows it."""
+    if r[prefix + "diff"] != r[prefix + "diff"]:
         return "–"
-    return (f"{pct(r['matched_diff'])} [{pct(r['matched_diff_ci_low'])}, {pct(r['matched_diff_ci_high'])}] "
-            f"({pval(r['matched_welch_p'])}, {pval(r['matched_paired_p'])})")
-
-
-def ratio(r: pd.Series, prefix: str) -> str:
-    v = r[prefix + "var_ratio"]
-    if v != v:
-        return "–"
-    return (f"{v:.2g} [{r[prefix + 'var_ratio_ci_low']:.2g}, {r[prefix + 'var_ratio_ci_high']:.2g}] "
-            f"({pval(r[prefix + 'f_p'])}, {pval(r[prefix + 'levene_p'])})")
+    ps = fmt_p(r[prefix + "welch_p"]) + (f", {fmt_p(r[prefix + 'paired_p'])}" if paired else "")
+    return f"{diff_cell(r, METRIC, prefix)} ({ps})"
 
 
 def main_table(t: pd.DataFrame) -> list[str]:
     order = {"none": 0, "control": 1, **{m: 2 + i for i, m in enumerate(METHODS)}}
     t = t.assign(k=[order.get(a, 9) for a in t["arm"]]).sort_values("k", kind="stable")
-    lines = ["| arm | seeds | final accuracy | parameters after | vs none: Δ (Welch p) | vs control: Δ (Welch p, "
-             "paired p) | variance ratio vs control [bootstrap 95% CI] (F p, Levene p) | vs rmt: Δ [95% CI] "
+    lines = ["| arm | seeds | final accuracy | parameters after | vs none: Δ [95% CI] (Welch p) | vs control: Δ [95% CI] "
+             "(Welch p, paired p) | variance ratio vs control [bootstrap 95% CI] (F p, Levene p) | vs rmt: Δ [95% CI] "
              "(Welch p, paired p) |", "|---|---|---|---|---|---|---|---|"]
     for _, r in t.iterrows():
-        vn = "–" if r["diff"] != r["diff"] else f"{pct(r['diff'])} ({pval(r['welch_p'])})"
-        vc = ("–" if r["control_diff"] != r["control_diff"] else
-              f"{pct(r['control_diff'])} ({pval(r['control_welch_p'])}, {pval(r['control_paired_p'])})")
-        lines.append(f"| {r['arm']} | {r['n_seeds']} | {pct(r['final_mean'], False)} ± {pct(r['final_std'], False)} | "
-                     f"{size(r)} | {vn} | {vc} | {ratio(r, 'control_')} | {versus_matched(r)} |")
+        lines.append(f"| {r['arm']} | {r['n_seeds']} | {mean_std(r)} | {size(r)} | {versus(r, '', paired=False)} | "
+                     f"{versus(r, 'control_')} | {ratio_cell(r, 'control_')} | {versus(r, 'matched_')} |")
     return lines
 
 
@@ -73,7 +62,7 @@ def _level(r: pd.Series) -> str:
     return LEVELS.get(ref, ONESHOT if "oneshot" in ref else ref)
 
 
-def _short(arm: str) -> str:
+def _bare(arm: str) -> str:
     """The arm label without what the level column says (target folder, calendar, rmt schedule)."""
     arm = re.sub(r"(target_from|start_epoch|stop_epoch|horizon|schedule)=[^,)]*(, )?", "", arm)
     return arm.replace(", )", ")").replace(" ()", "")
@@ -85,16 +74,15 @@ def frontier_table(t: pd.DataFrame) -> list[str]:
     t = t.assign(level=["" if a in refs else _level(r) for a, (_, r) in zip(t["arm"], t.iterrows())])
     t = t.assign(k=[refs.index(a) if a in refs else 2 + (levels.index(lv) if lv in levels else 99)
                     for a, lv in zip(t["arm"], t["level"])],
-                 m=[METHODS.index(_short(a).split(" ")[0]) if _short(a).split(" ")[0] in METHODS else 0 for a in t["arm"]],
+                 m=[METHODS.index(_bare(a).split(" ")[0]) if _bare(a).split(" ")[0] in METHODS else 0 for a in t["arm"]],
                  te=["target_epoch" in a for a in t["arm"]])
     t = t.sort_values(["k", "m", "te"], kind="stable")
-    lines = ["| rmt setting | arm | seeds | parameters after | final accuracy | vs none: Δ (Welch p) | vs control: Δ "
-             "(Welch p) | vs the rmt arm it matches: Δ [95% CI] (Welch p, paired p) |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| rmt setting | arm | seeds | parameters after | final accuracy | vs none: Δ [95% CI] (Welch p) | vs "
+             "control: Δ [95% CI] (Welch p) | vs the rmt arm it matches: Δ [95% CI] (Welch p, paired p) |",
+             "|---|---|---|---|---|---|---|---|"]
     for _, r in t.iterrows():
-        vn = "–" if r["diff"] != r["diff"] else f"{pct(r['diff'])} ({pval(r['welch_p'])})"
-        vc = "–" if r["control_diff"] != r["control_diff"] else f"{pct(r['control_diff'])} ({pval(r['control_welch_p'])})"
-        lines.append(f"| {r['level']} | {_short(r['arm'])} | {r['n_seeds']} | {size(r)} | {pct(r['final_mean'], False)} ± "
-                     f"{pct(r['final_std'], False)} | {vn} | {vc} | {versus_matched(r)} |")
+        lines.append(f"| {r['level']} | {_bare(r['arm'])} | {r['n_seeds']} | {size(r)} | {mean_std(r)} | "
+                     f"{versus(r, '', paired=False)} | {versus(r, 'control_', paired=False)} | {versus(r, 'matched_')} |")
     return lines
 
 

@@ -416,13 +416,15 @@ def slug(group: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", "_".join(parts)).strip("_")[:100] or "all"
 
 
-def _pct(v: float, metric: str) -> str:
+def fmt_value(v: float, metric: str) -> str:
+    """A value as comparison.md shows it: percent with 2 decimals for accuracies, 4 decimals otherwise."""
     if v != v:
         return "–"
     return f"{100 * v:.2f}" if "acc" in metric else f"{v:.4f}"
 
 
-def _p(v: float) -> str:
+def fmt_p(v: float) -> str:
+    """A p-value as comparison.md shows it."""
     return "–" if v != v else (f"{v:.3f}" if v >= 0.001 else f"{v:.1e}")
 
 
@@ -431,32 +433,32 @@ def _where(problem: dict[str, str]) -> str:
     return f"{problem['folder']} (seed {seed})" if seed not in (None, "") else problem["folder"]
 
 
-def _diff_cell(r: pd.Series, metric: str, prefix: str = "") -> str:
+def diff_cell(r: pd.Series, metric: str, prefix: str = "") -> str:
     d = r[f"{prefix}diff"]
     if d != d:
         return "–"
-    return f"{_pct(d, metric)} [{_pct(r[f'{prefix}diff_ci_low'], metric)}, {_pct(r[f'{prefix}diff_ci_high'], metric)}]"
+    return f"{fmt_value(d, metric)} [{fmt_value(r[f'{prefix}diff_ci_low'], metric)}, {fmt_value(r[f'{prefix}diff_ci_high'], metric)}]"
 
 
-def _ratio_cell(r: pd.Series, prefix: str = "") -> str:
+def ratio_cell(r: pd.Series, prefix: str = "") -> str:
     v = r[f"{prefix}var_ratio"]
     if v != v:
         return "–"
     lo, hi = r[f"{prefix}var_ratio_ci_low"], r[f"{prefix}var_ratio_ci_high"]
     ci = "" if lo != lo else f" [{lo:.2f}, {hi:.2f}]"
-    return f"{v:.2f}{ci} (F p {_p(r[f'{prefix}f_p'])}, Levene p {_p(r[f'{prefix}levene_p'])})"
+    return f"{v:.2f}{ci} (F p {fmt_p(r[f'{prefix}f_p'])}, Levene p {fmt_p(r[f'{prefix}levene_p'])})"
 
 
 def _matched_cell(r: pd.Series, metric: str) -> str:
     if not isinstance(r["matched_arm"], str):
         return "–"
-    return (f"{r['matched_arm']}: {_diff_cell(r, metric, 'matched_')} (Welch p {_p(r['matched_welch_p'])}, "
-            f"paired p {_p(r['matched_paired_p'])})")
+    return (f"{r['matched_arm']}: {diff_cell(r, metric, 'matched_')} (Welch p {fmt_p(r['matched_welch_p'])}, "
+            f"paired p {fmt_p(r['matched_paired_p'])})")
 
 
 def _mean_std_cell(r: pd.Series, key: str, metric: str) -> str:
     m = r[f"{key}_mean"]
-    return "–" if m != m else f"{_pct(m, metric)} ± {_pct(r[f'{key}_std'], metric)} (n={int(r[f'{key}_n'])})"
+    return "–" if m != m else f"{fmt_value(m, metric)} ± {fmt_value(r[f'{key}_std'], metric)} (n={int(r[f'{key}_n'])})"
 
 
 def markdown(cmp: Comparison) -> str:
@@ -484,13 +486,13 @@ def markdown(cmp: Comparison) -> str:
         for _, r in part.iterrows():
             scale = 1e4 if "acc" in cmp.metric else 1.0
             var = "–" if r["final_var"] != r["final_var"] else f"{r['final_var'] * scale:.3g}"
-            line = (f"| {r['arm']} | {r['n_seeds']} | {_pct(r['final_mean'], cmp.metric)} ± "
-                    f"{_pct(r['final_std'], cmp.metric)} | {var} | {_pct(r['best_mean'], cmp.metric)} | "
+            line = (f"| {r['arm']} | {r['n_seeds']} | {fmt_value(r['final_mean'], cmp.metric)} ± "
+                    f"{fmt_value(r['final_std'], cmp.metric)} | {var} | {fmt_value(r['best_mean'], cmp.metric)} | "
                     f"{r['params_start']:,.0f} → {r['params_end']:,.0f} ({r['param_reduction_pct']:.1f}%) | "
-                    f"{_diff_cell(r, cmp.metric)} | {_p(r['welch_p'])} | {_p(r['paired_p'])} | {_ratio_cell(r)} |")
+                    f"{diff_cell(r, cmp.metric)} | {fmt_p(r['welch_p'])} | {fmt_p(r['paired_p'])} | {ratio_cell(r)} |")
             if has_control:
-                line += (f" {_diff_cell(r, cmp.metric, 'control_')} | {_p(r['control_welch_p'])} | "
-                         f"{_p(r['control_paired_p'])} | {_ratio_cell(r, 'control_')} |")
+                line += (f" {diff_cell(r, cmp.metric, 'control_')} | {fmt_p(r['control_welch_p'])} | "
+                         f"{fmt_p(r['control_paired_p'])} | {ratio_cell(r, 'control_')} |")
             if has_matched:
                 line += f" {_matched_cell(r, cmp.metric)} |"
             line += f" {_mean_std_cell(r, 'magnitude_at_same_params', cmp.metric)} |"
@@ -570,17 +572,17 @@ def print_table(cmp: Comparison) -> None:
             t.add_column(c, justify="left" if c == "arm" else "right")
         for _, r in part.iterrows():
             ratio = "–" if r["var_ratio"] != r["var_ratio"] else (
-                f"{r['var_ratio']:.2f} [{r['var_ratio_ci_low']:.2f}, {r['var_ratio_ci_high']:.2f}] ({_p(r['f_p'])})")
+                f"{r['var_ratio']:.2f} [{r['var_ratio_ci_low']:.2f}, {r['var_ratio_ci_high']:.2f}] ({fmt_p(r['f_p'])})")
             cells = [str(r["arm"]), str(r["n_seeds"]),
-                     f"{_pct(r['final_mean'], cmp.metric)} ± {_pct(r['final_std'], cmp.metric)}",
+                     f"{fmt_value(r['final_mean'], cmp.metric)} ± {fmt_value(r['final_std'], cmp.metric)}",
                      "–" if r["final_var"] != r["final_var"] else f"{r['final_var']:.2e}",
-                     f"{r['params_end']:,.0f} ({r['param_reduction_pct']:.0f}%)", _pct(r["diff"], cmp.metric),
-                     _p(r["welch_p"]), ratio]
+                     f"{r['params_end']:,.0f} ({r['param_reduction_pct']:.0f}%)", fmt_value(r["diff"], cmp.metric),
+                     fmt_p(r["welch_p"]), ratio]
             if has_control:
-                cells += [_pct(r["control_diff"], cmp.metric), _p(r["control_welch_p"])]
-            cells.append(_pct(r["magnitude_at_same_params_mean"], cmp.metric))
+                cells += [fmt_value(r["control_diff"], cmp.metric), fmt_p(r["control_welch_p"])]
+            cells.append(fmt_value(r["magnitude_at_same_params_mean"], cmp.metric))
             if cmp.finetune:
-                cells.append(_pct(r["magnitude_finetuned_mean"], cmp.metric))
+                cells.append(fmt_value(r["magnitude_finetuned_mean"], cmp.metric))
             t.add_row(*cells)
         console.print(t)
     for w in cmp.warnings:
