@@ -44,7 +44,7 @@ def test_train_help_and_cfg_job_run_nothing(cli, tmp_path):
     ("pruning=rmt pruning.tolerence=0.1", "did you mean pruning.tolerance"),
     ("pruning=rmt schedule=oneshot schedule.horizon=3", "schedule.horizon is not used by schedule=oneshot"),
     ("pruning=none schedule.horizon=3", "schedule.horizon is not used by pruning=none"),
-    ("seed=0,1", "add -m"),
+    ("seed=0,1", "add -m"), ("~seed", "invalid config"),
 ])
 def test_bad_input_is_one_line_and_exit_2(cli, tmp_path, override, needle):
     import torch

@@ -140,12 +140,13 @@ def _call_hydra(task: Callable[[DictConfig], None], config_name: str, args: list
     import hydra
 
     from ..config import register_configs
+    from .compose import CONFIG_PATH
 
     register_configs()
     saved = sys.argv
     sys.argv = [prog, *args]
     try:
-        hydra.main(config_path="pkg://rmtprune.conf", config_name=config_name, version_base="1.3")(task)()
+        hydra.main(config_path=CONFIG_PATH, config_name=config_name, version_base="1.3")(task)()
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     finally:

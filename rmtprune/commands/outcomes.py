@@ -74,8 +74,10 @@ def forget(sweep_dir: Path | str, launch: str) -> None:
 
 
 def _read(path: Path) -> dict[str, Any] | None:
+    from ..outputs import read_json
+
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json(path)
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
 from ..errors import UserError
 from .common import first_line
@@ -223,7 +224,10 @@ def precheck(composer: Composer, overrides: list[str], multirun: bool,
     check_unused_keys(parsed, configs)
     key, folder, clock = output_folder(configs[0], multirun)
     for cfg in configs:
-        check(task_config(cfg))
+        try:
+            check(task_config(cfg))
+        except OmegaConfBaseException as exc:  # e.g. ~seed (a key deleted) or an unresolvable ${...}
+            raise UserError(f"the overrides leave an invalid config: {first_line(str(exc))}") from None
     jobs = job_overrides(configs[0], parsed) if multirun else None
     plan = Plan(multirun, configs, key, folder, clock, jobs)
     if jobs is not None:

@@ -7,7 +7,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from ..errors import UserError
-from .hydra_app import run_hydra
+from .hydra_app import quote, run_hydra
 
 # Flags after which no model path is needed (they print and run nothing).
 _NO_MODEL = {"--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "--shell-completion", "--version"}
@@ -25,7 +25,7 @@ def model_path_override(rest: list[str]) -> list[str]:
     out, named = [], False
     for a in rest:
         if not named and "=" not in a and not a.startswith("-"):
-            out.append("model_path=" + ("'" + a.replace("'", "\\'") + "'" if any(c in a for c in " ,[]{}()=:'\"") else a))
+            out.append("model_path=" + quote(a))
             named = True
         else:
             out.append(a)
