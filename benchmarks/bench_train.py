@@ -252,7 +252,7 @@ def main() -> None:
     configure_numerics(OmegaConf.structured(RunConfig), device)
     name = "synthetic" if args.synthetic else "mnist"
     ds = OmegaConf.merge(OmegaConf.structured(DatasetConfig),
-                         OmegaConf.load(os.path.join(ROOT, "conf", "dataset", f"{name}.yaml")))
+                         OmegaConf.load(os.path.join(ROOT, "rmtprune", "conf", "dataset", f"{name}.yaml")))
     ds.train_size, ds.test_size = args.train_size, 10000
     data = load_data(ds, device)
     widths = parse_topology(args.topology)
@@ -298,7 +298,7 @@ def main() -> None:
     x = data.test_x[:4096]
     dense_fwd, dense_params = forward_seconds(model, x, device), count_parameters(model)
     r["checkpoint_s"] = checkpoint_seconds(model, spec)
-    pruner = RMTPruner(schedule="oneshot")  # conf/pruning/rmt.yaml's defaults, one cut to the spikes
+    pruner = RMTPruner(schedule="oneshot")  # rmtprune/conf/pruning/rmt.yaml's defaults, one cut to the spikes
     sync(device)
     t = time.perf_counter()
     event = pruner.step(model, 2)

@@ -85,7 +85,6 @@ say "gpu_check $( [ $DRY = 1 ] && echo '--dry-run ' )budget ${BUDGET} s, repo $R
 setup() {
   set -e
   cd "$REPO"
-  [ -e rmtprune/conf ] || ln -s ../conf rmtprune/conf  # the package's config folder (git-ignored link)
   local site=$WORK/site
   if ls .whl/*.whl > /dev/null 2>&1; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl/*.whl
@@ -115,7 +114,7 @@ from rmtprune.data import prepare_offline
 offline = os.environ.get("RMTPRUNE_OFFLINE_DATA")
 for name in ("mnist",):  # the only data set the stages use
     if offline and (Path(offline) / name).is_dir():
-        ds = OmegaConf.merge(OmegaConf.structured(DatasetConfig), OmegaConf.load(f"conf/dataset/{name}.yaml"))
+        ds = OmegaConf.merge(OmegaConf.structured(DatasetConfig), OmegaConf.load(f"rmtprune/conf/dataset/{name}.yaml"))
         ds.offline_dir = offline
         prepare_offline(ds, Path(os.environ["RMTPRUNE_DATA_DIR"]))
         print("decompressed", name)

@@ -483,7 +483,7 @@ class LowRankPruner(TargetPruner):
 
 
 def baseline_from_config(pruning: Any) -> Pruner:
-    """The pruner of a ``pruning=magnitude`` or ``pruning=lowrank`` config node (conf/pruning/*.yaml): its
+    """The pruner of a ``pruning=magnitude`` or ``pruning=lowrank`` config node (rmtprune/conf/pruning/*.yaml): its
     keys (``config.PRUNING_KEYS``) are the keyword arguments. ``target_from`` must have been resolved into
     ``target_params`` (:func:`rmtprune.targets.resolve_target`); it names the target in error messages."""
     from .config import PRUNING_KEYS

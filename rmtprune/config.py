@@ -1,6 +1,6 @@
 """Structured-config schema (validated by OmegaConf) and the checks Hydra cannot express.
 
-The YAML defaults live in ``conf/``; these dataclasses give every key its type, so a typo
+The YAML defaults live in ``rmtprune/conf/``; these dataclasses give every key its type, so a typo
 (``epoch=3``) or a wrong type (``epochs=ten``) fails at composition time.
 """
 
@@ -92,7 +92,7 @@ class OptimizerConfig:
 
 @dataclass
 class PruningConfig:
-    """Every key of every pruning option (conf/pruning/*.yaml); ``PRUNING_KEYS`` says which option uses which.
+    """Every key of every pruning option (rmtprune/conf/pruning/*.yaml); ``PRUNING_KEYS`` says which option uses which.
 
     One schema for all options, so that a preset may set rmt's keys and still be run with
     ``pruning=none,control,...``: a key the chosen option does not use is left out of the run's
@@ -199,7 +199,7 @@ class PruneCommandConfig(RunConfig):
 
 
 def register_configs() -> None:
-    """Register the schemas Hydra composes the YAML files of ``conf/`` onto."""
+    """Register the schemas Hydra composes the YAML files of ``rmtprune/conf/`` onto."""
     cs = ConfigStore.instance()
     cs.store(name="rmtprune_schema", node=RunConfig)
     for name, schema in MODEL_SCHEMAS.items():

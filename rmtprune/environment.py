@@ -31,7 +31,7 @@ def code_version() -> str:
         if commit.returncode != 0 or not (root / ".git").exists():
             return __version__
         dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--",
-                                "rmtprune", "conf"], capture_output=True, text=True, timeout=5)
+                                "rmtprune"], capture_output=True, text=True, timeout=5)
         return f"{__version__}+g{commit.stdout.strip()}" + (".dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return __version__

@@ -33,9 +33,10 @@ DATASET_NOT_IDENTITY = {"root", "offline_dir", "download", "verify_md5"}
 # Bumped when the same config computes something else than before (a method fix): runs made by older code
 # then have other keys, and skip_done / resume never mistake them for runs of this code.
 IDENTITY_VERSION = 2
-# Keys added since IDENTITY_VERSION 2 with a default that computes what runs made before them computed:
-# left out of the identity at that default, so those runs keep their identity (resume and skip_done find them).
-PRUNING_KEYS_SINCE = {"target_epoch": None}
+# Keys (dotted) added since IDENTITY_VERSION 2 with a default that computes what runs made before them
+# computed: left out of the identity at that default, so those runs keep their identity (resume and
+# skip_done find them). A new key goes here with the default that reproduces the old behaviour.
+KEYS_SINCE: dict[str, Any] = {"pruning.target_epoch": None}
 
 
 class RunLock:
@@ -152,7 +153,7 @@ def identity(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     does not use (config.PRUNING_KEYS), the schedule unless the option uses one (config.USES_SCHEDULE) and
     then only its own keys, ``topology`` unless the model is the MLP, ``pruning.target_from``
     (what counts is the ``target_params`` it resolves to), and keys added since IDENTITY_VERSION 2 at the
-    default that reproduces earlier runs (``PRUNING_KEYS_SINCE``). ``cfg`` is a DictConfig or the plain
+    default that reproduces earlier runs (``KEYS_SINCE``). ``cfg`` is a DictConfig or the plain
     ``config`` dict of a summary.json.
     """
     from .config import PRUNING_KEYS, SCHEDULE_KEYS, USES_SCHEDULE
@@ -167,8 +168,7 @@ def identity(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     pruning = data.get("pruning")
     if isinstance(pruning, dict):
         used = PRUNING_KEYS.get(str(pruning.get("name")), tuple(pruning))
-        data["pruning"] = {k: v for k, v in pruning.items() if k in used and k != "target_from"
-                           and not (k in PRUNING_KEYS_SINCE and v == PRUNING_KEYS_SINCE[k])}
+        data["pruning"] = {k: v for k, v in pruning.items() if k in used and k != "target_from"}
         if pruning.get("name") not in USES_SCHEDULE:
             data.pop("schedule", None)
     schedule = data.get("schedule")
@@ -177,6 +177,13 @@ def identity(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
         data["schedule"] = {k: v for k, v in schedule.items() if k in used}
     if isinstance(data.get("model"), dict) and data["model"].get("name", "mlp") != "mlp":
         data.pop("topology", None)
+    for dotted, default in KEYS_SINCE.items():
+        *parents, leaf = dotted.split(".")
+        node = data
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node and node[leaf] == default:
+            del node[leaf]
     return data
 
 

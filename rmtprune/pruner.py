@@ -278,7 +278,7 @@ def prune_model(model: nn.Module, keep_fraction: float = 0.0, **kwargs: Any) -> 
 
 
 def rmt_pruner_from_config(pruning: Any, schedule: Schedule | None = None) -> RMTPruner:
-    """The RMTPruner of a ``pruning=rmt`` config node (conf/pruning/rmt.yaml): its keys are the keyword
+    """The RMTPruner of a ``pruning=rmt`` config node (rmtprune/conf/pruning/rmt.yaml): its keys are the keyword
     arguments; ``schedule`` is the callable made from the schedule group (schedules.make_schedule)."""
     from .config import PRUNING_KEYS
 

@@ -162,7 +162,7 @@ def test_defaults_are_those_of_conf_pruning_rmt():
 
     from omegaconf import OmegaConf
 
-    conf = OmegaConf.load(REPO / "conf" / "pruning" / "rmt.yaml")
+    conf = OmegaConf.load(REPO / "rmtprune" / "conf" / "pruning" / "rmt.yaml")
     params = inspect.signature(rmtprune.RMTPruner).parameters
     for key, value in conf.items():
         if key in params:

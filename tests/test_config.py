@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from rmtprune.config import parse_topology, register_configs, validate
 from rmtprune.errors import UserError
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[1] / "rmtprune" / "conf"
 register_configs()
 
 

@@ -16,7 +16,7 @@ from rmtprune.errors import UserError
 
 
 def dataset_cfg(name, **kw):
-    cfg = OmegaConf.merge(OmegaConf.structured(DatasetConfig), OmegaConf.load(REPO / "conf" / "dataset" / f"{name}.yaml"))
+    cfg = OmegaConf.merge(OmegaConf.structured(DatasetConfig), OmegaConf.load(REPO / "rmtprune" / "conf" / "dataset" / f"{name}.yaml"))
     return OmegaConf.merge(cfg, kw)
 
 

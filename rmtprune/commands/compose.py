@@ -1,8 +1,8 @@
 """Composing the config outside a run, exactly as ``hydra.main`` will: the same search path (the
-package's ``conf/``, ``--config-dir``, ``--config-path``, ``--config-name``), the same config groups.
+package's ``rmtprune/conf/``, ``--config-dir``, ``--config-path``, ``--config-name``), the same config groups.
 
 The checks before any job starts (:mod:`.precheck`) and ``rmtprune inspect`` (the pruning keys of
-``conf/pruning/*.yaml``) compose through :class:`Composer`; its errors become one line with a
+``rmtprune/conf/pruning/*.yaml``) compose through :class:`Composer`; its errors become one line with a
 did-you-mean (:func:`explain_compose_error`).
 """
 

@@ -1,7 +1,7 @@
 """``rmtprune inspect PATH [options] [pruning.KEY=VALUE ...]``: the MP fit of every layer of a saved
 model and what one pruning event would keep (rmtprune.inspection).
 
-The pruning settings are ``conf/pruning/rmt.yaml`` composed through Hydra, as ``rmtprune train
+The pruning settings are ``rmtprune/conf/pruning/rmt.yaml`` composed through Hydra, as ``rmtprune train
 pruning=rmt`` composes them: every key train accepts for pruning=rmt is accepted as
 ``pruning.KEY=VALUE`` and checked by config.validate_pruning; ``--tolerance``, ``--conv-tolerance``,
 ``--alpha``, ``--beta`` and ``--min-size`` are shorthands for five of them.
@@ -49,7 +49,7 @@ def parser(defaults: DictConfig) -> Parser:
                 "Any key of pruning=rmt can be set as pruning.KEY=VALUE (e.g. pruning.alpha=0.3).")
     ap.add_argument("path", type=Path, help="run folder, model.pt / checkpoint.pt, or a state_dict file")
     ap.add_argument("overrides", nargs="*", metavar="pruning.KEY=VALUE", help="settings of pruning=rmt "
-                    "(conf/pruning/rmt.yaml), as for rmtprune train")
+                    "(rmtprune/conf/pruning/rmt.yaml), as for rmtprune train")
     ap.add_argument("--tolerance", type=float, default=None, help=f"pruning.tolerance: MP fit tolerance "
                     f"(default {d.tolerance})")
     ap.add_argument("--conv-tolerance", type=float, default=None, help="pruning.conv_tolerance: tolerance for conv "

@@ -1,0 +1,59 @@
+"""The safety net of every change: the committed results recompute exactly from the committed raw runs.
+
+docs/results/<table>/ was written by benchmarks/report.sh from docs/results/runs/; recomputing each table
+from those runs must give the same bytes, and every committed run's stored ``config_key`` must follow
+from its stored config (so resume / skip_done / target_from keep finding them after any refactor).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+RUNS = REPO / "docs" / "results" / "runs"
+RESULTS = REPO / "docs" / "results"
+# table folder -> the sweep folders report.sh compares into it (and whether it fine-tunes the post-hoc baseline)
+TABLES = {
+    "mnist_fc_1000_1000_1000_500_cpu": (["mnist_fc_1000_1000_1000_500_cpu"], True),
+    "fashion_fc_1000_1000_1000_500_cpu": (["fashion_fc_1000_1000_1000_500_cpu"], True),
+    "frontier_mnist": (["mnist_fc_1000_1000_1000_500_cpu", "frontier_mnist_horizon5",
+                        "frontier_mnist_horizon5_target5", "frontier_mnist_horizon7",
+                        "frontier_mnist_horizon7_target7", "frontier_mnist_oneshot"], False),
+}
+SUMMARIES = sorted(RUNS.rglob("summary.json"))
+
+
+def test_the_committed_runs_are_there():
+    assert len(SUMMARIES) >= 119
+    for table, (sweeps, _) in TABLES.items():
+        assert (RESULTS / table / "comparison.csv").is_file(), table
+        for sweep in sweeps:
+            assert (RUNS / sweep).is_dir(), sweep
+
+
+@pytest.mark.parametrize("table", sorted(TABLES))
+def test_committed_tables_recompute_byte_identical(table, cli, tmp_path):
+    sweeps, finetune = TABLES[table]
+    out = tmp_path / "out"
+    args = ["compare", *[str(RUNS / s) for s in sweeps], "--no-plots", "--format", "csv", "--out", str(out)]
+    code, _, err = cli(*args, *(["--finetune"] if finetune else []))
+    assert code == 0, err
+    for name in ("comparison.csv", "frontier.csv", "curves.csv"):
+        committed = RESULTS / table / name
+        if committed.exists():
+            assert (out / name).read_bytes() == committed.read_bytes(), f"{table}/{name} no longer recomputes"
+
+
+def test_every_committed_run_keeps_its_config_key():
+    from rmtprune.outputs import config_key
+
+    wrong = []
+    for path in SUMMARIES:
+        summary = json.loads(path.read_text())
+        if config_key(summary["config"]) != summary["config_key"]:
+            wrong.append(str(path.relative_to(RUNS)))
+    assert not wrong, f"{len(wrong)} committed runs changed identity, e.g. {wrong[:3]}"
