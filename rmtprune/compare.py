@@ -532,6 +532,9 @@ def markdown(cmp: Comparison) -> str:
     if "acc" in cmp.metric:
         lines.append("Accuracies in percent; variance in percent² (fraction² × 10⁴). "
                      "Δ = arm − normal (or control, or the arm a baseline was matched to).")
+    if (cmp.table["best_on"] == "val").any():
+        lines.append(f"Best: {cmp.metric} at each run's epoch of best {val_metric(cmp.metric)} (chosen on the "
+                     f"validation split, never on test); final validation values in comparison.csv (val_final_*).")
     lines.append("Magnitude pruning: each normal run's final model, global unstructured L1 pruning to the same "
                  "seed's final parameter count of the arm (non-zero parameters, biases included), no retraining"
                  + (", and after as many epochs of retraining as the arm had after its last event" if cmp.finetune
