@@ -24,6 +24,12 @@ the newest run (summary.json ``finished_at``, else ``started_at``) is kept and t
 listed as left out. Runs whose files are damaged are left out and listed (never a traceback). An
 arm whose runs differ in thread count, CPU model, BLAS or GPU model is named in a warning: floating
 point sums, and with them the results of a seed, depend on those.
+
+Runs with a validation split (``dataset.val_size``) are selected on it, never on the test set: the
+``best_*`` columns hold the metric at each run's epoch of best validation accuracy (lowest validation loss
+for a loss metric; ``best_on`` says ``val``, else ``test`` for runs without a split), and the ``val_*``
+columns of comparison.csv and frontier.csv hold the final validation values. The test set gives the
+final numbers only.
 """
 
 from __future__ import annotations
@@ -176,10 +182,23 @@ def _number(v: Any) -> float:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
 
 
+def val_metric(metric: str) -> str:
+    """The validation column that selects for ``metric``: val_loss for a loss, else val_acc."""
+    return "val_loss" if "loss" in metric else "val_acc"
+
+
+def has_val(run: Run) -> bool:
+    """Whether the run was evaluated on a validation split (metrics.csv's val columns filled)."""
+    return "val_acc" in run.metrics and bool(run.metrics["val_acc"].notna().all())
+
+
 def _final_and_best(run: Run, metric: str) -> tuple[float, float]:
+    """(final value, value at the best epoch) of ``metric``; the best epoch is chosen on validation when the
+    run has a split (:func:`val_metric`), else on ``metric`` itself."""
     col = run.metrics[metric]
-    best = col.min() if "loss" in metric else col.max()
-    return float(col.iloc[-1]), float(best)
+    chooser = run.metrics[val_metric(metric)] if has_val(run) else col
+    best = chooser.idxmin() if "loss" in metric else chooser.idxmax()
+    return float(col.iloc[-1]), float(col.loc[best])
 
 
 def _versus(prefix: str, a: dict[int, float], b: dict[int, float]) -> dict[str, float]:
@@ -258,6 +277,7 @@ def compare(paths: list[Path], by: list[str] | None = None, metric: str = "test_
                                  f"seed{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))}"})
             bests = [_final_and_best(r, metric)[1] for r in rs]
             fd, bd = describe(list(finals[arm].values())), describe(bests)
+            vd = describe([float(r.metrics[val_metric(metric)].iloc[-1]) for r in rs if has_val(r)])
             p_start = sum(r.summary["n_params_initial"] for r in rs) / len(rs)
             p_end = sum(r.summary["n_params_final"] for r in rs) / len(rs)
             notes = ["one seed: no variance"] if len(rs) == 1 else []
@@ -279,6 +299,8 @@ def compare(paths: list[Path], by: list[str] | None = None, metric: str = "test_
                 "wall_time_s": sum(_number(r.summary.get("wall_time_s")) for r in rs) / len(rs),
                 "device": ", ".join(sorted({r.device_type or "unknown" for r in rs})),
                 "note": "; ".join(notes),
+                "best_on": "val" if all(has_val(r) for r in rs) else "test",
+                "val_final_mean": vd["mean"], "val_final_std": vd["std"],
             }
             name = method(rs[0])
             if name != NORMAL and NORMAL in finals:
@@ -350,11 +372,12 @@ COLUMNS = [
     "magnitude_at_same_params_mean", "magnitude_at_same_params_std", "magnitude_at_same_params_n",
     "magnitude_finetuned_mean", "magnitude_finetuned_std", "magnitude_finetuned_n", "magnitude_note",
     "note",
+    "best_on", "val_final_mean", "val_final_std",
 ]
 CURVE_COLUMNS = ("test_acc", "train_acc", "test_loss", "train_loss", "n_params_after", "test_acc_after_event",
-                 "test_loss_after_event")
+                 "test_loss_after_event", "val_acc", "val_loss")
 FRONTIER_COLUMNS = ["group", "arm", "pruning_method", "setting", "series", "n_seeds", "params_mean", "params_std",
-                    "acc_mean", "acc_std"]
+                    "acc_mean", "acc_std", "val_acc_mean", "val_acc_std"]
 
 
 def _curves(group: str, arm: str, runs: list[Run]) -> list[dict[str, Any]]:
@@ -375,7 +398,8 @@ def frontier(groups: dict[str, dict[str, list[Run]]]) -> pd.DataFrame:
     """frontier.csv: for each group with more than one pruned configuration (arms other than none and
     control), every arm's final test accuracy and final parameter count, mean and sample std over
     seeds; ``setting`` is what the arm label adds to the method name, ``series`` the curve of the
-    frontier figure the arm is a point of (:func:`_series`)."""
+    frontier figure the arm is a point of (:func:`_series`); ``val_acc_*``: the final validation accuracy
+    of runs with a split."""
     rows = []
     for group, arms in groups.items():
         if sum(method(rs[0]) not in REFERENCES for rs in arms.values()) < 2:
@@ -384,11 +408,13 @@ def frontier(groups: dict[str, dict[str, list[Run]]]) -> pd.DataFrame:
             params = describe([float(r.summary["n_params_final"]) for r in rs])
             acc = describe([float(r.metrics["test_acc"].iloc[-1]) if "test_acc" in r.metrics else math.nan
                             for r in rs])
+            val = describe([float(r.metrics["val_acc"].iloc[-1]) for r in rs if has_val(r)])
             name = method(rs[0])
             setting = arm[len(name):].strip().removeprefix("(").removesuffix(")") if arm.startswith(name) else arm
             rows.append({"group": group, "arm": arm, "pruning_method": name, "setting": setting,
                          "series": _series(name, setting), "n_seeds": len(rs), "params_mean": params["mean"], "params_std": params["std"],
-                         "acc_mean": acc["mean"], "acc_std": acc["std"]})
+                         "acc_mean": acc["mean"], "acc_std": acc["std"], "val_acc_mean": val["mean"],
+                         "val_acc_std": val["std"]})
     return pd.DataFrame(rows, columns=FRONTIER_COLUMNS)
 
 
@@ -506,6 +532,9 @@ def markdown(cmp: Comparison) -> str:
     if "acc" in cmp.metric:
         lines.append("Accuracies in percent; variance in percent² (fraction² × 10⁴). "
                      "Δ = arm − normal (or control, or the arm a baseline was matched to).")
+    if (cmp.table["best_on"] == "val").any():
+        lines.append(f"Best: {cmp.metric} at each run's epoch of best {val_metric(cmp.metric)} (chosen on the "
+                     f"validation split, never on test); final validation values in comparison.csv (val_final_*).")
     lines.append("Magnitude pruning: each normal run's final model, global unstructured L1 pruning to the same "
                  "seed's final parameter count of the arm (non-zero parameters, biases included), no retraining"
                  + (", and after as many epochs of retraining as the arm had after its last event" if cmp.finetune

@@ -22,6 +22,7 @@ PRUNINGS = ("none", "control", "rmt", "magnitude", "lowrank")
 SCHEDULES = ("linear", "step", "oneshot", "exponential", "constant")
 PRECISIONS = ("fp32", "tf32", "bf16")
 LOGGERS = ("csv", "tensorboard", "mlflow")
+ANNEALS = ("none", "cosine", "linear")  # optimizer.anneal: the final lr anneal (events.anneal_factor)
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.manual_seed accepts
 
 
@@ -44,6 +45,8 @@ class DatasetConfig:
     verify_md5: bool = True
     train_size: Optional[int] = None
     test_size: Optional[int] = None
+    val_size: int = 0              # training images held out for validation (data.split_validation)
+    val_seed: int = 0              # which ones: the same for every arm and run seed
     raw_md5: dict[str, str] = field(default_factory=dict)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
@@ -88,6 +91,8 @@ class OptimizerConfig:
     l1: float = 5e-6
     l2: float = 5e-6
     lr_decay: float = 1.0
+    anneal: str = "none"           # none | cosine | linear, over the last anneal_epochs epochs, per step
+    anneal_epochs: int = 3
 
 
 @dataclass
@@ -262,6 +267,13 @@ def validate(cfg: DictConfig) -> None:
     _positive("optimizer.l2", cfg.optimizer.l2, allow_zero=True)
     if not 0 <= cfg.optimizer.momentum < 1:
         raise UserError(f"optimizer.momentum={cfg.optimizer.momentum} must be in [0, 1)")
+    _choice("optimizer.anneal", cfg.optimizer.anneal, ANNEALS)
+    if cfg.optimizer.anneal != "none" and not 1 <= cfg.optimizer.anneal_epochs <= cfg.epochs:
+        raise UserError(f"optimizer.anneal_epochs={cfg.optimizer.anneal_epochs} must be in [1, epochs={cfg.epochs}]: "
+                        f"the anneal covers the last anneal_epochs epochs of the run")
+    if ds.val_size < 0:
+        raise UserError(f"dataset.val_size={ds.val_size} must be 0 (no validation split) or a positive number of "
+                        f"training images to hold out")
     for key in ("train_size", "test_size"):
         if ds[key] is not None:
             _positive(f"dataset.{key}", ds[key])

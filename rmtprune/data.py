@@ -14,6 +14,12 @@ variable ``RMTPRUNE_OFFLINE_DATA``) is used instead:
 the tests make; it is not part of a run's identity). Images are scaled to [-1, 1] per channel
 (Normalize(0.5, 0.5), as in the paper) once, into (N, C, H, W) float32; batches are index slices, no
 per-sample transforms.
+
+Validation split (``dataset.val_size=N``, :func:`split_validation`): N images of the data set's training
+split are held out, the positions ``sorted(randperm(n_train, generator seeded with dataset.val_seed)[:N])``
+(a generator of its own: independent of the run's seed and of ``train_size``, hence the same images in
+every arm and every seed). The training set is the rest, in the original order, of which ``train_size``
+keeps the first. The synthetic set draws ``train_size + val_size`` training images to split.
 """
 
 from __future__ import annotations
@@ -62,6 +68,8 @@ class Data:
     test_y: torch.Tensor
     num_classes: int
     name: str
+    val_x: torch.Tensor | None = None  # the validation split (None without dataset.val_size)
+    val_y: torch.Tensor | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -76,9 +84,29 @@ def load_data(cfg: DictConfig, device: torch.device) -> Data:
     else:
         tx, ty, vx, vy = _load_cifar10(ds) if ds.name == "cifar10" else _load_torchvision(ds)
         tx, vx = _scale(tx), _scale(vx)
-    tx, ty = _subset(tx, ty, ds.train_size, "train_size", ds.name)
+    val_size = int(ds.get("val_size") or 0)
+    held_out = None
+    if val_size:
+        train_idx, val_idx = split_validation(len(tx), val_size, int(ds.get("val_seed") or 0), ds.name)
+        held_out = (tx[val_idx].to(device), ty[val_idx].to(device))
+        tx, ty = tx[train_idx], ty[train_idx]
+    tx, ty = _subset(tx, ty, ds.train_size, "train_size", ds.name, val_size)
     vx, vy = _subset(vx, vy, ds.test_size, "test_size", ds.name)
-    return Data(tx.to(device), ty.to(device), vx.to(device), vy.to(device), int(ds.num_classes), ds.name)
+    return Data(tx.to(device), ty.to(device), vx.to(device), vy.to(device), int(ds.num_classes), ds.name,
+                *(held_out or (None, None)))
+
+
+def split_validation(n_train: int, val_size: int, val_seed: int, name: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+    """(training positions, validation positions) of a training split of ``n_train`` images, both ascending
+    and disjoint, covering all: validation = ``sorted(randperm(n_train, Generator().manual_seed(val_seed))
+    [:val_size])``. A UserError unless 0 < val_size < n_train."""
+    if not 0 < val_size < n_train:
+        raise UserError(f"dataset.val_size={val_size} must be below the {n_train} training images of dataset={name} "
+                        f"(and positive; 0: no validation split)")
+    perm = torch.randperm(n_train, generator=torch.Generator().manual_seed(val_seed))
+    held = torch.zeros(n_train, dtype=torch.bool)
+    held[perm[:val_size]] = True
+    return (~held).nonzero().squeeze(1), held.nonzero().squeeze(1)
 
 
 def _scale(images_uint8: torch.Tensor) -> torch.Tensor:
@@ -89,14 +117,15 @@ def _scale(images_uint8: torch.Tensor) -> torch.Tensor:
 
 
 def _subset(x: torch.Tensor, y: torch.Tensor, size: int | None, key: str = "train_size",
-            name: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+            name: str = "", val_size: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``size`` examples (all for None); more than the data set holds is a UserError naming the key."""
     if size is None:
         return x, y
     if size > len(x):
         part = "training" if key == "train_size" else "test"
-        raise UserError(f"dataset.{key}={size} exceeds the {len(x)} {part} examples of dataset={name}; use at most "
-                        f"{len(x)}, or dataset.{key}=null for all of them")
+        held = f" left beside dataset.val_size={val_size}" if val_size else ""
+        raise UserError(f"dataset.{key}={size} exceeds the {len(x)} {part} examples{held} of dataset={name}; use at "
+                        f"most {len(x)}, or dataset.{key}=null for all of them")
     return x[:size].contiguous(), y[:size].contiguous()
 
 
@@ -111,7 +140,7 @@ def make_synthetic(ds: DictConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     shape = tuple(int(d) for d in ds.input_shape)
     d = math.prod(shape)
     k, c = int(ds.synthetic.latent_dim), int(ds.num_classes)
-    n_train = int(ds.train_size or 2000)
+    n_train = int(ds.train_size or 2000) + int(ds.get("val_size") or 0)
     n_test = int(ds.test_size or 1000)
     proj = torch.randn(d, k, generator=gen) / math.sqrt(k)
     protos = torch.randn(c, k, generator=gen) * float(ds.synthetic.separation)

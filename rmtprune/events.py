@@ -8,11 +8,16 @@ every arm that shares the calendar (``pruning=control`` is that calendar without
 
 :class:`Pruner` is the base of all of them (:class:`NoPruner`, :class:`ControlPruner`, and the
 pruning methods in ``pruner.py`` and ``baselines.py``).
+
+The final anneal (``optimizer.anneal``, :func:`anneal_scale`) multiplies the calendar's lr step by step
+over the last epochs of a run; it depends on the epoch and the batch only, so it is the same in every arm.
 """
 
 from __future__ import annotations
 
 import inspect
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -146,6 +151,28 @@ class ControlPruner(Pruner):
 
     def step(self, model: nn.Module, epoch: int) -> PruneEvent:
         return PruneEvent(epoch)
+
+
+def anneal_factor(shape: str, u: float) -> float:
+    """The anneal's multiplier of the calendar lr at the fraction ``u`` in [0, 1) of its steps done:
+    cosine 0.5 (1 + cos(pi u)), linear 1 - u, none 1."""
+    if shape == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * u))
+    return 1.0 - u if shape == "linear" else 1.0
+
+
+def anneal_scale(shape: str, anneal_epochs: int, epochs: int, epoch: int,
+                 n_batches: int) -> Callable[[int], float] | None:
+    """Multiplier of the calendar lr at batch b (from 0) of ``epoch`` (from 1) of a run of ``epochs``:
+    ``anneal_factor(shape, t / T)`` with t = (epoch - (epochs - anneal_epochs) - 1) n_batches + b the step
+    within the last ``anneal_epochs`` epochs and T = anneal_epochs n_batches (1 at the window's first
+    step, 1/T (linear) or ~(pi/T)^2/4 (cosine) at the run's last); None before the window or for none."""
+    before = int(epochs) - int(anneal_epochs)
+    if shape == "none" or epoch <= before:
+        return None
+    total = int(anneal_epochs) * int(n_batches)
+    done = (epoch - before - 1) * int(n_batches)
+    return lambda b: anneal_factor(shape, (done + b) / total)
 
 
 def rebuild_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module, event: PruneEvent | None = None, *,

@@ -23,7 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 
 METRICS_COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "n_params",
                    "n_params_after", "pruned_layers", "lr", "test_loss_after_event", "test_acc_after_event",
-                   "seconds"]
+                   "seconds",
+                   "val_loss", "val_acc"]  # empty without a validation split (dataset.val_size=0)
 
 # Keys that do not change what a run computes (where it runs, how it reports, how it was launched, what is
 # measured after training).
@@ -36,7 +37,11 @@ IDENTITY_VERSION = 2
 # Keys (dotted) added since IDENTITY_VERSION 2 with a default that computes what runs made before them
 # computed: left out of the identity at that default, so those runs keep their identity (resume and
 # skip_done find them). A new key goes here with the default that reproduces the old behaviour.
-KEYS_SINCE: dict[str, Any] = {"pruning.target_epoch": None}
+KEYS_SINCE: dict[str, Any] = {"pruning.target_epoch": None, "dataset.val_size": 0, "dataset.val_seed": 0,
+                              "optimizer.anneal": "none", "optimizer.anneal_epochs": 3}
+# Keys (dotted) that compute nothing while another key has its "off" value: left out of the identity then.
+INERT_WHEN: dict[str, tuple[str, Any]] = {"dataset.val_seed": ("dataset.val_size", 0),
+                                          "optimizer.anneal_epochs": ("optimizer.anneal", "none")}
 
 
 class RunLock:
@@ -153,7 +158,8 @@ def identity(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     does not use (config.PRUNING_KEYS), the schedule unless the option uses one (config.USES_SCHEDULE) and
     then only its own keys, ``topology`` unless the model is the MLP, ``pruning.target_from``
     (what counts is the ``target_params`` it resolves to), and keys added since IDENTITY_VERSION 2 at the
-    default that reproduces earlier runs (``KEYS_SINCE``). ``cfg`` is a DictConfig or the plain
+    default that reproduces earlier runs (``KEYS_SINCE``), and keys inert while another is off (``INERT_WHEN``:
+    ``dataset.val_seed`` without a validation split, ``optimizer.anneal_epochs`` without an anneal). ``cfg`` is a DictConfig or the plain
     ``config`` dict of a summary.json.
     """
     from .config import PRUNING_KEYS, SCHEDULE_KEYS, USES_SCHEDULE
@@ -177,14 +183,29 @@ def identity(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
         data["schedule"] = {k: v for k, v in schedule.items() if k in used}
     if isinstance(data.get("model"), dict) and data["model"].get("name", "mlp") != "mlp":
         data.pop("topology", None)
+    for dotted, (switch, off) in INERT_WHEN.items():
+        parent, leaf = _node(data, dotted)
+        if parent is not None and _get(data, switch, off) == off:
+            parent.pop(leaf, None)
     for dotted, default in KEYS_SINCE.items():
-        *parents, leaf = dotted.split(".")
-        node = data
-        for part in parents:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict) and leaf in node and node[leaf] == default:
+        node, leaf = _node(data, dotted)
+        if node is not None and leaf in node and node[leaf] == default:
             del node[leaf]
     return data
+
+
+def _node(data: dict[str, Any], dotted: str) -> tuple[dict[str, Any] | None, str]:
+    """(the dict holding the dotted key's leaf, the leaf), or (None, leaf) when a parent is missing."""
+    *parents, leaf = dotted.split(".")
+    node: Any = data
+    for part in parents:
+        node = node.get(part) if isinstance(node, dict) else None
+    return (node if isinstance(node, dict) else None), leaf
+
+
+def _get(data: dict[str, Any], dotted: str, default: Any) -> Any:
+    node, leaf = _node(data, dotted)
+    return node.get(leaf, default) if node is not None else default
 
 
 def config_key(cfg: DictConfig | dict[str, Any]) -> str:

@@ -292,9 +292,11 @@ def _is_plain_sgd(opt: torch.optim.Optimizer) -> bool:
 
 def train_epoch(model: nn.Module, data: Data, opt: torch.optim.Optimizer, gen: torch.Generator,
                 batch_size: int, l1: float, progress: BatchProgress, epoch: int, *, precision: str = "fp32",
-                compile: bool = False) -> tuple[float, float]:
+                compile: bool = False, lr_scale: Callable[[int], float] | None = None) -> tuple[float, float]:
     """One pass over the training set in the order ``randperm(N, generator=gen)``; returns
-    (mean cross-entropy, accuracy) over the epoch.
+    (mean cross-entropy, accuracy) over the epoch. ``lr_scale``: batch b is taken at the lr of the
+    optimizer's groups times ``lr_scale(b)`` (the final anneal, events.anneal_scale); the groups' lr is
+    restored after the epoch.
 
     Raises RunFailed at the first logging point where the running loss is NaN or Inf.
     """
@@ -308,7 +310,11 @@ def train_epoch(model: nn.Module, data: Data, opt: torch.optim.Optimizer, gen: t
     correct = torch.zeros((), dtype=torch.int64, device=device)
     progress.start_epoch(epoch, n_batches)
     t0 = time.perf_counter()
+    base_lr = [group["lr"] for group in opt.param_groups]
     for b in range(n_batches):
+        if lr_scale is not None:
+            for group, lr in zip(opt.param_groups, base_lr):
+                group["lr"] = lr * lr_scale(b)
         idx = perm[b * batch_size : (b + 1) * batch_size]
         x, y = data.train_x[idx], data.train_y[idx]
         loss, hits = step(x, y)
@@ -321,4 +327,6 @@ def train_epoch(model: nn.Module, data: Data, opt: torch.optim.Optimizer, gen: t
                 raise RunFailed(f"the training loss became {mean} at epoch {epoch}, batch {b + 1}; "
                                 f"try a smaller optimizer.lr")
             progress.update(b + 1, mean, float(correct) / seen, seen / max(time.perf_counter() - t0, 1e-9))
+    for group, lr in zip(opt.param_groups, base_lr):
+        group["lr"] = lr
     return float(loss_sum) / n, float(correct) / n

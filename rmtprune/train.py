@@ -7,7 +7,12 @@ the Pruning Theorem's prediction, measured), multiplies the lr by ``pruning.lr_f
 the optimizer with the momentum policy (``reset``: all momentum zeroed, as the reference does;
 ``keep``: parameters the event did not touch keep theirs). This happens at every event epoch whether
 or not the event changed the model, so ``pruning=control`` (the same calendar, no pruning) has exactly
-the lr calendar of the pruned arm. ``optimizer.lr_decay`` multiplies the lr after every epoch.
+the lr calendar of the pruned arm. ``optimizer.lr_decay`` multiplies the lr after every epoch, and
+``optimizer.anneal`` (cosine | linear) the lr of every step of the last ``optimizer.anneal_epochs`` epochs
+(events.anneal_scale): the same calendar in every arm, ending near 0.
+
+With a validation split (``dataset.val_size``) every epoch is also evaluated on it (``val_loss``,
+``val_acc``), and the summary's best epoch is chosen on validation, never on test.
 
 Loss: cross-entropy + l1 sum|theta| + l2 sum theta^2 over all parameters. The penalties enter as
 gradients (l1 sign(theta), and weight decay 2 l2 theta in SGD), so the reported train and test losses
@@ -37,7 +42,7 @@ from .data import Data, load_data
 from .environment import machine, versions
 from .errors import RunFailed, UserError
 from .evaluate import evaluate
-from .events import PruneEvent, Pruner, rebuild_optimizer
+from .events import PruneEvent, Pruner, anneal_scale, rebuild_optimizer
 from .magnitude import COLUMNS as MAGNITUDE_COLUMNS
 from .magnitude import magnitude_sweep
 from .loggers import Logger, open_logger
@@ -216,6 +221,9 @@ def _train(cfg: DictConfig, out_dir: Path, key: str, device: torch.device, resum
         if isinstance(pruner, TargetPruner) and old_epochs != int(cfg.epochs):
             raise UserError(f"epochs={cfg.epochs}: a pruning={cfg.pruning.name} run of {old_epochs} epochs cannot be "
                             f"continued with another length: its schedule is spread over the events of its own")
+        if cfg.optimizer.anneal != "none" and old_epochs != int(cfg.epochs):
+            raise UserError(f"epochs={cfg.epochs}: a run with optimizer.anneal={cfg.optimizer.anneal} cannot be continued "
+                            f"with another length than its {old_epochs} epochs: its anneal ends with its last epoch")
         (out_dir / "DONE").unlink(missing_ok=True)  # a finished run continued to more epochs is running again
         damaged = repair_spectra(out_dir / "spectra.npz")
         if damaged:
@@ -277,8 +285,10 @@ def _train(cfg: DictConfig, out_dir: Path, key: str, device: torch.device, resum
     final = _summarise(summary, state.metrics, time.perf_counter() - t_start)
     write_json(out_dir / "summary.json", final)
     (out_dir / "DONE").write_text(final["finished_at"] + "\n")
-    log.info("done: test_acc %.2f%% (best %.2f%%), params %s -> %s, results in %s", 100 * final["final_test_acc"],
-             100 * final["best_test_acc"], f"{final['n_params_initial']:,}", f"{final['n_params_final']:,}", out_dir)
+    log.info("done: test_acc %.2f%% (best epoch %d on %s: test_acc %.2f%%)%s, params %s -> %s, results in %s",
+             100 * final["final_test_acc"], final["best_epoch"], final["best_on"], 100 * final["best_test_acc"],
+             f", val_acc {100 * final['final_val_acc']:.2f}%" if "final_val_acc" in final else "",
+             f"{final['n_params_initial']:,}", f"{final['n_params_final']:,}", out_dir)
     return final
 
 
@@ -302,12 +312,18 @@ def _epoch(cfg: DictConfig, state: TrainingState, data: Data, epoch: int, out_di
     t0 = time.perf_counter()
     for group in state.optimizer.param_groups:
         group["lr"] = state.lr
+    opt = cfg.optimizer
+    lr_scale = anneal_scale(opt.anneal, opt.anneal_epochs, cfg.epochs, epoch,
+                            math.ceil(len(data.train_x) / int(cfg.batch_size)))
     train_loss, train_acc = train_epoch(state.model, data, state.optimizer, state.gen, int(cfg.batch_size),
-                                        float(cfg.optimizer.l1), progress, epoch, precision=str(cfg.precision),
-                                        compile=bool(cfg.compile))
+                                        float(opt.l1), progress, epoch, precision=str(cfg.precision),
+                                        compile=bool(cfg.compile), lr_scale=lr_scale)
     test_loss, test_acc = evaluate(state.model, data.test_x, data.test_y, int(cfg.eval_batch_size))
+    val_loss = val_acc = math.nan
+    if data.val_x is not None:
+        val_loss, val_acc = evaluate(state.model, data.val_x, data.val_y, int(cfg.eval_batch_size))
     n_params = count_parameters(state.model)
-    lr_used = state.lr
+    lr_used = state.lr * (lr_scale(0) if lr_scale else 1.0)  # the lr of the epoch's first step
     after_loss = after_acc = math.nan
     event = None
     if state.pruner.is_event(epoch) and epoch < int(cfg.epochs):
@@ -317,11 +333,12 @@ def _epoch(cfg: DictConfig, state: TrainingState, data: Data, epoch: int, out_di
            "test_acc": test_acc, "n_params": n_params, "n_params_after": count_parameters(state.model),
            "pruned_layers": sum(r["action"] in ("split", "truncate", "mask") for r in (event.records if event else [])),
            "lr": lr_used, "test_loss_after_event": after_loss, "test_acc_after_event": after_acc,
-           "seconds": time.perf_counter() - t0}
+           "seconds": time.perf_counter() - t0, "val_loss": val_loss, "val_acc": val_acc}
     state.metrics.append(row)
     logger.log_epoch(row)
-    log.info("epoch %d/%d  train_loss %.4f  train_acc %.2f%%  test_loss %.4f  test_acc %.2f%%%s  params %s  lr %.4g  "
-             "%.1fs", epoch, cfg.epochs, train_loss, 100 * train_acc, test_loss, 100 * test_acc,
+    log.info("epoch %d/%d  train_loss %.4f  train_acc %.2f%%  %stest_loss %.4f  test_acc %.2f%%%s  params %s  lr %.4g  "
+             "%.1fs", epoch, cfg.epochs, train_loss, 100 * train_acc,
+             "" if val_acc != val_acc else f"val_acc {100 * val_acc:.2f}%  ", test_loss, 100 * test_acc,
              f" (after event {100 * after_acc:.2f}%)" if event is not None and event.changed else "",
              f"{row['n_params_after']:,}", lr_used, row["seconds"])
     write_csv(out_dir / "metrics.csv", state.metrics, METRICS_COLUMNS)
@@ -377,17 +394,26 @@ def _record_end(out_dir: Path, summary: dict[str, Any], state: TrainingState, t_
     write_json(out_dir / "summary.json", _summarise(summary, state.metrics, time.perf_counter() - t_start))
 
 
+def _has_val(row: dict[str, Any]) -> bool:
+    v = row.get("val_acc")
+    return isinstance(v, float) and v == v
+
+
 def _summarise(summary: dict[str, Any], metrics: list[dict[str, Any]], wall: float) -> dict[str, Any]:
     out = dict(summary)
     out["epochs_completed"] = len(metrics)
     out["wall_time_s"] = round(wall, 3)
     if metrics:
         last = metrics[-1]
-        best = max(metrics, key=lambda r: r["test_acc"])
+        # the best epoch is chosen on validation when there is a split; best_test_acc is the test accuracy there
+        on = "val" if _has_val(last) else "test"
+        best = max(metrics, key=lambda r: r[f"{on}_acc"])
         out.update(final_test_acc=last["test_acc"], final_train_acc=last["train_acc"],
                    final_test_loss=last["test_loss"], best_test_acc=best["test_acc"], best_epoch=best["epoch"],
-                   n_params_final=last["n_params_after"],
+                   best_on=on, n_params_final=last["n_params_after"],
                    param_reduction_pct=100.0 * (1 - last["n_params_after"] / out["n_params_initial"]))
+        if on == "val":
+            out.update(final_val_acc=last["val_acc"], final_val_loss=last["val_loss"], best_val_acc=best["val_acc"])
     out["accuracy_unit"] = "fraction"
     # keep the config last: the results are what a reader looks for first
     out["config"] = out.pop("config")
