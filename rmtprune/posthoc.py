@@ -111,7 +111,7 @@ def prune_saved(cfg: DictConfig, run_dir: Path, finetune_lr: float | None = None
     save_atomic(payload, run_dir / "model.pt")
     summary = {
         "status": "completed", "source": str(info["path"]), "source_kind": info["kind"], "prune_epoch": epoch,
-        "keep_fraction": float(make_schedule(cfg.schedule)(epoch)),
+        "keep_fraction": pruner.keep_fraction(epoch),  # None for schedule=spikes (per layer: layers.csv)
         "test_acc_before": acc0, "test_loss_before": loss0, "test_acc_after": acc1, "test_loss_after": loss1,
         "test_acc_finetuned": acc_ft, "test_loss_finetuned": loss_ft, "finetune_epochs": int(cfg.finetune_epochs),
         "finetune_lr": lr if cfg.finetune_epochs else None,
