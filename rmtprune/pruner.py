@@ -228,7 +228,8 @@ class RMTPruner(Pruner):
         rank_now = min(module.rank * getattr(module, "groups", 1) if isinstance(module, LOW_RANK_TYPES)
                        else self.ranks.get(name, p), p)
         known = min(self.known_spikes.get(name, 0), rank_now)
-        row = ledger_row(name, module, tolerance=tol, keep_fraction=f, rank_before=rank_now, rank_after=rank_now)
+        row = ledger_row(name, module, tolerance=tol, keep_fraction=math.nan if f is None else f, rank_before=rank_now,
+                         rank_after=rank_now)
         if out * m < self.min_size or p < 10:
             row.update(action="skip_small", note=f"{out * m} weights < min_size {self.min_size}"
                        if p >= 10 else "fewer than 10 singular values")

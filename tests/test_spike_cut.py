@@ -126,3 +126,30 @@ def test_prune_model_twice_is_idempotent(keep_fraction, action):
         assert again["n_known_spikes"] == first["rank_after"]
         state = model.state_dict()
         assert state.keys() == weights.keys() and all(torch.equal(state[k], weights[k]) for k in weights)
+
+
+def test_the_command_line_runs_the_spike_count_cut(cli, tmp_path):
+    import csv
+    import json
+
+    from conftest import TINY
+
+    args = [*TINY, "epochs=3", "pruning=rmt", "pruning.tolerance=1", "schedule=spikes", "schedule.patience=1",
+            "pruning.margin=2"]
+    code, _, err = cli("train", *args, "hydra.run.dir=run")
+    assert code == 0, err
+    with open(tmp_path / "run" / "layers.csv", newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["layer"] == "layers.0"]  # 32 x 784
+    assert len(rows) == 2 and {r["keep_fraction"] for r in rows} <= {"0.0", "1.0"}
+    for r in rows:  # a cut keeps ceil(2 k) of the 32 values, k the spikes known at that event
+        k = max(int(r["n_spikes"] or 0), int(r["n_known_spikes"] or 0))
+        if r["action"] == "split":
+            assert r["keep_fraction"] == "0.0" and int(r["rank_after"]) == max(1, min(32, 2 * k))  # min_rank 1
+        else:
+            assert r["rank_after"] == r["rank_before"]
+    config = json.loads((tmp_path / "run" / "summary.json").read_text())["config"]
+    assert config["schedule"]["name"] == "spikes" and config["schedule"]["patience"] == 1
+    assert config["pruning"]["margin"] == 2.0
+    code, _, err = cli("prune", "run", *args, "hydra.run.dir=again")
+    assert code == 0, err
+    assert json.loads((tmp_path / "again" / "summary.json").read_text())["keep_fraction"] is None
