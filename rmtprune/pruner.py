@@ -108,7 +108,7 @@ class RMTPruner(Pruner):
     name = "rmt"
 
     def __init__(self, tolerance: float = 0.05, conv_tolerance: float | None = None, alpha: float = 0.25,
-                 beta: float = 0.1, schedule: Union[str, Schedule] = "linear", horizon: float | None = None,
+                 beta: float = 0.1, schedule: Union[str, Schedule, SpikeCut] = "linear", horizon: float | None = None,
                  every: int = 1, start_epoch: int = 1, stop_epoch: int | None = None, min_size: int = 10000,
                  min_rank: int = 1, include_output_layer: bool = True, output_min_rank: int | None = None,
                  truncate: bool = True, lr_factor: float = 0.96, momentum: str = "reset",
@@ -342,7 +342,7 @@ def prune_model(model: nn.Module, keep_fraction: float = 0.0, **kwargs: Any) -> 
     return pruner.step(model, epoch=0)
 
 
-def rmt_pruner_from_config(pruning: Any, schedule: Schedule | None = None) -> RMTPruner:
+def rmt_pruner_from_config(pruning: Any, schedule: Schedule | SpikeCut | None = None) -> RMTPruner:
     """The RMTPruner of a ``pruning=rmt`` config node (rmtprune/conf/pruning/rmt.yaml): its keys are the keyword
     arguments; ``schedule`` is the callable made from the schedule group (schedules.make_schedule)."""
     from .config import PRUNING_KEYS
@@ -351,7 +351,7 @@ def rmt_pruner_from_config(pruning: Any, schedule: Schedule | None = None) -> RM
     return RMTPruner(schedule=schedule if schedule is not None else "linear", **kwargs)
 
 
-def make_pruner(pruning: Any, schedule: Schedule | None = None) -> Pruner:
+def make_pruner(pruning: Any, schedule: Schedule | SpikeCut | None = None) -> Pruner:
     """The pruner of a config's ``pruning`` node (and schedule callable, for rmt)."""
     from .config import PRUNING_KEYS
 

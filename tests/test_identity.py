@@ -98,6 +98,7 @@ def test_the_spike_count_cut_keys_leave_earlier_rmt_runs_their_identity():
     before = json.loads(json.dumps(OmegaConf.to_container(now, resolve=True)))
     del before["pruning"]["margin"], before["schedule"]["patience"]
     assert config_key(before) == config_key(now)
-    assert identity_differences(_compose("pruning=rmt", "schedule=oneshot", "pruning.margin=2"), now) == ["pruning.margin"]
+    margin = _compose("pruning=rmt", "schedule=oneshot", "pruning.margin=2")
+    assert identity_differences(margin, now) == ["pruning.margin"]
     spikes = _compose("pruning=rmt", "schedule=spikes", "schedule.patience=3")
     assert identity(spikes)["schedule"] == {"name": "spikes", "patience": 3}

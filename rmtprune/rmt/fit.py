@@ -57,20 +57,22 @@ other spikes leave has its outlier at (rectangular BBP)
 
 The middle term is the noise energy of the row and column the spike takes from the bulk (what the
 compressed (p - k) x (n - k) model already removes); the last is the noise energy the outlier draws
-from the bulk beyond it. The bulk's energy p_b n_b sigma2 falls by their sum, a fraction
+from the bulk beyond it. The bulk's energy p_b n_b sigma2 falls by the sum of these last terms, a
+fraction
 
     delta = sigma2 * sum_j theta_j**-2 ,
 
 and to first order the bulk is the compressed noise scaled by (1 - delta) (500 x 500 at 2x the
 critical strength, k = 10/50/100: the bulk fit falls by 0.5/2.2/5.0%; delta = 0.5/2.5/5%). So the
-window fit above gives the bulk's own scale ``bulk_sigma2`` (which draws the edge and measures the
-fit error: the spikes are what stands out of the bulk as it is), and the noise variance is
+window fit above gives the bulk's own scale ``bulk_sigma2`` (the sigma2 of the window, edge and fit
+error formulas: the spikes are what stands out of the bulk as it is), and the noise variance is
 
     sigma2 = bulk_sigma2 / (1 - delta),   theta_j**2 = (a_j + sqrt(a_j**2 - 4 n_b p_b sigma2**2)) / 2,
     a_j = s_j**2 - (n_b + p_b) sigma2      (the BBP relation inverted, its larger root),
 
 over the k values left out as spikes, solved with sigma2 by fixed-point iteration (DEFLATION_ITERATIONS
-steps; delta capped at MAX_DEFLATION, beyond which a first-order term is not credible). A value left
+steps; theta_j**2 at least the critical sqrt(n_b p_b) sigma2; delta capped at MAX_DEFLATION, beyond
+which a first-order term is not credible). A value left
 out at or below the critical outlier position sigma (sqrt(n_b) + sqrt(p_b)) (a known spike that fell
 back into the bulk) is no outlier and adds nothing; with no spikes sigma2 = bulk_sigma2.
 
@@ -287,9 +289,10 @@ def fit_mp(
         k, bulk = k_new, refit
     s.setflags(write=False)
     return MPFit(
-        shape=shape, gamma=p / n, sigma2=outlier_deflated_sigma2(s[:k], p - k, n - k, bulk.sigma2), lambda_plus=bulk.threshold**2 / n,
-        threshold=bulk.threshold, singular_values=s, n_spikes=int(np.count_nonzero(s > bulk.threshold)),
-        fit_error=max(first.fit_error, bulk.fit_error), n_bulk=p - k, alpha=alpha, beta=beta,
+        shape=shape, gamma=p / n, sigma2=outlier_deflated_sigma2(s[:k], p - k, n - k, bulk.sigma2),
+        lambda_plus=bulk.threshold**2 / n, threshold=bulk.threshold, singular_values=s,
+        n_spikes=int(np.count_nonzero(s > bulk.threshold)), fit_error=max(first.fit_error, bulk.fit_error),
+        n_bulk=p - k, alpha=alpha, beta=beta,
         n_censored=c, n_known_spikes=known, bulk_sigma2=bulk.sigma2,
     )
 
