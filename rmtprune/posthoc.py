@@ -77,6 +77,7 @@ def prune_saved(cfg: DictConfig, run_dir: Path, finetune_lr: float | None = None
     pruner = rmt_pruner_from_config(cfg.pruning, make_schedule(cfg.schedule))
     if info["kind"] == "rmtprune":
         pruner.load_state_dict(info["raw"].get("pruner", {}))
+    pruner.adopt_ranks(model)  # layers cut before that the saved state does not know (a plain state_dict)
     event = pruner.step(model, epoch)
     show_event(event.records, epoch, cfg.progress)
     write_csv(run_dir / "layers.csv", event.records, LEDGER_COLUMNS)
