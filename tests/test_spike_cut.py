@@ -169,3 +169,19 @@ def test_inspect_takes_a_cut_model_without_its_pruner_state_as_cut():
     pruning = OmegaConf.structured(PruningConfig(name="rmt", include_output_layer=False, beta=0.01))
     rows, _ = inspect_model(model, pruning)
     assert rows[0]["action"] == "keep_no_bulk" and rows[0]["rank_now"] == rows[0]["rank_after_prune"] == 6
+
+
+def test_patience_and_margin_are_refused_with_options_that_do_not_use_them():
+    from rmtprune.commands.compose import Composer
+    from rmtprune.commands.precheck import check_unused_keys, parse_overrides
+    from rmtprune.errors import UserError
+
+    with Composer(None, "config") as composer:
+        linear = composer.compose(["pruning=rmt"])
+        spikes = composer.compose(["pruning=rmt", "schedule=spikes"])
+        magnitude = composer.compose(["pruning=magnitude", "pruning.target_params=1000"])
+    check_unused_keys(parse_overrides(["schedule=spikes", "schedule.patience=3", "pruning.margin=2"]), [spikes])
+    with pytest.raises(UserError, match="schedule.patience is not used by schedule=linear"):
+        check_unused_keys(parse_overrides(["pruning=rmt", "schedule.patience=3"]), [linear])
+    with pytest.raises(UserError, match="pruning.margin is not used by pruning=magnitude"):
+        check_unused_keys(parse_overrides(["pruning=magnitude", "pruning.margin=2"]), [magnitude])
