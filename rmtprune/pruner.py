@@ -106,9 +106,11 @@ class RMTPruner(Pruner):
     """
 
     name = "rmt"
+    _STATE = ("ranks", "known_spikes", "spike_counts", "stalls")  # what state_dict holds
 
     def __init__(self, tolerance: float = 0.05, conv_tolerance: float | None = None, alpha: float = 0.25,
-                 beta: float = 0.1, schedule: Union[str, Schedule, SpikeCut] = "linear", horizon: float | None = None,
+                 beta: float = 0.1, schedule: Union[str, Schedule, SpikeCut] = "linear",
+                 horizon: float | None = None,
                  every: int = 1, start_epoch: int = 1, stop_epoch: int | None = None, min_size: int = 10000,
                  min_rank: int = 1, include_output_layer: bool = True, output_min_rank: int | None = None,
                  truncate: bool = True, lr_factor: float = 0.96, momentum: str = "reset",
@@ -181,8 +183,6 @@ class RMTPruner(Pruner):
         ``weights_only`` safe). The constructor arguments are not included."""
         return {key: dict(getattr(self, key)) for key in self._STATE}
 
-    _STATE = ("ranks", "known_spikes", "spike_counts", "stalls")
-
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (a missing entry: empty); replaces what this pruner learned (the model is
         not touched)."""
@@ -228,8 +228,8 @@ class RMTPruner(Pruner):
         rank_now = min(module.rank * getattr(module, "groups", 1) if isinstance(module, LOW_RANK_TYPES)
                        else self.ranks.get(name, p), p)
         known = min(self.known_spikes.get(name, 0), rank_now)
-        row = ledger_row(name, module, tolerance=tol, keep_fraction=math.nan if f is None else f, rank_before=rank_now,
-                         rank_after=rank_now)
+        row = ledger_row(name, module, tolerance=tol, keep_fraction=math.nan if f is None else f,
+                         rank_before=rank_now, rank_after=rank_now)
         if out * m < self.min_size or p < 10:
             row.update(action="skip_small", note=f"{out * m} weights < min_size {self.min_size}"
                        if p >= 10 else "fewer than 10 singular values")
@@ -271,7 +271,6 @@ class RMTPruner(Pruner):
         rank = target_rank(p, spikes, f, floor, self.margin)
         cut_layer(model, name, module, rank, rank_now, svd, self.truncate, self.ranks, event, row)
         return row
-
 
     def adopt_ranks(self, model: nn.Module) -> None:
         """Take a model cut before (by another pruner, run or session) as this pruner would have left it: every
