@@ -37,8 +37,14 @@ IDENTITY_VERSION = 2
 # Keys (dotted) added since IDENTITY_VERSION 2 with a default that computes what runs made before them
 # computed: left out of the identity at that default, so those runs keep their identity (resume and
 # skip_done find them). A new key goes here with the default that reproduces the old behaviour.
-KEYS_SINCE: dict[str, Any] = {"pruning.target_epoch": None, "dataset.val_size": 0, "dataset.val_seed": 0,
-                              "optimizer.anneal": "none", "optimizer.anneal_epochs": 3}
+KEYS_SINCE: dict[str, Any] = {
+    "pruning.target_epoch": None,
+    "pruning.margin": None,
+    "dataset.val_size": 0,
+    "dataset.val_seed": 0,
+    "optimizer.anneal": "none",
+    "optimizer.anneal_epochs": 3,
+}
 # Keys (dotted) that compute nothing while another key has its "off" value: left out of the identity then.
 INERT_WHEN: dict[str, tuple[str, Any]] = {"dataset.val_seed": ("dataset.val_size", 0),
                                           "optimizer.anneal_epochs": ("optimizer.anneal", "none")}
