@@ -41,7 +41,7 @@ import pandas as pd
 
 from .config import PRUNING_KEYS
 from .errors import UserError
-from .outputs import write_csv
+from .outputs import COST_FIELDS, write_csv
 from .runs import MACHINE_KEYS, Run, load_runs
 from .stats import describe, interpolate_at, paired, variance_ratio, variance_ratio_ci, welch
 from .targets import BASELINES, NOT_MATCHED_IN_SWEEPS
@@ -176,6 +176,16 @@ def _number(v: Any) -> float:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
 
 
+def cost_means(runs: list[Run]) -> dict[str, float]:
+    """``<field>_mean`` of every cost field of summary.json (:data:`rmtprune.outputs.COST_FIELDS`) over the runs
+    that record it (NaN when none does: runs made before costs were recorded, or latency switched off)."""
+    out = {}
+    for k in COST_FIELDS:
+        values = [v for v in (_number(r.summary.get(k)) for r in runs) if v == v]
+        out[f"{k}_mean"] = sum(values) / len(values) if values else math.nan
+    return out
+
+
 def _final_and_best(run: Run, metric: str) -> tuple[float, float]:
     col = run.metrics[metric]
     best = col.min() if "loss" in metric else col.max()
@@ -278,6 +288,7 @@ def compare(paths: list[Path], by: list[str] | None = None, metric: str = "test_
                 "param_reduction_pct": 100.0 * (1 - p_end / p_start) if p_start else math.nan,
                 "wall_time_s": sum(_number(r.summary.get("wall_time_s")) for r in rs) / len(rs),
                 "device": ", ".join(sorted({r.device_type or "unknown" for r in rs})),
+                **cost_means(rs),
                 "note": "; ".join(notes),
             }
             name = method(rs[0])
@@ -339,6 +350,7 @@ def matched_arm(arms: dict[str, list[Run]], runs: list[Run]) -> str | None:
     return found[0] if len(found) == 1 else None  # two folders of that name: which one is not known
 
 
+COST_COLUMNS = [f"{k}_mean" for k in COST_FIELDS]
 _VERSUS = ["diff", "diff_ci_low", "diff_ci_high", "welch_p", "n_pairs", "paired_diff", "paired_p",
            "var_ratio", "var_ratio_ci_low", "var_ratio_ci_high", "f_p", "levene_p"]
 COLUMNS = [
@@ -346,6 +358,7 @@ COLUMNS = [
     "final_mean", "final_std", "final_var", "final_min", "final_max", "final_ci_low", "final_ci_high",
     "best_mean", "best_std", "best_var", "best_min", "best_max", "best_ci_low", "best_ci_high",
     "params_start", "params_end", "param_reduction_pct", "wall_time_s", "device",
+    *COST_COLUMNS,
     *_VERSUS, *(f"control_{c}" for c in _VERSUS), "matched_arm", *(f"matched_{c}" for c in _VERSUS),
     "magnitude_at_same_params_mean", "magnitude_at_same_params_std", "magnitude_at_same_params_n",
     "magnitude_finetuned_mean", "magnitude_finetuned_std", "magnitude_finetuned_n", "magnitude_note",
@@ -354,7 +367,7 @@ COLUMNS = [
 CURVE_COLUMNS = ("test_acc", "train_acc", "test_loss", "train_loss", "n_params_after", "test_acc_after_event",
                  "test_loss_after_event")
 FRONTIER_COLUMNS = ["group", "arm", "pruning_method", "setting", "series", "n_seeds", "params_mean", "params_std",
-                    "acc_mean", "acc_std"]
+                    "acc_mean", "acc_std", *COST_COLUMNS]
 
 
 def _curves(group: str, arm: str, runs: list[Run]) -> list[dict[str, Any]]:
@@ -388,7 +401,7 @@ def frontier(groups: dict[str, dict[str, list[Run]]]) -> pd.DataFrame:
             setting = arm[len(name):].strip().removeprefix("(").removesuffix(")") if arm.startswith(name) else arm
             rows.append({"group": group, "arm": arm, "pruning_method": name, "setting": setting,
                          "series": _series(name, setting), "n_seeds": len(rs), "params_mean": params["mean"], "params_std": params["std"],
-                         "acc_mean": acc["mean"], "acc_std": acc["std"]})
+                         "acc_mean": acc["mean"], "acc_std": acc["std"], **cost_means(rs)})
     return pd.DataFrame(rows, columns=FRONTIER_COLUMNS)
 
 

@@ -91,10 +91,11 @@ def run_subprocess(args: list[str], cwd: Path, env: dict | None = None, timeout:
     return subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
-FAST = ["dataset=synthetic", "progress=none", "magnitude_sweep.enabled=false", "topology=784-256-128-10", "pruning=none"]
+FAST = ["dataset=synthetic", "progress=none", "magnitude_sweep.enabled=false", "cost.latency=false",
+        "topology=784-256-128-10", "pruning=none"]
 # Smaller still, for tests of the command line rather than of training (a second per run).
 TINY = ["dataset=synthetic", "dataset.train_size=500", "dataset.test_size=200", "progress=none",
-        "magnitude_sweep.enabled=false", "topology=784-32-10", "pruning=none"]
+        "magnitude_sweep.enabled=false", "cost.latency=false", "topology=784-32-10", "pruning=none"]
 
 
 def rmtprune_command() -> list[str]:
