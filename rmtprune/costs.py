@@ -10,15 +10,16 @@
   and 256 (``latency_b1_s``, ``latency_b256_s``), the same for the dense model of the same architecture
   (``dense_latency_b*_s``), their ratios ``latency_b*_ratio`` = model / dense, and ``latency_threads``.
 
-Latency: ``torch.utils.benchmark.Timer(...).blocked_autorange`` under ``torch.inference_mode`` on copies
-of both models in eval mode, the dense one timed first at each batch size, both with the process's torch
-thread count. Measured after training, it never changes the run's results: the global RNG (the dense
+Latency: ``torch.utils.benchmark.Timer(...).blocked_autorange`` under ``torch.inference_mode`` on CPU copies
+of both models in eval mode, with the process's torch thread count; at each batch size the dense model
+and the model are timed in turn :data:`ROUNDS` times and each gets the median of its rounds' medians. Measured after training, it never changes the run's results: the global RNG (the dense
 model's init) is forked and restored.
 """
 
 from __future__ import annotations
 
 import copy
+import statistics
 from typing import Any
 
 import torch
@@ -27,7 +28,8 @@ from torch import nn
 from .surgery import csr_bytes, flops, model_bytes
 
 BATCH_SIZES = (1, 256)
-MIN_RUN_TIME = 0.2  # seconds of timing per model and batch size (blocked_autorange)
+MIN_RUN_TIME = 0.25  # seconds of timing per model, batch size and round (blocked_autorange)
+ROUNDS = 3  # dense and model timed in turn, ROUNDS times: drift (other jobs, clocks) hits both alike
 
 
 def median_latency(model: nn.Module, x: torch.Tensor, threads: int) -> float:
@@ -47,8 +49,8 @@ def latencies(model: nn.Module, dense: nn.Module, input_shape: list[int]) -> dic
     out: dict[str, Any] = {"latency_threads": threads}
     for b in BATCH_SIZES:
         x = torch.randn(b, *input_shape, generator=gen)
-        base = median_latency(dense, x, threads)
-        own = median_latency(model, x, threads)
+        rounds = [(median_latency(dense, x, threads), median_latency(model, x, threads)) for _ in range(ROUNDS)]
+        base, own = (statistics.median(t) for t in zip(*rounds))
         out.update({f"latency_b{b}_s": own, f"dense_latency_b{b}_s": base, f"latency_b{b}_ratio": own / base})
     return out
 

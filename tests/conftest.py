@@ -54,6 +54,18 @@ def _one_torch_thread():
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _brief_latency_timing():
+    """Runs that keep ``cost.latency=true`` time each model once for 20 ms: tests check the latency fields,
+    not speed (tests/test_costs.py times the dense model against itself as runs do)."""
+    import rmtprune.costs
+
+    before = rmtprune.costs.MIN_RUN_TIME, rmtprune.costs.ROUNDS
+    rmtprune.costs.MIN_RUN_TIME, rmtprune.costs.ROUNDS = 0.02, 1
+    yield
+    rmtprune.costs.MIN_RUN_TIME, rmtprune.costs.ROUNDS = before
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _isolated_data_cache(tmp_path_factory):
     """Decompressed data goes to a temporary cache, never to the user's home or the mirror."""
     cache = tmp_path_factory.mktemp("data-cache")

@@ -68,8 +68,12 @@ def test_a_pruned_layer_in_csr_takes_values_column_indices_and_row_pointers():
     assert csr_bytes(model, []) == model_bytes(model)
 
 
-def test_the_dense_model_against_itself_has_a_latency_ratio_near_one():
+def test_the_dense_model_against_itself_has_a_latency_ratio_near_one(monkeypatch):
     """Not a speed test: the same architecture timed twice should take about the same time (loose bound)."""
+    import rmtprune.costs
+
+    monkeypatch.setattr(rmtprune.costs, "MIN_RUN_TIME", 0.1)  # longer than conftest's brief timing
+    monkeypatch.setattr(rmtprune.costs, "ROUNDS", 3)
     model = MLP([784, 64, 10])
     rng = torch.get_rng_state()
     costs = model_costs(model, {"kind": "mlp", "widths": [784, 64, 10]}, [1, 28, 28])
@@ -179,3 +183,20 @@ def test_the_frontier_is_drawn_against_parameters_bytes_and_latency(tmp_path):
     assert len(frontier_panels(old)) == 1  # runs made before costs: parameters only
     for rows, name in ((front, "costs.png"), (old, "old.png")):
         assert frontier_figure(rows.reset_index(drop=True), "g", tmp_path / name).stat().st_size > 5000
+
+
+def test_rmtprune_prune_records_the_pruned_models_cost(cli, tmp_path):
+    from rmtprune.loading import load_model
+    from rmtprune.lowrank import LowRankLinear
+    from rmtprune.models import build_model, prunable_layers
+
+    torch.save(build_model({"kind": "mlp", "widths": [784, 64, 10]}).state_dict(), tmp_path / "sd.pt")
+    code, _, err = cli("prune", "sd.pt", *TINY, "pruning=rmt", "topology=784-64-10", "pruning.min_size=100",
+                       "hydra.run.dir=p")
+    assert code == 0, err
+    summary = json.loads((tmp_path / "p" / "summary.json").read_text())
+    model, _ = load_model(tmp_path / "p")
+    macs = sum(m.rank * (m.in_features + m.out_features) if isinstance(m, LowRankLinear) else m.in_features * m.out_features
+               for _, m in prunable_layers(model))
+    assert summary["flops"] == 2 * macs
+    assert summary["model_bytes"] == 4 * summary["n_params_after"]  # float32, no buffers
