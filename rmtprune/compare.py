@@ -469,6 +469,17 @@ def _matched_cell(r: pd.Series, metric: str) -> str:
             f"paired p {fmt_p(r['matched_paired_p'])})")
 
 
+def cost_cell(r: pd.Series) -> str:
+    """An arm's mean cost as comparison.md shows it: bytes (CSR); FLOPs; latency ratios at batch 1 / 256,
+    e.g. ``13,200,000 (CSR 6,200,000); 6,600,000; ×1.01 / ×0.98``."""
+    if r["model_bytes_mean"] != r["model_bytes_mean"]:
+        return "–"
+    csr, b1, b256 = r["model_bytes_csr_mean"], r["latency_b1_ratio_mean"], r["latency_b256_ratio_mean"]
+    latency = "–" if b1 != b1 else f"×{b1:.2f} / ×{b256:.2f}"
+    return (f"{r['model_bytes_mean']:,.0f}" + ("" if csr != csr else f" (CSR {csr:,.0f})")
+            + f"; {r['flops_mean']:,.0f}; {latency}")
+
+
 def _mean_std_cell(r: pd.Series, key: str, metric: str) -> str:
     m = r[f"{key}_mean"]
     return "–" if m != m else f"{fmt_value(m, metric)} ± {fmt_value(r[f'{key}_std'], metric)} (n={int(r[f'{key}_n'])})"
@@ -495,6 +506,9 @@ def markdown(cmp: Comparison) -> str:
         head += f" magnitude pruning at same params{unit} |"
         if cmp.finetune:
             head += f" magnitude, fine-tuned{unit} |"
+        has_cost = part["model_bytes_mean"].notna().any()
+        if has_cost:
+            head += " bytes (CSR); FLOPs per sample; latency vs dense at batch 1 / 256 |"
         lines += [f"## {group}", "", head, "|" + "---|" * (head.count("|") - 1)]
         for _, r in part.iterrows():
             scale = 1e4 if "acc" in cmp.metric else 1.0
@@ -511,6 +525,8 @@ def markdown(cmp: Comparison) -> str:
             line += f" {_mean_std_cell(r, 'magnitude_at_same_params', cmp.metric)} |"
             if cmp.finetune:
                 line += f" {_mean_std_cell(r, 'magnitude_finetuned', cmp.metric)} |"
+            if has_cost:
+                line += f" {cost_cell(r)} |"
             lines.append(line)
         notes = [f"- {r['arm']}: {r['note']}" for _, r in part.iterrows() if isinstance(r["note"], str) and r["note"]]
         notes += [f"- {r['arm']}, magnitude baseline: {r['magnitude_note']}" for _, r in part.iterrows()

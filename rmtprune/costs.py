@@ -10,10 +10,11 @@
   and 256 (``latency_b1_s``, ``latency_b256_s``), the same for the dense model of the same architecture
   (``dense_latency_b*_s``), their ratios ``latency_b*_ratio`` = model / dense, and ``latency_threads``.
 
-Latency: ``torch.utils.benchmark.Timer(...).blocked_autorange`` under ``torch.inference_mode`` on CPU copies
-of both models in eval mode, with the process's torch thread count; at each batch size the dense model
-and the model are timed in turn :data:`ROUNDS` times and each gets the median of its rounds' medians. Measured after training, it never changes the run's results: the global RNG (the dense
-model's init) is forked and restored.
+Latency: ``torch.utils.benchmark.Timer(...).blocked_autorange`` under ``torch.inference_mode`` on CPU
+copies of both models in eval mode, with the process's torch thread count; at each batch size the dense
+model and the model are timed in turn :data:`ROUNDS` times and each gets the median of its rounds'
+medians. Measured after training, it never changes the run's results: the global RNG (the dense model's
+init) is forked and restored.
 """
 
 from __future__ import annotations

@@ -164,6 +164,20 @@ def test_compare_carries_the_mean_cost_per_arm_and_reads_runs_without_costs(tmp_
             assert table.loc[arm, f"{k}_mean"] == pytest.approx(v * 1.05)  # mean over the runs that record it
             assert front.loc[arm, f"{k}_mean"] == pytest.approx(v * 1.05)
     assert math.isnan(table.loc["rmt", "model_bytes_csr_mean"]) and math.isnan(table.loc["none", "latency_b1_s_mean"])
+    md = (tmp_path / "out" / "comparison.md").read_text()
+    assert "| 4,200 (CSR 2,625); 2,100; ×1.05 / ×1.16 |" in md  # magnitude: 4000, 2500, 2000, 1.0, 1.1 (x 1.05)
+    assert "| 1,050; 525; ×0.84 / ×0.32 |" in md  # rmt
+
+
+def test_comparison_md_has_no_cost_column_for_runs_made_before_costs(tmp_path):
+    from test_compare_arms import RMT, write_run
+
+    from rmtprune.compare import compare, markdown
+
+    for seed in range(2):
+        write_run(tmp_path / f"none{seed}", seed, "none", 0.9)
+        write_run(tmp_path / f"rmt{seed}", seed, "rmt", 0.9, params=30_000, pruning_cfg=RMT)
+    assert "FLOPs" not in markdown(compare([tmp_path]))
 
 
 def test_the_frontier_is_drawn_against_parameters_bytes_and_latency(tmp_path):
