@@ -173,6 +173,13 @@ class MagnitudeConfig:
 
 
 @dataclass
+class CostConfig:
+    """What is measured of the final model after training (rmtprune.costs); never part of a run's identity."""
+
+    latency: bool = True
+
+
+@dataclass
 class RunConfig:
     topology: str = "784-1000-1000-500-10"
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
@@ -191,6 +198,7 @@ class RunConfig:
     output_root: str = "outputs"
     checkpoint: bool = True
     magnitude_sweep: MagnitudeConfig = field(default_factory=MagnitudeConfig)
+    cost: CostConfig = field(default_factory=CostConfig)
     threads: Optional[int] = None
     deterministic: bool = False
     precision: str = "fp32"

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .checkpoint import model_payload, save_atomic
 from .config import validate
+from .costs import model_costs
 from .data import load_data
 from .errors import UserError
 from .evaluate import evaluate
@@ -119,6 +120,7 @@ def prune_saved(cfg: DictConfig, run_dir: Path, finetune_lr: float | None = None
         "n_params_before": params0, "n_params_after": params1,
         "param_reduction_pct": 100.0 * (1 - params1 / params0), "accuracy_unit": "fraction",
         "actions": {a: sum(r["action"] == a for r in event.records) for a in {r["action"] for r in event.records}},
+        **model_costs(model, spec, list(data.input_shape), latency=bool(cfg.cost.latency)),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
     write_json(run_dir / "summary.json", summary)
