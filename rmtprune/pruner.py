@@ -256,6 +256,9 @@ def cut_layer(model: nn.Module, name: str, module: nn.Module, rank: int, rank_no
         event.replaced.extend(module.parameters())
         model.set_submodule(name, result.module)
         event.added.extend(result.module.parameters())
+        before = dict(module.named_parameters())
+        for key, p in result.module.named_parameters():  # a factor takes the weight's place, the bias the bias's
+            event.origin[id(p)] = next(before[k] for k in (key, key.rsplit(".", 1)[-1], "weight", *before) if k in before)
         ranks.pop(name, None)
     elif result.action == "truncate":
         event.replaced.extend(module.parameters())

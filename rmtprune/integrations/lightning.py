@@ -13,8 +13,8 @@ pruner's calendar, never after the last one, the callback:
    model, the way ``rmtprune train`` does: the same class and parameter groups over the module's current
    parameters (a split layer's factors join the group of the layer they replace), every group's lr times
    ``lr_factor``, and the momentum policy (``"reset"``: fresh optimizer state; ``"keep"``: parameters the
-   event did not touch keep theirs). Learning-rate schedulers are pointed at the new optimizers; a
-   scheduler that sets the lr from its base values (``LambdaLR``, ``OneCycleLR``) overrides the factor;
+   event did not touch keep theirs): :func:`rmtprune.rebuild_optimizer`, the function a plain loop calls.
+   Learning-rate schedulers are pointed at the new optimizers, their base lrs times ``lr_factor``;
 3. logs ``rmt/n_params`` and ``rmt/pruned_layers`` with ``pl_module.log``, and keeps the event (ledger
    rows, spectra) in :attr:`RMTPruning.events`.
 
@@ -30,10 +30,8 @@ has registered.
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
-import torch
 from torch import nn
 
 try:
@@ -45,72 +43,11 @@ except ImportError:  # the older package name
         raise ImportError("rmtprune.integrations.lightning needs PyTorch Lightning: pip install 'rmtprune[lightning]' "
                           "(or pip install lightning)") from None
 
-from ..events import MOMENTUM_POLICIES, PruneEvent
+from ..events import PruneEvent, rebuild_optimizer
 from ..models import factorise_to_match, factorised_ranks
 from ..pruner import RMTPruner
 
-__all__ = ["RMTPruning", "rebuild_with_groups"]
-
-
-def _owner(name: str, owners: dict[str, tuple[int, int]]) -> tuple[int, int] | None:
-    """Where a parameter the event added belongs: the (optimizer, group) of the parameter of the same kind
-    (``weight`` / ``bias``, else the weight) of the nearest module above it that had parameters before
-    (``layer.second.bias`` -> ``layer.bias``, ``layer.first.weight`` -> ``layer.weight``)."""
-    leaf = name.rsplit(".", 1)[-1]
-    parts = name.split(".")[:-1]
-    while True:
-        prefix = ".".join(parts)
-        own = {k.rsplit(".", 1)[-1]: v for k, v in owners.items()
-               if (k.rsplit(".", 1)[0] if "." in k else "") == prefix}
-        if own:
-            return own.get(leaf) or own.get("weight") or next(iter(own.values()))
-        if not parts:
-            return None
-        parts.pop()
-
-
-def rebuild_with_groups(optimizers: list[torch.optim.Optimizer], module: nn.Module, event: PruneEvent,
-                        owners: dict[str, tuple[int, int]], momentum: str = "reset",
-                        lr_factor: float = 1.0) -> list[torch.optim.Optimizer]:
-    """New optimizers of the same classes and parameter groups over ``module``'s current parameters.
-
-    ``owners`` maps the name of each parameter an optimizer held before the event to its (optimizer,
-    group) index (:meth:`RMTPruning._owners`); a parameter the event added goes where the parameter of
-    the same kind of the layer it replaced was (``_owner``). Parameters no optimizer held before (frozen ones) stay out.
-    Every group keeps its settings, its lr times ``lr_factor``. Does not modify ``optimizers``.
-    """
-    if momentum not in MOMENTUM_POLICIES:
-        raise ValueError(f"momentum must be one of {', '.join(MOMENTUM_POLICIES)}, got {momentum!r}")
-    held = {id(p): (i, g) for i, opt in enumerate(optimizers) for g, group in enumerate(opt.param_groups)
-            for p in group["params"]}
-    placed: dict[tuple[int, int], list[nn.Parameter]] = {}
-    for name, p in module.named_parameters():
-        where = held.get(id(p))
-        if where is None and id(p) in event.touched:
-            where = _owner(name, owners)
-        if where is not None:
-            placed.setdefault(where, []).append(p)
-    touched = event.touched
-    new_optimizers = []
-    for i, opt in enumerate(optimizers):
-        groups = []
-        for g, group in enumerate(opt.param_groups):
-            params = placed.get((i, g), [])
-            if params:
-                settings = {k: v for k, v in group.items() if k != "params"}
-                settings["lr"] = group["lr"] * lr_factor
-                groups.append({"params": params, **settings})
-        accepted = inspect.signature(type(opt).__init__).parameters
-        defaults = {k: v for k, v in opt.defaults.items() if k in accepted}
-        defaults["lr"] = groups[0]["lr"] if groups else defaults.get("lr", 1e-3)
-        new = type(opt)(groups or [{"params": []}], **defaults) if groups else opt
-        if momentum == "keep" and groups:
-            for group in groups:
-                for p in group["params"]:
-                    if id(p) not in touched and p in opt.state:
-                        new.state[p] = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in opt.state[p].items()}
-        new_optimizers.append(new)
-    return new_optimizers
+__all__ = ["RMTPruning"]
 
 
 class RMTPruning(pl.Callback):
@@ -160,29 +97,17 @@ class RMTPruning(pl.Callback):
         self._ranks = dict(state_dict.get("ranks", {}))
 
     # --- the event --------------------------------------------------------------------------------
-    @staticmethod
-    def _owners(trainer: pl.Trainer, pl_module: nn.Module) -> dict[str, tuple[int, int]]:
-        """Parameter name -> (optimizer, group) that holds it now."""
-        held = {id(p): (i, g) for i, opt in enumerate(trainer.optimizers) for g, group in enumerate(opt.param_groups)
-                for p in group["params"]}
-        return {name: held[id(p)] for name, p in pl_module.named_parameters() if id(p) in held}
-
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch + 1
         if not self.pruner.is_event(epoch):
             return
-        owners = self._owners(trainer, pl_module)
         event = self.pruner.step(pl_module, epoch)
         self.events.append(event)
         self._ranks = factorised_ranks(pl_module)
-        old = list(trainer.optimizers)
-        new = rebuild_with_groups(old, pl_module, event, owners, momentum=self.pruner.momentum,
-                                  lr_factor=self.pruner.lr_factor)
-        trainer.optimizers = new
-        for config in getattr(trainer, "lr_scheduler_configs", []):
-            for o, n in zip(old, new):
-                if config.scheduler.optimizer is o:
-                    config.scheduler.optimizer = n
+        schedulers = [config.scheduler for config in getattr(trainer, "lr_scheduler_configs", [])]
+        trainer.optimizers = [rebuild_optimizer(opt, pl_module, event, momentum=self.pruner.momentum,
+                                                lr_factor=self.pruner.lr_factor, schedulers=schedulers)
+                              for opt in trainer.optimizers]
         if self.log_metrics:
             pruned = sum(r["action"] in ("split", "truncate") for r in event.records)
             pl_module.log("rmt/n_params", float(sum(p.numel() for p in pl_module.parameters())), on_epoch=True)

@@ -1,0 +1,128 @@
+"""The API on the models people prune (issue 21): parameter groups and lr schedulers across events, the
+README's loop as written, an event's summary, the RMT view of a model as a DataFrame."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+import torch
+from torch import nn
+
+import rmtprune
+from conftest import REPO
+from rmtprune.lowrank import LowRankLinear
+from test_api import planted, users_net
+
+
+def grouped_sgd(model: nn.Module, lr: float = 0.1) -> torch.optim.SGD:
+    """SGD with weight decay on weights only (no-decay group for biases), as most recipes do."""
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and not n.endswith("bias")]
+    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and n.endswith("bias")]
+    return torch.optim.SGD([{"params": decay, "weight_decay": 1e-3}, {"params": no_decay, "weight_decay": 0.0,
+                                                                      "lr": lr / 10}], lr=lr, momentum=0.9)
+
+
+def train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, steps: int = 2) -> None:
+    g = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        x, y = torch.randn(16, 16, 4, 4, generator=g), torch.randint(0, 10, (16,), generator=g)
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+
+def test_rebuild_keeps_parameter_groups_and_leaves_frozen_parameters_out():
+    model = users_net()
+    model[5].weight.requires_grad_(False)  # frozen: no optimizer holds it
+    optimizer = grouped_sgd(model)
+    train_steps(model, optimizer)
+    event = rmtprune.prune_model(model, keep_fraction=0.0)
+    assert isinstance(model[0], nn.Module) and isinstance(model[3], LowRankLinear)
+    new = rmtprune.rebuild_optimizer(optimizer, model, event, lr=0.05)
+    decay, no_decay = new.param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert sorted(names[id(p)] for p in decay["params"]) == sorted(
+        n for n, p in model.named_parameters() if not n.endswith("bias") and n != "5.weight")
+    assert sorted(names[id(p)] for p in no_decay["params"]) == sorted(
+        n for n, _ in model.named_parameters() if n.endswith("bias"))
+    assert decay["weight_decay"] == 1e-3 and no_decay["weight_decay"] == 0.0
+    # lr= sets the first group's rate; the other keeps its ratio to it (1/10)
+    assert decay["lr"] == 0.05 and no_decay["lr"] == pytest.approx(0.005)
+    assert all(id(p) != id(model[5].weight) for g in new.param_groups for p in g["params"])
+    # a no-decay parameter really gets no decay: with a zero gradient, SGD leaves a bias where it is
+    bias = model[3].bias
+    before = bias.detach().clone()
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    new.step()
+    assert torch.equal(bias, before)
+    with pytest.raises(ValueError, match="not both"):
+        rmtprune.rebuild_optimizer(optimizer, model, event, lr=0.1, lr_factor=0.5)
+
+
+def test_a_cosine_schedule_keeps_its_curve_across_events():
+    """CosineAnnealingLR (eta_min = 0) re-pointed at every event: the lr ends at 0 after T_max steps, and
+    between events it follows the closed form lr_t = lr_0 prod(factors) (1 + cos(pi t / T)) / 2."""
+    model = users_net()
+    epochs, lr0, factor = 6, 0.1, 0.5
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr0, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    pruner = rmtprune.RMTPruner(schedule="linear", horizon=epochs, lr_factor=factor, every=2)
+    pruner.setup(model, epochs)
+    n_events = 0
+    for epoch in range(1, epochs + 1):
+        train_steps(model, optimizer, 1)
+        scheduler.step()
+        if pruner.is_event(epoch):
+            event = pruner.step(model, epoch)
+            n_events += 1
+            optimizer = rmtprune.rebuild_optimizer(optimizer, model, event, momentum=pruner.momentum,
+                                                   lr_factor=pruner.lr_factor, schedulers=[scheduler])
+            assert scheduler.optimizer is optimizer
+        expected = lr0 * factor ** n_events * (1 + math.cos(math.pi * epoch / epochs)) / 2
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(expected, abs=1e-12)
+    assert n_events == 3 and isinstance(model[3], LowRankLinear)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+def readme_loop() -> str:
+    """The first python block of the README section 'In your own training loop'."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("### In your own training loop"):]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_the_readme_loop_runs_as_written(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(32, 16, 4, 4, generator=g), torch.randint(0, 10, (32,), generator=g)
+
+    def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+    namespace = {"MyNet": users_net, "train_one_epoch": train_one_epoch, "trained_model": users_net()}
+    exec(compile(readme_loop(), "README.md", "exec"), namespace)
+    model, optimizer, scheduler = namespace["model"], namespace["optimizer"], namespace["scheduler"]
+    assert isinstance(model[3], LowRankLinear) and scheduler.optimizer is optimizer
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)  # the cosine reached its end
+    assert optimizer.param_groups[1]["weight_decay"] == 0.0 and id(model[3].bias) in map(id, optimizer.param_groups[1]["params"])
+    assert "PruneEvent(epoch=1," in capsys.readouterr().out
+    ckpt = torch.load(tmp_path / "pruned.pt", weights_only=True)
+    assert set(ckpt) == {"model", "pruner"}
+
+
+def test_event_summary_counts_actions_and_parameters_and_its_repr_is_short():
+    model = users_net()
+    dense_total = sum(p.numel() for p in model.parameters())
+    event = rmtprune.prune_model(model, keep_fraction=0.0)
+    s = event.summary()
+    assert s["actions"] == {"split": 2, "skip_small": 1} and s["layers"] == 3
+    # conv 96x144 at rank 5 and linear 200x384 at rank 6 (biases kept), the 10x200 layer untouched
+    after = 5 * (144 + 96) + 96 + 6 * (384 + 200) + 200 + 10 * 200 + 10
+    assert s["params_before"] == dense_total and s["params_after"] == after
+    assert s["params_removed"] == dense_total - sum(p.numel() for p in model.parameters())
+    assert repr(event) == f"PruneEvent(epoch=0, layers=3, split=2, skip_small=1, params {dense_total:,} -> {after:,})"
