@@ -126,3 +126,65 @@ def test_event_summary_counts_actions_and_parameters_and_its_repr_is_short():
     assert s["params_before"] == dense_total and s["params_after"] == after
     assert s["params_removed"] == dense_total - sum(p.numel() for p in model.parameters())
     assert repr(event) == f"PruneEvent(epoch=0, layers=3, split=2, skip_small=1, params {dense_total:,} -> {after:,})"
+
+
+def split_sequential(rank: int) -> nn.Sequential:
+    """users_net with its 200x384 layer written by hand as two Linears (Sequential children 0 and 1, the first
+    without bias): the rank-``rank`` truncated SVD of the planted weight, 6 spikes above an MP bulk."""
+    net = users_net()
+    w = net[3].weight.detach()
+    u, s, vh = torch.linalg.svd(w, full_matrices=False)
+    pair = nn.Sequential(nn.Linear(384, rank, bias=False), nn.Linear(rank, 200))
+    with torch.no_grad():
+        pair[0].weight.copy_(s[:rank, None].sqrt() * vh[:rank])
+        pair[1].weight.copy_(u[:, :rank] * s[:rank].sqrt())
+        pair[1].bias.copy_(net[3].bias)
+    net[3] = pair
+    return net
+
+
+def test_inspect_model_gives_one_row_per_layer_and_one_per_split_layer():
+    """On users_net the fit finds the planted spikes (5 in the conv, 6 in the linear); a state_dict whose
+    linear layer is split (rmtprune's .first/.second factors, or a user's .0/.1 pair) gives ONE row for it,
+    of its rank, fitted on the product: the one-shot cut to the 6 spikes then saves (r - 6)(384 + 200)."""
+    table = rmtprune.inspect_model(users_net())
+    assert list(table["layer"]) == ["0", "3", "5"] and list(table["n_spikes"].iloc[:2]) == [5, 6]
+    assert list(table["action"]) == ["split", "split", "skip_small"] and (table["keep_fraction"] == 0).all()
+    assert table.loc[1, "rank_after_prune"] == 6 and table.loc[1, "params_now"] == 200 * 384 + 200
+    half = users_net()
+    rmtprune.prune_model(half, keep_fraction=0.5, min_size=50000)  # only layer 3: rank 6 + floor(194 / 2) = 103
+    for state in (half.state_dict(), split_sequential(103).state_dict()):
+        table = rmtprune.inspect_model(state, tolerance=0.1).set_index("layer")
+        assert list(table.index) == ["0", "3", "5"]
+        row = table.loc["3"]
+        assert (row["kind"], row["out"], row["in"], row["rank_now"]) == ("linear", 200, 384, 103)
+        assert row["n_spikes"] == 6 and row["rank_after_prune"] == 6 and row["action"] == "split"
+        assert row["params_now"] - row["params_after"] == (103 - 6) * (384 + 200)
+    # a pair that does not chain through a smaller rank is two layers (here 16 -> 40 -> 30 has rank 40 > 30)
+    two = nn.Sequential(nn.Linear(16, 40, bias=False), nn.Linear(40, 30))
+    assert list(rmtprune.inspect_model(two.state_dict(), min_size=0)["layer"]) == ["0", "1"]
+    with pytest.raises(ValueError, match="alpha"):
+        rmtprune.inspect_model(users_net(), alpha=0.9)
+
+
+@pytest.mark.parametrize("form", ["readme", "state_dict"])
+def test_inspect_command_reads_the_readme_format_and_a_bare_pruned_state_dict(cli, tmp_path, form):
+    model = users_net()
+    pruner = rmtprune.RMTPruner(schedule=lambda e: 0.5, min_size=50000)
+    pruner.step(model, 1)  # layer 3 split at rank 103, its 6 spikes known to the pruner
+    path = tmp_path / "pruned.pt"
+    torch.save({"model": model.state_dict(), "pruner": pruner.state_dict()} if form == "readme"
+               else model.state_dict(), path)
+    code, out, err = cli("inspect", str(path), "--tolerance", "0.1", "--format", "csv")
+    assert code == 0, err
+    import pandas as pd
+
+    rows = pd.read_csv(tmp_path / "inspect.csv").set_index("layer")
+    assert list(rows.index) == ["0", "3", "5", "total"]
+    assert rows.loc["3", "rank_now"] == 103 and rows.loc["3", "rank_after_prune"] == 6
+    assert rows.loc["3", "n_known_spikes"] == (6 if form == "readme" else 0)  # the saved pruner state is used
+    saved = rows.loc["3", "params_now"] - rows.loc["3", "params_after"]
+    layer0 = rows.loc["0", "params_now"] - rows.loc["0", "params_after"]
+    assert rows.loc["total", "params_now"] == sum(p.numel() for p in model.parameters())
+    assert rows.loc["total", "params_now"] - rows.loc["total", "params_after"] == saved + layer0
+    assert saved == (103 - 6) * (384 + 200)
