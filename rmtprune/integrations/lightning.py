@@ -19,10 +19,12 @@ pruner's calendar, never after the last one, the callback:
    rows, spectra) in :attr:`RMTPruning.events`.
 
 Checkpoints: the callback's state (the pruner's state and the ranks of the split layers) is saved in
-Lightning checkpoints; resuming with ``trainer.fit(..., ckpt_path=...)`` splits the dense module's layers
-as the checkpoint holds them before Lightning loads the weights (a ``load_state_dict`` pre-hook the
-callback registers on the module in ``setup``: **it modifies the module** when a pruned state_dict is
-loaded into it). The module's ``configure_optimizers`` should
+Lightning checkpoints; ``trainer.fit/validate/test/predict(..., ckpt_path=...)`` with the callback splits
+the dense module's layers as the checkpoint holds them before Lightning loads the weights (a
+``load_state_dict`` pre-hook the callback registers on the module in ``setup``: **it modifies the module**
+when a pruned state_dict is loaded into it). ``Module.load_from_checkpoint`` involves no callback: give
+the module the one line ``def on_load_checkpoint(self, checkpoint): rmtprune.factorise_to_match(self,
+checkpoint["state_dict"])`` (Lightning calls it before it loads the weights, on every path). The module's ``configure_optimizers`` should
 build its optimizers over ``self.parameters()`` (in their order) for the saved optimizer state to fit.
 Single-process training only (one device, no DDP): pruning changes the parameters a distributed wrapper
 has registered.
@@ -73,6 +75,15 @@ class RMTPruning(pl.Callback):
 
     # --- set-up and checkpoints -------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._hook is None:
+            # Lightning loads a checkpoint's weights (fit, validate, test, predict with ckpt_path=) after
+            # setup and before it restores the callbacks: split the layers the checkpoint holds as factors
+            # first, from the shapes in its state_dict
+            def factorise(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+                if prefix == "":
+                    factorise_to_match(module, state_dict)
+
+            self._hook = pl_module.register_load_state_dict_pre_hook(factorise)
         if stage != "fit":
             return
         if getattr(trainer, "world_size", 1) > 1:
@@ -80,14 +91,6 @@ class RMTPruning(pl.Callback):
                              "a distributed strategy has registered")
         max_epochs = trainer.max_epochs
         self.pruner.setup(pl_module, max_epochs if max_epochs is not None and max_epochs > 0 else None)
-        if self._hook is None:
-            # Lightning loads a checkpoint's weights before it restores the callbacks: split the layers the
-            # checkpoint holds as factors first, from the shapes in its state_dict
-            def factorise(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-                if prefix == "":
-                    factorise_to_match(module, state_dict)
-
-            self._hook = pl_module.register_load_state_dict_pre_hook(factorise)
 
     def state_dict(self) -> dict[str, Any]:
         return {"pruner": self.pruner.state_dict(), "ranks": dict(self._ranks)}
