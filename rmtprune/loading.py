@@ -43,9 +43,9 @@ def state_dict_of(obj: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str,
 
 def _factor_pairs(state: dict[str, Any]) -> dict[str, tuple[str, str]]:
     """{layer: (first key, second key)} of the split layers of a state_dict: W = W2 @ W1 stored as
-    ``X.first.weight`` / ``X.second.weight`` (rmtprune.lowrank), or as ``X.0.weight`` / ``X.1.weight`` (two
-    adjacent modules of a Sequential, the first without bias) whose shapes chain through a rank r below
-    both sides: W1 (r, in) and W2 (out, r) (Linear), W1 (g r, in/g, kh, kw) and W2 (out, r, 1, 1) (Conv2d)."""
+    ``X.first.weight`` / ``X.second.weight`` (rmtprune.lowrank), or as ``X.0.weight`` / ``X.1.weight`` (the
+    only two modules of a Sequential, the first without bias) whose shapes chain through a rank r below both
+    sides: W1 (r, in) and W2 (out, r) (Linear), W1 (r, in, kh, kw) and W2 (out, r, 1, 1) (Conv2d)."""
     pairs = {}
     for key, first in state.items():
         for a, b in ((".first.weight", ".second.weight"), (".0.weight", ".1.weight")):
@@ -56,12 +56,10 @@ def _factor_pairs(state: dict[str, Any]) -> dict[str, tuple[str, str]]:
             if not isinstance(second, torch.Tensor) or first.ndim != second.ndim or first.ndim not in (2, 4):
                 continue
             if a == ".0.weight":
-                groups = first.shape[0] // second.shape[1] if second.shape[1] else 0
-                rank = second.shape[1]
-                chained = groups >= 1 and first.shape[0] == groups * rank and (first.ndim == 2 or (
-                    second.shape[2:] == (1, 1) and second.shape[0] % groups == 0))
-                dense_in = first[0].numel() * groups if first.ndim == 4 else first.shape[1]
-                if f"{name}.0.bias" in state or not chained or not rank < min(second.shape[0], dense_in):
+                rank = first.shape[0]
+                chained = second.shape[1] == rank and (first.ndim == 2 or second.shape[2:] == (1, 1))
+                alone = all(k.startswith((f"{name}.0.", f"{name}.1.")) for k in state if k.startswith(name + "."))
+                if f"{name}.0.bias" in state or not (chained and alone and rank < min(second.shape[0], first[0].numel())):
                     continue
             pairs[name] = (key, name + b)
     return pairs

@@ -188,3 +188,26 @@ def test_inspect_command_reads_the_readme_format_and_a_bare_pruned_state_dict(cl
     assert rows.loc["total", "params_now"] == sum(p.numel() for p in model.parameters())
     assert rows.loc["total", "params_now"] - rows.loc["total", "params_after"] == saved + layer0
     assert saved == (103 - 6) * (384 + 200)
+
+
+def test_a_bias_free_pair_is_one_layer_only_when_it_is_a_whole_sequential():
+    """X.0 / X.1 chained through rank 8 < 30: one split layer of rank 8 (a 30 x 40 matrix); with a third
+    module X.2 in the same Sequential the two stay two layers, and X.2 is reported too."""
+    pair = nn.Sequential(nn.Linear(40, 8, bias=False), nn.Linear(8, 30))
+    table = rmtprune.inspect_model({f"body.{k}": v for k, v in pair.state_dict().items()}, min_size=0)
+    assert list(table["layer"]) == ["body"] and (table.loc[0, "out"], table.loc[0, "in"]) == (30, 40)
+    assert table.loc[0, "rank_now"] == 8 and table.loc[0, "params_now"] == 8 * 40 + 30 * 8 + 30
+    three = nn.Sequential(nn.Linear(40, 8, bias=False), nn.Linear(8, 30), nn.Linear(30, 5))
+    assert list(rmtprune.inspect_model(three.state_dict(), min_size=0)["layer"]) == ["0", "1", "2"]
+
+
+def test_a_users_split_conv_is_fitted_on_the_product_of_its_factors():
+    """users_net's 96 x (16 * 3 * 3) conv (5 planted spikes) written as a 3x3 conv to 20 channels and a 1x1
+    conv back to 96: one conv layer of rank 20 whose fit still finds the 5 spikes."""
+    w = users_net()[0].weight.detach().reshape(96, -1)
+    u, s, vh = torch.linalg.svd(w, full_matrices=False)
+    state = {"stem.0.weight": (s[:20, None].sqrt() * vh[:20]).reshape(20, 16, 3, 3),
+             "stem.1.weight": (u[:, :20] * s[:20].sqrt()).reshape(96, 20, 1, 1), "stem.1.bias": torch.zeros(96)}
+    row = rmtprune.inspect_model(state, min_size=0, output_min_rank=1).iloc[0]  # the only layer is the output one
+    assert (row["layer"], row["kind"], row["out"], row["in"], row["rank_now"]) == ("stem", "conv", 96, 144, 20)
+    assert row["n_spikes"] == 5 and row["rank_after_prune"] == 5
