@@ -25,9 +25,9 @@ The Python API, for any ``nn.Module`` in any training loop (no Hydra, no config 
 
 Names: :class:`RMTPruner`, :func:`prune_model`, :class:`PruneEvent`, :class:`Pruner` (the base of the
 pruning methods), :func:`rebuild_optimizer`, :func:`factorise_to_match`, :func:`fit_mp` and its result
-:class:`MPFit`, :func:`inspect_model` (its DataFrame), and :mod:`schedules` (keep fractions f(epoch): ``schedules.linear``, ``step``,
-``exponential``, ``oneshot``, ``constant``; e.g. ``RMTPruner(schedule=functools.partial(rmtprune.schedules.step,
-at=5))``).
+:class:`MPFit`, :func:`inspect_model` (its DataFrame), and :mod:`schedules` (keep fractions f(epoch):
+``schedules.linear``, ``step``, ``exponential``, ``oneshot``, ``constant``; e.g.
+``RMTPruner(schedule=functools.partial(rmtprune.schedules.step, at=5))``).
 The ``rmtprune`` command (``rmtprune train`` ...) is built on the same classes.
 
 Importing ``rmtprune`` is light: the names above are loaded on first use (torch, numpy and scipy then;

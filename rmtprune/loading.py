@@ -59,7 +59,8 @@ def _factor_pairs(state: dict[str, Any]) -> dict[str, tuple[str, str]]:
                 rank = first.shape[0]
                 chained = second.shape[1] == rank and (first.ndim == 2 or second.shape[2:] == (1, 1))
                 alone = all(k.startswith((f"{name}.0.", f"{name}.1.")) for k in state if k.startswith(name + "."))
-                if f"{name}.0.bias" in state or not (chained and alone and rank < min(second.shape[0], first[0].numel())):
+                thin = rank < min(second.shape[0], first[0].numel())
+                if f"{name}.0.bias" in state or not (chained and alone and thin):
                     continue
             pairs[name] = (key, name + b)
     return pairs
@@ -93,7 +94,7 @@ def skeleton_from_state_dict(state: dict[str, Any], path: Path | str = "file") -
     pairs = {keys[0]: (name, keys[1]) for name, keys in _factor_pairs(state).items()}  # first key -> (layer, second)
     seconds = {second for _, second in pairs.values()}
     for key, value in state.items():
-        if key in seconds or not isinstance(value, torch.Tensor) or not key.endswith("weight") or value.ndim not in (2, 4):
+        if key in seconds or not (isinstance(value, torch.Tensor) and key.endswith("weight") and value.ndim in (2, 4)):
             continue
         if key in pairs:
             name, second = pairs[key]

@@ -258,7 +258,8 @@ def cut_layer(model: nn.Module, name: str, module: nn.Module, rank: int, rank_no
         event.added.extend(result.module.parameters())
         before = dict(module.named_parameters())
         for key, p in result.module.named_parameters():  # a factor takes the weight's place, the bias the bias's
-            event.origin[id(p)] = next(before[k] for k in (key, key.rsplit(".", 1)[-1], "weight", *before) if k in before)
+            same = next(k for k in (key, key.rsplit(".", 1)[-1], "weight", *before) if k in before)
+            event.origin[id(p)] = before[same]
         ranks.pop(name, None)
     elif result.action == "truncate":
         event.replaced.extend(module.parameters())

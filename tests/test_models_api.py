@@ -109,7 +109,8 @@ def test_the_readme_loop_runs_as_written(tmp_path, monkeypatch, capsys):
     model, optimizer, scheduler = namespace["model"], namespace["optimizer"], namespace["scheduler"]
     assert isinstance(model[3], LowRankLinear) and scheduler.optimizer is optimizer
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)  # the cosine reached its end
-    assert optimizer.param_groups[1]["weight_decay"] == 0.0 and id(model[3].bias) in map(id, optimizer.param_groups[1]["params"])
+    no_decay = optimizer.param_groups[1]
+    assert no_decay["weight_decay"] == 0.0 and id(model[3].bias) in map(id, no_decay["params"])
     assert "PruneEvent(epoch=1," in capsys.readouterr().out
     ckpt = torch.load(tmp_path / "pruned.pt", weights_only=True)
     assert set(ckpt) == {"model", "pruner"}

@@ -24,8 +24,9 @@ the dense module's layers as the checkpoint holds them before Lightning loads th
 ``load_state_dict`` pre-hook the callback registers on the module in ``setup``: **it modifies the module**
 when a pruned state_dict is loaded into it). ``Module.load_from_checkpoint`` involves no callback: give
 the module the one line ``def on_load_checkpoint(self, checkpoint): rmtprune.factorise_to_match(self,
-checkpoint["state_dict"])`` (Lightning calls it before it loads the weights, on every path). The module's ``configure_optimizers`` should
-build its optimizers over ``self.parameters()`` (in their order) for the saved optimizer state to fit.
+checkpoint["state_dict"])`` (Lightning calls it before it loads the weights, on every path). The module's
+``configure_optimizers`` should build its optimizers over ``self.parameters()`` (in their order) for the saved
+optimizer state to fit.
 Single-process training only (one device, no DDP): pruning changes the parameters a distributed wrapper
 has registered.
 """
