@@ -70,7 +70,8 @@ print("loaded")
 @pytest.mark.slow
 def test_a_pruned_lightning_checkpoint_loads_in_a_fresh_process(pruned_ckpt, tmp_path):
     path, _ = pruned_ckpt
-    env = {**os.environ, "PYTHONPATH": str(REPO / "tests")}
+    paths = [str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]  # this checkout's rmtprune
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
     proc = subprocess.run([sys.executable, "-c", SCRIPT, str(path), str(tmp_path / "expected.pt"), str(tmp_path)],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "loaded" in proc.stdout, proc.stderr[-3000:]
