@@ -181,7 +181,8 @@ def rebuild_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module, event:
 
     Learning rates: ``lr`` sets the first group's rate and scales every other group by the same ratio
     lr / lr_0; ``lr_factor`` multiplies every group's rate (give at most one). Each scheduler in
-    ``schedulers`` (``torch.optim.lr_scheduler``) is re-pointed at the new optimizer and its ``base_lrs``
+    ``schedulers`` (``torch.optim.lr_scheduler``; those a ``SequentialLR`` / ``ChainedScheduler`` wraps
+    too) that drives ``optimizer`` is re-pointed at the new optimizer and its ``base_lrs``
     (and the groups' ``initial_lr``) scaled by the same per-group ratio, so its curve continues from the new
     rate (cosine annealing still ends at ``eta_min``). ``momentum="reset"`` starts every parameter's state
     afresh (SGD: zero momentum, as the reference does at every event); ``"keep"`` copies the state of every
@@ -220,8 +221,16 @@ def rebuild_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module, event:
         for p in model.parameters():
             if id(p) not in touched and p in optimizer.state:
                 new.state[p] = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in optimizer.state[p].items()}
-    for scheduler in schedulers:
+    for scheduler in _with_children(schedulers):
         if scheduler.optimizer is optimizer:
             scheduler.optimizer = new
-            scheduler.base_lrs = [b * r for b, r in zip(scheduler.base_lrs, ratios)]
+            if hasattr(scheduler, "base_lrs"):  # ReduceLROnPlateau and the wrappers have none
+                scheduler.base_lrs = [b * r for b, r in zip(scheduler.base_lrs, ratios)]
     return new
+
+
+def _with_children(schedulers: Iterable[Any]) -> Iterable[Any]:
+    """The schedulers and those they wrap (``SequentialLR``, ``ChainedScheduler``), depth first."""
+    for scheduler in schedulers:
+        yield scheduler
+        yield from _with_children(getattr(scheduler, "_schedulers", ()))

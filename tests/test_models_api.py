@@ -212,3 +212,21 @@ def test_a_users_split_conv_is_fitted_on_the_product_of_its_factors():
     row = rmtprune.inspect_model(state, min_size=0, output_min_rank=1).iloc[0]  # the only layer is the output one
     assert (row["layer"], row["kind"], row["out"], row["in"], row["rank_now"]) == ("stem", "conv", 96, 144, 20)
     assert row["n_spikes"] == 5 and row["rank_after_prune"] == 5
+
+
+def test_a_warmup_then_cosine_sequence_and_a_plateau_scheduler_are_re_pointed():
+    """SequentialLR(LinearLR warm-up, CosineAnnealingLR): the wrapped schedulers follow the new optimizer,
+    and after the warm-up the lr is lr_0 * factor * (1 + cos(pi t / T)) / 2 (t steps into the cosine)."""
+    model = users_net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.5, total_iters=2)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=4)
+    sequence = torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, cosine], milestones=[2])
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)
+    sequence.step()
+    event = rmtprune.prune_model(model, keep_fraction=0.0)
+    new = rmtprune.rebuild_optimizer(optimizer, model, event, lr_factor=0.5, schedulers=[sequence, plateau])
+    assert all(s.optimizer is new for s in (sequence, warmup, cosine, plateau))
+    for t in range(1, 4):
+        sequence.step()
+        assert new.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * (t - 1) / 4)) / 2)
