@@ -6,7 +6,7 @@
 ...     if pruner.is_event(epoch):
 ...         event = pruner.step(model, epoch)          # modifies model in place
 ...         optimizer = rmtprune.rebuild_optimizer(optimizer, model, event, momentum=pruner.momentum,
-...                                                lr=optimizer.param_groups[0]["lr"] * pruner.lr_factor)
+...                                                lr_factor=pruner.lr_factor, schedulers=[scheduler])
 
 At an event, every eligible ``nn.Linear`` / ``nn.Conv2d`` (at least ``min_size`` weights; and the
 layers it split before) goes through (method doc section 4):
