@@ -11,7 +11,7 @@ The Python API, for any ``nn.Module`` in any training loop (no Hydra, no config 
         if pruner.is_event(epoch):
             event = pruner.step(model, epoch)        # modifies model in place
             optimizer = rmtprune.rebuild_optimizer(optimizer, model, event, momentum=pruner.momentum,
-                                                   lr=optimizer.param_groups[0]["lr"] * pruner.lr_factor)
+                                                   lr_factor=pruner.lr_factor, schedulers=[scheduler])
 
     torch.save({"model": model.state_dict(), "pruner": pruner.state_dict()}, "ckpt.pt")   # a checkpoint
     ckpt = torch.load("ckpt.pt", weights_only=True)
@@ -21,12 +21,14 @@ The Python API, for any ``nn.Module`` in any training loop (no Hydra, no config 
 
     event = rmtprune.prune_model(trained, keep_fraction=0.0)   # one cut of a trained model, in place
     fit = rmtprune.fit_mp(weight_matrix)                       # the Marchenko-Pastur fit of one matrix
+    table = rmtprune.inspect_model(model_or_state_dict)        # pandas.DataFrame: the RMT view, one row per layer
 
 Names: :class:`RMTPruner`, :func:`prune_model`, :class:`PruneEvent`, :class:`Pruner` (the base of the
 pruning methods), :func:`rebuild_optimizer`, :func:`factorise_to_match`, :func:`fit_mp` and its result
-:class:`MPFit`, and :mod:`schedules` (keep fractions f(epoch): ``schedules.linear``, ``step``,
-``exponential``, ``oneshot``, ``constant``; e.g. ``RMTPruner(schedule=functools.partial(rmtprune.schedules.step,
-at=5))``; and the per-layer spike-count cut, ``RMTPruner(schedule="spikes", patience=2, margin=None)``).
+:class:`MPFit`, :func:`inspect_model` (its DataFrame), and :mod:`schedules` (keep fractions f(epoch):
+``schedules.linear``, ``step``, ``exponential``, ``oneshot``, ``constant``; e.g.
+``RMTPruner(schedule=functools.partial(rmtprune.schedules.step, at=5))``; and the per-layer spike-count cut,
+``RMTPruner(schedule="spikes", patience=2, margin=None)``).
 The ``rmtprune`` command (``rmtprune train`` ...) is built on the same classes.
 
 Importing ``rmtprune`` is light: the names above are loaded on first use (torch, numpy and scipy then;
@@ -48,17 +50,19 @@ _EXPORTS = {
     "Pruner": "rmtprune.events",
     "rebuild_optimizer": "rmtprune.events",
     "factorise_to_match": "rmtprune.models",
+    "inspect_model": "rmtprune.inspection",
     "fit_mp": "rmtprune.rmt",
     "MPFit": "rmtprune.rmt",
 }
 _SUBMODULES = ("schedules",)
 
 __all__ = ["RMTPruner", "prune_model", "PruneEvent", "Pruner", "rebuild_optimizer", "factorise_to_match", "fit_mp",
-           "MPFit", "schedules", "__version__"]
+           "MPFit", "inspect_model", "schedules", "__version__"]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names come from __getattr__
     from . import schedules
     from .events import PruneEvent, Pruner, rebuild_optimizer
+    from .inspection import inspect_model
     from .models import factorise_to_match
     from .pruner import RMTPruner, prune_model
     from .rmt import MPFit, fit_mp

@@ -19,7 +19,7 @@ import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ from torch import nn
 MOMENTUM_POLICIES = ("reset", "keep")
 
 
-@dataclass
+@dataclass(repr=False)
 class PruneEvent:
     """One event: the ledger rows (one per layer looked at) and the parameters it replaced.
 
@@ -39,6 +39,8 @@ class PruneEvent:
             state is stale).
         added: parameters the event put into the model (new factors).
         spectra: layer name -> singular values (descending, float32) of every fitted layer.
+        origin: id of an added parameter -> the replaced parameter whose place it takes (a factor -> the
+            layer's weight, the new bias -> its bias): :func:`rebuild_optimizer` puts it in that one's group.
     """
 
     epoch: int = 0
@@ -46,6 +48,7 @@ class PruneEvent:
     replaced: list[nn.Parameter] = field(default_factory=list)
     added: list[nn.Parameter] = field(default_factory=list)
     spectra: dict[str, np.ndarray] = field(default_factory=dict)
+    origin: dict[int, nn.Parameter] = field(default_factory=dict, repr=False)
 
     @property
     def changed(self) -> bool:
@@ -56,6 +59,23 @@ class PruneEvent:
     def touched(self) -> set[int]:
         """ids of the replaced and added parameters."""
         return {id(p) for p in (*self.replaced, *self.added)}
+
+    def summary(self) -> dict[str, Any]:
+        """The event in numbers: ``{"epoch", "layers" (ledger rows), "params_before", "params_after"`` (summed
+        over the layers looked at), ``"params_removed", "actions": {action: number of layers}}``."""
+        before = sum(int(r["params_before"]) for r in self.records)
+        after = sum(int(r["params_after"]) for r in self.records)
+        actions: dict[str, int] = {}
+        for r in self.records:
+            actions[r["action"]] = actions.get(r["action"], 0) + 1
+        return {"epoch": self.epoch, "layers": len(self.records), "params_before": before, "params_after": after,
+                "params_removed": before - after, "actions": actions}
+
+    def __repr__(self) -> str:
+        s = self.summary()
+        actions = ", ".join(f"{a}={n}" for a, n in s["actions"].items())
+        return (f"PruneEvent(epoch={s['epoch']}, layers={s['layers']}"
+                f"{', ' + actions if actions else ''}, params {s['params_before']:,} -> {s['params_after']:,})")
 
 
 class EventCalendar:
@@ -176,26 +196,68 @@ def anneal_scale(shape: str, anneal_epochs: int, epochs: int, epoch: int,
 
 
 def rebuild_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module, event: PruneEvent | None = None, *,
-                      momentum: str = "reset", lr: float | None = None) -> torch.optim.Optimizer:
-    """A new optimizer of the same class and settings over ``model``'s current parameters.
+                      momentum: str = "reset", lr: float | None = None, lr_factor: float | None = None,
+                      schedulers: Iterable[Any] = ()) -> torch.optim.Optimizer:
+    """A new optimizer of the same class, settings and parameter groups over ``model``'s current parameters.
 
-    Does not modify ``optimizer`` or ``model``. The settings are those of the first parameter group
-    (one group is assumed; extra groups are merged into it), ``lr`` replaces its learning rate.
-    ``momentum="reset"`` starts every parameter's state afresh (SGD: zero momentum, as the reference
-    does at every event); ``"keep"`` copies the state of every parameter the event did not replace or
-    add (``event.touched``).
+    Every parameter of ``model`` the old optimizer held stays in its group; a parameter the event added
+    (a split layer's factor) joins the group of the parameter it replaces (``event.origin``: the layer's
+    weight, or its bias for the new bias), so per-group settings (e.g. ``weight_decay=0`` for biases and
+    norms) carry over; parameters the optimizer did not hold (frozen ones) stay out. Every group is kept,
+    empty or not, so group indices (and a scheduler's ``base_lrs``) stay aligned.
+
+    Learning rates: ``lr`` sets the first group's rate and scales every other group by the same ratio
+    lr / lr_0; ``lr_factor`` multiplies every group's rate (give at most one). Each scheduler in
+    ``schedulers`` (``torch.optim.lr_scheduler``; those a ``SequentialLR`` / ``ChainedScheduler`` wraps
+    too) that drives ``optimizer`` is re-pointed at the new optimizer and its ``base_lrs``
+    (and the groups' ``initial_lr``) scaled by the same per-group ratio, so its curve continues from the new
+    rate (cosine annealing still ends at ``eta_min``). ``momentum="reset"`` starts every parameter's state
+    afresh (SGD: zero momentum, as the reference does at every event); ``"keep"`` copies the state of every
+    parameter the event did not replace or add (``event.touched``).
+
+    Does not modify ``optimizer`` or ``model``; modifies the schedulers.
     """
     if momentum not in MOMENTUM_POLICIES:
         raise ValueError(f"momentum must be one of {', '.join(MOMENTUM_POLICIES)}, got {momentum!r}")
-    group = {k: v for k, v in optimizer.param_groups[0].items() if k != "params"}
+    if lr is not None and lr_factor is not None:
+        raise ValueError("give lr= or lr_factor=, not both")
+    old_groups = optimizer.param_groups
     if lr is not None:
-        group["lr"] = lr
+        lr0 = old_groups[0]["lr"]
+        ratios = [lr / lr0 if lr0 else 1.0 for _ in old_groups]
+    else:
+        ratios = [1.0 if lr_factor is None else float(lr_factor)] * len(old_groups)
+    held = {id(p): g for g, group in enumerate(old_groups) for p in group["params"]}
+    origin = event.origin if event is not None else {}
+    params: list[list[nn.Parameter]] = [[] for _ in old_groups]
+    for p in model.parameters():
+        g = held.get(id(p), held.get(id(origin[id(p)])) if id(p) in origin else None)
+        if g is not None:
+            params[g].append(p)
+    groups = []
+    for g, (group, ratio) in enumerate(zip(old_groups, ratios)):
+        settings = {k: v for k, v in group.items() if k != "params"}
+        settings["lr"] = lr if (lr is not None and g == 0) else group["lr"] * ratio
+        if "initial_lr" in settings:
+            settings["initial_lr"] = group["initial_lr"] * ratio
+        groups.append({"params": params[g], **settings})
     accepted = inspect.signature(type(optimizer).__init__).parameters
-    new = type(optimizer)(model.parameters(), **{k: v for k, v in group.items() if k in accepted})
-    new.param_groups[0].update({k: v for k, v in group.items() if k not in accepted})  # e.g. an lr scheduler's initial_lr
+    new = type(optimizer)(groups, **{k: v for k, v in optimizer.defaults.items() if k in accepted and k != "params"})
     if momentum == "keep":
         touched = event.touched if event is not None else set()
         for p in model.parameters():
             if id(p) not in touched and p in optimizer.state:
                 new.state[p] = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in optimizer.state[p].items()}
+    for scheduler in _with_children(schedulers):
+        if scheduler.optimizer is optimizer:
+            scheduler.optimizer = new
+            if hasattr(scheduler, "base_lrs"):  # ReduceLROnPlateau and the wrappers have none
+                scheduler.base_lrs = [b * r for b, r in zip(scheduler.base_lrs, ratios)]
     return new
+
+
+def _with_children(schedulers: Iterable[Any]) -> Iterable[Any]:
+    """The schedulers and those they wrap (``SequentialLR``, ``ChainedScheduler``), depth first."""
+    for scheduler in schedulers:
+        yield scheduler
+        yield from _with_children(getattr(scheduler, "_schedulers", ()))

@@ -9,28 +9,33 @@ before and after. The event is the training-time one (``RMTPruner``) run on a co
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from omegaconf import DictConfig
 from torch import nn
 
-from .pruner import rmt_pruner_from_config
+from .loading import skeleton_from_state_dict, state_dict_of
 from .models import count_parameters
+from .pruner import RMTPruner
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 COLUMNS = ["layer", "kind", "out", "in", "gamma", "sigma2", "lambda_plus", "threshold", "n_spikes", "fit_error",
            "good_fit", "tolerance", "rank_now", "rank_after_prune", "action", "params_now", "params_after",
            "n_censored", "n_known_spikes", "n_bulk", "note"]
+_AT = COLUMNS.index("rank_now")
+FRAME_COLUMNS = [*COLUMNS[:_AT], "keep_fraction", *COLUMNS[_AT:]]  # inspect_model's DataFrame
 
 
-def inspect_model(model: nn.Module, pruning: DictConfig, keep_fraction: float = 0.0,
-                  pruner_state: dict[str, Any] | None = None) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
-    """Rows of :data:`COLUMNS` (one per prunable layer, plus a ``total`` row) and the spectra by layer.
+def inspect_rows(model: nn.Module, pruner: RMTPruner, pruner_state: dict[str, Any] | None = None
+                 ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+    """Rows of :data:`COLUMNS` (one per prunable layer, with its ``keep_fraction``, plus a ``total`` row) and
+    the spectra by layer, for one event of ``pruner`` (its schedule at epoch 0 gives the keep fraction).
 
-    ``pruning`` is a ``pruning=rmt`` config node; the output layer's rank floor defaults to its number of
-    outputs. The model is not modified (the event runs on a copy).
+    The model is not modified (the event runs on a copy); ``pruner_state`` (``pruner.state_dict()`` saved with
+    the model) gives the ranks of truncated layers and the known spikes.
     """
-    pruner = rmt_pruner_from_config(pruning, schedule=lambda e: keep_fraction)
     if pruner_state:
         pruner.load_state_dict(pruner_state)
     pruner.adopt_ranks(model)
@@ -39,7 +44,7 @@ def inspect_model(model: nn.Module, pruning: DictConfig, keep_fraction: float = 
     for r in event.records:
         rows.append({**{k: r.get(k) for k in COLUMNS if k in r}, "rank_now": r["rank_before"],
                      "rank_after_prune": r["rank_after"], "params_now": r["params_before"],
-                     "params_after": r["params_after"]})
+                     "params_after": r["params_after"], "keep_fraction": r["keep_fraction"]})
     total_now = count_parameters(model)
     saved = sum(r["params_now"] - r["params_after"] for r in rows)
     rows.append({c: None for c in COLUMNS} | {"layer": "total", "params_now": total_now,
@@ -47,6 +52,35 @@ def inspect_model(model: nn.Module, pruning: DictConfig, keep_fraction: float = 
                                               "note": f"{100 * saved / total_now:.1f}% fewer parameters"
                                               if total_now else ""})
     return rows, event.spectra
+
+
+def inspect_model(model_or_state_dict: nn.Module | dict[str, Any], keep_fraction: float = 0.0,
+                  **pruning_keys: Any) -> "pd.DataFrame":
+    """The RMT view of a model, one row per Linear / Conv2d layer (a split layer is one row, fitted on the
+    product of its factors): its shape (``out``, ``in``), the MP fit (``sigma2``, the edge ``lambda_plus``,
+    ``threshold``, ``n_spikes``, ``fit_error``, ``good_fit``), and what one event at ``keep_fraction`` would
+    do (``rank_now`` -> ``rank_after_prune``, ``action``, ``params_now`` -> ``params_after``).
+
+    ``model_or_state_dict``: an ``nn.Module``, a state_dict, the README's ``{"model": ..., "pruner": ...}``
+    or a loaded Lightning checkpoint (read from the tensors alone: no model class is built). Keyword
+    arguments: those of :class:`rmtprune.RMTPruner` (``tolerance=0.1``, ``min_size=...``). The model is not
+    modified.
+    """
+    import pandas as pd
+
+    pruner_state = None
+    model = model_or_state_dict
+    if not isinstance(model, nn.Module):
+        state, pruner_state = state_dict_of(dict(model))
+        if state is None:
+            raise ValueError("inspect_model takes an nn.Module or a state_dict (or a {'model': ..., 'pruner': ...} "
+                             "or Lightning checkpoint dict)")
+        model = skeleton_from_state_dict(state, "state_dict")
+    if not (isinstance(keep_fraction, (int, float)) and 0 <= keep_fraction <= 1):
+        raise ValueError(f"keep_fraction must be in [0, 1], got {keep_fraction!r}")
+    pruner = RMTPruner(schedule=lambda e: float(keep_fraction), **pruning_keys)
+    rows, _ = inspect_rows(model, pruner, pruner_state)
+    return pd.DataFrame(rows[:-1], columns=FRAME_COLUMNS)
 
 
 def markdown(rows: list[dict[str, Any]], title: str) -> str:

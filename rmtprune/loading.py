@@ -10,6 +10,7 @@ from torch import nn
 
 from .checkpoint import is_checkpoint, load_file, rebuild_model
 from .errors import UserError
+from .lowrank import LowRankConv2d, LowRankLinear
 
 
 def resolve_model_file(path: Path) -> Path:
@@ -25,26 +26,82 @@ def resolve_model_file(path: Path) -> Path:
     return path
 
 
+def state_dict_of(obj: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(state_dict, pruner state or None) of a saved object other than an rmtprune checkpoint: the README's
+    ``{"model": state_dict, "pruner": pruner.state_dict()}``, a Lightning checkpoint (``state_dict``, the
+    RMTPruning callback's state under ``callbacks``) or a bare state_dict. (None, None): none of these."""
+    for key in ("model", "state_dict"):
+        if isinstance(obj.get(key), dict):
+            callbacks = obj.get("callbacks") if isinstance(obj.get("callbacks"), dict) else {}
+            pruner = obj.get("pruner") or next((c["pruner"] for c in callbacks.values()
+                                                if isinstance(c, dict) and isinstance(c.get("pruner"), dict)), None)
+            return obj[key], pruner if isinstance(pruner, dict) else None
+    if all(isinstance(k, str) for k in obj) and any(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj, None
+    return None, None
+
+
+def _factor_pairs(state: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """{layer: (first key, second key)} of the split layers of a state_dict: W = W2 @ W1 stored as
+    ``X.first.weight`` / ``X.second.weight`` (rmtprune.lowrank), or as ``X.0.weight`` / ``X.1.weight`` (the
+    only two modules of a Sequential, the first without bias) whose shapes chain through a rank r below both
+    sides: W1 (r, in) and W2 (out, r) (Linear), W1 (r, in, kh, kw) and W2 (out, r, 1, 1) (Conv2d)."""
+    pairs = {}
+    for key, first in state.items():
+        for a, b in ((".first.weight", ".second.weight"), (".0.weight", ".1.weight")):
+            if not key.endswith(a) or not isinstance(first, torch.Tensor):
+                continue
+            name = key[: -len(a)]
+            second = state.get(name + b)
+            if not isinstance(second, torch.Tensor) or first.ndim != second.ndim or first.ndim not in (2, 4):
+                continue
+            if a == ".0.weight":
+                rank = first.shape[0]
+                chained = second.shape[1] == rank and (first.ndim == 2 or second.shape[2:] == (1, 1))
+                alone = all(k.startswith((f"{name}.0.", f"{name}.1.")) for k in state if k.startswith(name + "."))
+                thin = rank < min(second.shape[0], first[0].numel())
+                if f"{name}.0.bias" in state or not (chained and alone and thin):
+                    continue
+            pairs[name] = (key, name + b)
+    return pairs
+
+
+def _split_layer(first: torch.Tensor, second: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
+    """The LowRankLinear / LowRankConv2d of two stored factors (stride and padding are not stored: the
+    matrices are what matter here)."""
+    rank = second.shape[1]
+    if first.ndim == 2:
+        layer: nn.Module = LowRankLinear(first.shape[1], second.shape[0], rank, bias=bias is not None)
+    else:
+        groups = first.shape[0] // rank
+        layer = LowRankConv2d(first.shape[1] * groups, second.shape[0], tuple(first.shape[2:]), rank, groups=groups,
+                              bias=bias is not None)
+    with torch.no_grad():
+        layer.first.weight.copy_(first)
+        layer.second.weight.copy_(second)
+        if bias is not None:
+            layer.second.bias.copy_(bias)
+    return layer
+
+
 def skeleton_from_state_dict(state: dict[str, Any], path: Path | str = "file") -> nn.Module:
     """A module tree holding the Linear (2-D) and Conv2d (4-D) ``*.weight`` tensors of a state_dict
-    (with their biases), at their dotted names, in file order. Other entries are ignored."""
+    (with their biases), at their dotted names, in file order; a split layer's two factors (``_factor_pairs``)
+    become one ``LowRankLinear`` / ``LowRankConv2d`` at the layer's name. Other entries are ignored.
+    Builds no class of the saved model: the tensors alone describe it."""
     root = nn.Module()
     found = 0
+    pairs = {keys[0]: (name, keys[1]) for name, keys in _factor_pairs(state).items()}  # first key -> (layer, second)
+    seconds = {second for _, second in pairs.values()}
     for key, value in state.items():
-        if not isinstance(value, torch.Tensor) or not key.endswith("weight") or value.ndim not in (2, 4):
+        if key in seconds or not (isinstance(value, torch.Tensor) and key.endswith("weight") and value.ndim in (2, 4)):
             continue
-        name = key[: -len(".weight")] if key.endswith(".weight") else key[: -len("weight")] or "weight"
-        bias = state.get(f"{name}.bias")
-        if value.ndim == 2:
-            layer: nn.Module = nn.Linear(value.shape[1], value.shape[0], bias=bias is not None)
+        if key in pairs:
+            name, second = pairs[key]
+            layer: nn.Module = _split_layer(value, state[second], state.get(second[: -len("weight")] + "bias"))
         else:
-            layer = nn.Conv2d(value.shape[1], value.shape[0], tuple(value.shape[2:]), bias=bias is not None)
-        with torch.no_grad():
-            layer.weight.copy_(value)
-            if bias is not None:
-                if bias.shape != (value.shape[0],):
-                    raise UserError(f"{path}: {name}.bias has shape {tuple(bias.shape)}, expected ({value.shape[0]},)")
-                layer.bias.copy_(bias)
+            name = key[: -len(".weight")] if key.endswith(".weight") else key[: -len("weight")] or "weight"
+            layer = _dense_layer(value, state.get(f"{name}.bias"), name, path)
         parts = name.split(".")
         if not all(parts):
             raise UserError(f"{path}: the state_dict key {key!r} is not a module path (an empty name between dots)")
@@ -65,11 +122,28 @@ def skeleton_from_state_dict(state: dict[str, Any], path: Path | str = "file") -
     return root
 
 
+def _dense_layer(weight: torch.Tensor, bias: torch.Tensor | None, name: str, path: Path | str) -> nn.Module:
+    if weight.ndim == 2:
+        layer: nn.Module = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+    else:
+        layer = nn.Conv2d(weight.shape[1], weight.shape[0], tuple(weight.shape[2:]), bias=bias is not None,
+                          device="meta")
+    layer = layer.to_empty(device="cpu")
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        if bias is not None:
+            if bias.shape != (weight.shape[0],):
+                raise UserError(f"{path}: {name}.bias has shape {tuple(bias.shape)}, expected ({weight.shape[0]},)")
+            layer.bias.copy_(bias)
+    return layer
+
+
 def load_model(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     """(model, info) from an rmtprune checkpoint or a plain state_dict file.
 
     info: ``kind`` ("rmtprune" | "state_dict"), ``num_classes`` (or None), ``epoch`` (or None), the raw
-    object under ``raw``.
+    object under ``raw`` (for a state_dict: the state_dict itself, from any format ``state_dict_of`` reads,
+    and the pruner state saved with it under ``pruner``).
     """
     path = resolve_model_file(path)
     obj = load_file(path)
@@ -78,8 +152,8 @@ def load_model(path: Path) -> tuple[nn.Module, dict[str, Any]]:
         epoch = obj.get("epoch") or len(obj.get("metrics", [])) or None
         return model, {"kind": "rmtprune", "num_classes": obj.get("num_classes"), "epoch": epoch, "raw": obj,
                        "path": path}
-    state = obj.get("state_dict", obj) if isinstance(obj.get("state_dict"), dict) else obj
-    if not all(isinstance(k, str) for k in state) or not any(isinstance(v, torch.Tensor) for v in state.values()):
+    state, pruner = state_dict_of(obj)
+    if state is None:
         raise UserError(f"{path}: not a model: neither an rmtprune checkpoint nor a state_dict of tensors")
     return skeleton_from_state_dict(state, path), {"kind": "state_dict", "num_classes": None, "epoch": None,
-                                                   "raw": state, "path": path}
+                                                   "raw": state, "pruner": pruner, "path": path}

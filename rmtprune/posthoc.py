@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -25,8 +25,8 @@ from .data import load_data
 from .errors import UserError
 from .evaluate import evaluate
 from .loading import load_model
-from .models import build_model, count_parameters, model_spec
-from .outputs import METRICS_COLUMNS, append_spectra, write_csv, write_json
+from .models import build_model, count_parameters, factorise_to_match, model_spec
+from .outputs import DATASET_NOT_IDENTITY, METRICS_COLUMNS, append_spectra, read_json, write_csv, write_json
 from .progress import BatchProgress, show_event
 from .pruner import LEDGER_COLUMNS, rmt_pruner_from_config
 from .schedules import make_schedule
@@ -37,30 +37,78 @@ from .train import resolve_device
 log = logging.getLogger("rmtprune")
 
 
-def _model_for(cfg: DictConfig, path: Path) -> tuple[torch.nn.Module, dict[str, Any], int]:
-    model, info = load_model(path)
+def run_dataset(info: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``dataset`` node the model was trained on, as its run recorded it: the checkpoint's ``config``
+    (checkpoint.pt), else the ``summary.json`` of the run folder that holds the rmtprune model file. None for a
+    plain state_dict (nothing records it) or a model file away from its run folder."""
+    if info["kind"] != "rmtprune":
+        return None
+    config = info["raw"].get("config")
+    summary = Path(info["path"]).parent / "summary.json"
+    if not isinstance(config, dict) and summary.is_file():
+        try:
+            config = read_json(summary).get("config")
+        except (OSError, ValueError):
+            config = None
+    dataset = config.get("dataset") if isinstance(config, dict) else None
+    return dataset if isinstance(dataset, dict) and "name" in dataset else None
+
+
+def _described(ds: Any) -> str:
+    return f"{ds['name']} (train_size={ds.get('train_size')}, test_size={ds.get('test_size')})"
+
+
+def data_config(cfg: DictConfig, info: dict[str, Any], given: Collection[str]) -> DictConfig:
+    """The data set to prune, evaluate and fine-tune on: the one the run recorded (``run_dataset``; where the
+    data lies, ``outputs.DATASET_NOT_IDENTITY``, comes from ``cfg``), with the ``dataset.KEY=`` of the command
+    line (``given``: the keys set there) applied; ``dataset=NAME`` there replaces it. Either, when it differs
+    from the record, with a warning naming both. Nothing recorded: ``dataset=`` must be given (UserError)."""
+    recorded = run_dataset(info)
+    on_cli = [k for k in given if k == "dataset" or k.startswith("dataset.")]
+    if recorded is None:
+        if not on_cli:
+            raise UserError(f"{info['path']}: the file records no data set (a plain state_dict, or a model file away "
+                            f"from its run folder): give dataset=NAME (and dataset.train_size=, dataset.test_size=)")
+        return cfg.dataset
+    if "dataset" in on_cli:
+        ds = cfg.dataset
+    else:
+        ds = OmegaConf.merge(cfg.dataset, {k: v for k, v in recorded.items() if k not in DATASET_NOT_IDENTITY})
+        ds.raw_md5 = recorded.get("raw_md5", {})  # replaced, not merged with the default data set's
+        for key in on_cli:
+            OmegaConf.update(ds, key[len("dataset."):], OmegaConf.select(cfg, key), merge=False)
+    if any(ds.get(k) != recorded.get(k) for k in ("name", "train_size", "test_size")):
+        log.warning("dataset %s given on the command line: the model was trained on %s; pruning, evaluating and "
+                    "fine-tuning on %s", _described(ds), _described(recorded), ds.name)
+    return ds
+
+
+def _model_for(cfg: DictConfig, model: torch.nn.Module, info: dict[str, Any]) -> tuple[torch.nn.Module, int]:
     if info["kind"] == "rmtprune":
         raw = info["raw"]
         if list(raw["input_shape"]) != list(cfg.dataset.input_shape) or raw["num_classes"] != cfg.dataset.num_classes:
             raise UserError(f"{info['path']}: the model takes {raw['input_shape']} inputs and {raw['num_classes']} "
                             f"classes, dataset={cfg.dataset.name} has {list(cfg.dataset.input_shape)} and "
                             f"{cfg.dataset.num_classes}")
-        return model, info, int(raw["num_classes"])
+        return model, int(raw["num_classes"])
     dense = build_model(model_spec(cfg))
     try:
+        factorise_to_match(dense, info["raw"])  # a pruned state_dict: split the layers it holds as factors
         dense.load_state_dict(info["raw"])
-    except RuntimeError as exc:
+    except (RuntimeError, ValueError) as exc:
         first = [ln.strip() for ln in str(exc).splitlines() if ln.strip()][1:2] or [str(exc)[:200]]
         raise UserError(f"{info['path']}: the state_dict does not fit model={cfg.model.name} "
                         f"topology={cfg.topology} ({first[0]}); set model/topology to the saved architecture") from None
-    return dense, info, int(cfg.dataset.num_classes)
+    return dense, int(cfg.dataset.num_classes)
 
 
-def prune_saved(cfg: DictConfig, run_dir: Path, finetune_lr: float | None = None) -> dict[str, Any]:
+def prune_saved(cfg: DictConfig, run_dir: Path, finetune_lr: float | None = None,
+                given: Collection[str] = ()) -> dict[str, Any]:
     """Prune the model at ``cfg.model_path`` once and write the results into ``run_dir``.
 
     ``finetune_lr``: the fine-tuning learning rate; None: the saved run's next lr (``cfg.optimizer.lr``
-    for a plain state_dict).
+    for a plain state_dict). ``given``: the keys set on the command line (``dataset`` ones override the data
+    set the run recorded: :func:`data_config`). ``cfg.dataset`` becomes the data set used (summary.json).
     """
     validate(cfg)
     if cfg.pruning.name != "rmt":
@@ -69,7 +117,9 @@ def prune_saved(cfg: DictConfig, run_dir: Path, finetune_lr: float | None = None
         raise UserError(f"finetune_epochs={cfg.finetune_epochs} must be >= 0")
     device = resolve_device(cfg.device)
     configure_numerics(cfg, device)
-    model, info, num_classes = _model_for(cfg, Path(str(cfg.model_path)))
+    model, info = load_model(Path(str(cfg.model_path)))
+    cfg.dataset = data_config(cfg, info, given)
+    model, num_classes = _model_for(cfg, model, info)
     model = model.to(device)
     data = load_data(cfg.dataset, device)
     loss0, acc0 = evaluate(model, data.test_x, data.test_y, int(cfg.eval_batch_size))

@@ -6,7 +6,7 @@
 ...     if pruner.is_event(epoch):
 ...         event = pruner.step(model, epoch)          # modifies model in place
 ...         optimizer = rmtprune.rebuild_optimizer(optimizer, model, event, momentum=pruner.momentum,
-...                                                lr=optimizer.param_groups[0]["lr"] * pruner.lr_factor)
+...                                                lr_factor=pruner.lr_factor, schedulers=[scheduler])
 
 At an event, every eligible ``nn.Linear`` / ``nn.Conv2d`` (at least ``min_size`` weights; and the
 layers it split before) goes through (method doc section 4):
@@ -315,6 +315,10 @@ def cut_layer(model: nn.Module, name: str, module: nn.Module, rank: int, rank_no
         event.replaced.extend(module.parameters())
         model.set_submodule(name, result.module)
         event.added.extend(result.module.parameters())
+        before = dict(module.named_parameters())
+        for key, p in result.module.named_parameters():  # a factor takes the weight's place, the bias the bias's
+            same = next(k for k in (key, key.rsplit(".", 1)[-1], "weight", *before) if k in before)
+            event.origin[id(p)] = before[same]
         ranks.pop(name, None)
     elif result.action == "truncate":
         event.replaced.extend(module.parameters())

@@ -68,10 +68,11 @@ def parser(defaults: DictConfig) -> Parser:
 
 def main(argv: list[str]) -> int:
     args = parser(pruning_config([])).parse_intermixed_args(argv)
-    from ..inspection import COLUMNS, inspect_model
+    from ..inspection import COLUMNS, inspect_rows
     from ..inspection import markdown as inspect_markdown
     from ..loading import load_model, resolve_model_file
     from ..outputs import write_csv
+    from ..pruner import rmt_pruner_from_config
 
     fmts = formats(args.format, ("csv", "md"))
     overrides = list(args.overrides)
@@ -91,8 +92,9 @@ def main(argv: list[str]) -> int:
         raise UserError(f"--keep-fraction={args.keep_fraction} is out of range [0, 1]")
     path = resolve_model_file(args.path)
     model, info = load_model(path)
-    pruner_state = info["raw"].get("pruner") if info["kind"] == "rmtprune" else None
-    rows, spectra = inspect_model(model, pruning, args.keep_fraction, pruner_state)
+    pruner_state = info["raw"].get("pruner") if info["kind"] == "rmtprune" else info["pruner"]
+    pruner = rmt_pruner_from_config(pruning, schedule=lambda e: args.keep_fraction)
+    rows, spectra = inspect_rows(model, pruner, pruner_state)
     out = args.out or path.parent
     try:
         out.mkdir(parents=True, exist_ok=True)

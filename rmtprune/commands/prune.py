@@ -62,4 +62,4 @@ def _prune(cfg: DictConfig, run_dir: Path) -> None:
     from ..posthoc import prune_saved
 
     given = [str(o).split("=", 1)[0].lstrip("+") for o in HydraConfig.get().overrides.task]
-    prune_saved(cfg, run_dir, finetune_lr=float(cfg.optimizer.lr) if "optimizer.lr" in given else None)
+    prune_saved(cfg, run_dir, finetune_lr=float(cfg.optimizer.lr) if "optimizer.lr" in given else None, given=given)

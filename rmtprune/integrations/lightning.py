@@ -13,27 +13,28 @@ pruner's calendar, never after the last one, the callback:
    model, the way ``rmtprune train`` does: the same class and parameter groups over the module's current
    parameters (a split layer's factors join the group of the layer they replace), every group's lr times
    ``lr_factor``, and the momentum policy (``"reset"``: fresh optimizer state; ``"keep"``: parameters the
-   event did not touch keep theirs). Learning-rate schedulers are pointed at the new optimizers; a
-   scheduler that sets the lr from its base values (``LambdaLR``, ``OneCycleLR``) overrides the factor;
+   event did not touch keep theirs): :func:`rmtprune.rebuild_optimizer`, the function a plain loop calls.
+   Learning-rate schedulers are pointed at the new optimizers, their base lrs times ``lr_factor``;
 3. logs ``rmt/n_params`` and ``rmt/pruned_layers`` with ``pl_module.log``, and keeps the event (ledger
    rows, spectra) in :attr:`RMTPruning.events`.
 
 Checkpoints: the callback's state (the pruner's state and the ranks of the split layers) is saved in
-Lightning checkpoints; resuming with ``trainer.fit(..., ckpt_path=...)`` splits the dense module's layers
-as the checkpoint holds them before Lightning loads the weights (a ``load_state_dict`` pre-hook the
-callback registers on the module in ``setup``: **it modifies the module** when a pruned state_dict is
-loaded into it). The module's ``configure_optimizers`` should
-build its optimizers over ``self.parameters()`` (in their order) for the saved optimizer state to fit.
+Lightning checkpoints; ``trainer.fit/validate/test/predict(..., ckpt_path=...)`` with the callback splits
+the dense module's layers as the checkpoint holds them before Lightning loads the weights (a
+``load_state_dict`` pre-hook the callback registers on the module in ``setup``: **it modifies the module**
+when a pruned state_dict is loaded into it). ``Module.load_from_checkpoint`` involves no callback: give
+the module the one line ``def on_load_checkpoint(self, checkpoint): rmtprune.factorise_to_match(self,
+checkpoint["state_dict"])`` (Lightning calls it before it loads the weights, on every path). The module's
+``configure_optimizers`` should build its optimizers over ``self.parameters()`` (in their order) for the saved
+optimizer state to fit.
 Single-process training only (one device, no DDP): pruning changes the parameters a distributed wrapper
 has registered.
 """
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
-import torch
 from torch import nn
 
 try:
@@ -45,72 +46,11 @@ except ImportError:  # the older package name
         raise ImportError("rmtprune.integrations.lightning needs PyTorch Lightning: pip install 'rmtprune[lightning]' "
                           "(or pip install lightning)") from None
 
-from ..events import MOMENTUM_POLICIES, PruneEvent
+from ..events import PruneEvent, rebuild_optimizer
 from ..models import factorise_to_match, factorised_ranks
 from ..pruner import RMTPruner
 
-__all__ = ["RMTPruning", "rebuild_with_groups"]
-
-
-def _owner(name: str, owners: dict[str, tuple[int, int]]) -> tuple[int, int] | None:
-    """Where a parameter the event added belongs: the (optimizer, group) of the parameter of the same kind
-    (``weight`` / ``bias``, else the weight) of the nearest module above it that had parameters before
-    (``layer.second.bias`` -> ``layer.bias``, ``layer.first.weight`` -> ``layer.weight``)."""
-    leaf = name.rsplit(".", 1)[-1]
-    parts = name.split(".")[:-1]
-    while True:
-        prefix = ".".join(parts)
-        own = {k.rsplit(".", 1)[-1]: v for k, v in owners.items()
-               if (k.rsplit(".", 1)[0] if "." in k else "") == prefix}
-        if own:
-            return own.get(leaf) or own.get("weight") or next(iter(own.values()))
-        if not parts:
-            return None
-        parts.pop()
-
-
-def rebuild_with_groups(optimizers: list[torch.optim.Optimizer], module: nn.Module, event: PruneEvent,
-                        owners: dict[str, tuple[int, int]], momentum: str = "reset",
-                        lr_factor: float = 1.0) -> list[torch.optim.Optimizer]:
-    """New optimizers of the same classes and parameter groups over ``module``'s current parameters.
-
-    ``owners`` maps the name of each parameter an optimizer held before the event to its (optimizer,
-    group) index (:meth:`RMTPruning._owners`); a parameter the event added goes where the parameter of
-    the same kind of the layer it replaced was (``_owner``). Parameters no optimizer held before (frozen ones) stay out.
-    Every group keeps its settings, its lr times ``lr_factor``. Does not modify ``optimizers``.
-    """
-    if momentum not in MOMENTUM_POLICIES:
-        raise ValueError(f"momentum must be one of {', '.join(MOMENTUM_POLICIES)}, got {momentum!r}")
-    held = {id(p): (i, g) for i, opt in enumerate(optimizers) for g, group in enumerate(opt.param_groups)
-            for p in group["params"]}
-    placed: dict[tuple[int, int], list[nn.Parameter]] = {}
-    for name, p in module.named_parameters():
-        where = held.get(id(p))
-        if where is None and id(p) in event.touched:
-            where = _owner(name, owners)
-        if where is not None:
-            placed.setdefault(where, []).append(p)
-    touched = event.touched
-    new_optimizers = []
-    for i, opt in enumerate(optimizers):
-        groups = []
-        for g, group in enumerate(opt.param_groups):
-            params = placed.get((i, g), [])
-            if params:
-                settings = {k: v for k, v in group.items() if k != "params"}
-                settings["lr"] = group["lr"] * lr_factor
-                groups.append({"params": params, **settings})
-        accepted = inspect.signature(type(opt).__init__).parameters
-        defaults = {k: v for k, v in opt.defaults.items() if k in accepted}
-        defaults["lr"] = groups[0]["lr"] if groups else defaults.get("lr", 1e-3)
-        new = type(opt)(groups or [{"params": []}], **defaults) if groups else opt
-        if momentum == "keep" and groups:
-            for group in groups:
-                for p in group["params"]:
-                    if id(p) not in touched and p in opt.state:
-                        new.state[p] = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in opt.state[p].items()}
-        new_optimizers.append(new)
-    return new_optimizers
+__all__ = ["RMTPruning"]
 
 
 class RMTPruning(pl.Callback):
@@ -136,6 +76,15 @@ class RMTPruning(pl.Callback):
 
     # --- set-up and checkpoints -------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._hook is None:
+            # Lightning loads a checkpoint's weights (fit, validate, test, predict with ckpt_path=) after
+            # setup and before it restores the callbacks: split the layers the checkpoint holds as factors
+            # first, from the shapes in its state_dict
+            def factorise(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+                if prefix == "":
+                    factorise_to_match(module, state_dict)
+
+            self._hook = pl_module.register_load_state_dict_pre_hook(factorise)
         if stage != "fit":
             return
         if getattr(trainer, "world_size", 1) > 1:
@@ -143,14 +92,6 @@ class RMTPruning(pl.Callback):
                              "a distributed strategy has registered")
         max_epochs = trainer.max_epochs
         self.pruner.setup(pl_module, max_epochs if max_epochs is not None and max_epochs > 0 else None)
-        if self._hook is None:
-            # Lightning loads a checkpoint's weights before it restores the callbacks: split the layers the
-            # checkpoint holds as factors first, from the shapes in its state_dict
-            def factorise(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-                if prefix == "":
-                    factorise_to_match(module, state_dict)
-
-            self._hook = pl_module.register_load_state_dict_pre_hook(factorise)
 
     def state_dict(self) -> dict[str, Any]:
         return {"pruner": self.pruner.state_dict(), "ranks": dict(self._ranks)}
@@ -160,29 +101,17 @@ class RMTPruning(pl.Callback):
         self._ranks = dict(state_dict.get("ranks", {}))
 
     # --- the event --------------------------------------------------------------------------------
-    @staticmethod
-    def _owners(trainer: pl.Trainer, pl_module: nn.Module) -> dict[str, tuple[int, int]]:
-        """Parameter name -> (optimizer, group) that holds it now."""
-        held = {id(p): (i, g) for i, opt in enumerate(trainer.optimizers) for g, group in enumerate(opt.param_groups)
-                for p in group["params"]}
-        return {name: held[id(p)] for name, p in pl_module.named_parameters() if id(p) in held}
-
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch + 1
         if not self.pruner.is_event(epoch):
             return
-        owners = self._owners(trainer, pl_module)
         event = self.pruner.step(pl_module, epoch)
         self.events.append(event)
         self._ranks = factorised_ranks(pl_module)
-        old = list(trainer.optimizers)
-        new = rebuild_with_groups(old, pl_module, event, owners, momentum=self.pruner.momentum,
-                                  lr_factor=self.pruner.lr_factor)
-        trainer.optimizers = new
-        for config in getattr(trainer, "lr_scheduler_configs", []):
-            for o, n in zip(old, new):
-                if config.scheduler.optimizer is o:
-                    config.scheduler.optimizer = n
+        schedulers = [config.scheduler for config in getattr(trainer, "lr_scheduler_configs", [])]
+        trainer.optimizers = [rebuild_optimizer(opt, pl_module, event, momentum=self.pruner.momentum,
+                                                lr_factor=self.pruner.lr_factor, schedulers=schedulers)
+                              for opt in trainer.optimizers]
         if self.log_metrics:
             pruned = sum(r["action"] in ("split", "truncate") for r in event.records)
             pl_module.log("rmt/n_params", float(sum(p.numel() for p in pl_module.parameters())), on_epoch=True)
