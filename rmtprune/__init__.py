@@ -26,7 +26,7 @@ Names: :class:`RMTPruner`, :func:`prune_model`, :class:`PruneEvent`, :class:`Pru
 pruning methods), :func:`rebuild_optimizer`, :func:`factorise_to_match`, :func:`fit_mp` and its result
 :class:`MPFit`, and :mod:`schedules` (keep fractions f(epoch): ``schedules.linear``, ``step``,
 ``exponential``, ``oneshot``, ``constant``; e.g. ``RMTPruner(schedule=functools.partial(rmtprune.schedules.step,
-at=5))``).
+at=5))``; and the per-layer spike-count cut, ``RMTPruner(schedule="spikes", patience=2, margin=None)``).
 The ``rmtprune`` command (``rmtprune train`` ...) is built on the same classes.
 
 Importing ``rmtprune`` is light: the names above are loaded on first use (torch, numpy and scipy then;

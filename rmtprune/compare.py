@@ -50,7 +50,7 @@ import pandas as pd
 
 from .config import PRUNING_KEYS
 from .errors import UserError
-from .outputs import write_csv
+from .outputs import COST_FIELDS, write_csv
 from .runs import MACHINE_KEYS, Run, load_runs
 from .stats import (ALPHA, MIN_VARIANCE_TEST, describe, holm, interpolate_at, paired, tost, tost_paired,
                     variance_ratio, variance_ratio_ci, welch)
@@ -197,6 +197,16 @@ def has_val(run: Run) -> bool:
     return "val_acc" in run.metrics and bool(run.metrics["val_acc"].notna().all())
 
 
+def cost_means(runs: list[Run]) -> dict[str, float]:
+    """``<field>_mean`` of every cost field of summary.json (:data:`rmtprune.outputs.COST_FIELDS`) over the runs
+    that record it (NaN when none does: runs made before costs were recorded, or latency switched off)."""
+    out = {}
+    for k in COST_FIELDS:
+        values = [v for v in (_number(r.summary.get(k)) for r in runs) if v == v]
+        out[f"{k}_mean"] = sum(values) / len(values) if values else math.nan
+    return out
+
+
 def _final_and_best(run: Run, metric: str) -> tuple[float, float]:
     """(final value, value at the best epoch) of ``metric``; the best epoch is chosen on validation when the
     run has a split (:func:`val_metric`), else on ``metric`` itself."""
@@ -312,6 +322,7 @@ def compare(paths: list[Path], by: list[str] | None = None, metric: str = "test_
                 "param_reduction_pct": 100.0 * (1 - p_end / p_start) if p_start else math.nan,
                 "wall_time_s": sum(_number(r.summary.get("wall_time_s")) for r in rs) / len(rs),
                 "device": ", ".join(sorted({r.device_type or "unknown" for r in rs})),
+                **cost_means(rs),
                 "note": "; ".join(notes),
                 "best_on": "val" if all(has_val(r) for r in rs) else "test",
                 "val_final_mean": vd["mean"], "val_final_std": vd["std"],
@@ -387,6 +398,7 @@ def matched_arm(arms: dict[str, list[Run]], runs: list[Run]) -> str | None:
     return found[0] if len(found) == 1 else None  # two folders of that name: which one is not known
 
 
+COST_COLUMNS = [f"{k}_mean" for k in COST_FIELDS]
 _VERSUS = ["diff", "diff_ci_low", "diff_ci_high", "welch_p", "n_pairs", "paired_diff", "paired_p",
            "var_ratio", "var_ratio_ci_low", "var_ratio_ci_high", "f_p", "levene_p"]
 _PREFIXES = ("", "control_", "matched_")   # against none, the same-calendar control, the arm a baseline matches
@@ -400,6 +412,7 @@ COLUMNS = [
     "final_mean", "final_std", "final_var", "final_min", "final_max", "final_ci_low", "final_ci_high",
     "best_mean", "best_std", "best_var", "best_min", "best_max", "best_ci_low", "best_ci_high",
     "params_start", "params_end", "param_reduction_pct", "wall_time_s", "device",
+    *COST_COLUMNS,
     *_VERSUS, *(f"control_{c}" for c in _VERSUS), "matched_arm", *(f"matched_{c}" for c in _VERSUS),
     "magnitude_at_same_params_mean", "magnitude_at_same_params_std", "magnitude_at_same_params_n",
     "magnitude_finetuned_mean", "magnitude_finetuned_std", "magnitude_finetuned_n", "magnitude_note",
@@ -410,7 +423,8 @@ COLUMNS = [
 CURVE_COLUMNS = ("test_acc", "train_acc", "test_loss", "train_loss", "n_params_after", "test_acc_after_event",
                  "test_loss_after_event", "val_acc", "val_loss")
 FRONTIER_COLUMNS = ["group", "arm", "pruning_method", "setting", "series", "n_seeds", "params_mean", "params_std",
-                    "acc_mean", "acc_std", "val_acc_mean", "val_acc_std"]
+                    "acc_mean", "acc_std", "val_acc_mean", "val_acc_std",
+                    *COST_COLUMNS]
 
 
 def _curves(group: str, arm: str, runs: list[Run]) -> list[dict[str, Any]]:
@@ -447,7 +461,7 @@ def frontier(groups: dict[str, dict[str, list[Run]]]) -> pd.DataFrame:
             rows.append({"group": group, "arm": arm, "pruning_method": name, "setting": setting,
                          "series": _series(name, setting), "n_seeds": len(rs), "params_mean": params["mean"], "params_std": params["std"],
                          "acc_mean": acc["mean"], "acc_std": acc["std"], "val_acc_mean": val["mean"],
-                         "val_acc_std": val["std"]})
+                         "val_acc_std": val["std"], **cost_means(rs)})
     return pd.DataFrame(rows, columns=FRONTIER_COLUMNS)
 
 
@@ -522,6 +536,17 @@ def _matched_cell(r: pd.Series, metric: str) -> str:
             f"paired p {p_cell(r, 'matched_paired_p')})")
 
 
+def cost_cell(r: pd.Series) -> str:
+    """An arm's mean cost as comparison.md shows it: bytes (CSR); FLOPs; latency ratios at batch 1 / 256,
+    e.g. ``13,200,000 (CSR 6,200,000); 6,600,000; ×1.01 / ×0.98``."""
+    if r["model_bytes_mean"] != r["model_bytes_mean"]:
+        return "–"
+    csr, b1, b256 = r["model_bytes_csr_mean"], r["latency_b1_ratio_mean"], r["latency_b256_ratio_mean"]
+    latency = "–" if b1 != b1 else f"×{b1:.2f} / ×{b256:.2f}"
+    return (f"{r['model_bytes_mean']:,.0f}" + ("" if csr != csr else f" (CSR {csr:,.0f})")
+            + f"; {r['flops_mean']:,.0f}; {latency}")
+
+
 def _mean_std_cell(r: pd.Series, key: str, metric: str) -> str:
     m = r[f"{key}_mean"]
     return "–" if m != m else f"{fmt_value(m, metric)} ± {fmt_value(r[f'{key}_std'], metric)} (n={int(r[f'{key}_n'])})"
@@ -573,6 +598,9 @@ def markdown(cmp: Comparison) -> str:
         head += f" magnitude pruning at same params{unit} |"
         if cmp.finetune:
             head += f" magnitude, fine-tuned{unit} |"
+        has_cost = part["model_bytes_mean"].notna().any()
+        if has_cost:
+            head += " bytes (CSR); FLOPs per sample; latency vs dense at batch 1 / 256 |"
         lines += [f"## {group}", "", head, "|" + "---|" * (head.count("|") - 1)]
         for _, r in part.iterrows():
             scale = 1e4 if "acc" in cmp.metric else 1.0
@@ -589,6 +617,8 @@ def markdown(cmp: Comparison) -> str:
             line += f" {_mean_std_cell(r, 'magnitude_at_same_params', cmp.metric)} |"
             if cmp.finetune:
                 line += f" {_mean_std_cell(r, 'magnitude_finetuned', cmp.metric)} |"
+            if has_cost:
+                line += f" {cost_cell(r)} |"
             lines.append(line)
         notes = [f"- {r['arm']}: {r['note']}" for _, r in part.iterrows() if isinstance(r["note"], str) and r["note"]]
         notes += [f"- {r['arm']}, magnitude baseline: {r['magnitude_note']}" for _, r in part.iterrows()

@@ -15,11 +15,12 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from .errors import UserError
+from .schedules import MIN_MARGIN, SCHEDULES as _SCHEDULE_FUNCTIONS, SpikeCut, check_margin
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "synthetic")
 MODELS = ("mlp", "cnn", "custom")
 PRUNINGS = ("none", "control", "rmt", "magnitude", "lowrank")
-SCHEDULES = ("linear", "step", "oneshot", "exponential", "constant")
+SCHEDULES = tuple(_SCHEDULE_FUNCTIONS)  # declared once, in rmtprune/schedules.py
 PRECISIONS = ("fp32", "tf32", "bf16")
 LOGGERS = ("csv", "tensorboard", "mlflow")
 ANNEALS = ("none", "cosine", "linear")  # optimizer.anneal: the final lr anneal (events.anneal_factor)
@@ -123,6 +124,7 @@ class PruningConfig:
     beta: float = 0.1
     tolerance: float = 0.05
     conv_tolerance: Optional[float] = None
+    margin: Optional[float] = None  # a cut to the spikes (f = 0) keeps ceil(margin k) values; None: k
     # baselines matched to a parameter count: magnitude, lowrank
     target_params: Optional[int] = None
     target_from: Optional[str] = None
@@ -136,7 +138,7 @@ PRUNING_KEYS: dict[str, tuple[str, ...]] = {
     "none": ("name",),
     "control": _CALENDAR,
     "rmt": (*_CALENDAR, "min_size", "include_output_layer", "min_rank", "output_min_rank", "truncate",
-            "alpha", "beta", "tolerance", "conv_tolerance"),
+            "alpha", "beta", "tolerance", "conv_tolerance", "margin"),
     "magnitude": (*_CALENDAR, "min_size", "include_output_layer", "target_params", "target_from", "target_epoch",
                   "scope"),
     "lowrank": (*_CALENDAR, "min_size", "include_output_layer", "min_rank", "output_min_rank", "truncate",
@@ -155,11 +157,12 @@ class ScheduleConfig:
     at: int = 1
     rate: float = 0.9
     value: float = 0.5
+    patience: int = SpikeCut.patience
 
 
 SCHEDULE_KEYS: dict[str, tuple[str, ...]] = {
     "linear": ("name", "horizon"), "step": ("name", "at"), "oneshot": ("name",),
-    "exponential": ("name", "rate"), "constant": ("name", "value"),
+    "exponential": ("name", "rate"), "constant": ("name", "value"), "spikes": ("name", "patience"),
 }
 
 
@@ -167,6 +170,13 @@ SCHEDULE_KEYS: dict[str, tuple[str, ...]] = {
 class MagnitudeConfig:
     enabled: bool = True
     n_thresholds: int = 25
+
+
+@dataclass
+class CostConfig:
+    """What is measured of the final model after training (rmtprune.costs); never part of a run's identity."""
+
+    latency: bool = True
 
 
 @dataclass
@@ -188,6 +198,7 @@ class RunConfig:
     output_root: str = "outputs"
     checkpoint: bool = True
     magnitude_sweep: MagnitudeConfig = field(default_factory=MagnitudeConfig)
+    cost: CostConfig = field(default_factory=CostConfig)
     threads: Optional[int] = None
     deterministic: bool = False
     precision: str = "fp32"
@@ -327,6 +338,11 @@ def validate(cfg: DictConfig) -> None:
         raise UserError(f"schedule.rate={sc.rate} must be in [0, 1]")
     if sc.name == "constant" and not 0 <= sc.value <= 1:
         raise UserError(f"schedule.value={sc.value} must be in [0, 1]")
+    if sc.name == "spikes":
+        try:
+            SpikeCut(sc.patience)
+        except ValueError as exc:
+            raise UserError(f"schedule.patience={sc.patience}: {exc}") from None
     _device_ok(cfg.device)
 
 
@@ -356,6 +372,11 @@ def validate_pruning(pr: DictConfig) -> None:
         for key in ("tolerance", "conv_tolerance"):
             if pr[key] is not None and not 0 <= pr[key] <= 1:
                 raise UserError(f"pruning.{key}={pr[key]} must be in [0, 1] (1 always passes, 0 never)")
+        try:
+            check_margin(pr.margin)
+        except ValueError:
+            raise UserError(f"pruning.margin={pr.margin} must be >= {MIN_MARGIN} (a cut to the spikes keeps "
+                            f"ceil(margin * k) values) or null (k)") from None
     if "target_params" in used:
         if (pr.target_params is None) == (pr.target_from is None):
             raise UserError(f"pruning={pr.name} needs exactly one of pruning.target_params=N (the final parameter "

@@ -33,6 +33,7 @@ def inspect_model(model: nn.Module, pruning: DictConfig, keep_fraction: float = 
     pruner = rmt_pruner_from_config(pruning, schedule=lambda e: keep_fraction)
     if pruner_state:
         pruner.load_state_dict(pruner_state)
+    pruner.adopt_ranks(model)
     event = pruner.step(copy.deepcopy(model), epoch=0)
     rows = []
     for r in event.records:

@@ -25,11 +25,14 @@ METRICS_COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", 
                    "n_params_after", "pruned_layers", "lr", "test_loss_after_event", "test_acc_after_event",
                    "seconds",
                    "val_loss", "val_acc"]  # empty without a validation split (dataset.val_size=0)
+# summary.json fields of the final model's cost (rmtprune.costs), averaged per arm by compare (``<field>_mean``)
+COST_FIELDS = ("model_bytes", "model_bytes_csr", "flops", "latency_b1_s", "latency_b256_s", "latency_b1_ratio",
+               "latency_b256_ratio")
 
 # Keys that do not change what a run computes (where it runs, how it reports, how it was launched, what is
 # measured after training).
 NOT_IDENTITY = {"resume", "skip_done", "device", "progress", "output_root", "checkpoint", "eval_batch_size",
-                "threads", "deterministic", "logger", "magnitude_sweep"}
+                "threads", "deterministic", "logger", "magnitude_sweep", "cost"}
 DATASET_NOT_IDENTITY = {"root", "offline_dir", "download", "verify_md5"}
 # Bumped when the same config computes something else than before (a method fix): runs made by older code
 # then have other keys, and skip_done / resume never mistake them for runs of this code.
@@ -37,8 +40,14 @@ IDENTITY_VERSION = 2
 # Keys (dotted) added since IDENTITY_VERSION 2 with a default that computes what runs made before them
 # computed: left out of the identity at that default, so those runs keep their identity (resume and
 # skip_done find them). A new key goes here with the default that reproduces the old behaviour.
-KEYS_SINCE: dict[str, Any] = {"pruning.target_epoch": None, "dataset.val_size": 0, "dataset.val_seed": 0,
-                              "optimizer.anneal": "none", "optimizer.anneal_epochs": 3}
+KEYS_SINCE: dict[str, Any] = {
+    "pruning.target_epoch": None,
+    "pruning.margin": None,
+    "dataset.val_size": 0,
+    "dataset.val_seed": 0,
+    "optimizer.anneal": "none",
+    "optimizer.anneal_epochs": 3,
+}
 # Keys (dotted) that compute nothing while another key has its "off" value: left out of the identity then.
 INERT_WHEN: dict[str, tuple[str, Any]] = {"dataset.val_seed": ("dataset.val_size", 0),
                                           "optimizer.anneal_epochs": ("optimizer.anneal", "none")}

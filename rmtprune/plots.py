@@ -80,36 +80,57 @@ def _event_drops(ax: Any, part: pd.DataFrame, col: str, color: str) -> None:
             label=f"{part['arm'].iloc[0]} right after each event")
 
 
+def frontier_panels(rows: pd.DataFrame) -> list[tuple[str, pd.Series, pd.Series]]:
+    """(x label, x, x error) of each panel of the frontier figure: the final parameter count always; the
+    final model's bytes (an arm that records CSR bytes, i.e. magnitude, at the smaller of dense and CSR)
+    and its CPU latency at batch 256 relative to the dense model where some arm records them (runs made
+    before costs were recorded have neither)."""
+    none = pd.Series(0.0, index=rows.index)
+    panels = [("final parameter count (mean over seeds, log scale)", rows["params_mean"], rows["params_std"].fillna(0))]
+    if rows.get("model_bytes_mean", none * np.nan).notna().any():
+        csr = rows.get("model_bytes_csr_mean", none * np.nan)
+        panels.append(("final model bytes (mean; magnitude as CSR where smaller; log scale)",
+                       pd.Series(np.fmin(rows["model_bytes_mean"], csr), index=rows.index), none))
+    if rows.get("latency_b256_ratio_mean", none * np.nan).notna().any():
+        panels.append(("CPU latency at batch 256 / dense model (mean; log scale)", rows["latency_b256_ratio_mean"],
+                       none))
+    return panels
+
+
 def frontier_figure(rows: pd.DataFrame, group: str, path: Path) -> Path:
-    """Final test accuracy (mean ± std over seeds) against final parameter count (mean ± std, log x):
-    one curve per ``series`` of frontier.csv (rmt's settings along one curve, each baseline variant along
-    another), a point per setting; ``none`` and ``control`` as horizontal bands (mean ± std). ``rows``:
-    the group's rows of frontier.csv."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    """Final test accuracy (mean ± std over seeds) against final parameter count (mean ± std, log x), and,
+    where the runs record them, against bytes and relative latency (:func:`frontier_panels`, one panel
+    each, shared y): one curve per ``series`` of frontier.csv (rmt's settings along one curve, each
+    baseline variant along another), a point per setting; ``none`` and ``control`` as horizontal bands
+    (mean ± std). ``rows``: the group's rows of frontier.csv."""
+    panels = frontier_panels(rows)
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 + 5.5 * (len(panels) - 1), 4.5), sharey=True, squeeze=False)
     bands = rows[rows["pruning_method"].isin(["none", "control"])]
-    for i, (_, r) in enumerate(bands.iterrows()):
-        color = "k" if r["pruning_method"] == "none" else "0.45"
-        m, s = 100 * r["acc_mean"], 100 * (r["acc_std"] if r["acc_std"] == r["acc_std"] else 0.0)
-        ax.axhspan(m - s, m + s, color=color, alpha=0.12)
-        ax.axhline(m, color=color, ls="--" if i == 0 else ":", lw=1,
-                   label=f"{r['arm']} (n={int(r['n_seeds'])}, {r['params_mean']:,.0f} params)")
     points = rows[~rows["pruning_method"].isin(["none", "control"])]
     series = points["series"] if "series" in points else points["pruning_method"]
-    for i, (name, part) in enumerate(points.groupby(series, sort=False)):
-        part = part.sort_values("params_mean")
-        ax.errorbar(part["params_mean"], 100 * part["acc_mean"], yerr=100 * part["acc_std"].fillna(0),
-                    xerr=part["params_std"].fillna(0), fmt="o-", color=f"C{i}", ms=5, capsize=3, label=name)
-        for _, r in part.iterrows():
-            # a matched baseline sits at the count of the point it matches: only that point is named
-            if isinstance(r["setting"], str) and r["setting"] and r["pruning_method"] not in BASELINES:
-                ax.annotate(textwrap.shorten(r["setting"], 40), (r["params_mean"], 100 * r["acc_mean"]),
-                            textcoords="offset points", xytext=(4, 4), fontsize=7, color=f"C{i}")
-    ax.set_xscale("log")
-    ax.set_xlabel("final parameter count (mean over seeds, log scale)")
-    ax.set_ylabel("final test accuracy (%), mean ± std")
-    ax.set_title(textwrap.fill(f"accuracy vs size: {group}", 90), fontsize=9)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    for ax, (xlabel, x, xerr) in zip(axes[0], panels):
+        for i, (_, r) in enumerate(bands.iterrows()):
+            color = "k" if r["pruning_method"] == "none" else "0.45"
+            m, s = 100 * r["acc_mean"], 100 * (r["acc_std"] if r["acc_std"] == r["acc_std"] else 0.0)
+            ax.axhspan(m - s, m + s, color=color, alpha=0.12)
+            ax.axhline(m, color=color, ls="--" if i == 0 else ":", lw=1,
+                       label=f"{r['arm']} (n={int(r['n_seeds'])}, {r['params_mean']:,.0f} params)")
+        for i, (name, part) in enumerate(points.groupby(series, sort=False)):
+            part = part.loc[x[part.index].sort_values().index]
+            px = x[part.index]
+            ax.errorbar(px, 100 * part["acc_mean"], yerr=100 * part["acc_std"].fillna(0), xerr=xerr[part.index],
+                        fmt="o-", color=f"C{i}", ms=5, capsize=3, label=name)
+            for (_, r), xv in zip(part.iterrows(), px):
+                # a matched baseline sits at the count of the point it matches: only that point is named
+                if isinstance(r["setting"], str) and r["setting"] and r["pruning_method"] not in BASELINES:
+                    ax.annotate(textwrap.shorten(r["setting"], 40), (xv, 100 * r["acc_mean"]),
+                                textcoords="offset points", xytext=(4, 4), fontsize=7, color=f"C{i}")
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3, which="both")
+    axes[0][0].set_ylabel("final test accuracy (%), mean ± std")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(textwrap.fill(f"accuracy vs size and cost: {group}", 90 * len(panels)), fontsize=9)
     return _save(fig, path)
 
 

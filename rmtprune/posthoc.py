@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .checkpoint import model_payload, save_atomic
 from .config import validate
+from .costs import model_costs
 from .data import load_data
 from .errors import UserError
 from .evaluate import evaluate
@@ -77,6 +78,7 @@ def prune_saved(cfg: DictConfig, run_dir: Path, finetune_lr: float | None = None
     pruner = rmt_pruner_from_config(cfg.pruning, make_schedule(cfg.schedule))
     if info["kind"] == "rmtprune":
         pruner.load_state_dict(info["raw"].get("pruner", {}))
+    pruner.adopt_ranks(model)  # layers cut before that the saved state does not know (a plain state_dict)
     event = pruner.step(model, epoch)
     show_event(event.records, epoch, cfg.progress)
     write_csv(run_dir / "layers.csv", event.records, LEDGER_COLUMNS)
@@ -111,13 +113,14 @@ def prune_saved(cfg: DictConfig, run_dir: Path, finetune_lr: float | None = None
     save_atomic(payload, run_dir / "model.pt")
     summary = {
         "status": "completed", "source": str(info["path"]), "source_kind": info["kind"], "prune_epoch": epoch,
-        "keep_fraction": float(make_schedule(cfg.schedule)(epoch)),
+        "keep_fraction": pruner.keep_fraction(epoch),  # None for schedule=spikes (per layer: layers.csv)
         "test_acc_before": acc0, "test_loss_before": loss0, "test_acc_after": acc1, "test_loss_after": loss1,
         "test_acc_finetuned": acc_ft, "test_loss_finetuned": loss_ft, "finetune_epochs": int(cfg.finetune_epochs),
         "finetune_lr": lr if cfg.finetune_epochs else None,
         "n_params_before": params0, "n_params_after": params1,
         "param_reduction_pct": 100.0 * (1 - params1 / params0), "accuracy_unit": "fraction",
         "actions": {a: sum(r["action"] == a for r in event.records) for a in {r["action"] for r in event.records}},
+        **model_costs(model, spec, list(data.input_shape), latency=bool(cfg.cost.latency)),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
     write_json(run_dir / "summary.json", summary)

@@ -18,8 +18,9 @@ layers it split before) goes through (method doc section 4):
    used as bulk; a fit error at or above the tolerance leaves the layer unchanged (``skip_bad_fit``);
    no bulk left to fit (a layer already cut to its spikes) keeps its rank (``keep_no_bulk``);
 3. target rank r = k + floor((p - k) f(e)), k the spikes (now or at an earlier fit), p = min(out, m), f the schedule's keep
-   fraction, clamped to [min_rank, p] (the output layer: at least ``output_min_rank``, default its
-   number of outputs);
+   fraction (``schedule="spikes"``: per layer, 1 until its spike count has not grown for ``patience`` events,
+   then 0, and the layer keeps that rank), or r = ceil(margin k) when f = 0 and ``margin`` is set; clamped to
+   [min_rank, p] (the output layer: at least ``output_min_rank``, default its number of outputs);
 4. a split into two thin factors when r (groups m + out) < out m, else a truncation in place
    (``truncate=True``) or nothing (``skip_no_saving``); a split layer is re-split.
 
@@ -27,7 +28,8 @@ Side effects of :meth:`RMTPruner.step`: modifies ``model`` in place (``set_submo
 layers, ``weight.data`` for truncated ones); the returned :class:`PruneEvent` lists the parameters
 that were replaced or added, so that an optimizer holding them can be rebuilt
 (:func:`rmtprune.rebuild_optimizer`). The pruner itself remembers, per layer name, the rank of
-truncated layers and the number of known spikes (``state_dict``).
+truncated layers, the number of known spikes and, for ``schedule="spikes"``, each layer's last spike count
+and events without growth (``state_dict``).
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from .events import ControlPruner, NoPruner, PruneEvent, Pruner
 from .lowrank import LOW_RANK_TYPES
 from .models import is_conv, prunable_layers
 from .rmt import NoBulkError, fit_mp
-from .schedules import SCHEDULES, Schedule, target_rank
+from .schedules import SCHEDULES, Schedule, SpikeCut, check_margin, target_rank
 from .surgery import apply_rank, layer_matrix_shape, layer_svd, param_count
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,8 @@ LEDGER_COLUMNS = [
 # Failures of the linear algebra on one layer (no convergence, a NaN matrix): logged in the ledger and the
 # layer left as it is. Anything else (CUDA out of memory, a device error) fails the run.
 LINALG_ERRORS = (ValueError, np.linalg.LinAlgError, torch.linalg.LinAlgError)
+# the schedules RMTPruner takes by name (others: a callable epoch -> keep fraction, rmtprune.schedules)
+NAMED_SCHEDULES = ("linear", "oneshot", "spikes")
 
 
 def ledger_row(name: str, module: nn.Module, **values: Any) -> dict[str, Any]:
@@ -80,8 +84,10 @@ class RMTPruner(Pruner):
         alpha: BEMA trimming of the bulk window, in (0, 0.5).
         beta: Tracy-Widom confidence level of the edge, in (0, 1).
         schedule: keep fraction f(e) of the sub-edge values at an event after epoch e: ``"linear"``
-            (f = max(0, 1 - e / horizon)), ``"oneshot"`` (f = 0), or any callable epoch -> [0, 1]
-            (``rmtprune.schedules``: ``step``, ``exponential``, ``constant``).
+            (f = max(0, 1 - e / horizon)), ``"oneshot"`` (f = 0), any callable epoch -> [0, 1]
+            (``rmtprune.schedules``: ``step``, ``exponential``, ``constant``), or ``"spikes"`` (a
+            ``schedules.SpikeCut``): per layer, f = 1 until its spike count has not grown for ``patience``
+            events in a row, then a cut to its spikes, whose rank it keeps.
         horizon: the linear schedule's horizon, in epochs (None: the run length given to :meth:`setup`).
         every, start_epoch, stop_epoch: the event calendar (events after epochs start_epoch,
             start_epoch + every, ..., up to stop_epoch).
@@ -92,18 +98,23 @@ class RMTPruner(Pruner):
         truncate: a layer whose split would not save parameters is truncated in place (True) or left.
         lr_factor, momentum: what the training loop applies at every event epoch (lr x lr_factor; a new
             optimizer, ``"reset"``: all momentum zeroed, ``"keep"``: untouched parameters keep theirs).
+        patience: ``schedule="spikes"`` only: events without a new spike before a layer is cut (None: 2).
+        margin: a cut with f = 0 keeps r = ceil(margin k) values instead of the k spikes (None: k; >= 1).
 
     Raises:
         ValueError: an argument out of range, named in the message.
     """
 
     name = "rmt"
+    _STATE = ("ranks", "known_spikes", "spike_counts", "stalls")  # what state_dict holds
 
     def __init__(self, tolerance: float = 0.05, conv_tolerance: float | None = None, alpha: float = 0.25,
-                 beta: float = 0.1, schedule: Union[str, Schedule] = "linear", horizon: float | None = None,
+                 beta: float = 0.1, schedule: Union[str, Schedule, SpikeCut] = "linear",
+                 horizon: float | None = None,
                  every: int = 1, start_epoch: int = 1, stop_epoch: int | None = None, min_size: int = 10000,
                  min_rank: int = 1, include_output_layer: bool = True, output_min_rank: int | None = None,
-                 truncate: bool = True, lr_factor: float = 0.96, momentum: str = "reset") -> None:
+                 truncate: bool = True, lr_factor: float = 0.96, momentum: str = "reset",
+                 patience: int | None = None, margin: float | None = None) -> None:
         super().__init__(every=every, start_epoch=start_epoch, stop_epoch=stop_epoch, lr_factor=lr_factor,
                          momentum=momentum)
         for key, value in (("tolerance", tolerance), ("conv_tolerance", conv_tolerance)):
@@ -115,9 +126,14 @@ class RMTPruner(Pruner):
             raise ValueError(f"beta must be in (0, 1), got {beta!r}")
         if horizon is not None and not (isinstance(horizon, (int, float)) and horizon > 0):
             raise ValueError(f"horizon must be a positive number of epochs, got {horizon!r}")
-        if not (callable(schedule) or schedule in ("linear", "oneshot")):
-            raise ValueError(f"schedule must be 'linear', 'oneshot' or a callable epoch -> keep fraction, "
-                             f"got {schedule!r} (step, exponential, constant: rmtprune.schedules)")
+        if not (callable(schedule) or isinstance(schedule, SpikeCut) or schedule in NAMED_SCHEDULES):
+            raise ValueError(f"schedule must be one of {', '.join(map(repr, NAMED_SCHEDULES))} or a callable epoch -> "
+                             f"keep fraction, got {schedule!r} (step, exponential, constant: rmtprune.schedules)")
+        if schedule == "spikes":
+            schedule = SpikeCut() if patience is None else SpikeCut(patience)
+        elif patience is not None:
+            raise ValueError(f"patience applies to schedule='spikes' only, got schedule={schedule!r}")
+        check_margin(margin)
         for key, value in (("min_size", min_size), ("min_rank", min_rank)):
             if not isinstance(value, (int, np.integer)) or value < (0 if key == "min_size" else 1):
                 raise ValueError(f"{key} must be an integer >= {0 if key == 'min_size' else 1}, got {value!r}")
@@ -132,12 +148,18 @@ class RMTPruner(Pruner):
         self.min_size, self.min_rank = int(min_size), int(min_rank)
         self.include_output_layer, self.output_min_rank = bool(include_output_layer), output_min_rank
         self.truncate = bool(truncate)
+        self.margin = None if margin is None else float(margin)
         self.ranks: dict[str, int] = {}         # rank of the layers truncated in place
         self.known_spikes: dict[str, int] = {}  # values above the edge at an earlier good fit, per layer
+        self.spike_counts: dict[str, int] = {}  # schedule="spikes": spike count at the layer's last good fit
+        self.stalls: dict[str, int] = {}        # schedule="spikes": good fits since the count last grew
 
     # --- schedule -------------------------------------------------------------------------------
-    def keep_fraction(self, epoch: int) -> float:
-        """f(epoch), the share of the sub-edge singular values an event after ``epoch`` keeps."""
+    def keep_fraction(self, epoch: int) -> float | None:
+        """f(epoch), the share of the sub-edge singular values an event after ``epoch`` keeps (None for
+        ``schedule="spikes"``, which decides per layer)."""
+        if isinstance(self.schedule, SpikeCut):
+            return None
         if callable(self.schedule):
             f = float(self.schedule(epoch))
         elif self.schedule == "oneshot":
@@ -155,14 +177,17 @@ class RMTPruner(Pruner):
     # --- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """What the pruner learned about the model, for a checkpoint: ``{"ranks": {layer: rank of a layer
-        truncated in place}, "known_spikes": {layer: values above the edge at an earlier good fit}}``
-        (plain ints, ``torch.save`` / ``weights_only`` safe). The constructor arguments are not included."""
-        return {"ranks": dict(self.ranks), "known_spikes": dict(self.known_spikes)}
+        truncated in place}, "known_spikes": {layer: values above the edge at an earlier good fit},
+        "spike_counts": {layer: spike count at its last good fit}, "stalls": {layer: good fits since that
+        count last grew}}`` (the last two for ``schedule="spikes"``; plain ints, ``torch.save`` /
+        ``weights_only`` safe). The constructor arguments are not included."""
+        return {key: dict(getattr(self, key)) for key in self._STATE}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`; replaces this pruner's ranks and known spikes (the model is not touched)."""
-        self.ranks = {str(k): int(v) for k, v in state.get("ranks", {}).items()}
-        self.known_spikes = {str(k): int(v) for k, v in state.get("known_spikes", {}).items()}
+        """Restore :meth:`state_dict` (a missing entry: empty); replaces what this pruner learned (the model is
+        not touched)."""
+        for key in self._STATE:
+            setattr(self, key, {str(k): int(v) for k, v in state.get(key, {}).items()})
 
     # --- the event ------------------------------------------------------------------------------
     def step(self, model: nn.Module, epoch: int) -> PruneEvent:
@@ -195,19 +220,23 @@ class RMTPruner(Pruner):
             return float(self.conv_tolerance)
         return self.tolerance
 
-    def _prune_one(self, model: nn.Module, name: str, module: nn.Module, is_output: bool, f: float,
+    def _prune_one(self, model: nn.Module, name: str, module: nn.Module, is_output: bool, f: float | None,
                    event: PruneEvent) -> dict[str, Any]:
         out, m = layer_matrix_shape(module)
         p = min(out, m)
         tol = self.tolerance_for(module)
-        rank_now = module.rank * getattr(module, "groups", 1) if isinstance(module, LOW_RANK_TYPES) \
-            else self.ranks.get(name, p)
-        rank_now = min(rank_now, p)
+        rank_now = min(module.rank * getattr(module, "groups", 1) if isinstance(module, LOW_RANK_TYPES)
+                       else self.ranks.get(name, p), p)
         known = min(self.known_spikes.get(name, 0), rank_now)
-        row = ledger_row(name, module, tolerance=tol, keep_fraction=f, rank_before=rank_now, rank_after=rank_now)
+        row = ledger_row(name, module, tolerance=tol, keep_fraction=math.nan if f is None else f,
+                         rank_before=rank_now, rank_after=rank_now)
         if out * m < self.min_size or p < 10:
             row.update(action="skip_small", note=f"{out * m} weights < min_size {self.min_size}"
                        if p >= 10 else "fewer than 10 singular values")
+            return row
+        if f is None and self.stalls.get(name, 0) >= self.schedule.patience:
+            row.update(action="keep_cut", keep_fraction=0.0, n_known_spikes=known,
+                       note="cut to its spikes at an earlier event (schedule=spikes): keeps its rank")
             return row
         censored = p - rank_now
         row.update(n_censored=censored, n_known_spikes=known)
@@ -233,12 +262,42 @@ class RMTPruner(Pruner):
         # a value above the edge at an earlier fit stays a spike: the rank never creeps down below them
         spikes = max(known, fit.n_spikes)
         self.known_spikes[name] = spikes
+        if f is None:
+            f = self._spike_cut(name, spikes)
+            row.update(keep_fraction=f)
         floor = self.min_rank
         if is_output:
             floor = max(floor, int(self.output_min_rank if self.output_min_rank is not None else out))
-        rank = target_rank(p, spikes, f, floor)
+        rank = target_rank(p, spikes, f, floor, self.margin)
         cut_layer(model, name, module, rank, rank_now, svd, self.truncate, self.ranks, event, row)
         return row
+
+    def adopt_ranks(self, model: nn.Module) -> None:
+        """Take a model cut before (by another pruner, run or session) as this pruner would have left it: every
+        eligible layer it knows nothing about whose rank r is below p (a split layer's r; a dense layer's
+        numerical rank, ``torch.linalg.matrix_rank``, after a truncation in place) gets r known spikes (and,
+        dense, r as its rank). The next event then censors its p - r zeros and never fits its r survivors as
+        bulk: a layer cut to its values keeps its rank (``keep_no_bulk``). Does not modify ``model``."""
+        for name, module in prunable_layers(model):
+            out, m = layer_matrix_shape(module)
+            if name in self.known_spikes or out * m < self.min_size:
+                continue
+            if isinstance(module, LOW_RANK_TYPES):
+                rank = module.rank * getattr(module, "groups", 1)
+            else:
+                rank = int(torch.linalg.matrix_rank(module.weight.detach().reshape(out, -1).float()))
+                if rank < min(out, m):
+                    self.ranks[name] = rank
+            if rank < min(out, m):
+                self.known_spikes[name] = rank
+
+    def _spike_cut(self, name: str, spikes: int) -> float:
+        """schedule="spikes": record this good fit's spike count; f = 0 once the count has not grown for
+        ``patience`` good fits in a row (the first fit of a layer is growth from nothing), else f = 1."""
+        last = self.spike_counts.get(name)
+        self.stalls[name] = 0 if last is None or spikes > last else self.stalls.get(name, 0) + 1
+        self.spike_counts[name] = spikes
+        return 0.0 if self.stalls[name] >= self.schedule.patience else 1.0
 
 
 def cut_layer(model: nn.Module, name: str, module: nn.Module, rank: int, rank_now: int, svd: Any, truncate: bool,
@@ -267,17 +326,22 @@ def cut_layer(model: nn.Module, name: str, module: nn.Module, rank: int, rank_no
 def prune_model(model: nn.Module, keep_fraction: float = 0.0, **kwargs: Any) -> PruneEvent:
     """One RMT cut of a trained model: every eligible layer keeps its spikes and ``keep_fraction`` of its
     sub-edge singular values. Modifies ``model`` in place; keyword arguments as :class:`RMTPruner`
-    (``schedule`` and the calendar excepted). Returns the event (ledger rows in ``event.records``)."""
-    for key in ("schedule", "horizon", "every", "start_epoch", "stop_epoch"):
+    (``schedule``, ``patience`` and the calendar excepted). Returns the event (ledger rows in ``event.records``).
+
+    A layer already cut (split, or truncated in place) is taken as :meth:`RMTPruner.adopt_ranks` says: its
+    values are known spikes, so a second call changes nothing (without it a fresh pruner would fit the
+    survivors as bulk and halve the rank again: 12 -> 8 -> 5 -> 2)."""
+    for key in ("schedule", "patience", "horizon", "every", "start_epoch", "stop_epoch"):
         if key in kwargs:
             raise ValueError(f"prune_model makes one cut at keep_fraction: {key}= does not apply")
     if not (isinstance(keep_fraction, (int, float)) and 0 <= keep_fraction <= 1):
         raise ValueError(f"keep_fraction must be in [0, 1], got {keep_fraction!r}")
     pruner = RMTPruner(schedule=lambda e: float(keep_fraction), **kwargs)
+    pruner.adopt_ranks(model)
     return pruner.step(model, epoch=0)
 
 
-def rmt_pruner_from_config(pruning: Any, schedule: Schedule | None = None) -> RMTPruner:
+def rmt_pruner_from_config(pruning: Any, schedule: Schedule | SpikeCut | None = None) -> RMTPruner:
     """The RMTPruner of a ``pruning=rmt`` config node (rmtprune/conf/pruning/rmt.yaml): its keys are the keyword
     arguments; ``schedule`` is the callable made from the schedule group (schedules.make_schedule)."""
     from .config import PRUNING_KEYS
@@ -286,7 +350,7 @@ def rmt_pruner_from_config(pruning: Any, schedule: Schedule | None = None) -> RM
     return RMTPruner(schedule=schedule if schedule is not None else "linear", **kwargs)
 
 
-def make_pruner(pruning: Any, schedule: Schedule | None = None) -> Pruner:
+def make_pruner(pruning: Any, schedule: Schedule | SpikeCut | None = None) -> Pruner:
     """The pruner of a config's ``pruning`` node (and schedule callable, for rmt)."""
     from .config import PRUNING_KEYS
 

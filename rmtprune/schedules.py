@@ -1,13 +1,18 @@
 """Keep fraction f(e) of the sub-edge singular values at a pruning event after epoch e.
 
 At an event the target rank is r = k + floor((p - k) * f(e)), k the number of spikes above the
-MP edge and p = min(out, in): f = 1 keeps every value, f = 0 keeps only the spikes.
+MP edge and p = min(out, in): f = 1 keeps every value, f = 0 keeps only the spikes (or
+ceil(margin * k) values with a ``margin``, see :func:`target_rank`).
+
+``spikes`` (:class:`SpikeCut`) is no function of the epoch: it decides per layer, from the layer's
+spike counts over the events (``RMTPruner`` keeps them).
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:  # importing rmtprune (the Python API) must not import the config machinery
     from omegaconf import DictConfig
@@ -40,13 +45,45 @@ def constant(epoch: int, value: float) -> float:
     return float(value)
 
 
-SCHEDULES: dict[str, Callable[..., float]] = {
+MIN_PATIENCE = 1   # schedule=spikes: events without a new spike before the cut
+MIN_MARGIN = 1.0   # pruning.margin: a cut to the spikes never keeps fewer than the spikes
+
+
+@dataclass(frozen=True)
+class SpikeCut:
+    """The spike-count cut: a layer keeps every value (f = 1) while its spike count k grows, and is cut
+    to its spikes (f = 0: r = k, or ceil(margin k)) at the event where k has not grown for ``patience``
+    events in a row; it keeps that rank at every later event. Events with a bad fit do not count.
+
+    Raises:
+        ValueError: ``patience`` not an integer >= MIN_PATIENCE.
+    """
+
+    patience: int = 2
+
+    def __post_init__(self) -> None:
+        if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < MIN_PATIENCE:
+            raise ValueError(f"patience must be an integer >= {MIN_PATIENCE} (events without a new spike before "
+                             f"the cut), got {self.patience!r}")
+
+
+def check_margin(margin: float | None) -> None:
+    """Raise ValueError unless ``margin`` is None or a number >= MIN_MARGIN."""
+    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))
+                               or not margin >= MIN_MARGIN):
+        raise ValueError(f"margin must be a number >= {MIN_MARGIN} (a cut to the spikes keeps ceil(margin * k) "
+                         f"values) or None (k), got {margin!r}")
+
+
+SCHEDULES: dict[str, Callable[..., Any]] = {
     "linear": linear, "step": step, "oneshot": oneshot, "exponential": exponential, "constant": constant,
+    "spikes": SpikeCut,
 }
 
 
-def make_schedule(cfg: DictConfig) -> Schedule:
-    """The schedule named by ``cfg.name`` with its parameters from the config (config.SCHEDULE_KEYS)."""
+def make_schedule(cfg: DictConfig) -> Schedule | SpikeCut:
+    """The schedule named by ``cfg.name`` with its parameters from the config (config.SCHEDULE_KEYS): a
+    callable epoch -> keep fraction, or a :class:`SpikeCut`."""
     from functools import partial
 
     from .config import SCHEDULE_KEYS
@@ -54,11 +91,16 @@ def make_schedule(cfg: DictConfig) -> Schedule:
     name = cfg.name
     if name not in SCHEDULES:
         raise ValueError(f"unknown schedule {name!r}")
-    return partial(SCHEDULES[name], **{k: cfg[k] for k in SCHEDULE_KEYS[name] if k != "name"})
+    kwargs = {k: cfg[k] for k in SCHEDULE_KEYS[name] if k != "name"}
+    return SCHEDULES[name](**kwargs) if isinstance(SCHEDULES[name], type) else partial(SCHEDULES[name], **kwargs)
 
 
-def target_rank(p: int, n_spikes: int, keep_fraction: float, min_rank: int) -> int:
-    """r = k + floor((p - k) f), clamped to [min(min_rank, p), p]."""
+def target_rank(p: int, n_spikes: int, keep_fraction: float, min_rank: int, margin: float | None = None) -> int:
+    """r = k + floor((p - k) f), or r = ceil(margin k) when f = 0 and a margin is given; clamped to
+    [min(min_rank, p), p]."""
     k = min(n_spikes, p)
-    r = k + math.floor((p - k) * keep_fraction + 1e-9)
+    if margin is not None and keep_fraction == 0.0:
+        r = math.ceil(margin * k - 1e-9)
+    else:
+        r = k + math.floor((p - k) * keep_fraction + 1e-9)
     return int(min(p, max(r, min(min_rank, p))))

@@ -14,6 +14,7 @@ Device and dtype are kept; the bias survives every re-split.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -182,3 +183,50 @@ def apply_rank(module: nn.Module, rank: int, current_rank: int, svd: SVD | None 
         return Surgery(module, "skip_no_saving", current_rank, current_rank, before, before)
     truncate_(module, svd, rank)
     return Surgery(module, "truncate", current_rank, rank, before, before)
+
+
+# Costs of a whole model, from its tensors and layer geometry (what ``summary.json`` records).
+INDEX_BYTES = 4  # CSR column indices and row pointers as int32
+
+
+def model_bytes(model: nn.Module) -> int:
+    """Dense storage of the model as saved: sum of numel * element size over its state_dict (parameters
+    and persistent buffers; a split layer holds its two factors)."""
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+def csr_bytes(model: nn.Module, layers: list[str]) -> int:
+    """Storage with the weights of ``layers`` in CSR and the rest dense: a weight viewed as its (rows, m)
+    matrix (:func:`layer_matrix`) with nnz non-zeros takes nnz * element size (values) + 4 nnz (int32
+    column indices) + 4 (rows + 1) (int32 row pointers) bytes instead of rows * m * element size."""
+    total = model_bytes(model)
+    for name in layers:
+        w = model.get_submodule(name).weight.detach()
+        rows, nnz = w.shape[0], int(torch.count_nonzero(w))
+        total += nnz * (w.element_size() + INDEX_BYTES) + INDEX_BYTES * (rows + 1) - w.numel() * w.element_size()
+    return total
+
+
+@torch.no_grad()
+def flops(model: nn.Module, input_shape: list[int]) -> int:
+    """Dense FLOPs per sample, 2 x the multiply-adds of every Linear and Conv2d (the factors of a split
+    layer included): 2 * weight[0].numel() * output.numel() for one input of ``input_shape`` (Linear:
+    2 in out per position; Conv2d: 2 (in / groups) kh kw * out H_out W_out). Biases, normalisation and
+    activations are not counted. The output sizes come from one forward pass in eval mode."""
+    total = 0
+
+    def count(module: nn.Module, args: Any, output: torch.Tensor) -> None:
+        nonlocal total
+        total += 2 * module.weight[0].numel() * output.numel()
+
+    device = next(model.parameters()).device
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    was_training = model.training
+    try:
+        model.eval()
+        model(torch.zeros(1, *input_shape, device=device, dtype=_dtype(model)))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return total

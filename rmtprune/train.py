@@ -281,7 +281,8 @@ def _train(cfg: DictConfig, out_dir: Path, key: str, device: torch.device, resum
         rows = magnitude_sweep(state.model, data.test_x, data.test_y, int(cfg.magnitude_sweep.n_thresholds),
                                int(cfg.eval_batch_size))
         write_csv(out_dir / "magnitude_sweep.csv", rows, MAGNITUDE_COLUMNS)
-    summary.update(status="completed", finished_at=_now(), ranks=factorised_ranks(state.model))
+    summary.update(status="completed", finished_at=_now(), ranks=factorised_ranks(state.model),
+                   **final_costs(cfg, state))
     final = _summarise(summary, state.metrics, time.perf_counter() - t_start)
     write_json(out_dir / "summary.json", final)
     (out_dir / "DONE").write_text(final["finished_at"] + "\n")
@@ -290,6 +291,18 @@ def _train(cfg: DictConfig, out_dir: Path, key: str, device: torch.device, resum
              f", val_acc {100 * final['final_val_acc']:.2f}%" if "final_val_acc" in final else "",
              f"{final['n_params_initial']:,}", f"{final['n_params_final']:,}", out_dir)
     return final
+
+
+def final_costs(cfg: DictConfig, state: TrainingState) -> dict[str, Any]:
+    """The final model's cost fields (:func:`rmtprune.costs.model_costs`); a magnitude run's pruned layers
+    also as CSR. Latency only with ``cost.latency``."""
+    from .baselines import MagnitudePruner
+    from .costs import model_costs
+
+    sparse = ([name for name, _, _ in state.pruner.eligible(state.model)]
+              if isinstance(state.pruner, MagnitudePruner) else None)
+    return model_costs(state.model, state.spec, state.input_shape, sparse_layers=sparse,
+                       latency=bool(cfg.cost.latency))
 
 
 def save_atomic_model(state: TrainingState, path: Path) -> None:

@@ -54,6 +54,18 @@ def _one_torch_thread():
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _brief_latency_timing():
+    """Runs that keep ``cost.latency=true`` time each model once for 20 ms: tests check the latency fields,
+    not speed (tests/test_costs.py times the dense model against itself as runs do)."""
+    import rmtprune.costs
+
+    before = rmtprune.costs.MIN_RUN_TIME, rmtprune.costs.ROUNDS
+    rmtprune.costs.MIN_RUN_TIME, rmtprune.costs.ROUNDS = 0.02, 1
+    yield
+    rmtprune.costs.MIN_RUN_TIME, rmtprune.costs.ROUNDS = before
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _isolated_data_cache(tmp_path_factory):
     """Decompressed data goes to a temporary cache, never to the user's home or the mirror."""
     cache = tmp_path_factory.mktemp("data-cache")
@@ -91,10 +103,11 @@ def run_subprocess(args: list[str], cwd: Path, env: dict | None = None, timeout:
     return subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
-FAST = ["dataset=synthetic", "progress=none", "magnitude_sweep.enabled=false", "topology=784-256-128-10", "pruning=none"]
+FAST = ["dataset=synthetic", "progress=none", "magnitude_sweep.enabled=false", "cost.latency=false",
+        "topology=784-256-128-10", "pruning=none"]
 # Smaller still, for tests of the command line rather than of training (a second per run).
 TINY = ["dataset=synthetic", "dataset.train_size=500", "dataset.test_size=200", "progress=none",
-        "magnitude_sweep.enabled=false", "topology=784-32-10", "pruning=none"]
+        "magnitude_sweep.enabled=false", "cost.latency=false", "topology=784-32-10", "pruning=none"]
 
 
 def rmtprune_command() -> list[str]:

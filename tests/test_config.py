@@ -100,6 +100,7 @@ def test_bad_topologies_are_user_errors(bad):
     ("batch_size=0", "batch_size"), ("epochs=-1", "epochs"), ("device=tpu", "device"),
     ("pruning=rmt pruning.tolerance=2", "tolerance"), ("pruning=rmt pruning.alpha=0.6", "alpha"),
     ("optimizer.momentum=1.0", "momentum"), ("progress=fancy", "progress"),
+    ("pruning=rmt pruning.margin=0.5", "pruning.margin"), ("schedule=spikes schedule.patience=0", "schedule.patience"),
 ])
 def test_value_checks_name_the_setting(override, match):
     cfg = _compose(*override.split())

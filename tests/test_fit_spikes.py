@@ -25,17 +25,33 @@ def _planted(rng, p, n, k, sigma=1.0, lo=3.0, hi=6.0):
     return rng.normal(0.0, sigma, (p, n)) + (u * theta) @ v.T
 
 
+@pytest.mark.parametrize("strength", [(2.0, 2.0), (3.0, 6.0)])
 @pytest.mark.parametrize("k,tol", [(10, 0.02), (50, 0.02), (100, 0.025)])
-def test_sigma2_does_not_grow_with_the_number_of_spikes(k, tol):
-    # issue #11: the old estimator gave 1.02-1.03, 1.14, 1.35 for k = 10, 50, 100
+def test_sigma2_does_not_grow_with_the_number_of_spikes(k, tol, strength):
+    # issue #11: the old estimator gave 1.02-1.03, 1.14, 1.35 for k = 10, 50, 100; issue #20: the
+    # spike-deflated bulk alone gives 0.995, 0.978, 0.951 at 2x critical (outlier deflation, rmt.fit)
     rng = np.random.default_rng(100 + k)
     p = n = 500
-    fits = [fit_mp(singular_values=np.linalg.svd(_planted(rng, p, n, k), compute_uv=False), shape=(p, n))
-            for _ in range(4)]
+    fits = [fit_mp(singular_values=np.linalg.svd(_planted(rng, p, n, k, lo=strength[0], hi=strength[1]),
+                                                 compute_uv=False), shape=(p, n)) for _ in range(3)]
     assert np.mean([f.sigma2 for f in fits]) == pytest.approx(1.0, rel=tol)
     # every planted spike counted; on top of them a false one now and then (rate about beta = 0.1)
     assert all(f.n_spikes >= k for f in fits) and sum(f.n_spikes - k for f in fits) <= 2
     assert all(f.n_bulk == p - f.n_spikes for f in fits)
+
+
+@pytest.mark.parametrize("p,n,k", [(500, 500, 10), (500, 500, 50), (500, 500, 100), (250, 1000, 10), (250, 1000, 50)])
+def test_the_bulk_loses_the_first_order_bbp_energy(p, n, k):
+    # theory: the bulk of noise plus k spikes at theta is the compressed noise scaled by 1 - delta,
+    # delta = sigma^2 sum_j theta_j^-2 (rmt.fit, "Outlier deflation"): what sigma2 corrects for
+    rng = np.random.default_rng(300 + k + p)
+    theta2 = 4.0 * math.sqrt(n * p)  # 2x critical
+    delta = k / theta2
+    fits = [fit_mp(singular_values=np.linalg.svd(_planted(rng, p, n, k, lo=2.0, hi=2.0), compute_uv=False),
+                   shape=(p, n)) for _ in range(2)]
+    assert np.mean([f.bulk_sigma2 for f in fits]) == pytest.approx(1.0 - delta, abs=0.006)
+    assert all(f.sigma2 > f.bulk_sigma2 for f in fits)
+    assert np.mean([f.sigma2 for f in fits]) == pytest.approx(1.0, abs=0.02 if k < 100 else 0.025)
 
 
 def test_pure_noise_is_unchanged():
@@ -50,6 +66,8 @@ def test_pure_noise_is_unchanged():
     assert abs(rate - beta) < 3 * math.sqrt(beta * (1 - beta) / draws)
     assert all(f.n_bulk == p - f.n_spikes for f in fits)  # a false spike is left out of the bulk too
     assert all(f.fit_error < 0.015 for f in fits)
+    # no spike, no deflation: sigma2 is the bulk's own scale
+    assert all(f.sigma2 == f.bulk_sigma2 for f in fits if f.n_spikes == 0)
 
 
 @pytest.mark.parametrize("p,n", [(300, 300), (200, 800)])
@@ -72,7 +90,7 @@ def test_compressed_bulk_with_spikes_is_fitted_exactly():
     bulk = np.sqrt(nb * sigma2 * mp_quantile((np.arange(pb) + 0.5) / pb, pb / nb))
     spikes = np.sqrt(sigma2) * (math.sqrt(n) + math.sqrt(p)) * np.linspace(2.0, 4.0, k)
     fit = fit_mp(singular_values=np.concatenate([bulk, spikes]), shape=(p, n))
-    assert fit.sigma2 == pytest.approx(sigma2, rel=1e-9)
+    assert fit.bulk_sigma2 == pytest.approx(sigma2, rel=1e-9)  # no BBP deflation planted: sigma2 is above it
     assert fit.n_spikes == k and fit.n_bulk == pb
     assert fit.bulk_gamma == pytest.approx(pb / nb)
     assert fit.threshold == pytest.approx(math.sqrt(n * fit.lambda_plus))
@@ -117,7 +135,7 @@ def test_known_spikes_are_never_bulk():
     louder[:15] *= 10.0
     same = fit_mp(singular_values=louder, shape=(200, 400), n_known_spikes=15)
     assert fit.n_bulk == same.n_bulk == 200 - 15 and fit.n_known_spikes == 15
-    assert fit.sigma2 == same.sigma2 and fit.threshold == same.threshold
+    assert fit.bulk_sigma2 == same.bulk_sigma2 and fit.threshold == same.threshold
     assert fit.n_spikes < 15 and same.n_spikes == 15  # pure noise: most of them lie below the edge
 
 

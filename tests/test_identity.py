@@ -89,3 +89,16 @@ def test_a_key_added_later_keeps_the_identity_of_runs_made_before_it_at_its_defa
         assert config_key(before) == config_key(now)
         early = _compose(f"pruning={arm}", "pruning.target_params=1000", "pruning.target_epoch=5")
         assert identity_differences(early, now) == ["pruning.target_epoch"]
+
+
+def test_the_spike_count_cut_keys_leave_earlier_rmt_runs_their_identity():
+    """pruning.margin (issue 20) at null and schedule.patience (a key of schedule=spikes only) are not in
+    the identity of an rmt run made before them; set, they are."""
+    now = _compose("pruning=rmt", "schedule=oneshot")
+    before = json.loads(json.dumps(OmegaConf.to_container(now, resolve=True)))
+    del before["pruning"]["margin"], before["schedule"]["patience"]
+    assert config_key(before) == config_key(now)
+    margin = _compose("pruning=rmt", "schedule=oneshot", "pruning.margin=2")
+    assert identity_differences(margin, now) == ["pruning.margin"]
+    spikes = _compose("pruning=rmt", "schedule=spikes", "schedule.patience=3")
+    assert identity(spikes)["schedule"] == {"name": "spikes", "patience": 3}

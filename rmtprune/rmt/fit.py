@@ -49,6 +49,33 @@ refits would otherwise eat the bulk from the top. ``n_spikes`` counts the values
 edge, which may exceed k. On pure noise the first fit (k = 0) is the plain BEMA fit, so the
 false-spike rate stays beta.
 
+Outlier deflation (the first-order BBP term). A spike theta_j u v^T on the p_b x n_b noise the
+other spikes leave has its outlier at (rectangular BBP)
+
+    s_j**2 = (theta_j**2 + n_b sigma2)(theta_j**2 + p_b sigma2) / theta_j**2
+           = theta_j**2 + (n_b + p_b) sigma2 + n_b p_b sigma2**2 / theta_j**2 .
+
+The middle term is the noise energy of the row and column the spike takes from the bulk (what the
+compressed (p - k) x (n - k) model already removes); the last is the noise energy the outlier draws
+from the bulk beyond it. The bulk's energy p_b n_b sigma2 falls by the sum of these last terms, a
+fraction
+
+    delta = sigma2 * sum_j theta_j**-2 ,
+
+and to first order the bulk is the compressed noise scaled by (1 - delta) (500 x 500 at 2x the
+critical strength, k = 10/50/100: the bulk fit falls by 0.5/2.2/5.0%; delta = 0.5/2.5/5%). So the
+window fit above gives the bulk's own scale ``bulk_sigma2`` (the sigma2 of the window, edge and fit
+error formulas: the spikes are what stands out of the bulk as it is), and the noise variance is
+
+    sigma2 = bulk_sigma2 / (1 - delta),   theta_j**2 = (a_j + sqrt(a_j**2 - 4 n_b p_b sigma2**2)) / 2,
+    a_j = s_j**2 - (n_b + p_b) sigma2      (the BBP relation inverted, its larger root),
+
+over the k values left out as spikes, solved with sigma2 by fixed-point iteration (DEFLATION_ITERATIONS
+steps; theta_j**2 at least the critical sqrt(n_b p_b) sigma2; delta capped at MAX_DEFLATION, beyond
+which a first-order term is not credible). A value left
+out at or below the critical outlier position sigma (sqrt(n_b) + sqrt(p_b)) (a known spike that fell
+back into the bulk) is no outlier and adds nothing; with no spikes sigma2 = bulk_sigma2.
+
 Fit error (a Kolmogorov distance restricted to the window, same plotting positions as sigma2):
 
     e(k) = max_{i in I} | F_MP(mu_(i); gamma_b, sigma2) - (i + 1/2) / p_b |
@@ -77,6 +104,8 @@ from .tracy_widom import tw1_quantile
 MIN_SINGULAR_VALUES = 10
 MIN_WINDOW = 5
 MAX_REFITS = 10
+MAX_DEFLATION = 0.25
+DEFLATION_ITERATIONS = 5
 
 
 class NoBulkError(ValueError):
@@ -94,7 +123,8 @@ class MPFit:
     Attributes:
         shape: (out, in) of the matrix.
         gamma: p / n with p = min(shape), n = max(shape).
-        sigma2: BEMA noise variance (per entry, eigenvalues s**2 / n).
+        sigma2: noise variance per entry (eigenvalues s**2 / n): the bulk's BEMA scale corrected for
+            the energy the outliers draw from it (``bulk_sigma2 / (1 - delta)``, module docstring).
         lambda_plus: upper bulk edge with the Tracy–Widom correction, on the scale s**2 / n
             (the bulk's own edge mu_+ times n_b / n, see the module docstring).
         threshold: singular-value edge s_+ = sqrt(n * lambda_plus).
@@ -108,6 +138,8 @@ class MPFit:
         alpha, beta: trimming and Tracy–Widom confidence level used.
         n_censored: smallest values left out as already pruned.
         n_known_spikes: top values left out as spikes of an earlier fit.
+        bulk_sigma2: the BEMA scale of the bulk itself, which draws the edge and the fit error
+            (equal to ``sigma2`` when no value is left out as a spike).
     """
 
     shape: tuple[int, int]
@@ -123,6 +155,7 @@ class MPFit:
     beta: float
     n_censored: int = 0
     n_known_spikes: int = 0
+    bulk_sigma2: float = math.nan
 
     @property
     def p(self) -> int:
@@ -256,11 +289,28 @@ def fit_mp(
         k, bulk = k_new, refit
     s.setflags(write=False)
     return MPFit(
-        shape=shape, gamma=p / n, sigma2=bulk.sigma2, lambda_plus=bulk.threshold**2 / n,
-        threshold=bulk.threshold, singular_values=s, n_spikes=int(np.count_nonzero(s > bulk.threshold)),
-        fit_error=max(first.fit_error, bulk.fit_error), n_bulk=p - k, alpha=alpha, beta=beta,
-        n_censored=c, n_known_spikes=known,
+        shape=shape, gamma=p / n, sigma2=outlier_deflated_sigma2(s[:k], p - k, n - k, bulk.sigma2),
+        lambda_plus=bulk.threshold**2 / n, threshold=bulk.threshold, singular_values=s,
+        n_spikes=int(np.count_nonzero(s > bulk.threshold)), fit_error=max(first.fit_error, bulk.fit_error),
+        n_bulk=p - k, alpha=alpha, beta=beta,
+        n_censored=c, n_known_spikes=known, bulk_sigma2=bulk.sigma2,
     )
+
+
+def outlier_deflated_sigma2(spikes: NDArray[np.float64], p_b: int, n_b: int, bulk_sigma2: float) -> float:
+    """The noise variance sigma2 = bulk_sigma2 / (1 - delta), delta = sigma2 sum_j theta_j**-2 over the
+    outliers ``spikes`` (singular values) of a p_b x n_b bulk, theta_j from the inverted BBP relation (module
+    docstring, "Outlier deflation"). No outlier above sigma (sqrt(n_b) + sqrt(p_b)): ``bulk_sigma2``."""
+    s2 = np.asarray(spikes, dtype=np.float64) ** 2
+    sigma2 = bulk_sigma2
+    for _ in range(DEFLATION_ITERATIONS):
+        out = s2[s2 > sigma2 * (math.sqrt(n_b) + math.sqrt(p_b)) ** 2]
+        a = out - (n_b + p_b) * sigma2
+        theta2 = 0.5 * (a + np.sqrt(np.maximum(a * a - 4.0 * n_b * p_b * sigma2**2, 0.0)))
+        theta2 = np.maximum(theta2, math.sqrt(n_b * p_b) * sigma2)  # an outlier is at least critical
+        delta = min(sigma2 * float(np.sum(1.0 / theta2)), MAX_DEFLATION)
+        sigma2 = bulk_sigma2 / (1.0 - delta)
+    return sigma2
 
 
 @dataclass(frozen=True)
