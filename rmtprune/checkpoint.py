@@ -7,7 +7,8 @@ loadable with ``torch.load(path, weights_only=True)`` on any machine::
     spec          the dense model spec (models.model_spec): how to build the network before pruning; for
                   model=custom {"kind": "custom", "target": "pkg.mod.Class", "kwargs": {constructor arguments}}
                   (rebuilding it needs the class importable, as when it was trained)
-    ranks         {split layer name: rank}: the factorised layers pruning made
+    ranks         {split layer name: rank}: the factorised layers pruning made (Linear layers that
+                  pruning=neuron shrank are rebuilt at the shapes of their weights in state_dict)
     state_dict    the model's weights (a masked weight of a pruning=magnitude checkpoint.pt as
                   <name>_orig and <name>_mask, torch.nn.utils.prune's form; model.pt holds it plain)
     num_classes, input_shape
@@ -40,7 +41,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from .errors import UserError
-from .models import build_model, factorised_ranks
+from .models import build_model, factorise_to_match, factorised_ranks
 
 FORMAT = "rmtprune-checkpoint"
 VERSION = 1
@@ -132,6 +133,7 @@ def rebuild_model(ckpt: dict[str, Any], path: Path | str = "checkpoint") -> nn.M
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise UserError(f"{path}: checkpoint does not match its architecture ({first})") from None
     try:
+        factorise_to_match(model, ckpt["state_dict"])  # the layers pruning=neuron shrank
         attach_masks(model, ckpt["state_dict"])
         model.load_state_dict(ckpt["state_dict"])
     except (KeyError, ValueError, RuntimeError, AttributeError, TypeError) as exc:

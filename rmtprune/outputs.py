@@ -36,7 +36,8 @@ IDENTITY_VERSION = 2
 # Keys (dotted) added since IDENTITY_VERSION 2 with a default that computes what runs made before them
 # computed: left out of the identity at that default, so those runs keep their identity (resume and
 # skip_done find them). A new key goes here with the default that reproduces the old behaviour.
-KEYS_SINCE: dict[str, Any] = {"pruning.target_epoch": None}
+KEYS_SINCE: dict[str, Any] = {"pruning.target_epoch": None, "pruning.match": "final",
+                              "pruning.target_trajectory": None}
 
 
 class RunLock:
