@@ -331,6 +331,7 @@ class MagnitudePruner(TargetPruner):
                     prune.l1_unstructured(module, "weight", amount=int(want - have),
                                           importance_scores=module.weight_orig.detach())
         seconds = (time.perf_counter() - t0) / max(len(layers), 1)
+        budget = "" if self.target_trajectory is None else f"; budget {self.budget(epoch):,} (match=trajectory)"
         for lname, module in prunable_layers(model):
             if id(module) not in names:
                 o, m = layer_matrix_shape(module)
@@ -347,7 +348,7 @@ class MagnitudePruner(TargetPruner):
                 lname, module, epoch=epoch, action="mask" if changed else "keep", params_before=before[lname],
                 params_after=after, keep_fraction=kept / module.weight_orig.numel(), seconds=seconds,
                 note=f"{self.scope} sparsity {s:.4f} of the eligible weights (event {self.progress(epoch)[0]} "
-                     f"of {self.progress(epoch)[1]}, final {self.final_sparsity:.4f})"))
+                     f"of {self.progress(epoch)[1]}, final {self.final_sparsity:.4f})" + budget))
         return event
 
     def finalize(self, model: nn.Module) -> None:
