@@ -1,6 +1,7 @@
-"""Baselines at the same size as the RMT arm: gradual magnitude pruning and a low-rank cut without RMT.
+"""Baselines at the same size as the RMT arm: gradual magnitude pruning, a low-rank cut without RMT, and
+structured neuron pruning.
 
-Both run on the event calendar of ``pruning=rmt`` (the same loop, lr factor and momentum policy) and
+All run on the event calendar of ``pruning=rmt`` (the same loop, lr factor and momentum policy) and
 reach a final parameter count T (``target_params``, or the final count of another run:
 ``target_from``, resolved by :mod:`rmtprune.targets`) on the cubic schedule of Zhu & Gupta (2017):
 at the j-th of the J events of a run (``EventCalendar.events(epochs)``) the share of the way from the
@@ -36,6 +37,14 @@ rmt at horizon 5) instead of at the calendar's last event.
   layer (in + out parameters; several layers at once when their steps coincide, e.g. the uniform rule
   on widths that divide each other), so the nearest count is within half such a step of P_j: within
   1% of T whenever a step is below 2% of T (a warning is logged at the last event otherwise).
+
+* :class:`NeuronPruner` (``pruning=neuron``): structured pruning of the hidden units of an MLP (rows of
+  layer l with their bias entries, and the matching columns of layer l + 1), ranked by the L2 norm of their
+  incoming weights normalised per layer; the layers physically shrink (see the class docstring).
+
+``match=trajectory`` replaces the cubic schedule by the matched run's own counts: the count after the j-th
+event is ``target_trajectory[j - 1]``, the count ``target_from``'s run had after the same event (resolved
+by :mod:`rmtprune.targets`), so both arms hold the same count at every epoch (within a rank / unit step).
 
 Bad targets (``target_params`` above the dense count, below the smallest reachable count, or a run
 without events) raise :class:`rmtprune.errors.UserError` naming the key, from :meth:`setup` (before
