@@ -66,7 +66,7 @@ from torch.nn.utils import prune
 from .errors import UserError
 from .events import PruneEvent, Pruner
 from .lowrank import LOW_RANK_TYPES
-from .models import count_parameters, prunable_layers
+from .models import ShrunkLinear, count_parameters, prunable_layers
 from .pruner import LINALG_ERRORS, cut_layer, ledger_row
 from .surgery import (keep_units, layer_groups, layer_matrix_shape, layer_svd, param_count, split_weight_count,
                       weight_count)
@@ -564,7 +564,7 @@ class NeuronPruner(TargetPruner):
         """The prunable layers of ``model`` as a chain of nn.Linear, each feeding the next; else UserError."""
         layers = prunable_layers(model)
         for i, (name, module) in enumerate(layers):
-            if type(module) is not nn.Linear:
+            if type(module) not in (nn.Linear, ShrunkLinear):
                 raise UserError(f"pruning=neuron removes units of a chain of nn.Linear layers; {name} is a "
                                 f"{type(module).__name__} (use model=mlp)")
             if i and module.in_features != layers[i - 1][1].out_features:

@@ -131,10 +131,21 @@ def model_spec(cfg: DictConfig) -> ModelSpec:
     }
 
 
-def build_model(spec: ModelSpec, ranks: dict[str, int] | None = None) -> nn.Module:
+class ShrunkLinear(nn.Linear):
+    """An nn.Linear that ``pruning=neuron`` made smaller (units removed): the same layer, marked so that a
+    checkpoint records its shape (``shrunk_shapes``) and :func:`build_model` rebuilds it."""
+
+
+def shrunk_shapes(model: nn.Module) -> dict[str, list[int]]:
+    """{layer name: [out, in]} of the layers ``pruning=neuron`` shrank (:class:`ShrunkLinear`)."""
+    return {name: [m.out_features, m.in_features] for name, m in model.named_modules() if isinstance(m, ShrunkLinear)}
+
+
+def build_model(spec: ModelSpec, ranks: dict[str, int] | None = None,
+                shapes: dict[str, list[int]] | None = None) -> nn.Module:
     """Dense model from ``spec`` (the built-in ones with the paper's init, a custom one with its own);
-    layers named in ``ranks`` become factorised (uninitialised shells of that rank, to be filled by
-    ``load_state_dict``).
+    layers named in ``shapes`` become (uninitialised) ShrunkLinear layers of that [out, in], then layers
+    named in ``ranks`` become factorised (uninitialised shells of that rank); ``load_state_dict`` fills both.
 
     Raises:
         UserError: a custom model whose target cannot be imported, rejects its arguments or is no nn.Module.
@@ -150,6 +161,9 @@ def build_model(spec: ModelSpec, ranks: dict[str, int] | None = None) -> nn.Modu
         raise ValueError(f"unknown model kind {spec['kind']!r}")
     if spec["kind"] != "custom":
         init_paper_(model)
+    for name, (out, inp) in (shapes or {}).items():
+        bias = model.get_submodule(name).bias is not None
+        model.set_submodule(name, nn.utils.skip_init(ShrunkLinear, int(inp), int(out), bias=bias))
     for name, rank in (ranks or {}).items():
         model.set_submodule(name, factorised_like(model.get_submodule(name), int(rank)))
     return model
@@ -337,19 +351,9 @@ def factorise_to_match(model: nn.Module, state_dict: Mapping[str, Any], prefix: 
     A layer stored as two factors (``<layer>.first.weight`` and ``<layer>.second.weight`` under ``prefix``)
     whose module in ``model`` is a dense Linear / Conv2d (or a split one of another rank) is replaced by an
     empty ``LowRankLinear`` / ``LowRankConv2d`` of the stored rank (``first.weight.shape[0] // groups``) on
-    the layer's device and dtype. A Linear layer (dense or split) whose stored weight (``<layer>.weight``,
-    ``<layer>.weight_orig`` or the factors) has other output / input sizes (units ``pruning=neuron``
-    removed) is first replaced by an empty nn.Linear of the stored sizes. Modifies ``model`` in place;
-    returns {layer: rank} of the layers factorised. Other modules named ``first`` / ``second`` (not
-    prunable layers) are left alone.
+    the layer's device and dtype. Modifies ``model`` in place; returns {layer: rank} of the layers replaced.
+    Other modules named ``first`` / ``second`` (not prunable layers) are left alone.
     """
-    for name, module in prunable_layers(model):
-        shape = _stored_linear_shape(state_dict, prefix + name)
-        if isinstance(module, (nn.Linear, LowRankLinear)) and shape is not None \
-                and shape != (module.out_features, module.in_features):
-            like = next(iter(module.parameters()))
-            model.set_submodule(name, nn.utils.skip_init(nn.Linear, shape[1], shape[0], bias=module.bias is not None,
-                                                         device=like.device, dtype=like.dtype))
     changed: dict[str, int] = {}
     suffix = ".first.weight"
     for key, value in state_dict.items():
@@ -373,17 +377,6 @@ def factorise_to_match(model: nn.Module, state_dict: Mapping[str, Any], prefix: 
         model.set_submodule(name, factorised_like(module, rank).to(device=like.device, dtype=like.dtype))
         changed[name] = rank
     return changed
-
-
-def _stored_linear_shape(state_dict: Mapping[str, Any], name: str) -> tuple[int, int] | None:
-    """(out, in) of the Linear layer ``name`` as ``state_dict`` stores it (dense, masked or split), or None."""
-    w = state_dict.get(f"{name}.weight", state_dict.get(f"{name}.weight_orig"))
-    if isinstance(w, torch.Tensor) and w.ndim == 2:
-        return int(w.shape[0]), int(w.shape[1])
-    first, second = state_dict.get(f"{name}.first.weight"), state_dict.get(f"{name}.second.weight")
-    if isinstance(first, torch.Tensor) and isinstance(second, torch.Tensor) and first.ndim == second.ndim == 2:
-        return int(second.shape[0]), int(first.shape[1])
-    return None
 
 
 def _dense_twin(module: nn.Module) -> nn.Module:

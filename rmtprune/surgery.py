@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn.utils import skip_init
 
 from .lowrank import LOW_RANK_TYPES, LowRankConv2d, LowRankLinear
-from .models import count_parameters
+from .models import ShrunkLinear, count_parameters
 
 SVD = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -188,14 +188,14 @@ def apply_rank(module: nn.Module, rank: int, current_rank: int, svd: SVD | None 
 
 
 def keep_units(module: nn.Linear, rows: torch.Tensor | Any = None, cols: torch.Tensor | Any = None) -> nn.Linear:
-    """A new nn.Linear holding ``module``'s rows ``rows`` (output units, with their bias entries) and columns
+    """A new nn.Linear (a ``ShrunkLinear``, so checkpoints record its shape) holding ``module``'s rows ``rows`` (output units, with their bias entries) and columns
     ``cols`` (input units); None keeps them all. Weight (out, in) -> (len(rows), len(cols)); same device and
     dtype; draws no random numbers."""
     w, b = module.weight.detach(), module.bias
     rows = torch.arange(w.shape[0]) if rows is None else torch.as_tensor(rows, dtype=torch.long)
     cols = torch.arange(w.shape[1]) if cols is None else torch.as_tensor(cols, dtype=torch.long)
     rows, cols = rows.to(w.device), cols.to(w.device)
-    new = skip_init(nn.Linear, len(cols), len(rows), bias=b is not None, device=w.device, dtype=w.dtype)
+    new = skip_init(ShrunkLinear, len(cols), len(rows), bias=b is not None, device=w.device, dtype=w.dtype)
     with torch.no_grad():
         new.weight.copy_(w[rows][:, cols])
         if b is not None:
