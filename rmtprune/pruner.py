@@ -57,6 +57,8 @@ LEDGER_COLUMNS = [
     "fit_error", "tolerance", "good_fit", "keep_fraction", "rank_before", "rank_after", "action",
     "params_before", "params_after", "n_censored", "n_known_spikes", "n_bulk", "seconds", "note",
 ]
+# The ledger actions that changed a layer (metrics.csv's pruned_layers counts them).
+PRUNING_ACTIONS = ("split", "truncate", "mask", "shrink")
 # Failures of the linear algebra on one layer (no convergence, a NaN matrix): logged in the ledger and the
 # layer left as it is. Anything else (CUDA out of memory, a device error) fails the run.
 LINALG_ERRORS = (ValueError, np.linalg.LinAlgError, torch.linalg.LinAlgError)
@@ -366,7 +368,7 @@ def make_pruner(pruning: Any, schedule: Schedule | SpikeCut | None = None) -> Pr
         return ControlPruner(**calendar)
     if name == "rmt":
         return rmt_pruner_from_config(pruning, schedule)
-    if name in ("magnitude", "lowrank"):
+    if name in ("magnitude", "lowrank", "neuron"):
         from .baselines import baseline_from_config
 
         return baseline_from_config(pruning)
