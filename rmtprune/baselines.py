@@ -64,7 +64,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from .errors import UserError
-from .events import PruneEvent, Pruner
+from .events import PruneEvent, Pruner, record_replacement
 from .lowrank import LOW_RANK_TYPES
 from .models import ShrunkLinear, count_parameters, prunable_layers
 from .pruner import LINALG_ERRORS, cut_layer, ledger_row
@@ -648,9 +648,8 @@ class NeuronPruner(TargetPruner):
                            note=f"{module.weight.numel()} weights < min_size {self.min_size}" if small else note)
             else:
                 new = keep_units(module, rows, cols)
-                event.replaced.extend(module.parameters())
                 model.set_submodule(name, new)
-                event.added.extend(new.parameters())
+                record_replacement(event, module, new)
                 row.update(action="shrink", params_after=param_count(new))
             event.records.append(row)
         return event

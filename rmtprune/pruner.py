@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .events import ControlPruner, NoPruner, PruneEvent, Pruner
+from .events import ControlPruner, NoPruner, PruneEvent, Pruner, record_replacement
 from .lowrank import LOW_RANK_TYPES
 from .models import is_conv, prunable_layers
 from .rmt import NoBulkError, fit_mp
@@ -314,13 +314,8 @@ def cut_layer(model: nn.Module, name: str, module: nn.Module, rank: int, rank_no
         row.update(action="skip_svd_failed", note=f"SVD failed: {exc}")
         return
     if result.action == "split":
-        event.replaced.extend(module.parameters())
         model.set_submodule(name, result.module)
-        event.added.extend(result.module.parameters())
-        before = dict(module.named_parameters())
-        for key, p in result.module.named_parameters():  # a factor takes the weight's place, the bias the bias's
-            same = next(k for k in (key, key.rsplit(".", 1)[-1], "weight", *before) if k in before)
-            event.origin[id(p)] = before[same]
+        record_replacement(event, module, result.module)
         ranks.pop(name, None)
     elif result.action == "truncate":
         event.replaced.extend(module.parameters())
