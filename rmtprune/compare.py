@@ -225,9 +225,11 @@ def _magnitude(arm_runs: list[Run], normal: dict[int, Run], metric: str, baselin
 
 
 def compare(paths: list[Path], by: list[str] | None = None, metric: str = "test_acc",
-            finetune: bool = False) -> Comparison:
+            finetune: bool = False, trust_model_code: bool = False) -> Comparison:
     """Read, group and test the runs under ``paths`` (see the module doc); ``finetune``: also the
-    magnitude baseline after fine-tuning (trains each normal model; slow on real data)."""
+    magnitude baseline after fine-tuning (trains each normal model; slow on real data);
+    ``trust_model_code``: rebuild a custom model.pt for that baseline from the class its file names
+    (else its baseline is left out with a warning)."""
     from .magnitude_baseline import MagnitudeBaseline
 
     runs, problems = load_runs(paths)
@@ -244,7 +246,7 @@ def compare(paths: list[Path], by: list[str] | None = None, metric: str = "test_
     dropped = one_run_per_seed(groups)
     problems += dropped
     warnings: list[dict[str, str]] = []
-    baseline = MagnitudeBaseline()
+    baseline = MagnitudeBaseline(trust_model_code)
     rows: list[dict[str, Any]] = []
     curve_rows: list[dict[str, Any]] = []
     for group, arms in groups.items():

@@ -37,7 +37,7 @@ log = logging.getLogger("rmtprune")
 
 
 def _model_for(cfg: DictConfig, path: Path) -> tuple[torch.nn.Module, dict[str, Any], int]:
-    model, info = load_model(path)
+    model, info = load_model(path, model_spec(cfg) if cfg.model.name == "custom" else None)
     if info["kind"] == "rmtprune":
         raw = info["raw"]
         if list(raw["input_shape"]) != list(cfg.dataset.input_shape) or raw["num_classes"] != cfg.dataset.num_classes:

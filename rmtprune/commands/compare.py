@@ -23,6 +23,8 @@ def parser() -> Parser:
     ap.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     ap.add_argument("--finetune", action="store_true", help="also fine-tune the magnitude-pruned normal models "
                     "(as many epochs as the pruned arm trained after its last event; needs model.pt or a cached value)")
+    ap.add_argument("--trust-model-code", action="store_true", help="for the magnitude baseline, rebuild a custom "
+                    "model from the class its model.pt names (imports and runs that code: only for runs you trust)")
     return ap
 
 
@@ -37,7 +39,8 @@ def main(argv: list[str]) -> int:
     by = [k.strip() for k in args.by.split(",") if k.strip()] if args.by else None
     where = ", ".join(map(str, args.paths))
     try:
-        cmp = compare(args.paths, by=by, metric=args.metric, finetune=args.finetune)
+        cmp = compare(args.paths, by=by, metric=args.metric, finetune=args.finetune,
+                      trust_model_code=args.trust_model_code)
     except (UserError, KeyboardInterrupt):
         raise
     except Exception as exc:  # a damaged file the reader did not foresee: name the folders, not a traceback
