@@ -148,10 +148,14 @@ def trusted_spec(ckpt: dict[str, Any], trusted: dict[str, Any] | None, path: Pat
     if not isinstance(theirs, dict):
         raise UserError(f"{path}: its model arguments are a {type(theirs).__name__}, not a mapping")
     for key in sorted(set(mine) | set(theirs), key=str):
-        if mine.get(key) != theirs.get(key):
-            raise UserError(f"model.{key}={mine.get(key)!r}: {path} was built with model.{key}={theirs.get(key)!r}; "
+        if (key in mine, mine.get(key)) != (key in theirs, theirs.get(key)):
+            raise UserError(f"{_argument(mine, key)} given, but {path} was built with {_argument(theirs, key)}: "
                             f"give the arguments the file records")
     return trusted
+
+
+def _argument(kwargs: dict[str, Any], key: str) -> str:
+    return f"model.{key}={kwargs[key]!r}" if key in kwargs else f"no model.{key}"
 
 
 def rebuild_model(ckpt: dict[str, Any], path: Path | str = "checkpoint",
