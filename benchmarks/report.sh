@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Turn the sweeps behind docs/results.md into its tables and figures.
 #  1. the raw files of every finished run under outputs/paper/ (not the checkpoints) are copied to
-#     docs/results/runs/<sweep>/<job>/, where they are committed;
+#     docs/results/runs/<sweep>/<job>/, where they are committed, with this machine's absolute paths made
+#     relative to the repository (benchmarks/relative_paths.py; compare never reads them);
 #  2. every table and figure is made by `rmtprune compare` from those committed copies, so anyone
 #     can recompute them from a clone, without rerunning a single job.
 #   bash benchmarks/report.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=outputs/paper runs=docs/results/runs
+relpaths() { "${PYTHON:-python}" benchmarks/relative_paths.py --root "$(pwd -P)" "$@"; }
 if [ -d "$root" ]; then
   scratch=$(mktemp -d); trap 'rm -rf "$scratch"' EXIT
   # the exact post-training magnitude baseline needs the normal runs' model.pt, which is not committed:
@@ -28,12 +30,13 @@ if [ -d "$root" ]; then
     # a job already copied keeps its copy: a skip_done relaunch into the same folder rewrites
     # .hydra/ and appends to train.log, but not summary.json
     if [ -f "$job/posthoc_magnitude.csv" ] && [ -d "$dest" ]; then cp "$job/posthoc_magnitude.csv" "$dest/"; fi
-    [ -f "$dest/DONE" ] && cmp -s "$job/summary.json" "$dest/summary.json" && continue
+    [ -f "$dest/DONE" ] && relpaths --print "$job/summary.json" | cmp -s - "$dest/summary.json" && continue
     mkdir -p "$dest"
     for f in summary.json metrics.csv layers.csv magnitude_sweep.csv posthoc_magnitude.csv spectra.npz DONE train.log; do
       [ -f "$job/$f" ] && cp "$job/$f" "$dest/"
     done
     [ -d "$job/.hydra" ] && cp -r "$job/.hydra" "$dest/"
+    relpaths "$dest"
   done
 fi
 [ -d "$runs" ] || { echo "no runs in $runs yet: run benchmarks/reproduce_cpu.sh first" >&2; exit 1; }

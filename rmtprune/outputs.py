@@ -280,7 +280,7 @@ def append_spectra(path: Path, epoch: int, spectra: dict[str, Any]) -> None:
         with zipfile.ZipFile(path) as zf:
             stale = set(zf.namelist()) & set(members)
         if stale:
-            with np.load(path) as old:
+            with np.load(path, allow_pickle=False) as old:
                 kept = {k: old[k] for k in old.files if f"{k}.npy" not in stale}
             _write_npz_atomic(path, kept)
     with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED) as zf:
@@ -324,7 +324,7 @@ def read_spectra(path: Path) -> dict[int, dict[str, Any]]:
     import numpy as np
 
     out: dict[int, dict[str, Any]] = {}
-    with np.load(path) as data:
+    with np.load(path, allow_pickle=False) as data:
         for key in data.files:
             epoch, layer = key.split("/", 1)
             out.setdefault(int(epoch[1:]), {})[layer] = data[key]

@@ -117,7 +117,7 @@ def prune_saved(cfg: DictConfig, run_dir: Path, finetune_lr: float | None = None
         raise UserError(f"finetune_epochs={cfg.finetune_epochs} must be >= 0")
     device = resolve_device(cfg.device)
     configure_numerics(cfg, device)
-    model, info = load_model(Path(str(cfg.model_path)))
+    model, info = load_model(Path(str(cfg.model_path)), model_spec(cfg) if cfg.model.name == "custom" else None)
     cfg.dataset = data_config(cfg, info, given)
     model, num_classes = _model_for(cfg, model, info)
     model = model.to(device)
