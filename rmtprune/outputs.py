@@ -232,38 +232,37 @@ def resolve_redirect(folder: Path) -> Path:
 
 
 def append_spectra(path: Path, epoch: int, spectra: dict[str, Any]) -> None:
-    """Append one event's singular values to ``spectra.npz`` (keys ``e{epoch}/{layer}``).
+    """Add one event's singular values to ``spectra.npz`` (keys ``e{epoch}/{layer}``), atomically.
 
-    The earlier events are not rewritten: the arrays go into the zip archive as new deflated ``.npy``
-    members (what ``np.savez_compressed`` writes), so an event costs its own size, not the file's. Only
-    when the archive already holds this epoch (a resumed run repeating the event it wrote before it was
-    stopped) is the file rewritten once, atomically, without the old entries.
+    The new file is made beside it and moved over it (os.replace), so a kill at any byte leaves the
+    previous file, with every earlier event, in place. The earlier events are copied as bytes, not
+    recompressed: the arrays go in as new deflated ``.npy`` members (what ``np.savez_compressed``
+    writes) appended to the copy. Only when the archive already holds this epoch (a resumed run repeating
+    the event it wrote before it was stopped) is it rewritten without the old entries.
     """
+    import shutil
     import zipfile
 
     import numpy as np
 
     members = {f"e{epoch}/{layer}.npy": np.asanyarray(values) for layer, values in spectra.items()}
-    if path.exists():
-        with zipfile.ZipFile(path) as zf:
-            stale = set(zf.namelist()) & set(members)
-        if stale:
-            with np.load(path) as old:
-                kept = {k: old[k] for k in old.files if f"{k}.npy" not in stale}
-            _write_npz_atomic(path, kept)
-    with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED) as zf:
-        for name, values in members.items():
-            with zf.open(name, "w", force_zip64=True) as f:
-                np.lib.format.write_array(f, values, allow_pickle=False)
-
-
-def _write_npz_atomic(path: Path, data: dict[str, Any]) -> None:
-    import numpy as np
-
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.npz")
     os.close(fd)
     try:
-        np.savez_compressed(tmp, **data)
+        if path.exists():
+            with zipfile.ZipFile(path) as zf:
+                stale = set(zf.namelist()) & set(members)
+            if stale:
+                with np.load(path) as old:
+                    np.savez_compressed(tmp, **{k: old[k] for k in old.files if f"{k}.npy" not in stale})
+            else:
+                shutil.copyfile(path, tmp)
+        with zipfile.ZipFile(tmp, "a", compression=zipfile.ZIP_DEFLATED) as zf:
+            for name, values in members.items():
+                with zf.open(name, "w", force_zip64=True) as f:
+                    np.lib.format.write_array(f, values, allow_pickle=False)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -271,8 +270,9 @@ def _write_npz_atomic(path: Path, data: dict[str, Any]) -> None:
 
 
 def repair_spectra(path: Path) -> str | None:
-    """A ``spectra.npz`` that a killed append left unreadable is moved aside to ``spectra.npz.damaged``
-    (so the run can go on appending); returns a warning, or None when the file is fine or absent."""
+    """A ``spectra.npz`` that cannot be read (damaged on disk, or cut by a kill while an older rmtprune
+    appended to it in place) is moved aside to ``spectra.npz.damaged`` so that the run can go on; returns the
+    warning for summary.json, or None when the file is fine or absent."""
     import zipfile
 
     if not path.exists():
@@ -284,7 +284,8 @@ def repair_spectra(path: Path) -> str | None:
     except (zipfile.BadZipFile, OSError, EOFError):
         pass
     os.replace(path, path.with_name(path.name + ".damaged"))
-    return f"{path} was damaged (a write interrupted?): moved to {path.name}.damaged; later events start a new file"
+    return (f"{path.name} was damaged: moved to {path.name}.damaged; the spectra of the events from here on "
+            f"start a new {path.name}")
 
 
 def read_spectra(path: Path) -> dict[int, dict[str, Any]]:

@@ -58,12 +58,13 @@ def _pin(args: list[str], key: str, value: str) -> list[str]:
 
 def run_hydra(body: Callable[[DictConfig, Path], Any], config_name: str, args: list[str], prog: str,
               check: Callable[[DictConfig], None],
-              claim: Callable[[DictConfig, Path], None] | None = None) -> int:
+              claim: Callable[[DictConfig, Path], bool] | None = None) -> int:
     """Check, then run ``body(cfg, run_dir)`` for every job of ``prog ARGS`` through ``hydra.main``.
 
     ``check(task config)`` is the command's check of one composed config (every sweep value);
     ``claim(task config, folder)`` refuses a named run folder that belongs to another run (a single run's
-    folder, every job folder of a sweep).
+    folder, every job folder of a sweep) and says whether it holds the finished run of this config (a single
+    run then writes nothing; a sweep's job does nothing).
     """
     args = flags_first(args)
     ns = hydra_args(args)
@@ -78,7 +79,7 @@ def run_hydra(body: Callable[[DictConfig, Path], Any], config_name: str, args: l
 
 
 def _single(plan: Plan, task: Callable[[DictConfig], None], config_name: str, args: list[str], prog: str,
-            claim: Callable[[DictConfig, Path], None] | None) -> int:
+            claim: Callable[[DictConfig, Path], bool] | None) -> int:
     from ..outputs import RunLock
 
     folder = plan.output_dir
@@ -90,8 +91,11 @@ def _single(plan: Plan, task: Callable[[DictConfig], None], config_name: str, ar
     jobs.FINISHED.clear()
     # Held while Hydra writes .hydra/ and the job runs (the job's own RunLock re-enters it).
     with RunLock(folder) if claim is not None else nullcontext():
-        if claim is not None:
-            claim(task_config(plan.configs[0]), folder)
+        if claim is not None and claim(task_config(plan.configs[0]), folder):
+            print(f"rmtprune: {folder} holds the finished run of this config: nothing to do, nothing written (to "
+                  f"train it again choose another folder, hydra.run.dir=...; to train longer, resume={folder} "
+                  f"epochs=N)", flush=True)
+            return 0
         code = _call_hydra(task, config_name, args, prog)
     if code:
         return code
@@ -102,7 +106,7 @@ def _single(plan: Plan, task: Callable[[DictConfig], None], config_name: str, ar
 
 
 def _sweep(plan: Plan, task: Callable[[DictConfig], None], config_name: str, args: list[str], prog: str,
-           claim: Callable[[DictConfig, Path], None] | None = None) -> int:
+           claim: Callable[[DictConfig, Path], bool] | None = None) -> int:
     import os
 
     if claim is not None and not plan.clock_named and plan.job_configs is not None and plan.job_subdirs is not None:

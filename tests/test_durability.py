@@ -1,0 +1,162 @@
+"""Issue 22, points 2-8: no finished result is overwritten or half-lost, an early-killed run continues in
+its folder, a damaged spectra.npz costs only figures, and sweeps obey locks and signals."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from conftest import TINY, interrupted_at
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """sha256 of every file under ``folder`` (relative path -> digest)."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def status(folder: Path) -> str:
+    return json.loads((folder / "summary.json").read_text())["status"]
+
+
+# --- 3. a finished folder is never written again ------------------------------------------------------
+
+def test_rerunning_a_finished_run_into_its_folder_writes_nothing(cli, tmp_path):
+    args = ("train", *TINY, "epochs=2", "hydra.run.dir=a")
+    assert cli(*args)[0] == 0
+    before = snapshot(tmp_path / "a")
+    assert {"summary.json", "metrics.csv", "model.pt", "DONE", ".hydra/config.yaml"} <= set(before)
+    code, out, err = cli(*args)
+    assert code == 0, err
+    assert "finished run of this config" in out and "hydra.run.dir" in out
+    assert snapshot(tmp_path / "a") == before
+
+
+def test_rerunning_a_finished_sweep_into_its_folders_keeps_the_results(cli, tmp_path):
+    args = ("train", "-m", *TINY, "epochs=1", "seed=0,1", "hydra.sweep.dir=sw")
+    assert cli(*args)[0] == 0
+    results = ("summary.json", "metrics.csv", "model.pt", "DONE")
+    before = {job: {n: (tmp_path / "sw" / job / n).read_bytes() for n in results} for job in ("0", "1")}
+    code, _, err = cli(*args)
+    assert code == 0, err
+    assert {job: {n: (tmp_path / "sw" / job / n).read_bytes() for n in results} for job in ("0", "1")} == before
+
+
+# --- 4. a run killed before its first checkpoint is continued in its folder ----------------------------
+
+def test_resume_true_restarts_a_run_killed_in_epoch_1_in_its_own_folder(cli, tmp_path, monkeypatch):
+    args = [*TINY, "epochs=2", "output_root=part"]
+    with interrupted_at(monkeypatch, 1):
+        assert cli("train", *args, "hydra.run.dir=part/first")[0] == 130
+    first = tmp_path / "part" / "first"
+    assert status(first) == "interrupted" and not (first / "checkpoint.pt").exists()
+    code, _, err = cli("train", *args, "resume=true", "hydra.run.dir=part/second")
+    assert code == 0, err
+    assert status(first) == "completed"
+    assert Path(json.loads((tmp_path / "part" / "second" / "redirect.json").read_text())["run_dir"]) == first.resolve()
+    assert not (tmp_path / "part" / "second" / "summary.json").exists()
+
+
+def test_resume_true_into_a_folder_holding_the_unfinished_run_continues_it_there(cli, tmp_path, monkeypatch):
+    args = [*TINY, "device=cpu", "epochs=3", "output_root=elsewhere"]
+    assert cli("train", *args, "hydra.run.dir=full")[0] == 0
+    for stop, folder in ((1, "x1"), (3, "x3")):  # killed before its first checkpoint, and after two
+        with interrupted_at(monkeypatch, stop):
+            assert cli("train", *args, f"hydra.run.dir={folder}")[0] == 130
+        code, _, err = cli("train", *args, "resume=true", f"hydra.run.dir={folder}")
+        assert code == 0, err
+        assert status(tmp_path / folder) == "completed"
+        rows = lambda f: [{k: v for k, v in r.items() if k != "seconds"} for r in  # noqa: E731
+                          __import__("csv").DictReader(open(tmp_path / f / "metrics.csv"))]
+        assert rows(folder) == rows("full")
+
+
+# --- 2. a kill inside the spectra write loses nothing ------------------------------------------------
+
+def _append_killed_at(path: Path, limit: int, epoch: int, values: dict) -> None:
+    """append_spectra in a child process that the kernel kills (SIGXFSZ) when a file it writes reaches
+    ``limit`` bytes: a kill at that byte of the write, with no Python cleanup."""
+    import os
+    import resource
+    import signal
+
+    from rmtprune.outputs import append_spectra
+
+    pid = os.fork()
+    if pid == 0:
+        signal.signal(signal.SIGXFSZ, signal.SIG_DFL)  # Python ignores it; the default kills
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        append_spectra(path, epoch, values)
+        os._exit(0)
+    os.waitpid(pid, 0)
+
+
+def test_a_kill_at_any_byte_of_the_spectra_write_keeps_every_earlier_event(tmp_path):
+    import numpy as np
+
+    from rmtprune.outputs import append_spectra, read_spectra
+
+    rng = np.random.default_rng(0)
+    events = {e: {"layers.0": rng.random(300).astype(np.float32), "layers.1": rng.random(40).astype(np.float32)}
+              for e in (1, 2, 3)}
+    done = tmp_path / "done.npz"
+    for e in (1, 2, 3):
+        append_spectra(done, e, events[e])
+    full = done.stat().st_size
+    for limit in [*range(0, full, max(1, full // 30)), 2 * full]:
+        path = tmp_path / f"s{limit}" / "spectra.npz"
+        path.parent.mkdir()
+        append_spectra(path, 1, events[1])
+        append_spectra(path, 2, events[2])
+        _append_killed_at(path, limit, 3, events[3])
+        got = read_spectra(path)  # whole, whatever the byte the kill came at
+        assert set(got) in ({1, 2}, {1, 2, 3}), limit
+        for e in got:
+            assert all(np.array_equal(got[e][k], events[e][k]) for k in events[e]), (limit, e)
+    assert set(read_spectra(path)) == {1, 2, 3}  # the last limit lets the write finish
+
+
+RMT = [*TINY, "pruning=rmt", "pruning.min_size=100", "schedule.horizon=6", "epochs=4"]
+
+
+def test_a_run_stopped_inside_the_spectra_write_resumes_to_the_same_spectra(cli, tmp_path, monkeypatch):
+    import numpy as np
+
+    from rmtprune import outputs
+    from rmtprune.outputs import read_spectra
+
+    assert cli("train", *RMT, "hydra.run.dir=full")[0] == 0
+    original, calls = np.lib.format.write_array, {"n": 0}
+
+    def stopped(*a, **kw):  # Ctrl-C in the middle of the second event's write
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(*a, **kw)
+
+    monkeypatch.setattr(np.lib.format, "write_array", stopped)
+    assert cli("train", *RMT, "hydra.run.dir=part")[0] == 130
+    monkeypatch.setattr(np.lib.format, "write_array", original)
+    assert set(read_spectra(tmp_path / "part" / "spectra.npz")) == {1}
+    assert not list((tmp_path / "part").glob(".*.tmp*"))
+    code, _, err = cli("train", *RMT, "resume=part", "hydra.run.dir=x")
+    assert code == 0, err
+    full, part = read_spectra(tmp_path / "full" / "spectra.npz"), read_spectra(tmp_path / "part" / "spectra.npz")
+    assert set(full) == set(part) == {1, 2, 3}
+    assert all(np.array_equal(full[e][k], part[e][k]) for e in full for k in full[e])
+    assert json.loads((tmp_path / "part" / "summary.json").read_text())["warnings"] == []
+    assert outputs.repair_spectra(tmp_path / "part" / "spectra.npz") is None
+
+
+def test_a_damaged_spectra_file_found_on_resume_is_a_summary_warning(cli, tmp_path, monkeypatch):
+    with interrupted_at(monkeypatch, 3):
+        assert cli("train", *RMT, "hydra.run.dir=r")[0] == 130
+    spectra = tmp_path / "r" / "spectra.npz"
+    spectra.write_bytes(spectra.read_bytes()[:-30])  # as an older rmtprune's kill mid-append left it
+    code, _, err = cli("train", *RMT, "resume=r", "hydra.run.dir=x")
+    assert code == 0, err
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    assert len(summary["warnings"]) == 1 and "spectra.npz was damaged" in summary["warnings"][0]
+    assert (tmp_path / "r" / "spectra.npz.damaged").exists()
