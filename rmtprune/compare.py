@@ -243,7 +243,8 @@ def compare(paths: list[Path], by: list[str] | None = None, metric: str = "test_
     groups = group_runs(finished, by)
     dropped = one_run_per_seed(groups)
     problems += dropped
-    warnings: list[dict[str, str]] = []
+    warnings = [{"folder": str(r.folder), "reason": f"{r.spectra_problem}: counted, its figures are skipped"}
+                for r in finished if r.spectra_problem]
     baseline = MagnitudeBaseline()
     rows: list[dict[str, Any]] = []
     curve_rows: list[dict[str, Any]] = []
