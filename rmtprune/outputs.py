@@ -16,8 +16,9 @@ import json
 import math
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -87,6 +88,20 @@ class RunLock:
             del RunLock._held[self._key]
             self.path.unlink(missing_ok=True)
             os.close(held[0])
+
+
+@contextmanager
+def exclusive(path: Path) -> Iterator[None]:
+    """Hold an exclusive flock on ``path`` (created if absent), waiting for it: one process at a time in
+    the block, across the processes of a sweep."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 # The names atomic writes give their temporary files: ``.<name>.<random>.tmp`` (and ``.tmp.npz`` for spectra).

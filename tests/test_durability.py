@@ -160,3 +160,51 @@ def test_a_damaged_spectra_file_found_on_resume_is_a_summary_warning(cli, tmp_pa
     assert summary["status"] == "completed"
     assert len(summary["warnings"]) == 1 and "spectra.npz was damaged" in summary["warnings"][0]
     assert (tmp_path / "r" / "spectra.npz.damaged").exists()
+
+
+# --- 8. logger=mlflow in a parallel sweep on a new store ---------------------------------------------
+
+def test_mlflow_jobs_starting_together_share_one_experiment(tmp_path, monkeypatch):
+    import os
+
+    import pytest
+
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+    from omegaconf import OmegaConf
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    from rmtprune.loggers import open_logger
+
+    cfg = OmegaConf.create({"logger": "mlflow", "output_root": str(tmp_path), "seed": 0, "pruning": {"name": "rmt"}})
+    go = tmp_path / "go"
+    children = []
+    for job in range(4):  # four jobs of a parallel sweep, released at the same moment
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                while not go.exists():
+                    pass
+                open_logger(cfg, tmp_path / f"job{job}").close()
+                code = 0
+            finally:
+                os._exit(code)
+        children.append(pid)
+    go.touch()
+    assert all(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0 for pid in children)
+    client = MlflowClient(tracking_uri=(tmp_path / "mlruns").as_uri())
+    (experiment,) = [e for e in client.search_experiments() if e.name == "rmtprune"]
+    assert len(client.search_runs([experiment.experiment_id])) == 4
+
+    # the race lost to a process the lock does not reach (another machine): the winner's experiment is used
+    real = MlflowClient.get_experiment_by_name
+    calls = {"n": 0}
+
+    def not_yet(self, name):
+        calls["n"] += 1
+        return None if calls["n"] == 1 else real(self, name)
+
+    monkeypatch.setattr(MlflowClient, "get_experiment_by_name", not_yet)
+    open_logger(cfg, tmp_path / "late").close()
+    assert len(client.search_runs([experiment.experiment_id])) == 5
