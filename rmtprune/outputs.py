@@ -41,7 +41,8 @@ KEYS_SINCE: dict[str, Any] = {"pruning.target_epoch": None}
 
 
 class RunLock:
-    """An exclusive lock on a run folder while a run writes to it (``<folder>/.lock``, flock).
+    """An exclusive lock on a run folder while a run writes to it (``<folder>/.lock``, flock); a sweep
+    holds ``<sweep folder>/.sweep.lock`` from before Hydra writes ``multirun.yaml`` until its last job ended.
 
     A second process that tries to use the folder gets a UserError naming the holder's pid; the lock
     goes with the process, so a killed run never leaves the folder locked. Within one process the lock
@@ -52,8 +53,8 @@ class RunLock:
 
     _held: dict[str, list[int]] = {}  # lock file -> [fd, depth], in this process
 
-    def __init__(self, folder: Path) -> None:
-        self.path = Path(folder) / ".lock"
+    def __init__(self, folder: Path, name: str = ".lock") -> None:
+        self.path = Path(folder) / name
         self._key = os.path.realpath(self.path)
 
     def __enter__(self) -> "RunLock":

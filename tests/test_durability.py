@@ -208,3 +208,27 @@ def test_mlflow_jobs_starting_together_share_one_experiment(tmp_path, monkeypatc
     monkeypatch.setattr(MlflowClient, "get_experiment_by_name", not_yet)
     open_logger(cfg, tmp_path / "late").close()
     assert len(client.search_runs([experiment.experiment_id])) == 5
+
+
+# --- 7. two sweeps into one sweep folder -------------------------------------------------------------
+
+def test_a_sweep_into_a_sweep_folder_in_use_is_refused_before_hydra_writes(cli, tmp_path):
+    import fcntl
+    import os
+
+    sweep = tmp_path / "sw"
+    sweep.mkdir()
+    fd = os.open(sweep / ".sweep.lock", os.O_RDWR | os.O_CREAT)  # another sweep (its own open file) holds it
+    os.write(fd, b"4242\n")
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    args = ("train", "-m", *TINY, "epochs=1", "seed=0,1", "hydra.sweep.dir=sw")
+    try:
+        code, _, err = cli(*args)
+    finally:
+        os.close(fd)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and "in use" in lines[0] and "4242" in lines[0], err
+    assert sorted(p.name for p in sweep.iterdir()) == [".sweep.lock"]  # no multirun.yaml, no job folder
+    code, _, err = cli(*args)  # once the other sweep has ended
+    assert code == 0, err
+    assert (sweep / "multirun.yaml").exists() and not (sweep / ".sweep.lock").exists()

@@ -109,15 +109,21 @@ def _sweep(plan: Plan, task: Callable[[DictConfig], None], config_name: str, arg
            claim: Callable[[DictConfig, Path], bool] | None = None) -> int:
     import os
 
-    if claim is not None and not plan.clock_named and plan.job_configs is not None and plan.job_subdirs is not None:
-        for cfg, subdir in zip(plan.job_configs, plan.job_subdirs):
-            claim(cfg, Path(os.path.abspath(plan.output_dir / subdir)))
+    from ..outputs import RunLock
+
     folder = Path(os.path.abspath(claim_unique(plan.output_dir) if plan.clock_named else plan.output_dir))
+    folder.mkdir(parents=True, exist_ok=True)
     args = _pin(args, plan.output_key, str(folder))
     launch = outcomes.new_launch()  # every job records its outcome under this launch's name
     args = _pin(args, f"+hydra.job.env_set.{outcomes.LAUNCH_ENV}", launch)
     jobs.FINISHED.clear()
-    code = _call_hydra(task, config_name, args, prog)
+    # One sweep at a time in a sweep folder, from before its job folders are checked and Hydra writes
+    # multirun.yaml and the jobs' .hydra/ until its last job ended.
+    with RunLock(folder, ".sweep.lock"):
+        if claim is not None and not plan.clock_named and plan.job_configs is not None and plan.job_subdirs is not None:
+            for cfg, subdir in zip(plan.job_configs, plan.job_subdirs):
+                claim(cfg, folder / subdir)
+        code = _call_hydra(task, config_name, args, prog)
     found = outcomes.collect(folder, launch, plan.jobs, _folder_of(plan, folder))
     outcomes.forget(folder, launch)
     if not found:
