@@ -22,12 +22,10 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
 import time
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -47,14 +45,11 @@ from .outputs import (METRICS_COLUMNS, RunLock, append_spectra, config_key, find
 from .progress import BatchProgress, show_event
 from .pruner import LEDGER_COLUMNS, make_pruner
 from .schedules import make_schedule
+from .signals import Terminated, interruptible
 from .state import TrainingState, make_optimizer  # noqa: F401  (make_optimizer: the loop's optimizer)
 from .step import train_epoch
 
 log = logging.getLogger("rmtprune")
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (``kill``, SLURM's time limit) during a run: handled like Ctrl-C."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -175,23 +170,6 @@ def _restart(run_dir: Path) -> None:
         (run_dir / name).unlink(missing_ok=True)
 
 
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM into :class:`Terminated` while the run trains (main thread only)."""
-    def handler(signum: int, frame: Any) -> None:
-        raise Terminated()
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread (some launchers): the default action stays
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train (and prune) one configuration, writing everything into ``run_dir``; returns the summary."""
     validate(cfg)
@@ -223,7 +201,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         if prev_dir is not None and prev_dir.resolve() != run_dir.resolve():
             write_json(run_dir / "redirect.json", {"run_dir": str(prev_dir.resolve()), "reason": "resumed"})
             log.info("resuming the run in %s", prev_dir)
-        with _sigterm_as_interrupt():
+        with interruptible():
             return _train(cfg, out_dir, key, device, resuming=prev_dir is not None)
 
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
+
+import pytest
 
 from conftest import TINY, interrupted_at
 
@@ -232,3 +235,55 @@ def test_a_sweep_into_a_sweep_folder_in_use_is_refused_before_hydra_writes(cli, 
     code, _, err = cli(*args)  # once the other sweep has ended
     assert code == 0, err
     assert (sweep / "multirun.yaml").exists() and not (sweep / ".sweep.lock").exists()
+
+
+# --- 6. a parallel sweep stops on SIGTERM / SIGINT ----------------------------------------------------
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_a_signal_to_a_parallel_sweep_stops_every_job_and_leaves_no_process(tmp_path, signum):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import rmtprune_command
+    from rmtprune.signals import descendants
+
+    sig = getattr(signal, signum)
+    cmd = [*rmtprune_command(), "train", "-m", "hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2",
+           *TINY, "epochs=100000", "seed=0,1,2", "hydra.sweep.dir=sw"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while sum(1 for _ in (tmp_path / "sw").glob("*/metrics.csv")) < 2:  # two jobs are training
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.2)
+        time.sleep(1.0)
+        tree = descendants(proc.pid)
+        assert tree  # the launcher's workers
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 128 + sig, err
+    assert "3 of 3 jobs failed" in err and "Traceback" not in err, err
+    assert sorted(ln.split(":")[0].strip() for ln in err.splitlines() if ": interrupted: " in ln) == \
+        ["sw/0", "sw/1", "sw/2"], err
+    started = sorted((tmp_path / "sw").glob("*/summary.json"))
+    assert len(started) >= 2
+    assert all(json.loads(p.read_text())["status"] == "interrupted" for p in started)
+    deadline = time.monotonic() + 5  # loky's resource tracker ends when it reads the end of its pipe
+    while any(_alive(pid) for pid in tree) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [pid for pid in tree if _alive(pid)] == []

@@ -10,7 +10,10 @@
 - A sweep's folder is given to Hydra as an absolute path, so every launcher's processes write to the
   same place whatever their working folder; after the sweep each job's outcome is read back
   (:mod:`.outcomes`): ``N of M jobs failed`` and a non-zero exit, for every launcher.
-- Exit codes: 0 all done, 2 bad input, 1 a run that failed while running, 130 interrupted.
+- Ctrl-C or SIGTERM to a sweep stops its jobs wherever they run on this machine (:mod:`rmtprune.signals`):
+  each records ``interrupted``, the job list is printed, and no process of the sweep outlives it.
+- Exit codes: 0 all done, 2 bad input, 1 a run that failed while running, 130 interrupted (Ctrl-C), 143
+  (SIGTERM to a sweep).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any, Callable
 from omegaconf import DictConfig
 
 from ..errors import UserError
+from ..signals import end_descendants, exit_code, stop_jobs_on_signal
 from . import jobs, outcomes
 from .compose import Composer, flags_first, hydra_args
 from .precheck import Plan, precheck, task_config
@@ -119,13 +123,22 @@ def _sweep(plan: Plan, task: Callable[[DictConfig], None], config_name: str, arg
     jobs.FINISHED.clear()
     # One sweep at a time in a sweep folder, from before its job folders are checked and Hydra writes
     # multirun.yaml and the jobs' .hydra/ until its last job ended.
+    interrupted: KeyboardInterrupt | None = None
     with RunLock(folder, ".sweep.lock"):
         if claim is not None and not plan.clock_named and plan.job_configs is not None and plan.job_subdirs is not None:
             for cfg, subdir in zip(plan.job_configs, plan.job_subdirs):
                 claim(cfg, folder / subdir)
-        code = _call_hydra(task, config_name, args, prog)
-    found = outcomes.collect(folder, launch, plan.jobs, _folder_of(plan, folder))
+        try:
+            with stop_jobs_on_signal(outcomes.records_dir(folder, launch), lambda: outcomes.running(folder, launch)):
+                code = _call_hydra(task, config_name, args, prog)
+        except KeyboardInterrupt as exc:  # every running job has recorded how it ended: end what is left
+            interrupted = exc
+            end_descendants()
+    found = outcomes.collect(folder, launch, plan.jobs, _folder_of(plan, folder), interrupted=interrupted is not None)
     outcomes.forget(folder, launch)
+    if interrupted is not None:
+        outcomes.report(found)
+        return exit_code(interrupted)
     if not found:
         if code:
             return code
