@@ -239,6 +239,21 @@ def test_a_sweep_into_a_sweep_folder_in_use_is_refused_before_hydra_writes(cli, 
 
 # --- 6. a parallel sweep stops on SIGTERM / SIGINT ----------------------------------------------------
 
+def _descendants(pid: int) -> list[int]:
+    """The processes below ``pid``, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            children.setdefault(int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]), []).append(int(entry.name))
+        except (OSError, IndexError, ValueError):
+            pass
+    return _walk(children, pid)
+
+
+def _walk(children: dict[int, list[int]], pid: int) -> list[int]:
+    return [c for child in children.get(pid, []) for c in (child, *_walk(children, child))]
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -256,7 +271,6 @@ def test_a_signal_to_a_parallel_sweep_stops_every_job_and_leaves_no_process(tmp_
     import time
 
     from conftest import rmtprune_command
-    from rmtprune.signals import descendants
 
     sig = getattr(signal, signum)
     cmd = [*rmtprune_command(), "train", "-m", "hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2",
@@ -269,7 +283,7 @@ def test_a_signal_to_a_parallel_sweep_stops_every_job_and_leaves_no_process(tmp_
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
             time.sleep(0.2)
         time.sleep(1.0)
-        tree = descendants(proc.pid)
+        tree = _descendants(proc.pid)
         assert tree  # the launcher's workers
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=60)
@@ -287,3 +301,24 @@ def test_a_signal_to_a_parallel_sweep_stops_every_job_and_leaves_no_process(tmp_
     while any(_alive(pid) for pid in tree) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert [pid for pid in tree if _alive(pid)] == []
+
+
+def test_sigterm_during_a_sweep_under_the_basic_launcher_stops_it_with_the_job_list(cli, tmp_path, monkeypatch):
+    import signal
+
+    import rmtprune.train as train_mod
+
+    original = train_mod.train_epoch
+
+    def killed(*a, **kw):  # SIGTERM to this process while job #0 trains its second epoch
+        if a[-1] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(*a, **kw)
+
+    monkeypatch.setattr(train_mod, "train_epoch", killed)
+    code, _, err = cli("train", "-m", *TINY, "epochs=3", "seed=0,1", "hydra.sweep.dir=sw")
+    assert code == 143, err
+    assert "2 of 2 jobs failed" in err and "sw/0: interrupted: interrupted (SIGTERM)" in err, err
+    assert "sw/1: interrupted: job #1" in err
+    assert status(tmp_path / "sw" / "0") == "interrupted" and not (tmp_path / "sw" / "1").exists()
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL

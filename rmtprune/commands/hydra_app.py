@@ -13,7 +13,7 @@
 - Ctrl-C or SIGTERM to a sweep stops its jobs wherever they run on this machine (:mod:`rmtprune.signals`):
   each records ``interrupted``, the job list is printed, and no process of the sweep outlives it.
 - Exit codes: 0 all done, 2 bad input, 1 a run that failed while running, 130 interrupted (Ctrl-C), 143
-  (SIGTERM to a sweep).
+  (SIGTERM).
 """
 
 from __future__ import annotations
