@@ -287,9 +287,12 @@ def test_a_signal_to_a_parallel_sweep_stops_every_job_and_leaves_no_process(tmp_
         assert tree  # the launcher's workers
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
+    finally:  # whatever happened, nothing of the sweep is left running (its session's processes)
+        try:
             os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
     assert proc.returncode == 128 + sig, err
     assert "3 of 3 jobs failed" in err and "Traceback" not in err, err
     assert sorted(ln.split(":")[0].strip() for ln in err.splitlines() if ": interrupted: " in ln) == \
