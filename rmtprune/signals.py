@@ -49,11 +49,13 @@ def _handling(on_signal: Callable[[int], None]) -> Iterator[None]:
         _state["stopping"] = True
         on_signal(signum)
 
-    try:
-        previous = {s: signal.signal(s, handler if _state["depth"] == 0 else signal.getsignal(s)) for s in HANDLED}
-    except ValueError:  # not the main thread
-        yield
-        return
+    previous = {}
+    if _state["depth"] == 0:
+        try:
+            previous = {s: signal.signal(s, handler) for s in HANDLED}
+        except ValueError:  # not the main thread
+            yield
+            return
     _state["depth"] += 1
     try:
         yield
@@ -76,19 +78,20 @@ def interruptible() -> Any:
 
 def stop_jobs_on_signal(records: Path, running: Callable[[], dict[int, int]], grace_s: float = 30.0) -> Any:
     """Around a sweep: on the first SIGINT / SIGTERM write ``records/STOP``, send the signal to the
-    processes of the running jobs (``running()``: pid -> job number), wait (at most ``grace_s``) until
-    none is running, then raise KeyboardInterrupt / Terminated here."""
+    processes of the running jobs (``running()``: pid -> job number) that this process started (a pid
+    recorded on another machine names nothing here), wait (at most ``grace_s``) until none of them is
+    running, then raise KeyboardInterrupt / Terminated here (a job in this process gets it that way)."""
     def stop(signum: int) -> None:
         records.mkdir(parents=True, exist_ok=True)
         (records / "STOP").touch()
-        for pid in running():
-            if pid != os.getpid():
-                try:
-                    os.kill(pid, signum)
-                except ProcessLookupError:
-                    pass
+        ours = set(descendants())
+        for pid in set(running()) & ours:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
         deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and any(pid != os.getpid() and _alive(pid) for pid in running()):
+        while time.monotonic() < deadline and any(_alive(pid) for pid in set(running()) & ours):
             time.sleep(0.05)
         raise interrupt_for(signum)
 
