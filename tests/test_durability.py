@@ -3,9 +3,11 @@ its folder, a damaged spectra.npz costs only figures, and sweeps obey locks and 
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,11 @@ def snapshot(folder: Path) -> dict[str, str]:
 
 def status(folder: Path) -> str:
     return json.loads((folder / "summary.json").read_text())["status"]
+
+
+def metrics_without_time(folder: Path) -> list[dict[str, str]]:
+    with open(folder / "metrics.csv") as f:
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
 
 
 # --- 3. a finished folder is never written again ------------------------------------------------------
@@ -70,9 +77,7 @@ def test_resume_true_into_a_folder_holding_the_unfinished_run_continues_it_there
         code, _, err = cli("train", *args, "resume=true", f"hydra.run.dir={folder}")
         assert code == 0, err
         assert status(tmp_path / folder) == "completed"
-        rows = lambda f: [{k: v for k, v in r.items() if k != "seconds"} for r in  # noqa: E731
-                          __import__("csv").DictReader(open(tmp_path / f / "metrics.csv"))]
-        assert rows(folder) == rows("full")
+        assert metrics_without_time(tmp_path / folder) == metrics_without_time(tmp_path / "full")
 
 
 # --- 2. a kill inside the spectra write loses nothing ------------------------------------------------
@@ -80,9 +85,7 @@ def test_resume_true_into_a_folder_holding_the_unfinished_run_continues_it_there
 def _append_killed_at(path: Path, limit: int, epoch: int, values: dict) -> None:
     """append_spectra in a child process that the kernel kills (SIGXFSZ) when a file it writes reaches
     ``limit`` bytes: a kill at that byte of the write, with no Python cleanup."""
-    import os
     import resource
-    import signal
 
     from rmtprune.outputs import append_spectra
 
@@ -168,10 +171,6 @@ def test_a_damaged_spectra_file_found_on_resume_is_a_summary_warning(cli, tmp_pa
 # --- 8. logger=mlflow in a parallel sweep on a new store ---------------------------------------------
 
 def test_mlflow_jobs_starting_together_share_one_experiment(tmp_path, monkeypatch):
-    import os
-
-    import pytest
-
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
     from omegaconf import OmegaConf
@@ -217,7 +216,6 @@ def test_mlflow_jobs_starting_together_share_one_experiment(tmp_path, monkeypatc
 
 def test_a_sweep_into_a_sweep_folder_in_use_is_refused_before_hydra_writes(cli, tmp_path):
     import fcntl
-    import os
 
     sweep = tmp_path / "sw"
     sweep.mkdir()
@@ -265,9 +263,7 @@ def _alive(pid: int) -> bool:
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
 def test_a_signal_to_a_parallel_sweep_stops_every_job_and_leaves_no_process(tmp_path, signum):
-    import signal
     import subprocess
-    import sys
     import time
 
     from conftest import rmtprune_command
@@ -307,8 +303,6 @@ def test_a_signal_to_a_parallel_sweep_stops_every_job_and_leaves_no_process(tmp_
 
 
 def test_sigterm_during_a_sweep_under_the_basic_launcher_stops_it_with_the_job_list(cli, tmp_path, monkeypatch):
-    import signal
-
     import rmtprune.train as train_mod
 
     original = train_mod.train_epoch
