@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -49,7 +49,7 @@ def _handling(on_signal: Callable[[int], None]) -> Iterator[None]:
         _state["stopping"] = True
         on_signal(signum)
 
-    previous = {}
+    previous: dict[int, Any] = {}
     if _state["depth"] == 0:
         try:
             previous = {s: signal.signal(s, handler) for s in HANDLED}
@@ -71,12 +71,12 @@ def _raise(signum: int) -> None:
     raise interrupt_for(signum)
 
 
-def interruptible() -> Any:
+def interruptible() -> AbstractContextManager[None]:
     """Inside the block the first SIGINT / SIGTERM raises KeyboardInterrupt / Terminated, once."""
     return _handling(_raise)
 
 
-def stop_jobs_on_signal(records: Path, running: Callable[[], dict[int, int]], grace_s: float = 30.0) -> Any:
+def stop_jobs_on_signal(records: Path, running: Callable[[], dict[int, int]], grace_s: float = 30.0) -> AbstractContextManager[None]:
     """Around a sweep: on the first SIGINT / SIGTERM write ``records/STOP``, send the signal to the
     processes of the running jobs (``running()``: pid -> job number) that this process started (a pid
     recorded on another machine names nothing here), wait (at most ``grace_s``) until none of them is
