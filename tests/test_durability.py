@@ -302,17 +302,30 @@ def test_a_signal_to_a_parallel_sweep_stops_every_job_and_leaves_no_process(tmp_
     assert [pid for pid in tree if _alive(pid)] == []
 
 
-def test_sigterm_during_a_sweep_under_the_basic_launcher_stops_it_with_the_job_list(cli, tmp_path, monkeypatch):
+def _sigterm_in_epoch_2(monkeypatch) -> None:
+    """SIGTERM to this process while a run trains its second epoch (train.train_epoch patched)."""
     import rmtprune.train as train_mod
 
     original = train_mod.train_epoch
 
-    def killed(*a, **kw):  # SIGTERM to this process while job #0 trains its second epoch
+    def killed(*a, **kw):
         if a[-1] == 2:
             os.kill(os.getpid(), signal.SIGTERM)
         return original(*a, **kw)
 
     monkeypatch.setattr(train_mod, "train_epoch", killed)
+
+
+def test_sigterm_to_a_run_records_interrupted_and_exits_143(cli, tmp_path, monkeypatch):
+    _sigterm_in_epoch_2(monkeypatch)
+    code, _, err = cli("train", *TINY, "epochs=3", "hydra.run.dir=r")
+    assert code == 143 and "resume=true" in err, err
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and "SIGTERM" in summary["error"] and summary["epochs_completed"] == 1
+
+
+def test_sigterm_during_a_sweep_under_the_basic_launcher_stops_it_with_the_job_list(cli, tmp_path, monkeypatch):
+    _sigterm_in_epoch_2(monkeypatch)
     code, _, err = cli("train", "-m", *TINY, "epochs=3", "seed=0,1", "hydra.sweep.dir=sw")
     assert code == 143, err
     assert "2 of 2 jobs failed" in err and "sw/0: interrupted: interrupted (SIGTERM)" in err, err
