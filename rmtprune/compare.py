@@ -288,7 +288,8 @@ def compare(paths: list[Path], by: list[str] | None = None, metric: str = "test_
     groups = group_runs(finished, by)
     dropped = one_run_per_seed(groups)
     problems += dropped
-    warnings: list[dict[str, str]] = []
+    warnings = [{"folder": str(r.folder), "reason": f"{r.spectra_problem}: counted, its figures are skipped"}
+                for r in finished if r.spectra_problem]
     baseline = MagnitudeBaseline(trust_model_code)
     delta = None if equivalence is None else equivalence / per_point(metric)
     rows: list[dict[str, Any]] = []
