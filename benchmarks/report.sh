@@ -40,11 +40,19 @@ if [ -d "$root" ]; then
   done
 fi
 [ -d "$runs" ] || { echo "no runs in $runs yet: run benchmarks/reproduce_cpu.sh first" >&2; exit 1; }
+eq=(--equivalence 0.3)  # TOST "within 0.3 points" beside every test (Holm-adjusted per table)
 for dir in "$runs"/*/; do
   s=$(basename "$dir")
-  case "$s" in frontier_*) ;; *) rmtprune compare "$runs/$s" --finetune --out "docs/results/$s" ;; esac
+  case "$s" in frontier_*|verdict_*|long_*) ;; *) rmtprune compare "$runs/$s" --finetune "${eq[@]}" --out "docs/results/$s" ;; esac
 done
 # the frontier: every compression level on MNIST with the main sweep's arms
 if ls -d "$runs"/frontier_* > /dev/null 2>&1; then
-  rmtprune compare "$runs/mnist_fc_1000_1000_1000_500_cpu" "$runs"/frontier_* --out docs/results/frontier_mnist
+  rmtprune compare "$runs/mnist_fc_1000_1000_1000_500_cpu" "$runs"/frontier_* "${eq[@]}" --out docs/results/frontier_mnist
+fi
+# the verdict (benchmarks/reproduce_verdict.sh): its frontier, and the long regime
+if ls -d "$runs"/verdict_mnist_* > /dev/null 2>&1; then
+  rmtprune compare "$runs"/verdict_mnist_* "${eq[@]}" --out docs/results/verdict_mnist
+fi
+if ls -d "$runs"/long_fashion* > /dev/null 2>&1; then
+  rmtprune compare "$runs"/long_fashion* "${eq[@]}" --out docs/results/long_fashion
 fi
