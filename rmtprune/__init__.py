@@ -10,6 +10,7 @@ The Python API, for any ``nn.Module`` in any training loop (no Hydra, no config 
         train_one_epoch(model, optimizer)
         if pruner.is_event(epoch):
             event = pruner.step(model, epoch)        # modifies model in place
+            rmtprune.recalibrate_bn(model, train_loader, 20, event)  # BatchNorm statistics of the cut model
             optimizer = rmtprune.rebuild_optimizer(optimizer, model, event, momentum=pruner.momentum,
                                                    lr=optimizer.param_groups[0]["lr"] * pruner.lr_factor)
 
@@ -24,7 +25,7 @@ The Python API, for any ``nn.Module`` in any training loop (no Hydra, no config 
 
 Names: :class:`RMTPruner`, :func:`prune_model`, :class:`PruneEvent`, :class:`Pruner` (the base of the
 pruning methods), :func:`rebuild_optimizer`, :func:`factorise_to_match`, :func:`fit_mp` and its result
-:class:`MPFit`, and :mod:`schedules` (keep fractions f(epoch): ``schedules.linear``, ``step``,
+:class:`MPFit`, :func:`recalibrate_bn` (BatchNorm statistics after a cut; nothing without BatchNorm), and :mod:`schedules` (keep fractions f(epoch): ``schedules.linear``, ``step``,
 ``exponential``, ``oneshot``, ``constant``; e.g. ``RMTPruner(schedule=functools.partial(rmtprune.schedules.step,
 at=5))``).
 The ``rmtprune`` command (``rmtprune train`` ...) is built on the same classes.
@@ -50,14 +51,16 @@ _EXPORTS = {
     "factorise_to_match": "rmtprune.models",
     "fit_mp": "rmtprune.rmt",
     "MPFit": "rmtprune.rmt",
+    "recalibrate_bn": "rmtprune.batchnorm",
 }
 _SUBMODULES = ("schedules",)
 
 __all__ = ["RMTPruner", "prune_model", "PruneEvent", "Pruner", "rebuild_optimizer", "factorise_to_match", "fit_mp",
-           "MPFit", "schedules", "__version__"]
+           "MPFit", "recalibrate_bn", "schedules", "__version__"]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names come from __getattr__
     from . import schedules
+    from .batchnorm import recalibrate_bn
     from .events import PruneEvent, Pruner, rebuild_optimizer
     from .models import factorise_to_match
     from .pruner import RMTPruner, prune_model

@@ -36,7 +36,8 @@ IDENTITY_VERSION = 2
 # Keys (dotted) added since IDENTITY_VERSION 2 with a default that computes what runs made before them
 # computed: left out of the identity at that default, so those runs keep their identity (resume and
 # skip_done find them). A new key goes here with the default that reproduces the old behaviour.
-KEYS_SINCE: dict[str, Any] = {"pruning.target_epoch": None}
+KEYS_SINCE: dict[str, Any] = {"pruning.target_epoch": None, "pruning.include": None, "pruning.exclude": None,
+                              "pruning.split": "always", "pruning.recalibrate_bn": 0}
 
 
 class RunLock:
@@ -152,7 +153,8 @@ def identity(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     Left out: ``NOT_IDENTITY`` (and the data set's location keys), the pruning keys the chosen option
     does not use (config.PRUNING_KEYS), the schedule unless the option uses one (config.USES_SCHEDULE) and
     then only its own keys, ``topology`` unless the model is the MLP, ``pruning.target_from``
-    (what counts is the ``target_params`` it resolves to), and keys added since IDENTITY_VERSION 2 at the
+    (what counts is the ``target_params`` it resolves to), ``pruning.recalibrate_bn`` for the MLP (no BatchNorm
+to recalibrate), and keys added since IDENTITY_VERSION 2 at the
     default that reproduces earlier runs (``KEYS_SINCE``). ``cfg`` is a DictConfig or the plain
     ``config`` dict of a summary.json.
     """
@@ -177,6 +179,8 @@ def identity(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
         data["schedule"] = {k: v for k, v in schedule.items() if k in used}
     if isinstance(data.get("model"), dict) and data["model"].get("name", "mlp") != "mlp":
         data.pop("topology", None)
+    elif isinstance(data.get("pruning"), dict):  # the MLP has no BatchNorm: recalibrating it changes nothing
+        data["pruning"].pop("recalibrate_bn", None)
     for dotted, default in KEYS_SINCE.items():
         *parents, leaf = dotted.split(".")
         node = data

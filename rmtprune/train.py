@@ -203,7 +203,8 @@ def _train(cfg: DictConfig, out_dir: Path, key: str, device: torch.device, resum
 
     numerics = configure_numerics(cfg, device)
     data = load_data(cfg.dataset, device)
-    pruner: Pruner = make_pruner(cfg.pruning, make_schedule(cfg.schedule))
+    pruner: Pruner = make_pruner(cfg.pruning, make_schedule(cfg.schedule), int(cfg.batch_size),
+                                 list(data.input_shape))
     ckpt_path = out_dir / "checkpoint.pt"
     old_epochs = None
     if resuming and ckpt_path.exists():
@@ -337,6 +338,8 @@ def _event(cfg: DictConfig, state: TrainingState, data: Data, epoch: int, out_di
     state.ledger.extend(event.records)
     if event.spectra:
         append_spectra(out_dir / "spectra.npz", epoch, event.spectra)
+    if event.changed:
+        recalibrate_after_event(cfg, state.model, data, epoch, event)
     show_event(event.records, epoch, cfg.progress)
     logger.log_event(epoch, event.records, event.spectra)
     if event.changed:
@@ -347,6 +350,20 @@ def _event(cfg: DictConfig, state: TrainingState, data: Data, epoch: int, out_di
     state.optimizer = rebuild_optimizer(state.optimizer, state.model, event, momentum=state.pruner.momentum,
                                         lr=state.lr)
     return event, after_loss, after_acc
+
+
+def recalibrate_after_event(cfg: DictConfig, model: torch.nn.Module, data: Data, epoch: int, event: PruneEvent) -> None:
+    """``pruning.recalibrate_bn`` batches of ``batch_size`` training samples, in the order of a generator seeded
+    with the epoch (the same samples in every arm; the data-order generator untouched), through
+    :func:`rmtprune.batchnorm.recalibrate_bn` (nothing for a model without BatchNorm)."""
+    from .batchnorm import recalibrate_bn
+    from .step import autocast_for
+
+    batches, size = int(cfg.pruning.get("recalibrate_bn", 0)), int(cfg.batch_size)
+    order = torch.randperm(len(data.train_x), generator=torch.Generator().manual_seed(epoch))[: batches * size]
+    loader = (data.train_x[order[i : i + size].to(data.train_x.device)] for i in range(0, len(order), size))
+    with autocast_for(str(cfg.precision), data.train_x.device):
+        recalibrate_bn(model, loader, batches, event)
 
 
 def _grow(cfg: DictConfig, state: TrainingState, data: Data, old_epochs: int, out_dir: Path, logger: Logger) -> None:
