@@ -8,14 +8,19 @@ cost of one call on a batch of B samples, in multiply-accumulate equivalents (MA
 runs at P positions per sample (1 for a Linear on a vector, the tokens for one on a sequence,
 H_out W_out for a Conv2d), with in / out channels, kernel kh x kw, groups g::
 
-    dense:  B P [out (in / g) kh kw + MU (in + out)]                 + KAPPA
-    split:  B P [r (in kh kw + out)  + MU (in + 2 r + out)]          + 2 KAPPA
+    dense:  B P [out (in / g) kh kw + MU (in + out)          + NU]      + KAPPA
+    split:  B P [r (in kh kw + out)  + MU (in + 2 g r + out) + 2 NU]    + 2 KAPPA
 
-(the split's first factor is a kh x kw conv in -> g r, its second a grouped 1 x 1 conv g r -> out).
-MU (MACs per activation element read or written) and KAPPA (MACs per layer call) were measured once on
-a CPU with one thread (benchmarks/bench_split.py prints the model's choices next to measured times);
-they are constants, never timings taken during a run, so a run's decisions depend only on its shapes
-and batch size and stay reproducible.
+(the split's first factor is a kh x kw conv in -> g r, its second a grouped 1 x 1 conv g r -> out): the
+FLOPs, the activations read and written, and a per-layer overhead of NU per position and KAPPA per call.
+The constants are the non-negative least-squares fit (in relative error) of measured CPU times, one
+thread, of mobilenet_v3_small's and the paper's MLP's layers at batch 64 (``benchmarks/bench_split.py``
+prints its fit next to these; it gave MU 25.7, NU 3854, KAPPA 1.45e6 at about 31 GMAC/s), rounded. They
+are constants, never timings taken during a run, so a run's decisions depend only on its shapes and
+batch size and stay reproducible. What they say: a thin 1 x 1 conv of a depthwise-heavy block
+(mobilenet's 16-144 channels) or a squeeze-excitation layer on one position per sample is memory- and
+call-bound, and two of them cost more than one; a wide Linear is FLOP-bound, and its split pays off
+down to a rank close to the one where it stops saving parameters.
 
 ``split=always`` splits whenever the split has fewer parameters (the rule before this option);
 ``never`` always truncates in place; ``auto`` splits only where the split has fewer parameters and a
@@ -41,8 +46,9 @@ from .models import prunable_layers
 from .surgery import layer_groups, layer_matrix_shape, split_weight_count, weight_count
 
 SPLITS = ("always", "auto", "never")
-MU = 64.0          # MACs per activation element read or written
-KAPPA = 2.0e5      # MACs per layer call
+MU = 25.0          # MACs per activation element read or written
+NU = 4000.0        # MACs per position per layer call
+KAPPA = 1.5e6      # MACs per layer call
 
 
 def layer_positions(model: nn.Module, example_input: torch.Tensor) -> dict[str, int]:
@@ -80,7 +86,7 @@ def dense_cost(module: nn.Module, positions: int, batch_size: int) -> float:
     """MACs of one call of the dense (or truncated) layer on a batch (see the module docstring)."""
     out, m = layer_matrix_shape(module)
     n_in = m * layer_groups(module) // kernel_area(module)
-    return batch_size * positions * (out * m + MU * (n_in + out)) + KAPPA
+    return batch_size * positions * (out * m + MU * (n_in + out) + NU) + KAPPA
 
 
 def split_cost(module: nn.Module, rank: int, positions: int, batch_size: int) -> float:
@@ -88,7 +94,8 @@ def split_cost(module: nn.Module, rank: int, positions: int, batch_size: int) ->
     out, m = layer_matrix_shape(module)
     g = layer_groups(module)
     n_in = m * g // kernel_area(module)
-    return batch_size * positions * (split_weight_count(module, rank) + MU * (n_in + 2 * g * rank + out)) + 2 * KAPPA
+    return (batch_size * positions * (split_weight_count(module, rank) + MU * (n_in + 2 * g * rank + out) + 2 * NU)
+            + 2 * KAPPA)
 
 
 class SplitRule:
