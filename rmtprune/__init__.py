@@ -10,7 +10,7 @@ The Python API, for any ``nn.Module`` in any training loop (no Hydra, no config 
         train_one_epoch(model, optimizer)
         if pruner.is_event(epoch):
             event = pruner.step(model, epoch)        # modifies model in place
-            rmtprune.recalibrate_bn(model, train_loader, 20, event)  # BatchNorm statistics of the cut model
+            rmtprune.recalibrate_bn(model, train_loader, pruner.recalibrate_bn, event)  # BatchNorm statistics
             optimizer = rmtprune.rebuild_optimizer(optimizer, model, event, momentum=pruner.momentum,
                                                    lr=optimizer.param_groups[0]["lr"] * pruner.lr_factor)
 

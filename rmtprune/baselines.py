@@ -115,15 +115,17 @@ class TargetPruner(Pruner):
             (None: the calendar's last event); later events keep the count.
         include, exclude: ``fnmatch`` patterns of module names: only layers matching a pattern of ``include``
             (None: all) and none of ``exclude`` are pruned.
-        every, start_epoch, stop_epoch, lr_factor, momentum: the event calendar (``events.Pruner``).
+        every, start_epoch, stop_epoch, lr_factor, momentum, recalibrate_bn: the event calendar and what the loop
+            applies at an event (``events.Pruner``).
     """
 
     def __init__(self, target_params: int, *, target_key: str | None = None, min_size: int = 10000,
                  include_output_layer: bool = True, target_epoch: int | None = None, every: int = 1,
                  start_epoch: int = 1, stop_epoch: int | None = None, lr_factor: float = 0.96,
-                 momentum: str = "reset", include: list[str] | None = None, exclude: list[str] | None = None) -> None:
+                 momentum: str = "reset", recalibrate_bn: int = 20, include: list[str] | None = None,
+                 exclude: list[str] | None = None) -> None:
         super().__init__(every=every, start_epoch=start_epoch, stop_epoch=stop_epoch, lr_factor=lr_factor,
-                         momentum=momentum)
+                         momentum=momentum, recalibrate_bn=recalibrate_bn)
         self.include, self.exclude = name_patterns("include", include), name_patterns("exclude", exclude)
         if not isinstance(target_params, (int, np.integer)) or isinstance(target_params, bool) or target_params < 1:
             raise ValueError(f"target_params must be a positive integer, got {target_params!r}")
@@ -489,7 +491,7 @@ class LowRankPruner(TargetPruner):
 def baseline_from_config(pruning: Any, batch_size: int | None = None,
                          input_shape: list[int] | None = None) -> Pruner:
     """The pruner of a ``pruning=magnitude`` or ``pruning=lowrank`` config node (rmtprune/conf/pruning/*.yaml): its
-    keys (``config.PRUNING_KEYS``, but the loop's ``recalibrate_bn``) are the keyword arguments. ``target_from``
+    keys (``config.PRUNING_KEYS``) are the keyword arguments. ``target_from``
     must have been resolved into ``target_params`` (:func:`rmtprune.targets.resolve_target`); it names the
     target in error messages. ``batch_size`` and ``input_shape`` (one sample): what ``split=auto`` costs at."""
     from .config import PRUNING_KEYS
@@ -502,7 +504,7 @@ def baseline_from_config(pruning: Any, batch_size: int | None = None,
         raise UserError(f"pruning={name} needs pruning.target_params=N, or pruning.target_from=RUN resolved into it "
                         f"(rmtprune.targets.resolve_target)")
     kwargs = {k: pruning[k] for k in PRUNING_KEYS[name]
-              if k not in ("name", "target_params", "target_from", "recalibrate_bn", "split")}
+              if k not in ("name", "target_params", "target_from", "split")}
     if "split" in PRUNING_KEYS[name]:
         kwargs.update(split_arguments(pruning, batch_size, input_shape))
     target = int(pruning.target_params)

@@ -80,7 +80,7 @@ def prune_saved(cfg: DictConfig, run_dir: Path, finetune_lr: float | None = None
         pruner.load_state_dict(info["raw"].get("pruner", {}))
     event = pruner.step(model, epoch)
     if event.changed:
-        recalibrate_after_event(cfg, model, data, epoch, event)
+        recalibrate_after_event(cfg, model, data, epoch, event, pruner.recalibrate_bn)
     show_event(event.records, epoch, cfg.progress)
     write_csv(run_dir / "layers.csv", event.records, LEDGER_COLUMNS)
     if event.spectra:

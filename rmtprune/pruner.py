@@ -104,6 +104,8 @@ class RMTPruner(Pruner):
             ``"never"`` (truncate in place).
         lr_factor, momentum: what the training loop applies at every event epoch (lr x lr_factor; a new
             optimizer, ``"reset"``: all momentum zeroed, ``"keep"``: untouched parameters keep theirs).
+        recalibrate_bn: what the training loop applies after an event that changed the model: BatchNorm
+            statistics recomputed on this many training batches (``rmtprune.recalibrate_bn``; 0: none).
 
     Raises:
         ValueError: an argument out of range, named in the message.
@@ -115,11 +117,11 @@ class RMTPruner(Pruner):
                  beta: float = 0.1, schedule: Union[str, Schedule] = "linear", horizon: float | None = None,
                  every: int = 1, start_epoch: int = 1, stop_epoch: int | None = None, min_size: int = 10000,
                  min_rank: int = 1, include_output_layer: bool = True, output_min_rank: int | None = None,
-                 truncate: bool = True, lr_factor: float = 0.96, momentum: str = "reset",
+                 truncate: bool = True, lr_factor: float = 0.96, momentum: str = "reset", recalibrate_bn: int = 20,
                  include: list[str] | None = None, exclude: list[str] | None = None, split: str = "always",
                  batch_size: int | None = None, example_input: torch.Tensor | None = None) -> None:
         super().__init__(every=every, start_epoch=start_epoch, stop_epoch=stop_epoch, lr_factor=lr_factor,
-                         momentum=momentum)
+                         momentum=momentum, recalibrate_bn=recalibrate_bn)
         for key, value in (("tolerance", tolerance), ("conv_tolerance", conv_tolerance)):
             if value is not None and not (isinstance(value, (int, float)) and 0 <= value <= 1):
                 raise ValueError(f"{key} must be in [0, 1] (1 always passes, 0 never), got {value!r}")
@@ -307,12 +309,12 @@ def split_arguments(pruning: Any, batch_size: int | None, input_shape: list[int]
 
 def rmt_pruner_from_config(pruning: Any, schedule: Schedule | None = None, batch_size: int | None = None,
                            input_shape: list[int] | None = None) -> RMTPruner:
-    """The RMTPruner of a ``pruning=rmt`` config node (rmtprune/conf/pruning/rmt.yaml): its keys (but the loop's
-    ``recalibrate_bn``) are the keyword arguments; ``schedule`` is the callable made from the schedule group
+    """The RMTPruner of a ``pruning=rmt`` config node (rmtprune/conf/pruning/rmt.yaml): its keys are the keyword
+    arguments; ``schedule`` is the callable made from the schedule group
     (schedules.make_schedule); ``batch_size`` and ``input_shape`` (one sample): what ``split=auto`` costs at."""
     from .config import PRUNING_KEYS
 
-    kwargs = {k: pruning[k] for k in PRUNING_KEYS["rmt"] if k not in ("name", "recalibrate_bn", "split")}
+    kwargs = {k: pruning[k] for k in PRUNING_KEYS["rmt"] if k not in ("name", "split")}
     return RMTPruner(schedule=schedule if schedule is not None else "linear", **kwargs,
                      **split_arguments(pruning, batch_size, input_shape))
 
