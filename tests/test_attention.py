@@ -150,3 +150,14 @@ def test_a_custom_transformer_trains_and_prunes_from_the_command_line(cli, tmp_p
     assert summary["status"] == "completed" and summary["n_params_final"] < summary["n_params_initial"]
     ledger = (tmp_path / "run" / "layers.csv").read_text()
     assert "encoder.layers.0.self_attn.out_proj" in ledger and "encoder.layers.1." not in ledger
+
+
+def test_a_split_conv_exposes_its_product_as_a_conv_weight():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 12, 3, stride=2, padding=1, groups=2).double()
+    x = torch.randn(2, 8, 9, 9, dtype=torch.float64)
+    from rmtprune.surgery import apply_rank, layer_svd
+
+    split = apply_rank(conv, 3, 12, layer_svd(conv)).module
+    assert split.weight.shape == conv.weight.shape
+    torch.testing.assert_close(F.conv2d(x, split.weight, split.bias, stride=2, padding=1, groups=2), split(x))
