@@ -4,8 +4,8 @@ For the prunable layers of torchvision's resnet18 and mobilenet_v3_small (weight
 Conv2d with at least 10 singular values) and the paper's MLP 784-1000-1000-1000-500-10, at ranks
 r = f r_max (r_max: the rank at which a split stops saving parameters; f in --fractions), it prints per
 layer and rank the model's cost ratio split / dense and its choice, the measured ratio (best of
---repeats calls of two factors vs the dense layer on a batch of --batch inputs of the layer's own input
-shape, measured in this one run) and whether the two agree; then per model the inference time of the
+--repeats rounds calling the dense layer and the two factors in turn, on a batch of --batch inputs of
+the layer's own input shape, measured in this one run) and whether the two agree; then per model the inference time of the
 whole network dense, with every layer cut at --model-fraction split=always, and split=auto (the same
 ranks, truncated in place where auto says so), and the least-squares fit of the cost model's constants
 (t = c (MACs + MU activations + NU positions) + c KAPPA calls) to the layer timings.
@@ -85,6 +85,12 @@ def best_time(fn: Any, x: torch.Tensor, repeats: int) -> float:
     return min(times)
 
 
+def interleaved(modules: list[nn.Module], x: torch.Tensor, repeats: int) -> list[float]:
+    """Best time of each module over ``repeats`` rounds that call them in turn (a passing load hits all)."""
+    times = [[best_time(m, x, 1) for m in modules] for _ in range(repeats)]
+    return [min(t[i] for t in times) for i in range(len(modules))]
+
+
 def depthwise_heavy(model: nn.Module, positions: dict[str, int]) -> set[str]:
     """Blocks ``a.b`` whose depthwise convolutions do at least DEPTHWISE_HEAVY of the block's MACs."""
     macs: dict[str, list[float]] = {}
@@ -110,17 +116,18 @@ def layer_rows(name: str, model: nn.Module, example: torch.Tensor, batch: int, f
             continue
         positions = rule.positions(model, lname)
         svd = layer_svd(module) if repeats else None
-        dense_t = best_time(module, torch.randn(batch, *shapes[lname]), repeats) if repeats else np.nan
+        x = torch.randn(batch, *shapes[lname]) if repeats else None
         for f in fractions:
             rank = max(1, int(f * r_max(module)))
             if rank >= r_max(module):  # no split saves parameters here (a depthwise conv): not the rule's case
                 continue
             ok, _ = rule.decide(model, lname, module, rank)
             model_ratio = split_cost(module, rank, positions, batch) / dense_cost(module, positions, batch)
-            measured = np.nan
+            measured = dense_t = np.nan
             if repeats:
                 factors = apply_rank(copy.deepcopy(module), rank, min(out, m), svd).module
-                measured = best_time(factors, torch.randn(batch, *shapes[lname]), repeats) / dense_t
+                dense_t, split_t = interleaved([module, factors], x, repeats)
+                measured = split_t / dense_t
             rows.append({"model": name, "layer": lname, "block": ".".join(lname.split(".")[:2]),
                          "depthwise_heavy": ".".join(lname.split(".")[:2]) in heavy, "out": out, "m": m,
                          "groups": layer_groups(module), "k2": kernel_area(module), "positions": positions,
@@ -148,12 +155,7 @@ def whole_model(name: str, model: nn.Module, example: torch.Tensor, batch: int, 
             if result.action == "split":
                 cut.set_submodule(lname, result.module)
         nets[mode] = cut
-    # interleaved (dense, always, auto) x repeats, the best of each: a load that comes and goes hits all three
-    times: dict[str, list[float]] = {k: [] for k in nets}
-    for _ in range(repeats):
-        for k, net in nets.items():
-            times[k].append(best_time(net, x, 1))
-    return {k: min(v) for k, v in times.items()}
+    return dict(zip(nets, interleaved(list(nets.values()), x, repeats)))
 
 
 def fit_constants(rows: list[dict[str, Any]], batch: int) -> tuple[float, float, float]:

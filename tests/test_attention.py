@@ -161,3 +161,14 @@ def test_a_split_conv_exposes_its_product_as_a_conv_weight():
     split = apply_rank(conv, 3, 12, layer_svd(conv)).module
     assert split.weight.shape == conv.weight.shape
     torch.testing.assert_close(F.conv2d(x, split.weight, split.bias, stride=2, padding=1, groups=2), split(x))
+
+
+def test_a_pattern_that_matches_no_layer_is_warned_about():
+    from test_batchnorm import compose_config
+
+    from rmtprune.models import model_warnings
+
+    cfg = compose_config(custom_model_overrides(["model=custom", "model._target_=tests_support.nets.Encoder",
+                                                 "pruning=rmt", "pruning.min_size=1000", "pruning.exclude=[encoder.layer.*]"]))
+    warnings = model_warnings(Encoder(), cfg)
+    assert len(warnings) == 1 and "pruning.exclude: the pattern 'encoder.layer.*' matches no Linear" in warnings[0]
