@@ -209,8 +209,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             print(f"{name}: the model's choice agrees with the measurement in {sum(r['agree'] for r in timed)} of "
                   f"{len(timed)} cases")
             t = whole_model(name, model, example, args.batch, args.model_fraction, args.repeats)
-            print(f"{name}: whole network at {args.model_fraction} r_max, batch {args.batch}: dense {1e3 * t['dense']:.1f} ms, "
-                  f"split=always {t['always'] / t['dense']:.2f}x, split=auto {t['auto'] / t['dense']:.2f}x")
+            print(f"{name}: whole network at {args.model_fraction} r_max, batch {args.batch}: dense "
+                  f"{1e3 * t['dense']:.1f} ms, split=always {t['always'] / t['dense']:.2f}x, split=auto {t['auto'] / t['dense']:.2f}x")
     if args.csv:
         import pandas as pd
 

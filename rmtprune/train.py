@@ -4,8 +4,8 @@
 pruning works: at every event epoch of the pruner's calendar (never after the last epoch) it calls
 ``pruner.step(model, epoch)``, recomputes the BatchNorm statistics of a changed model on
 ``pruning.recalibrate_bn`` training batches (none without BatchNorm), evaluates the model right after the
-event (``test_acc_after_event``: the Pruning Theorem's prediction, measured), multiplies the lr by ``pruning.lr_factor`` and rebuilds
-the optimizer with the momentum policy (``reset``: all momentum zeroed, as the reference does;
+event (``test_acc_after_event``: the Pruning Theorem's prediction, measured), multiplies the lr by
+``pruning.lr_factor`` and rebuilds the optimizer with the momentum policy (``reset``: all momentum zeroed, as the reference does;
 ``keep``: parameters the event did not touch keep theirs). This happens at every event epoch whether
 or not the event changed the model, so ``pruning=control`` (the same calendar, no pruning) has exactly
 the lr calendar of the pruned arm. ``optimizer.lr_decay`` multiplies the lr after every epoch.

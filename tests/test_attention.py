@@ -95,7 +95,8 @@ def test_a_split_layer_keeps_its_state_dict_keys_and_reloads_into_a_dense_instan
     model = Encoder(d_model=32, side=8, num_classes=4)
     pruner().step(model, 1)
     keys = {k for k in model.state_dict() if k.startswith("encoder.layers.0.self_attn.out_proj.")}
-    assert keys == {f"encoder.layers.0.self_attn.out_proj.{k}" for k in ("first.weight", "second.weight", "second.bias")}
+    prefix = "encoder.layers.0.self_attn.out_proj."
+    assert keys == {prefix + k for k in ("first.weight", "second.weight", "second.bias")}
     out_proj = model.encoder.layers[0].self_attn.out_proj
     assert sum(p.numel() for p in out_proj.parameters()) == 8 * (32 + 32) + 32
     fresh = Encoder(d_model=32, side=8, num_classes=4)
@@ -168,7 +169,7 @@ def test_a_pattern_that_matches_no_layer_is_warned_about():
 
     from rmtprune.models import model_warnings
 
-    cfg = compose_config(custom_model_overrides(["model=custom", "model._target_=tests_support.nets.Encoder",
-                                                 "pruning=rmt", "pruning.min_size=1000", "pruning.exclude=[encoder.layer.*]"]))
+    cfg = compose_config(custom_model_overrides(["model=custom", "model._target_=tests_support.nets.Encoder", "pruning=rmt",
+                                                 "pruning.min_size=1000", "pruning.exclude=[encoder.layer.*]"]))
     warnings = model_warnings(Encoder(), cfg)
     assert len(warnings) == 1 and "pruning.exclude: the pattern 'encoder.layer.*' matches no Linear" in warnings[0]
