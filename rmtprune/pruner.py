@@ -194,7 +194,8 @@ class RMTPruner(Pruner):
         parameters but gets new weight values. Either way the optimizer state of those parameters is
         stale: rebuild the optimizer (:func:`rmtprune.rebuild_optimizer`) after an event that
         ``changed`` the model. Also updates this pruner's :meth:`state_dict`. Records no autograd graph
-        and draws no random numbers."""
+        and draws no random numbers (``split="auto"`` runs one forward pass of ``example_input`` per pruner,
+        its graph discarded, in a fork of the RNG)."""
         event = PruneEvent(epoch)
         f = self.keep_fraction(epoch)
         for name, module, is_output in select_layers(model, self.include, self.exclude, self.include_output_layer):

@@ -113,3 +113,16 @@ def test_split_auto_from_the_command_line_and_its_identity(cli, tmp_path):
                                                           "pruning.include=null", "pruning.exclude=null"]))
     for extra in ("pruning.split=auto", "pruning.include=[layers.0]", "pruning.exclude=[layers.0]"):
         assert config_key(compose_config(["pruning=rmt", extra])) != config_key(base), extra
+
+
+@pytest.mark.parametrize("model", ["model=mlp", "model=cnn"])
+def test_a_baseline_target_is_checked_with_split_auto_before_training(model):
+    """The pre-check builds the network on the meta device: the cost model's probe runs there too."""
+    from test_batchnorm import compose_config
+
+    from rmtprune.targets import check_target
+
+    overrides = ["pruning=lowrank", model, "pruning.split=auto", "epochs=3"]
+    check_target(compose_config([*overrides, "pruning.target_params=100000"]))
+    with pytest.raises(UserError, match="below the smallest count"):
+        check_target(compose_config([*overrides, "pruning.target_params=10"]))
