@@ -7,7 +7,8 @@ layer and rank the model's cost ratio split / dense and its choice, the measured
 --repeats rounds calling the dense layer and the two factors in turn, on a batch of --batch inputs of
 the layer's own input shape, measured in this one run) and whether the two agree; then per model the inference time of the
 whole network dense, with every layer cut at --model-fraction split=always, and split=auto (the same
-ranks, truncated in place where auto says so), and the least-squares fit of the cost model's constants
+ranks, truncated in place where auto says so; and the sums of the interleaved layer times, which hold
+better under a changing load), and the least-squares fit of the cost model's constants
 (t = c (MACs + MU activations + NU positions) + c KAPPA calls) to the layer timings.
 
     python benchmarks/bench_split.py                       # all three networks, images 112, batch 32
@@ -158,6 +159,21 @@ def whole_model(name: str, model: nn.Module, example: torch.Tensor, batch: int, 
     return dict(zip(nets, interleaved(list(nets.values()), x, repeats)))
 
 
+def layer_sums(rows: list[dict[str, Any]]) -> dict[float, dict[str, float]]:
+    """Per rank fraction: the summed layer times with every layer split (always), split where the model says
+    so (auto), and split where the measurement says so (oracle), over the summed dense times. Each layer's
+    pair was timed interleaved, so these hold better under a changing load than timing whole networks."""
+    out: dict[float, dict[str, float]] = {}
+    for f in sorted({r["fraction"] for r in rows}):
+        at = [r for r in rows if r["fraction"] == f]
+        dense = sum(r["dense_s"] for r in at)
+        split = {"always": lambda r: True, "auto": lambda r: r["choice"] == "split",
+                 "oracle": lambda r: r["measured_ratio"] < 1}
+        out[f] = {k: sum(r["dense_s"] * (r["measured_ratio"] if rule(r) else 1.0) for r in at) / dense
+                  for k, rule in split.items()}
+    return out
+
+
 def fit_constants(rows: list[dict[str, Any]], batch: int) -> tuple[float, float, float]:
     """(MU, NU, KAPPA) of the non-negative least-squares fit t = c (MACs + MU activations + NU positions + KAPPA
     calls) over the timings, in relative error (each equation divided by its time)."""
@@ -199,8 +215,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         rows += got
         for r in got:
             print(f"{name:19s} {r['layer']:28s} {r['out']:5d}x{r['m']:<5d} g{r['groups']:<4d} P{r['positions']:<6d} "
-                  f"r{r['rank']:<4d} model {r['model_ratio']:.2f} -> {r['choice']:8s} measured {r['measured_ratio']:.2f}"
-                  f"{'' if r['agree'] else '  DISAGREE'}")
+                  f"r{r['rank']:<4d} model {r['model_ratio']:.2f} -> {r['choice']:8s} "
+                  f"measured {r['measured_ratio']:.2f}{'' if r['agree'] else '  DISAGREE'}")
         heavy = [r for r in got if r["depthwise_heavy"]]
         print(f"{name}: auto split {sum(r['choice'] == 'split' for r in heavy)} of {len(heavy)} (layer, rank) cases in "
               f"depthwise-heavy blocks {sorted({r['block'] for r in heavy})}")
@@ -208,9 +224,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             timed = [r for r in got if not np.isnan(r["measured_ratio"])]
             print(f"{name}: the model's choice agrees with the measurement in {sum(r['agree'] for r in timed)} of "
                   f"{len(timed)} cases")
+            heavy = [r for r in timed if r["depthwise_heavy"]]
+            for part, sel in (("all layers", timed), ("depthwise-heavy blocks", heavy)):
+                for f, v in layer_sums(sel).items() if sel else ():
+                    print(f"{name}: {part} at {f} r_max, summed layer time / dense: split=always {v['always']:.2f}, "
+                          f"split=auto {v['auto']:.2f}, split where measured faster {v['oracle']:.2f}")
             t = whole_model(name, model, example, args.batch, args.model_fraction, args.repeats)
             print(f"{name}: whole network at {args.model_fraction} r_max, batch {args.batch}: dense "
-                  f"{1e3 * t['dense']:.1f} ms, split=always {t['always'] / t['dense']:.2f}x, split=auto {t['auto'] / t['dense']:.2f}x")
+                  f"{1e3 * t['dense']:.1f} ms, split=always {t['always'] / t['dense']:.2f}x, "
+                  f"split=auto {t['auto'] / t['dense']:.2f}x")
     if args.csv:
         import pandas as pd
 
