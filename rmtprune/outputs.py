@@ -50,6 +50,10 @@ KEYS_SINCE: dict[str, Any] = {
     "optimizer.anneal_epochs": 3,
     "pruning.match": "final",
     "pruning.target_trajectory": None,
+    "pruning.include": None,
+    "pruning.exclude": None,
+    "pruning.split": "always",
+    "pruning.recalibrate_bn": 0,
 }
 # Keys (dotted) that compute nothing while another key has its "off" value: left out of the identity then.
 INERT_WHEN: dict[str, tuple[str, Any]] = {"dataset.val_seed": ("dataset.val_size", 0),
@@ -184,9 +188,10 @@ def identity(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     Left out: ``NOT_IDENTITY`` (and the data set's location keys), the pruning keys the chosen option
     does not use (config.PRUNING_KEYS), the schedule unless the option uses one (config.USES_SCHEDULE) and
     then only its own keys, ``topology`` unless the model is the MLP, ``pruning.target_from``
-    (what counts is the ``target_params`` it resolves to), and keys added since IDENTITY_VERSION 2 at the
-    default that reproduces earlier runs (``KEYS_SINCE``), and keys inert while another is off (``INERT_WHEN``:
-    ``dataset.val_seed`` without a validation split, ``optimizer.anneal_epochs`` without an anneal). ``cfg`` is a DictConfig or the plain
+    (what counts is the ``target_params`` it resolves to), ``pruning.recalibrate_bn`` for the MLP (no BatchNorm
+    to recalibrate), keys added since IDENTITY_VERSION 2 at the default that reproduces earlier runs
+    (``KEYS_SINCE``), and keys inert while another is off (``INERT_WHEN``: ``dataset.val_seed`` without a
+    validation split, ``optimizer.anneal_epochs`` without an anneal). ``cfg`` is a DictConfig or the plain
     ``config`` dict of a summary.json.
     """
     from .config import PRUNING_KEYS, SCHEDULE_KEYS, USES_SCHEDULE
@@ -210,6 +215,8 @@ def identity(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
         data["schedule"] = {k: v for k, v in schedule.items() if k in used}
     if isinstance(data.get("model"), dict) and data["model"].get("name", "mlp") != "mlp":
         data.pop("topology", None)
+    elif isinstance(data.get("pruning"), dict):  # the MLP has no BatchNorm: recalibrating it changes nothing
+        data["pruning"].pop("recalibrate_bn", None)
     for dotted, (switch, off) in INERT_WHEN.items():
         parent, leaf = _node(data, dotted)
         if parent is not None and _get(data, switch, off) == off:

@@ -167,8 +167,9 @@ class Surgery:
 
 
 def apply_rank(module: nn.Module, rank: int, current_rank: int, svd: SVD | None = None,
-               *, truncate: bool = True) -> Surgery:
-    """Bring ``module`` to ``rank`` (< current_rank): split if smaller, else truncate in place.
+               *, truncate: bool = True, split_ok: bool = True) -> Surgery:
+    """Bring ``module`` to ``rank`` (< current_rank): split if smaller (and ``split_ok``: the split rule
+    of ``rmtprune.cost`` allows it), else truncate in place (``truncate``) or leave it (``skip_no_saving``).
 
     ``current_rank`` is the layer's rank now (p for a dense layer never pruned). A target rank at
     or above it changes nothing (action ``keep``). A split layer is always re-split, since its
@@ -178,7 +179,7 @@ def apply_rank(module: nn.Module, rank: int, current_rank: int, svd: SVD | None 
     if rank >= current_rank:
         return Surgery(module, "keep", current_rank, current_rank, before, before)
     svd = svd if svd is not None else layer_svd(module)
-    if isinstance(module, LOW_RANK_TYPES) or split_weight_count(module, rank) < weight_count(module):
+    if isinstance(module, LOW_RANK_TYPES) or (split_ok and split_weight_count(module, rank) < weight_count(module)):
         new = split(module, svd, rank)
         return Surgery(new, "split", current_rank, rank, before, param_count(new))
     if not truncate:

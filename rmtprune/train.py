@@ -2,9 +2,10 @@
 
 ``run(cfg, run_dir)`` is everything ``rmtprune train`` does for one job. The loop does not know how
 pruning works: at every event epoch of the pruner's calendar (never after the last epoch) it calls
-``pruner.step(model, epoch)``, evaluates the model right after the event (``test_acc_after_event``:
-the Pruning Theorem's prediction, measured), multiplies the lr by ``pruning.lr_factor`` and rebuilds
-the optimizer with the momentum policy (``reset``: all momentum zeroed, as the reference does;
+``pruner.step(model, epoch)``, recomputes the BatchNorm statistics of a changed model on
+``pruning.recalibrate_bn`` training batches (none without BatchNorm), evaluates the model right after the
+event (``test_acc_after_event``: the Pruning Theorem's prediction, measured), multiplies the lr by
+``pruning.lr_factor`` and rebuilds the optimizer with the momentum policy (``reset``: all momentum zeroed, as the reference does;
 ``keep``: parameters the event did not touch keep theirs). This happens at every event epoch whether
 or not the event changed the model, so ``pruning=control`` (the same calendar, no pruning) has exactly
 the lr calendar of the pruned arm. ``optimizer.lr_decay`` multiplies the lr after every epoch, and
@@ -215,7 +216,8 @@ def _train(cfg: DictConfig, out_dir: Path, key: str, device: torch.device, resum
 
     numerics = configure_numerics(cfg, device)
     data = load_data(cfg.dataset, device)
-    pruner: Pruner = make_pruner(cfg.pruning, make_schedule(cfg.schedule))
+    pruner: Pruner = make_pruner(cfg.pruning, make_schedule(cfg.schedule), int(cfg.batch_size),
+                                 list(data.input_shape))
     ckpt_path = out_dir / "checkpoint.pt"
     old_epochs = None
     if not ckpt_path.exists():
@@ -379,6 +381,8 @@ def _event(cfg: DictConfig, state: TrainingState, data: Data, epoch: int, out_di
     state.ledger.extend(event.records)
     if event.spectra:
         append_spectra(out_dir / "spectra.npz", epoch, event.spectra)
+    if event.changed:
+        recalibrate_after_event(cfg, state.model, data, epoch, event, state.pruner.recalibrate_bn)
     show_event(event.records, epoch, cfg.progress)
     logger.log_event(epoch, event.records, event.spectra)
     if event.changed:
@@ -389,6 +393,21 @@ def _event(cfg: DictConfig, state: TrainingState, data: Data, epoch: int, out_di
     state.optimizer = rebuild_optimizer(state.optimizer, state.model, event, momentum=state.pruner.momentum,
                                         lr=state.lr)
     return event, after_loss, after_acc
+
+
+def recalibrate_after_event(cfg: DictConfig, model: torch.nn.Module, data: Data, epoch: int, event: PruneEvent,
+                            batches: int) -> None:
+    """``batches`` batches (the pruner's ``recalibrate_bn``) of ``batch_size`` training samples, in the order of a
+    generator seeded with the epoch (the same samples in every arm; the data-order generator untouched),
+    through :func:`rmtprune.batchnorm.recalibrate_bn` (nothing for a model without BatchNorm)."""
+    from .batchnorm import recalibrate_bn
+    from .step import autocast_for
+
+    size = int(cfg.batch_size)
+    order = torch.randperm(len(data.train_x), generator=torch.Generator().manual_seed(epoch))[: batches * size]
+    loader = (data.train_x[order[i : i + size].to(data.train_x.device)] for i in range(0, len(order), size))
+    with autocast_for(str(cfg.precision), data.train_x.device):
+        recalibrate_bn(model, loader, batches, event)
 
 
 def _grow(cfg: DictConfig, state: TrainingState, data: Data, old_epochs: int, out_dir: Path, logger: Logger) -> None:

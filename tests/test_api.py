@@ -174,7 +174,7 @@ def test_defaults_are_those_of_conf_pruning_rmt():
     ("tolerance", 1.5), ("conv_tolerance", -0.1), ("alpha", 0.5), ("beta", 0.0), ("schedule", "cubic"),
     ("horizon", 0), ("every", 0), ("start_epoch", 0), ("stop_epoch", 0), ("min_size", -1), ("min_rank", 0),
     ("include_output_layer", "yes"), ("output_min_rank", 0), ("truncate", "no"), ("lr_factor", 0.0),
-    ("momentum", "nesterov"),
+    ("momentum", "nesterov"), ("recalibrate_bn", -1), ("include", 3), ("exclude", [None]), ("split", "sometimes"),
 ])
 def test_each_bad_constructor_argument_is_a_value_error_naming_it(argument, value):
     with pytest.raises(ValueError, match=rf"\b{argument}\b"):
