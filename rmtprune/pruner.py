@@ -295,7 +295,7 @@ class RMTPruner(Pruner):
         numerical rank, ``torch.linalg.matrix_rank``, after a truncation in place) gets r known spikes (and,
         dense, r as its rank). The next event then censors its p - r zeros and never fits its r survivors as
         bulk: a layer cut to its values keeps its rank (``keep_no_bulk``). Does not modify ``model``."""
-        for name, module in prunable_layers(model):
+        for name, module, _ in select_layers(model, self.include, self.exclude, self.include_output_layer):
             out, m = layer_matrix_shape(module)
             if name in self.known_spikes or out * m < self.min_size:
                 continue
