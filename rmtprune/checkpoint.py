@@ -169,6 +169,7 @@ def rebuild_model(ckpt: dict[str, Any], path: Path | str = "checkpoint",
     if ckpt.get("version") != VERSION:
         raise UserError(f"{path}: checkpoint version {ckpt.get('version')} is not supported (expected {VERSION})")
     spec = trusted_spec(ckpt, trusted, path)
+    _refuse_oversized(spec, ckpt, path)
     try:
         model = build_model(spec, ckpt.get("ranks", {}), ckpt.get("shapes", {}))
     except UserError as exc:  # a custom model whose class is gone or changed
@@ -183,3 +184,21 @@ def rebuild_model(ckpt: dict[str, Any], path: Path | str = "checkpoint",
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise UserError(f"{path}: checkpoint does not match its architecture ({first})") from None
     return model
+
+
+def _refuse_oversized(spec: dict[str, Any], ckpt: dict[str, Any], path: Path | str) -> None:
+    """A built-in architecture (mlp, cnn) is sized by numbers the file chooses: build it on the meta device
+    first (no memory, no random numbers) and refuse one with more parameters than the file holds values, so
+    a crafted spec (``widths: [784, 100000, 100000, 10]``) never allocates and initialises gigabytes."""
+    state = ckpt.get("state_dict")
+    if spec.get("kind") == "custom" or not isinstance(state, dict):
+        return
+    try:
+        with torch.device("meta"):
+            need = sum(p.numel() for p in build_model(spec, ckpt.get("ranks", {}), ckpt.get("shapes", {})).parameters())
+    except (KeyError, ValueError, RuntimeError, AttributeError, TypeError, NotImplementedError, UserError):
+        return  # the real build reports what is wrong with the spec
+    held = sum(t.numel() for t in state.values() if isinstance(t, torch.Tensor))
+    if need > held:
+        raise UserError(f"{path}: checkpoint does not match its architecture ({need:,} parameters in its spec, "
+                        f"{held:,} values in its weights)")

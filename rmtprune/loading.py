@@ -41,11 +41,12 @@ def state_dict_of(obj: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str,
     return None, None
 
 
-def _factor_pairs(state: dict[str, Any]) -> dict[str, tuple[str, str]]:
+def _factor_pairs(state: dict[str, Any], path: Path | str = "file") -> dict[str, tuple[str, str]]:
     """{layer: (first key, second key)} of the split layers of a state_dict: W = W2 @ W1 stored as
     ``X.first.weight`` / ``X.second.weight`` (rmtprune.lowrank), or as ``X.0.weight`` / ``X.1.weight`` (the
     only two modules of a Sequential, the first without bias) whose shapes chain through a rank r below both
-    sides: W1 (r, in) and W2 (out, r) (Linear), W1 (r, in, kh, kw) and W2 (out, r, 1, 1) (Conv2d)."""
+    sides: W1 (r, in) and W2 (out, r) (Linear), W1 (r, in, kh, kw) and W2 (out, r, 1, 1) (Conv2d; grouped:
+    W1 (g r, in / g, kh, kw)). A ``first``/``second`` pair that does not chain so is a damaged file (UserError)."""
     pairs = {}
     for key, first in state.items():
         for a, b in ((".first.weight", ".second.weight"), (".0.weight", ".1.weight")):
@@ -55,6 +56,15 @@ def _factor_pairs(state: dict[str, Any]) -> dict[str, tuple[str, str]]:
             second = state.get(name + b)
             if not isinstance(second, torch.Tensor) or first.ndim != second.ndim or first.ndim not in (2, 4):
                 continue
+            if a == ".first.weight":
+                rank = second.shape[1]
+                linear_ok = first.ndim == 2 and first.shape[0] == rank
+                conv_ok = first.ndim == 4 and tuple(second.shape[2:]) == (1, 1) and first.shape[0] % max(rank, 1) == 0
+                bias = state.get(name + ".second.bias")
+                if rank < 1 or not (linear_ok or conv_ok) or (isinstance(bias, torch.Tensor)
+                                                               and tuple(bias.shape) != (second.shape[0],)):
+                    raise UserError(f"{path}: {key} {tuple(first.shape)} and {name + b} {tuple(second.shape)} are not "
+                                    f"the two factors of one layer (W2 W1 needs W2's columns = W1's rows, rank >= 1)")
             if a == ".0.weight":
                 rank = first.shape[0]
                 chained = second.shape[1] == rank and (first.ndim == 2 or second.shape[2:] == (1, 1))
@@ -91,7 +101,7 @@ def skeleton_from_state_dict(state: dict[str, Any], path: Path | str = "file") -
     Builds no class of the saved model: the tensors alone describe it."""
     root = nn.Module()
     found = 0
-    pairs = {keys[0]: (name, keys[1]) for name, keys in _factor_pairs(state).items()}  # first key -> (layer, second)
+    pairs = {keys[0]: (name, keys[1]) for name, keys in _factor_pairs(state, path).items()}  # first key -> (layer, second)
     seconds = {second for _, second in pairs.values()}
     for key, value in state.items():
         if key in seconds or not (isinstance(value, torch.Tensor) and key.endswith("weight") and value.ndim in (2, 4)):

@@ -29,7 +29,7 @@ from .models import build_model, count_parameters, factorise_to_match, model_spe
 from .outputs import DATASET_NOT_IDENTITY, METRICS_COLUMNS, append_spectra, read_json, write_csv, write_json
 from .progress import BatchProgress, show_event
 from .pruner import LEDGER_COLUMNS, rmt_pruner_from_config
-from .schedules import make_schedule
+from .schedules import SpikeCut, make_schedule
 from .state import make_optimizer
 from .step import configure_numerics, train_epoch
 from .train import recalibrate_after_event, resolve_device
@@ -115,6 +115,9 @@ def prune_saved(cfg: DictConfig, run_dir: Path, finetune_lr: float | None = None
         raise UserError(f"pruning={cfg.pruning.name}: rmtprune prune makes one RMT event; use pruning=rmt")
     if cfg.finetune_epochs < 0:
         raise UserError(f"finetune_epochs={cfg.finetune_epochs} must be >= 0")
+    if cfg.optimizer.anneal != "none":
+        raise UserError(f"optimizer.anneal={cfg.optimizer.anneal}: rmtprune prune fine-tunes at one lr (the run's "
+                        f"last, or optimizer.lr for a state_dict) and anneals nothing; leave optimizer.anneal=none")
     device = resolve_device(cfg.device)
     configure_numerics(cfg, device)
     model, info = load_model(Path(str(cfg.model_path)), model_spec(cfg) if cfg.model.name == "custom" else None)
@@ -127,8 +130,11 @@ def prune_saved(cfg: DictConfig, run_dir: Path, finetune_lr: float | None = None
     epoch = int(info["epoch"] or cfg.epochs)
     pruner = rmt_pruner_from_config(cfg.pruning, make_schedule(cfg.schedule), int(cfg.batch_size),
                                     list(data.input_shape))
-    if info["kind"] == "rmtprune":
-        pruner.load_state_dict(info["raw"].get("pruner", {}))
+    pruner.load_state_dict((info["raw"].get("pruner") if info["kind"] == "rmtprune" else info.get("pruner")) or {})
+    if isinstance(pruner.schedule, SpikeCut) and not pruner.spike_counts:
+        raise UserError(f"schedule=spikes: {info['path']} records no spike counts of earlier events, and one event "
+                        f"is a layer's first fit (growth from nothing): nothing would be cut. Use schedule=oneshot "
+                        f"(pruning.margin=c keeps ceil(c k) of the k spikes)")
     pruner.adopt_ranks(model)  # layers cut before that the saved state does not know (a plain state_dict)
     event = pruner.step(model, epoch)
     if event.changed:

@@ -310,9 +310,10 @@ class RMTPruner(Pruner):
 
     def _spike_cut(self, name: str, spikes: int) -> float:
         """schedule="spikes": record this good fit's spike count; f = 0 once the count has not grown for
-        ``patience`` good fits in a row (the first fit of a layer is growth from nothing), else f = 1."""
+        ``patience`` good fits in a row (the first fit of a layer is growth from nothing), else f = 1. A
+        layer without spikes never stalls: there is nothing yet to cut to."""
         last = self.spike_counts.get(name)
-        self.stalls[name] = 0 if last is None or spikes > last else self.stalls.get(name, 0) + 1
+        self.stalls[name] = 0 if last is None or spikes > last or spikes == 0 else self.stalls.get(name, 0) + 1
         self.spike_counts[name] = spikes
         return 0.0 if self.stalls[name] >= self.schedule.patience else 1.0
 

@@ -175,6 +175,13 @@ def _match_in_sweep(cfg: DictConfig, root: Path, key: str) -> tuple[Path, dict[s
         shown = "; ".join(f"{f} ({int(s['n_params_final']):,})" for f, s in matching[:3])
         raise UserError(f"{key}: {len(matching)} finished runs with seed={seed} and different final counts there "
                         f"({shown}{'; ...' if len(matching) > 3 else ''}); give the run folder to match")
+    if cfg.pruning.get("match") == "trajectory" and len(matching) > 1:
+        trajectories = {tuple(trajectory_from_run(cfg, f)) for f, _ in matching}
+        if len(trajectories) > 1:
+            shown = "; ".join(str(f) for f, _ in matching[:3])
+            raise UserError(f"{key}: {len(matching)} finished runs with seed={seed} reach the same final count by "
+                            f"different counts after the events ({shown}{'; ...' if len(matching) > 3 else ''}): "
+                            f"pruning.match=trajectory needs one; give the run folder to match")
     return matching[0]
 
 

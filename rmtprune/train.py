@@ -201,6 +201,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         log.info("this config already finished in %s: not retrained (train it again in another folder: "
                  "hydra.run.dir=...)", prev_dir)
         return prev_summary
+    if (prev_dir is not None and prev_summary and prev_summary.get("status") == "completed"
+            and not (prev_dir / "checkpoint.pt").exists()):
+        raise UserError(f"resume: {prev_dir} holds a finished run of {prev_summary.get('epochs_completed')} epochs "
+                        f"without checkpoint.pt (checkpoint=false), so it cannot be continued to epochs={cfg.epochs}; "
+                        f"train the longer run in another folder (hydra.run.dir=...)")
     out_dir = prev_dir if prev_dir is not None else run_dir
     with RunLock(out_dir):
         _claim_folder(out_dir, key, resuming=prev_dir is not None)

@@ -332,3 +332,14 @@ def test_sigterm_during_a_sweep_under_the_basic_launcher_stops_it_with_the_job_l
     assert "sw/1: interrupted: job #1" in err
     assert status(tmp_path / "sw" / "0") == "interrupted" and not (tmp_path / "sw" / "1").exists()
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_a_finished_run_without_checkpoint_is_not_retrained_when_continued(cli, tmp_path):
+    """resume=PATH with more epochs, where PATH finished with checkpoint=false: nothing to continue from, so
+    the command is refused (exit 2) and the finished files stay as they were, never retrained in place."""
+    assert cli("train", *TINY, "epochs=1", "checkpoint=false", "hydra.run.dir=done")[0] == 0
+    before = {f.name: f.read_bytes() for f in (tmp_path / "done").iterdir() if f.is_file() and f.name != "train.log"}
+    code, _, err = cli("train", *TINY, "epochs=2", "checkpoint=false", f"resume={tmp_path / 'done'}")
+    assert code == 2 and "checkpoint.pt" in err and "Traceback" not in err
+    after = {f.name: f.read_bytes() for f in (tmp_path / "done").iterdir() if f.is_file() and f.name != "train.log"}
+    assert after == before

@@ -174,3 +174,38 @@ def test_compare_command_errors_are_one_line(cli, tmp_path, monkeypatch):
     code, out, err = cli("compare", "runs")
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
     assert code == 2 and len(lines) == 1 and "runs" in lines[0] and "Traceback" not in err, err
+
+
+def test_prune_reads_the_pruner_state_saved_beside_a_state_dict(cli, tmp_path):
+    """The README's {"model", "pruner"} file: the pruner state (the layer's known spikes) is read with the
+    weights, so a layer cut halfway (8 spikes + half its sub-edge values) is cut to its 8 spikes by a one-shot
+    prune, not taken as 'all survivors are spikes' (keep_no_bulk)."""
+    from rmtprune import RMTPruner
+    from test_api import planted
+
+    model = build_model({"kind": "mlp", "widths": [784, 256, 10]})
+    with torch.no_grad():
+        model.layers[0].weight.copy_(planted(256, 784, 8, seed=1))
+    pruner = RMTPruner(schedule=lambda epoch: 0.5, tolerance=1.0, include_output_layer=False)
+    first = pruner.step(model, 1).records[0]
+    assert first["n_spikes"] == 8 and 8 < first["rank_after"] < 256
+    torch.save({"model": model.state_dict(), "pruner": pruner.state_dict()}, tmp_path / "pruned.pt")
+    code, _, err = cli("prune", "pruned.pt", *FAST, "pruning=rmt", "topology=784-256-10", "schedule=oneshot",
+                       "pruning.tolerance=1.0", "pruning.include_output_layer=false", "hydra.run.dir=p")
+    assert code == 0, err
+    row = pd.read_csv(tmp_path / "p" / "layers.csv").set_index("layer").loc["layers.0"]
+    assert row["rank_before"] == first["rank_after"] and row["rank_after"] == 8
+
+
+def test_factor_pairs_that_do_not_chain_are_refused_cleanly(cli, tmp_path):
+    """A state_dict whose ``X.first`` / ``X.second`` factors cannot be multiplied (or have rank 0) is a damaged
+    file: one error line, exit 2, never a RuntimeError or a division by zero."""
+    bad = {"mismatch.pt": {"l.first.weight": torch.zeros(6, 40), "l.second.weight": torch.zeros(30, 5)},
+           "rank0.pt": {"l.first.weight": torch.zeros(0, 40), "l.second.weight": torch.zeros(30, 0)},
+           "bias.pt": {"l.first.weight": torch.zeros(6, 40), "l.second.weight": torch.zeros(30, 6),
+                       "l.second.bias": torch.zeros(7)}}
+    for name, state in bad.items():
+        torch.save(state, tmp_path / name)
+        code, _, err = cli("inspect", name)
+        assert code == 2 and err.count("rmtprune: error:") == 1 and "two factors of one layer" in err, (name, err)
+        assert "Traceback" not in err

@@ -93,3 +93,24 @@ def test_bad_match_combinations_are_one_error_line_before_training(cli, tmp_path
         found = error_lines(err)
         assert code == 2 and len(found) == 1 and needle in found[0], (overrides, err)
         assert "Traceback" not in err and not (run_dir / "metrics.csv").exists()
+
+
+def test_a_sweep_with_two_trajectories_to_one_final_count_is_ambiguous(cli, tmp_path, rmt_run):
+    """Two finished rmt runs of the seed in one sweep folder, with the same final count but other counts after
+    an event: match=trajectory cannot choose (match=final still can: the counts it needs agree)."""
+    sweep = tmp_path / "sweep"
+    shutil.copytree(rmt_run, sweep / "a")
+    shutil.copytree(rmt_run, sweep / "b")
+    rows = list(csv.DictReader(open(sweep / "b" / "metrics.csv", newline="")))
+    rows[1]["n_params_after"] = str(int(rows[1]["n_params_after"]) + 1000)  # after event 2, not the final count
+    with open(sweep / "b" / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    code, _, err = cli("train", *SMALL, "pruning=magnitude", f"pruning.target_from={sweep}", "pruning.match=trajectory",
+                       "hydra.run.dir=amb")
+    found = error_lines(err)
+    assert code == 2 and len(found) == 1 and "different counts after the events" in found[0], err
+    code, _, err = cli("train", *SMALL, "pruning=magnitude", f"pruning.target_from={sweep}", "epochs=4",
+                       "hydra.run.dir=final")
+    assert code == 0, err

@@ -70,6 +70,16 @@ def test_growth_resets_the_patience():
     assert rows[5]["rank_after"] == 6
 
 
+def test_a_layer_without_spikes_is_never_cut_to_the_floor():
+    """Pure noise: no value above the edge at any event, so the count never 'stalls' at k = 0 and the layer
+    keeps its rank (a cut to k = 0 would leave min_rank = 1)."""
+    pruner = RMTPruner(schedule="spikes", patience=1, include_output_layer=False, beta=0.01)
+    model, rows = _run(pruner, counts=[0] * 5)
+    assert [r["n_spikes"] for r in rows] == [0] * 5
+    assert all(r["action"] == "keep" and r["rank_after"] == OUT for r in rows)
+    assert isinstance(model[0], nn.Linear) and not isinstance(model[0], LowRankLinear)
+
+
 @pytest.mark.parametrize("margin,rank", [(None, 6), (1.0, 6), (1.5, 9), (2.0, 12), (2.3, 14)])
 def test_the_margin_keeps_ceil_margin_times_the_spikes(margin, rank):
     pruner = RMTPruner(schedule="spikes", patience=2, margin=margin, include_output_layer=False, beta=0.01)
@@ -153,6 +163,12 @@ def test_the_command_line_runs_the_spike_count_cut(cli, tmp_path):
     code, _, err = cli("prune", "run", *args, "hydra.run.dir=again")
     assert code == 0, err
     assert json.loads((tmp_path / "again" / "summary.json").read_text())["keep_fraction"] is None
+    # a plain state_dict has no spike history: one event could cut nothing, so spikes is refused there
+    torch.save(torch.load(tmp_path / "run" / "model.pt", weights_only=True)["state_dict"], tmp_path / "sd.pt")
+    code, _, err = cli("prune", "sd.pt", *args, "topology=784-32-10", "hydra.run.dir=sd")
+    assert code == 2 and err.count("rmtprune: error:") == 1 and "schedule=oneshot" in err
+    code, _, err = cli("prune", "run", *args, "optimizer.anneal=cosine", "hydra.run.dir=annealed")
+    assert code == 2 and "optimizer.anneal=cosine" in err
 
 
 def test_patience_and_margin_are_refused_with_options_that_do_not_use_them():

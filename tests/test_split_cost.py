@@ -108,6 +108,12 @@ def test_split_auto_from_the_command_line_and_its_identity(cli, tmp_path):
     assert code == 0, err
     ledger = (tmp_path / "run" / "layers.csv").read_text()
     assert ",truncate," in ledger and "split=auto: two factors cost" in ledger  # 784 -> 32 at rank 28 of 32
+    # inspect weighs a split at the run's input shape; a plain state_dict records none: one error line
+    code, out, err = cli("inspect", "run", "--out", "insp", "pruning.split=auto")
+    assert code == 0, err
+    torch.save(torch.load(tmp_path / "run" / "model.pt", weights_only=True)["state_dict"], tmp_path / "sd.pt")
+    code, out, err = cli("inspect", "sd.pt", "--out", "insp2", "pruning.split=auto")
+    assert code == 2 and err.count("rmtprune: error:") == 1 and "pruning.split=always or never" in err
     base = compose_config(["pruning=rmt"])
     assert config_key(base) == config_key(compose_config(["pruning=rmt", "pruning.split=always",
                                                           "pruning.include=null", "pruning.exclude=null"]))

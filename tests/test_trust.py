@@ -121,3 +121,17 @@ def test_compare_rebuilds_a_custom_model_only_with_trust_model_code(tmp_path, se
     trusted = custom_normal_run(tmp_path / "ok", NET, {"hidden": 32})
     value = MagnitudeBaseline(trust_model_code=True).value(trusted, 1000, None)
     assert value is not None and value.source == "model.pt" and 0.0 <= value.test_acc <= 1.0
+
+
+def test_a_built_in_spec_larger_than_its_weights_is_refused_before_it_is_built(cli, tmp_path):
+    """A crafted model.pt of kind mlp asking for 2 x 10^8 parameters with no weights: refused from the sizes
+    alone (built on the meta device), one error line, nothing allocated."""
+    from rmtprune.checkpoint import model_payload, save_atomic
+    from rmtprune.models import build_model
+
+    ckpt = model_payload(build_model({"kind": "mlp", "widths": [784, 8, 10]}), {"kind": "mlp", "widths": [784, 8, 10]},
+                         10, [1, 28, 28])
+    ckpt["spec"] = {"kind": "mlp", "widths": [784, 10000, 20000, 10]}
+    save_atomic(ckpt, tmp_path / "big.pt")
+    code, _, err = cli("inspect", "big.pt")
+    assert code == 2 and err.count("rmtprune: error:") == 1 and "parameters in its spec" in err, err

@@ -72,6 +72,7 @@ def main(argv: list[str]) -> int:
     from ..inspection import markdown as inspect_markdown
     from ..loading import load_model, resolve_model_file
     from ..outputs import write_csv
+    from ..config import RunConfig
     from ..pruner import rmt_pruner_from_config
 
     fmts = formats(args.format, ("csv", "md"))
@@ -93,7 +94,13 @@ def main(argv: list[str]) -> int:
     path = resolve_model_file(args.path)
     model, info = load_model(path, build_custom=False)  # a file's custom class is never imported: its weights only
     pruner_state = info["raw"].get("pruner") if info["kind"] == "rmtprune" else info["pruner"]
-    pruner = rmt_pruner_from_config(pruning, schedule=lambda e: args.keep_fraction)
+    raw = info["raw"] if info["kind"] == "rmtprune" else {}
+    input_shape = raw.get("input_shape")
+    if pruning.get("split") == "auto" and input_shape is None:
+        raise UserError(f"pruning.split=auto weighs a split at the model's input shape, which {path.name} (a plain "
+                        f"state_dict) does not record: inspect it with pruning.split=always or never")
+    batch_size = (raw.get("config") or {}).get("batch_size", RunConfig.batch_size)  # the run's, else the default
+    pruner = rmt_pruner_from_config(pruning, lambda e: args.keep_fraction, int(batch_size), input_shape)
     rows, spectra = inspect_rows(model, pruner, pruner_state)
     out = args.out or path.parent
     try:
