@@ -55,7 +55,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from .errors import UserError
-from .events import PruneEvent, Pruner
+from .events import PruneEvent, Pruner, check_state
 from .lowrank import LOW_RANK_TYPES
 from .models import count_parameters, prunable_layers
 from .pruner import LINALG_ERRORS, cut_layer, ledger_row
@@ -354,6 +354,7 @@ class LowRankPruner(TargetPruner):
         return {"ranks": dict(self.ranks)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        check_state(state)
         self.ranks = {str(k): int(v) for k, v in state.get("ranks", {}).items()}
 
     def floor(self, module: nn.Module, is_output: bool) -> int:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -26,6 +26,23 @@ import torch
 from torch import nn
 
 MOMENTUM_POLICIES = ("reset", "keep")
+
+
+def is_real(value: Any) -> bool:
+    """Whether ``value`` is a finite real number (a numpy scalar too; ``True`` is not a number here)."""
+    return (isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+            and math.isfinite(value))
+
+
+def is_count(value: Any, low: int) -> bool:
+    """Whether ``value`` is an integer (not a bool) >= ``low``."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) and value >= low
+
+
+def check_state(state: Any) -> None:
+    """A pruner's ``load_state_dict`` argument must be a mapping (what ``state_dict`` returned)."""
+    if not isinstance(state, Mapping):
+        raise TypeError(f"load_state_dict: state must be a dict, as state_dict() returns, got {type(state).__name__}")
 
 
 @dataclass(repr=False)
@@ -86,9 +103,10 @@ class EventCalendar:
     """
 
     def __init__(self, every: int = 1, start_epoch: int = 1, stop_epoch: int | None = None) -> None:
-        for name, value in (("every", every), ("start_epoch", start_epoch)):
-            if not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        for name, value in (("every", every), ("start_epoch", start_epoch), ("stop_epoch", stop_epoch)):
+            if not (is_count(value, 1) or (name == "stop_epoch" and value is None)):
+                raise ValueError(f"{name} must be an integer >= 1{' or None' if name == 'stop_epoch' else ''}, "
+                                 f"got {value!r}")
         if stop_epoch is not None and stop_epoch < start_epoch:
             raise ValueError(f"stop_epoch={stop_epoch} is before start_epoch={start_epoch}: no event would happen")
         self.every, self.start_epoch, self.stop_epoch = int(every), int(start_epoch), stop_epoch
@@ -115,8 +133,8 @@ class Pruner:
     def __init__(self, *, every: int = 1, start_epoch: int = 1, stop_epoch: int | None = None,
                  lr_factor: float = 0.96, momentum: str = "reset") -> None:
         self.calendar = EventCalendar(every, start_epoch, stop_epoch)
-        if not (isinstance(lr_factor, (int, float)) and lr_factor > 0):
-            raise ValueError(f"lr_factor must be a positive number, got {lr_factor!r}")
+        if not (is_real(lr_factor) and lr_factor > 0):
+            raise ValueError(f"lr_factor must be a positive finite number, got {lr_factor!r}")
         if momentum not in MOMENTUM_POLICIES:
             raise ValueError(f"momentum must be one of {', '.join(MOMENTUM_POLICIES)}, got {momentum!r}")
         self.lr_factor = float(lr_factor)
@@ -145,7 +163,7 @@ class Pruner:
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+        check_state(state)
 
 
 class NoPruner(Pruner):
@@ -203,7 +221,8 @@ def rebuild_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module, event:
     Every parameter of ``model`` the old optimizer held stays in its group; a parameter the event added
     (a split layer's factor) joins the group of the parameter it replaces (``event.origin``: the layer's
     weight, or its bias for the new bias), so per-group settings (e.g. ``weight_decay=0`` for biases and
-    norms) carry over; parameters the optimizer did not hold (frozen ones) stay out. Every group is kept,
+    norms) carry over; parameters the optimizer did not hold, and frozen ones (``requires_grad=False``, a frozen
+    layer's factors too), stay out. Every group is kept,
     empty or not, so group indices (and a scheduler's ``base_lrs``) stay aligned.
 
     Learning rates: ``lr`` sets the first group's rate and scales every other group by the same ratio
@@ -232,7 +251,7 @@ def rebuild_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module, event:
     params: list[list[nn.Parameter]] = [[] for _ in old_groups]
     for p in model.parameters():
         g = held.get(id(p), held.get(id(origin[id(p)])) if id(p) in origin else None)
-        if g is not None:
+        if g is not None and p.requires_grad:
             params[g].append(p)
     groups = []
     for g, (group, ratio) in enumerate(zip(old_groups, ratios)):

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .events import ControlPruner, NoPruner, PruneEvent, Pruner
+from .events import ControlPruner, NoPruner, PruneEvent, Pruner, check_state, is_count, is_real
 from .lowrank import LOW_RANK_TYPES
 from .models import is_conv, prunable_layers
 from .rmt import NoBulkError, fit_mp
@@ -118,14 +118,14 @@ class RMTPruner(Pruner):
         super().__init__(every=every, start_epoch=start_epoch, stop_epoch=stop_epoch, lr_factor=lr_factor,
                          momentum=momentum)
         for key, value in (("tolerance", tolerance), ("conv_tolerance", conv_tolerance)):
-            if value is not None and not (isinstance(value, (int, float)) and 0 <= value <= 1):
+            if value is not None and not (is_real(value) and 0 <= value <= 1):
                 raise ValueError(f"{key} must be in [0, 1] (1 always passes, 0 never), got {value!r}")
-        if not (isinstance(alpha, (int, float)) and 0 < alpha < 0.5):
+        if not (is_real(alpha) and 0 < alpha < 0.5):
             raise ValueError(f"alpha must be in (0, 0.5), got {alpha!r}")
-        if not (isinstance(beta, (int, float)) and 0 < beta < 1):
+        if not (is_real(beta) and 0 < beta < 1):
             raise ValueError(f"beta must be in (0, 1), got {beta!r}")
-        if horizon is not None and not (isinstance(horizon, (int, float)) and horizon > 0):
-            raise ValueError(f"horizon must be a positive number of epochs, got {horizon!r}")
+        if horizon is not None and not (is_real(horizon) and horizon > 0):
+            raise ValueError(f"horizon must be a positive finite number of epochs, got {horizon!r}")
         if not (callable(schedule) or isinstance(schedule, SpikeCut) or schedule in NAMED_SCHEDULES):
             raise ValueError(f"schedule must be one of {', '.join(map(repr, NAMED_SCHEDULES))} or a callable epoch -> "
                              f"keep fraction, got {schedule!r} (step, exponential, constant: rmtprune.schedules)")
@@ -135,9 +135,9 @@ class RMTPruner(Pruner):
             raise ValueError(f"patience applies to schedule='spikes' only, got schedule={schedule!r}")
         check_margin(margin)
         for key, value in (("min_size", min_size), ("min_rank", min_rank)):
-            if not isinstance(value, (int, np.integer)) or value < (0 if key == "min_size" else 1):
+            if not is_count(value, 0 if key == "min_size" else 1):
                 raise ValueError(f"{key} must be an integer >= {0 if key == 'min_size' else 1}, got {value!r}")
-        if output_min_rank is not None and (not isinstance(output_min_rank, (int, np.integer)) or output_min_rank < 1):
+        if output_min_rank is not None and not is_count(output_min_rank, 1):
             raise ValueError(f"output_min_rank must be a positive integer or None, got {output_min_rank!r}")
         for key, value in (("include_output_layer", include_output_layer), ("truncate", truncate)):
             if not isinstance(value, (bool, np.bool_)):
@@ -186,6 +186,7 @@ class RMTPruner(Pruner):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (a missing entry: empty); replaces what this pruner learned (the model is
         not touched)."""
+        check_state(state)
         for key in self._STATE:
             setattr(self, key, {str(k): int(v) for k, v in state.get(key, {}).items()})
 
@@ -313,12 +314,14 @@ def cut_layer(model: nn.Module, name: str, module: nn.Module, rank: int, rank_no
         return
     if result.action == "split":
         event.replaced.extend(module.parameters())
+        result.module.train(module.training)
         model.set_submodule(name, result.module)
         event.added.extend(result.module.parameters())
         before = dict(module.named_parameters())
         for key, p in result.module.named_parameters():  # a factor takes the weight's place, the bias the bias's
             same = next(k for k in (key, key.rsplit(".", 1)[-1], "weight", *before) if k in before)
             event.origin[id(p)] = before[same]
+            p.requires_grad_(before[same].requires_grad)  # a frozen layer's factors stay frozen
         ranks.pop(name, None)
     elif result.action == "truncate":
         event.replaced.extend(module.parameters())
@@ -338,7 +341,7 @@ def prune_model(model: nn.Module, keep_fraction: float = 0.0, **kwargs: Any) -> 
     for key in ("schedule", "patience", "horizon", "every", "start_epoch", "stop_epoch"):
         if key in kwargs:
             raise ValueError(f"prune_model makes one cut at keep_fraction: {key}= does not apply")
-    if not (isinstance(keep_fraction, (int, float)) and 0 <= keep_fraction <= 1):
+    if not (is_real(keep_fraction) and 0 <= keep_fraction <= 1):
         raise ValueError(f"keep_fraction must be in [0, 1], got {keep_fraction!r}")
     pruner = RMTPruner(schedule=lambda e: float(keep_fraction), **kwargs)
     pruner.adopt_ranks(model)
