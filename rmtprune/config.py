@@ -218,8 +218,8 @@ def register_configs() -> None:
     """Register the schemas Hydra composes the YAML files of ``rmtprune/conf/`` onto."""
     cs = ConfigStore.instance()
     cs.store(name="rmtprune_schema", node=RunConfig)
-    for name, schema in MODEL_SCHEMAS.items():
-        cs.store(group="model", name=f"{name}_schema", node=schema)
+    for name, schema in MODEL_SCHEMAS.items():  # outside the model group: not an option of it (model/*.yaml)
+        cs.store(name=f"rmtprune_{name}_schema", node=schema)
     cs.store(name="rmtprune_prune_schema", node=PruneCommandConfig)
 
 

@@ -44,7 +44,11 @@ def test_train_help_and_cfg_job_run_nothing(cli, tmp_path):
     ("pruning=rmt pruning.tolerence=0.1", "did you mean pruning.tolerance"),
     ("pruning=rmt schedule=oneshot schedule.horizon=3", "schedule.horizon is not used by schedule=oneshot"),
     ("pruning=none schedule.horizon=3", "schedule.horizon is not used by pruning=none"),
-    ("seed=0,1", "add -m"), ("~seed", "invalid config"),
+    ("seed=0,1", "add -m"), ("~seed", "seed is a setting of every run and cannot be deleted"),
+    ("~checkpoint", "checkpoint is a setting of every run and cannot be deleted"),
+    ("~magnitude_sweep", "magnitude_sweep is a setting"), ("~pruning.tolerance", "cannot be deleted"),
+    ("+epoch=3", "did you mean epochs?"), ("++epoch=3", "epoch is not a setting"),
+    ("+pruning.tolerence=0.1", "not a setting"), ("model=cnn_schema", "available: cnn, custom, mlp"),
 ])
 def test_bad_input_is_one_line_and_exit_2(cli, tmp_path, override, needle):
     import torch
@@ -55,6 +59,11 @@ def test_bad_input_is_one_line_and_exit_2(cli, tmp_path, override, needle):
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("rmtprune: error:") and needle in lines[0], err
     assert "Traceback" not in out + err
+
+
+def test_help_lists_no_internal_schema(cli):
+    code, out, _ = cli("train", "--help")
+    assert code == 0 and "model: cnn, custom, mlp\n" in out and "_schema" not in out
 
 
 def test_a_bad_value_in_a_sweep_fails_before_any_job_runs(cli, tmp_path):
