@@ -37,8 +37,8 @@ import numpy as np
 from .errors import UserError
 
 # logger name -> (the import that must work, the pip command that provides it)
-PACKAGES = {"tensorboard": ("tensorboard", "pip install tensorboard  (or pip install 'rmtprune[tensorboard]')"),
-            "mlflow": ("mlflow", "pip install mlflow-skinny  (or pip install 'rmtprune[mlflow]')")}
+PACKAGES = {"tensorboard": ("tensorboard", 'pip install tensorboard  (or pip install -e ".[tensorboard]" in a checkout)'),
+            "mlflow": ("mlflow", 'pip install mlflow-skinny  (or pip install -e ".[mlflow]" in a checkout)')}
 LEDGER_SCALARS = ("n_spikes", "fit_error", "rank_before", "rank_after", "params_after")
 PARAM_COLUMNS = ("n_params", "n_params_after")
 

@@ -214,3 +214,13 @@ def test_a_frozen_layer_stays_frozen_and_out_of_the_optimizer_and_the_model_keep
     held = {id(p) for g in new.param_groups for p in g["params"]}
     assert held == {id(p) for p in model.parameters() if p.requires_grad}
     assert not held & {id(p) for p in model[0].parameters()}
+
+
+def test_the_install_advice_works_without_a_release():
+    """No rmtprune release exists: the README and the ImportError say pip install -e ".[lightning]" (a checkout)."""
+    block = "import sys; sys.modules.update(dict.fromkeys(['lightning', 'lightning.pytorch', 'pytorch_lightning']))"
+    res = subprocess.run([sys.executable, "-c", f"{block}; import rmtprune.integrations.lightning"],
+                         capture_output=True, text=True, cwd=REPO)
+    assert "ImportError" in res.stderr and 'pip install -e ".[lightning]"' in res.stderr, res.stderr
+    readme = (REPO / "README.md").read_text()
+    assert 'pip install -e ".[lightning]"' in readme and "'rmtprune[" not in readme
