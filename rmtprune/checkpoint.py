@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from torch.nn.utils import prune
 
 from .errors import UserError
 from .models import build_model, factorised_ranks
+from .outputs import mkstemp_beside
 
 FORMAT = "rmtprune-checkpoint"
 VERSION = 1
@@ -65,7 +65,7 @@ def save_atomic(obj: dict[str, Any], path: Path) -> None:
     """torch.save of ``to_cpu(obj)`` to a temporary file beside ``path``, then os.replace (atomic on
     POSIX)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = mkstemp_beside(path)
     os.close(fd)
     try:
         torch.save(to_cpu(obj), tmp)

@@ -32,7 +32,6 @@ import os
 import pickle
 import shutil
 import tarfile
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ import torch
 from omegaconf import DictConfig
 
 from .errors import UserError
+from .outputs import mkstemp_beside
 
 log = logging.getLogger(__name__)
 
@@ -294,7 +294,7 @@ def _extract_cifar(archive: Path, dest: Path) -> None:
                     continue
                 source = tar.extractfile(member)
                 assert source is not None
-                fd, tmp = tempfile.mkstemp(dir=dest, prefix=f".{name}.")
+                fd, tmp = mkstemp_beside(dest / name, suffix="")
                 with source, os.fdopen(fd, "wb") as out:
                     shutil.copyfileobj(source, out)
                 os.replace(tmp, dest / name)

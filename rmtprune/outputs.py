@@ -78,7 +78,7 @@ class RunLock:
         if held is not None:
             held[1] += 1
             return self
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -121,10 +121,21 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
     return removed
 
 
+def mkstemp_beside(path: Path, suffix: str = ".tmp") -> tuple[int, str]:
+    """``tempfile.mkstemp`` in ``path``'s folder, with the mode a plain ``open`` would give (0666 less the
+    umask) instead of 0600: the file renamed into place is as readable as the run's other files."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
+    return fd, tmp
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write via a temporary file in the same folder and os.replace: never a half-written file."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = mkstemp_beside(path)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
             f.write(text)
@@ -290,7 +301,7 @@ def append_spectra(path: Path, epoch: int, spectra: dict[str, Any]) -> None:
 def _write_npz_atomic(path: Path, data: dict[str, Any]) -> None:
     import numpy as np
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.npz")
+    fd, tmp = mkstemp_beside(path, suffix=".tmp.npz")
     os.close(fd)
     try:
         np.savez_compressed(tmp, **data)
