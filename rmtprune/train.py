@@ -245,6 +245,7 @@ def _train(cfg: DictConfig, out_dir: Path, key: str, device: torch.device, resum
     write_csv(out_dir / "metrics.csv", state.metrics, METRICS_COLUMNS)
     t_start = time.perf_counter() - state.wall_time_s
     logger = open_logger(cfg, out_dir)
+    ended = "failed"  # what the logger records if the loop does not finish
     try:
         if old_epochs is not None and old_epochs < int(cfg.epochs) and state.epoch == old_epochs:
             _grow(cfg, state, data, old_epochs, out_dir, logger)
@@ -256,13 +257,16 @@ def _train(cfg: DictConfig, out_dir: Path, key: str, device: torch.device, resum
                 if cfg.checkpoint:
                     state.save(out_dir / "checkpoint.pt", cfg, key, device)
                 write_json(out_dir / "summary.json", _summarise(summary, state.metrics, state.wall_time_s))
+        ended = "completed"
     except RunFailed as exc:
         _record_end(out_dir, summary, state, t_start, "failed", str(exc))
         raise
     except Terminated:
+        ended = "interrupted"
         _record_end(out_dir, summary, state, t_start, "interrupted", "terminated (SIGTERM); continue with resume=true")
         raise
     except KeyboardInterrupt:
+        ended = "interrupted"
         _record_end(out_dir, summary, state, t_start, "interrupted", "interrupted (Ctrl-C); continue with resume=true")
         raise
     except UserError:
@@ -273,7 +277,7 @@ def _train(cfg: DictConfig, out_dir: Path, key: str, device: torch.device, resum
         _record_end(out_dir, summary, state, t_start, "failed", message)
         raise RunFailed(f"the run failed at epoch {state.epoch + 1}: {message}") from exc
     finally:
-        logger.close()
+        logger.close(ended)
 
     state.pruner.finalize(state.model)
     save_atomic_model(state, out_dir / "model.pt")
