@@ -6,7 +6,8 @@
 ``main``: one row per arm (none, control, rmt, magnitude, lowrank) with the tests against none, control
 and, for a matched baseline, the rmt arm it was matched to. ``frontier``: the arms of the combined
 frontier comparison, grouped by the rmt setting each baseline was matched to. Accuracies in percent,
-differences in points; every cell formatted by rmtprune.compare as in comparison.md.
+differences in points; every cell formatted by rmtprune.compare as in comparison.md (p-values with their
+Holm-adjusted twins in parentheses).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from rmtprune.compare import diff_cell, fmt_p, fmt_value, ratio_cell
+from rmtprune.compare import diff_cell, fmt_value, p_cell, ratio_cell
 
 METHODS = ("rmt", "magnitude", "lowrank")
 LEVELS = {"rmt": "horizon 10 (main sweeps)", "rmt (horizon=5.0)": "horizon 5", "rmt (horizon=7.0)": "horizon 7"}
@@ -38,19 +39,20 @@ def size(r: pd.Series) -> str:
 
 
 def versus(r: pd.Series, prefix: str, paired: bool = True) -> str:
-    """Δ [95% CI] (Welch p[, paired p]) against none (prefix ""), control or the matched arm, as compare shows it."""
+    """Δ [95% CI] (Welch p[, paired p]) against none (prefix ""), control or the matched arm, as compare shows it;
+    each p followed by its Holm-adjusted twin in parentheses where comparison.csv has it."""
     if r[prefix + "diff"] != r[prefix + "diff"]:
         return "–"
-    ps = fmt_p(r[prefix + "welch_p"]) + (f", {fmt_p(r[prefix + 'paired_p'])}" if paired else "")
+    ps = p_cell(r, prefix + "welch_p") + (f", {p_cell(r, prefix + 'paired_p')}" if paired else "")
     return f"{diff_cell(r, METRIC, prefix)} ({ps})"
 
 
 def main_table(t: pd.DataFrame) -> list[str]:
     order = {"none": 0, "control": 1, **{m: 2 + i for i, m in enumerate(METHODS)}}
     t = t.assign(k=[order.get(a, 9) for a in t["arm"]]).sort_values("k", kind="stable")
-    lines = ["| arm | seeds | final accuracy | parameters after | vs none: Δ [95% CI] (Welch p) | vs control: Δ [95% CI] "
-             "(Welch p, paired p) | variance ratio vs control [bootstrap 95% CI] (F p, Levene p) | vs rmt: Δ [95% CI] "
-             "(Welch p, paired p) |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| arm | seeds | final accuracy | parameters after | vs none: Δ [95% CI] (Welch p (Holm)) | vs control: "
+             "Δ [95% CI] (Welch p (Holm), paired p (Holm)) | variance ratio vs control [bootstrap 95% CI] (F p, "
+             "Levene p) | vs rmt: Δ [95% CI] (Welch p (Holm), paired p (Holm)) |", "|---|---|---|---|---|---|---|---|"]
     for _, r in t.iterrows():
         lines.append(f"| {r['arm']} | {r['n_seeds']} | {mean_std(r)} | {size(r)} | {versus(r, '', paired=False)} | "
                      f"{versus(r, 'control_')} | {ratio_cell(r, 'control_')} | {versus(r, 'matched_')} |")
@@ -77,9 +79,9 @@ def frontier_table(t: pd.DataFrame) -> list[str]:
                  m=[METHODS.index(_bare(a).split(" ")[0]) if _bare(a).split(" ")[0] in METHODS else 0 for a in t["arm"]],
                  te=["target_epoch" in a for a in t["arm"]])
     t = t.sort_values(["k", "m", "te"], kind="stable")
-    lines = ["| rmt setting | arm | seeds | parameters after | final accuracy | vs none: Δ [95% CI] (Welch p) | vs "
-             "control: Δ [95% CI] (Welch p) | vs the rmt arm it matches: Δ [95% CI] (Welch p, paired p) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| rmt setting | arm | seeds | parameters after | final accuracy | vs none: Δ [95% CI] (Welch p (Holm)) "
+             "| vs control: Δ [95% CI] (Welch p (Holm)) | vs the rmt arm it matches: Δ [95% CI] (Welch p (Holm), "
+             "paired p (Holm)) |", "|---|---|---|---|---|---|---|---|"]
     for _, r in t.iterrows():
         lines.append(f"| {r['level']} | {_bare(r['arm'])} | {r['n_seeds']} | {size(r)} | {mean_std(r)} | "
                      f"{versus(r, '', paired=False)} | {versus(r, 'control_', paired=False)} | {versus(r, 'matched_')} |")

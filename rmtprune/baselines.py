@@ -1,6 +1,7 @@
-"""Baselines at the same size as the RMT arm: gradual magnitude pruning and a low-rank cut without RMT.
+"""Baselines at the same size as the RMT arm: gradual magnitude pruning, a low-rank cut without RMT, and
+structured neuron pruning.
 
-Both run on the event calendar of ``pruning=rmt`` (the same loop, lr factor and momentum policy) and
+All run on the event calendar of ``pruning=rmt`` (the same loop, lr factor and momentum policy) and
 reach a final parameter count T (``target_params``, or the final count of another run:
 ``target_from``, resolved by :mod:`rmtprune.targets`) on the cubic schedule of Zhu & Gupta (2017):
 at the j-th of the J events of a run (``EventCalendar.events(epochs)``) the share of the way from the
@@ -37,6 +38,14 @@ rmt at horizon 5) instead of at the calendar's last event.
   on widths that divide each other), so the nearest count is within half such a step of P_j: within
   1% of T whenever a step is below 2% of T (a warning is logged at the last event otherwise).
 
+* :class:`NeuronPruner` (``pruning=neuron``): structured pruning of the hidden units of an MLP (rows of
+  layer l with their bias entries, and the matching columns of layer l + 1), ranked by the L2 norm of their
+  incoming weights normalised per layer; the layers physically shrink (see the class docstring).
+
+``match=trajectory`` replaces the cubic schedule by the matched run's own counts: the count after the j-th
+event is ``target_trajectory[j - 1]``, the count ``target_from``'s run had after the same event (resolved
+by :mod:`rmtprune.targets`), so both arms hold the same count at every epoch (within a rank / unit step).
+
 Bad targets (``target_params`` above the dense count, below the smallest reachable count, or a run
 without events) raise :class:`rmtprune.errors.UserError` naming the key, from :meth:`setup` (before
 training) or from :func:`rmtprune.targets.check_target` (before any job starts).
@@ -55,16 +64,17 @@ from torch import nn
 from torch.nn.utils import prune
 
 from .errors import UserError
-from .events import PruneEvent, Pruner, check_state
+from .events import PruneEvent, Pruner, check_state, record_replacement
 from .lowrank import LOW_RANK_TYPES
-from .models import count_parameters, prunable_layers
+from .models import ShrunkLinear, count_parameters, prunable_layers
 from .pruner import LINALG_ERRORS, cut_layer, ledger_row
-from .surgery import (layer_groups, layer_matrix_shape, layer_svd, param_count, split_weight_count,
+from .surgery import (keep_units, layer_groups, layer_matrix_shape, layer_svd, param_count, split_weight_count,
                       weight_count)
 from .targets import check_target, resolve_target  # noqa: F401  (the training loop and the CLI call these)
 
 SCOPES = ("global", "layer")
 RANK_RULES = ("energy", "uniform")
+MATCHES = ("final", "trajectory")  # pruning.match
 BISECTION_STEPS = 60
 
 log = logging.getLogger(__name__)
@@ -112,13 +122,15 @@ class TargetPruner(Pruner):
         include_output_layer: whether the last prunable layer (in module order) is pruned.
         target_epoch: the schedule reaches the target at the last event after an epoch <= target_epoch
             (None: the calendar's last event); later events keep the count.
+        match: ``"final"`` (the cubic schedule to ``target_params``) or ``"trajectory"``: the count after the
+            j-th event is ``target_trajectory[j - 1]`` (the matched run's count after the same event).
         every, start_epoch, stop_epoch, lr_factor, momentum: the event calendar (``events.Pruner``).
     """
 
     def __init__(self, target_params: int, *, target_key: str | None = None, min_size: int = 10000,
-                 include_output_layer: bool = True, target_epoch: int | None = None, every: int = 1,
-                 start_epoch: int = 1, stop_epoch: int | None = None, lr_factor: float = 0.96,
-                 momentum: str = "reset") -> None:
+                 include_output_layer: bool = True, target_epoch: int | None = None, match: str = "final",
+                 target_trajectory: list[int] | None = None, every: int = 1, start_epoch: int = 1,
+                 stop_epoch: int | None = None, lr_factor: float = 0.96, momentum: str = "reset") -> None:
         super().__init__(every=every, start_epoch=start_epoch, stop_epoch=stop_epoch, lr_factor=lr_factor,
                          momentum=momentum)
         if not isinstance(target_params, (int, np.integer)) or isinstance(target_params, bool) or target_params < 1:
@@ -128,11 +140,19 @@ class TargetPruner(Pruner):
         if target_epoch is not None and (not isinstance(target_epoch, (int, np.integer))
                                          or isinstance(target_epoch, bool) or target_epoch < 1):
             raise ValueError(f"target_epoch must be a positive integer or None, got {target_epoch!r}")
+        if match not in MATCHES:
+            raise ValueError(f"match must be one of {', '.join(MATCHES)}, got {match!r}")
+        if (match == "trajectory") != (target_trajectory is not None):
+            raise ValueError("match='trajectory' needs target_trajectory (the count after each event), and only it")
+        if match == "trajectory" and target_epoch is not None:
+            raise ValueError("target_epoch does not apply with match='trajectory'")
         self.target_params = int(target_params)
         self.target_epoch = None if target_epoch is None else int(target_epoch)
+        self.target_trajectory = None if target_trajectory is None else [int(n) for n in target_trajectory]
         self.target_key = target_key or f"pruning.target_params={self.target_params}"
         self.min_size, self.include_output_layer = int(min_size), bool(include_output_layer)
         self.events: list[int] = []
+        self.dense_params = 0
 
     def eligible(self, model: nn.Module) -> list[tuple[str, nn.Module, bool]]:
         """(name, module, is_output) of the layers this pruner cuts, in module order."""
@@ -157,6 +177,15 @@ class TargetPruner(Pruner):
         run of ``epochs`` epochs. Reads shapes only (a model on the meta device will do)."""
         low, dense = self.bounds(model)
         t = self.target_params
+        events = self.calendar.events(int(epochs)) if epochs is not None else None
+        if self.target_trajectory is not None and events is not None:
+            if len(self.target_trajectory) != len(events):
+                raise UserError(f"{self.target_key}: {len(self.target_trajectory)} counts for the {len(events)} events "
+                                f"of this run; match a run of the same calendar and epochs")
+            if self.target_trajectory and not low <= min(self.target_trajectory) <= max(self.target_trajectory) <= dense:
+                raise UserError(f"{self.target_key}: its counts after the events ({min(self.target_trajectory):,} to "
+                                f"{max(self.target_trajectory):,}) leave [{low:,}, {dense:,}], the counts "
+                                f"pruning={self.name} can reach here ({self.floor_reason()})")
         if t > dense:
             raise UserError(f"{self.target_key} is larger than the network ({dense:,} parameters); give a "
                             f"final count at most {dense:,}")
@@ -190,6 +219,15 @@ class TargetPruner(Pruner):
         super().setup(model, epochs)
         self.check(model, epochs)
         self.events = self.calendar.events(int(epochs)) if epochs is not None else []
+        self.dense_params = self.bounds(model)[1]
+
+    def budget(self, epoch: int) -> int:
+        """The parameter count after an event after ``epoch``: ``target_trajectory[j - 1]`` (match=trajectory),
+        else P_j = P_0 - (P_0 - T) c_j."""
+        j, _, c = self.progress(epoch)
+        if self.target_trajectory is not None:
+            return self.target_trajectory[j - 1] if j > 0 else self.dense_params
+        return int(round(self.dense_params - (self.dense_params - self.target_params) * c))
 
     def progress(self, epoch: int) -> tuple[int, int, float]:
         """(j, J, c_j) of an event after ``epoch``: j counts the run's events up to ``epoch`` (at most J, the
@@ -279,12 +317,18 @@ class MagnitudePruner(TargetPruner):
         t0 = time.perf_counter()
         _, _, c = self.progress(epoch)
         s = self.sparsity(epoch)
+        to_zero = int(round(self._to_zero * c))
+        if self.target_trajectory is not None:  # the zeros that bring the count to the matched run's
+            to_zero = self.dense_params - self.budget(epoch)
+            total = int(self._sizes.sum())
+            s = (to_zero / total if total else 0.0) if self.scope == "global" else \
+                _bisect(lambda x: int(self._layer_zeros(x).sum()), to_zero)
         layers = self.eligible(model)
         names = {id(m) for _, m, _ in layers}
         before = {name: count_parameters(m) for name, m, _ in layers}
         zeros_now = np.array([int((m.weight_mask == 0).sum()) for _, m, _ in layers], dtype=np.int64)
         if self.scope == "global":
-            extra = int(round(self._to_zero * c)) - int(zeros_now.sum())
+            extra = to_zero - int(zeros_now.sum())
             if extra > 0:
                 params = [(m, "weight") for _, m, _ in layers]
                 prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=extra,
@@ -296,6 +340,7 @@ class MagnitudePruner(TargetPruner):
                     prune.l1_unstructured(module, "weight", amount=int(want - have),
                                           importance_scores=module.weight_orig.detach())
         seconds = (time.perf_counter() - t0) / max(len(layers), 1)
+        budget = "" if self.target_trajectory is None else f"; budget {self.budget(epoch):,} (match=trajectory)"
         for lname, module in prunable_layers(model):
             if id(module) not in names:
                 o, m = layer_matrix_shape(module)
@@ -312,7 +357,7 @@ class MagnitudePruner(TargetPruner):
                 lname, module, epoch=epoch, action="mask" if changed else "keep", params_before=before[lname],
                 params_after=after, keep_fraction=kept / module.weight_orig.numel(), seconds=seconds,
                 note=f"{self.scope} sparsity {s:.4f} of the eligible weights (event {self.progress(epoch)[0]} "
-                     f"of {self.progress(epoch)[1]}, final {self.final_sparsity:.4f})"))
+                     f"of {self.progress(epoch)[1]}, final {self.final_sparsity:.4f})" + budget))
         return event
 
     def finalize(self, model: nn.Module) -> None:
@@ -348,7 +393,6 @@ class LowRankPruner(TargetPruner):
         self.rank_rule, self.min_rank, self.output_min_rank = rank_rule, int(min_rank), output_min_rank
         self.truncate = bool(truncate)
         self.ranks: dict[str, int] = {}  # rank of the layers truncated in place
-        self.dense_params = 0
 
     def state_dict(self) -> dict[str, Any]:
         return {"ranks": dict(self.ranks)}
@@ -379,15 +423,6 @@ class LowRankPruner(TargetPruner):
 
     def floor_reason(self) -> str:
         return "every eligible layer cut to its rank floor, pruning.min_rank and pruning.output_min_rank"
-
-    def setup(self, model: nn.Module, epochs: int | None = None) -> None:
-        super().setup(model, epochs)
-        self.dense_params = dense_param_count(model)
-
-    def budget(self, epoch: int) -> int:
-        """P_j = P_0 - (P_0 - T) c_j, the parameter count after an event after ``epoch``."""
-        c = self.progress(epoch)[2]
-        return int(round(self.dense_params - (self.dense_params - self.target_params) * c))
 
     def current_rank(self, name: str, module: nn.Module) -> int:
         out, m = layer_matrix_shape(module)
@@ -483,6 +518,144 @@ class LowRankPruner(TargetPruner):
         return event
 
 
+class NeuronPruner(TargetPruner):
+    """``pruning=neuron``: structured pruning of the hidden units of a chain of ``nn.Linear`` layers
+    (``model=mlp``), on the calendar and budget of the other baselines (cubic schedule to ``target_params``,
+    or ``match=trajectory``).
+
+    A unit i of layer l (a row of W_l, shape (n_l, n_{l-1})) is scored by the L2 norm of its incoming
+    weights normalised by its layer's root-mean-square row norm,
+
+        z_i = ||W_l[i, :]|| / sqrt(mean_k ||W_l[k, :]||^2),
+
+    so that layers of different fan-in (rows of typical norm sigma sqrt(n_{l-1})) are ranked on one scale.
+    ``scope=global`` keeps the ceil(theta N) units of highest z among the N units of all eligible layers;
+    ``scope=layer`` keeps ceil(theta N_l) units of each; either way every layer keeps at least one unit.
+    theta in [0, 1] is solved by bisection so that the model's count
+
+        P(n) = sum_l n_l (n_{l-1} + b_l)        (b_l = 1 with a bias, 0 without)
+
+    is nearest the event's budget. Removing unit i of layer l removes row i of W_l and entry i of b_l and
+    column i of W_{l+1}: the layers physically shrink (``surgery.keep_units``). The output layer's units are
+    never removed; eligible layers (``min_size``, the output layer excluded) are chosen on the dense network
+    and kept in :meth:`state_dict` with its widths, so a resumed (shrunk) model prunes the same layers
+    toward the same dense count. One unit of layer l moves the count by n_{l-1} + b_l + n_{l+1}.
+    """
+
+    name = "neuron"
+
+    def __init__(self, target_params: int, *, scope: str = "global", **kwargs: Any) -> None:
+        super().__init__(target_params, include_output_layer=False, **kwargs)
+        if scope not in SCOPES:
+            raise ValueError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
+        self.scope = scope
+        self.widths: list[int] = []    # n_0 .. n_L of the dense chain
+        self.biases: list[int] = []    # b_l of each layer
+        self.prunable: list[int] = []  # indices of the eligible layers (dense network)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"widths": list(self.widths), "biases": list(self.biases), "eligible": list(self.prunable)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.widths = [int(n) for n in state.get("widths", [])]
+        self.biases = [int(b) for b in state.get("biases", [])]
+        self.prunable = [int(i) for i in state.get("eligible", [])]
+
+    def chain(self, model: nn.Module) -> list[tuple[str, nn.Linear]]:
+        """The prunable layers of ``model`` as a chain of nn.Linear, each feeding the next; else UserError."""
+        layers = prunable_layers(model)
+        for i, (name, module) in enumerate(layers):
+            if type(module) not in (nn.Linear, ShrunkLinear):
+                raise UserError(f"pruning=neuron removes units of a chain of nn.Linear layers; {name} is a "
+                                f"{type(module).__name__} (use model=mlp)")
+            if i and module.in_features != layers[i - 1][1].out_features:
+                raise UserError(f"pruning=neuron: {name} takes {module.in_features} inputs, not the "
+                                f"{layers[i - 1][1].out_features} outputs of {layers[i - 1][0]}: not a chain")
+        return layers  # type: ignore[return-value]
+
+    def _dense(self, model: nn.Module) -> tuple[list[int], list[int], list[int]]:
+        """(widths, biases, eligible layer indices) of the dense chain: recorded, or read from ``model``."""
+        if self.widths:
+            return self.widths, self.biases, self.prunable
+        layers = self.chain(model)
+        names = {n for n, _, _ in self.eligible(model)}
+        return ([layers[0][1].in_features] + [m.out_features for _, m in layers],
+                [int(m.bias is not None) for _, m in layers], [i for i, (n, _) in enumerate(layers) if n in names])
+
+    @staticmethod
+    def chain_count(widths: list[int], biases: list[int]) -> int:
+        """P(n) = sum_l n_l (n_{l-1} + b_l) of a chain of widths n_0 .. n_L."""
+        return sum(widths[i + 1] * (widths[i] + b) for i, b in enumerate(biases))
+
+    def bounds(self, model: nn.Module) -> tuple[int, int]:
+        """Dense count P_0, and the count with one unit left in every eligible layer."""
+        widths, biases, prunable = self._dense(model)
+        others = count_parameters(model) - sum(param_count(m) for _, m in self.chain(model))
+        low = [1 if i - 1 in prunable else n for i, n in enumerate(widths)]
+        return others + self.chain_count(low, biases), others + self.chain_count(widths, biases)
+
+    def floor_reason(self) -> str:
+        return "one unit left in every eligible layer; lower pruning.min_size to prune more layers"
+
+    def setup(self, model: nn.Module, epochs: int | None = None) -> None:
+        self.widths, self.biases, self.prunable = self._dense(model)
+        super().setup(model, epochs)
+
+    def step(self, model: nn.Module, epoch: int) -> PruneEvent:
+        """Remove the lowest-scoring units until the count is nearest the event's budget; ledger rows with
+        action ``shrink`` (the layer lost rows or columns), ``keep`` or ``skip_small``."""
+        event = PruneEvent(epoch)
+        t0 = time.perf_counter()
+        layers = self.chain(model)
+        goal = self.budget(epoch)
+        j, n_events, _ = self.progress(epoch)
+        widths = [layers[0][1].in_features] + [m.out_features for _, m in layers]
+        keep: dict[int, np.ndarray] = {}
+        note = f"target reached (pruning.target_epoch={self.target_epoch})"
+        if not self.reached(epoch):
+            order, z = {}, {}
+            for i in self.prunable:
+                norms = layers[i][1].weight.detach().double().norm(dim=1).cpu().numpy()
+                rms = math.sqrt(float(np.mean(norms ** 2)))
+                z[i] = norms / rms if rms > 0 else norms
+                order[i] = np.argsort(-z[i], kind="stable")
+            pooled = np.concatenate([z[i] for i in self.prunable]) if self.prunable else np.zeros(0)
+            owner = np.concatenate([np.full(len(z[i]), i) for i in self.prunable]) if self.prunable else pooled
+            ranked = owner[np.argsort(-pooled, kind="stable")]
+            others = count_parameters(model) - sum(param_count(m) for _, m in layers)
+
+            def units(theta: float) -> dict[int, int]:
+                if self.scope == "global":
+                    top = ranked[: math.ceil(theta * len(ranked) - 1e-12)]
+                    return {i: max(1, int((top == i).sum())) for i in self.prunable}
+                return {i: max(1, math.ceil(theta * widths[i + 1] - 1e-12)) for i in self.prunable}
+
+            def count(theta: float) -> int:
+                n = units(theta)
+                return others + self.chain_count([n.get(i - 1, w) for i, w in enumerate(widths)], self.biases)
+
+            theta = _bisect(count, goal)
+            keep = {i: np.sort(order[i][:n]) for i, n in units(theta).items() if n < widths[i + 1]}
+            note = (f"{self.scope} unit share {theta:.6f}; budget {goal:,} (event {j} of {n_events}), "
+                    f"reached {count(theta):,}")
+        seconds = (time.perf_counter() - t0) / max(len(layers), 1)
+        for i, (name, module) in enumerate(layers):
+            rows, cols = keep.get(i), keep.get(i - 1)
+            row = ledger_row(name, module, epoch=epoch, seconds=seconds, note=note,
+                             keep_fraction=1.0 if rows is None else len(rows) / module.out_features)
+            if rows is None and cols is None:
+                small = i not in self.prunable and i < len(layers) - 1
+                row.update(action="skip_small" if small else "keep",
+                           note=f"{module.weight.numel()} weights < min_size {self.min_size}" if small else note)
+            else:
+                new = keep_units(module, rows, cols)
+                model.set_submodule(name, new)
+                record_replacement(event, module, new)
+                row.update(action="shrink", params_after=param_count(new))
+            event.records.append(row)
+        return event
+
+
 def baseline_from_config(pruning: Any) -> Pruner:
     """The pruner of a ``pruning=magnitude`` or ``pruning=lowrank`` config node (rmtprune/conf/pruning/*.yaml): its
     keys (``config.PRUNING_KEYS``) are the keyword arguments. ``target_from`` must have been resolved into
@@ -490,7 +663,8 @@ def baseline_from_config(pruning: Any) -> Pruner:
     from .config import PRUNING_KEYS
 
     name = pruning.name
-    if name not in ("magnitude", "lowrank"):
+    classes = {"magnitude": MagnitudePruner, "lowrank": LowRankPruner, "neuron": NeuronPruner}
+    if name not in classes:
         raise ValueError(f"not a baseline pruning: {name!r}")
     if pruning.target_params is None:
         raise UserError(f"pruning={name} needs pruning.target_params=N, or pruning.target_from=RUN resolved into it "
@@ -498,9 +672,11 @@ def baseline_from_config(pruning: Any) -> Pruner:
     kwargs = {k: pruning[k] for k in PRUNING_KEYS[name] if k not in ("name", "target_params", "target_from")}
     target = int(pruning.target_params)
     if pruning.get("target_from") is not None:
-        key = f"pruning.target_from={pruning.target_from} (final count {target:,})"
+        what = "counts after each event" if pruning.get("match") == "trajectory" else f"final count {target:,}"
+        key = f"pruning.target_from={pruning.target_from} ({what})"
     else:
         key = f"pruning.target_params={target}"
-    cls = MagnitudePruner if name == "magnitude" else LowRankPruner
-    return cls(target, target_key=key, **kwargs)
+    if kwargs.get("target_trajectory") is not None:
+        kwargs["target_trajectory"] = [int(n) for n in kwargs["target_trajectory"]]
+    return classes[name](target, target_key=key, **kwargs)
 

@@ -8,6 +8,7 @@ loadable with ``torch.load(path, weights_only=True)`` on any machine::
                   model=custom {"kind": "custom", "target": "pkg.mod.Class", "kwargs": {constructor arguments}}
                   (rebuilding it needs the class importable, as when it was trained)
     ranks         {split layer name: rank}: the factorised layers pruning made
+    shapes        {layer name: [out, in]}: the Linear layers pruning=neuron shrank (absent in older files)
     state_dict    the model's weights (a masked weight of a pruning=magnitude checkpoint.pt as
                   <name>_orig and <name>_mask, torch.nn.utils.prune's form; model.pt holds it plain)
     num_classes, input_shape
@@ -39,7 +40,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from .errors import UserError
-from .models import build_model, factorised_ranks
+from .models import build_model, factorised_ranks, shrunk_shapes
 from .outputs import mkstemp_beside
 
 FORMAT = "rmtprune-checkpoint"
@@ -79,6 +80,7 @@ def model_payload(model: nn.Module, spec: dict[str, Any], num_classes: int, inpu
     """The model part of a checkpoint (model.pt holds this plus epoch, lr and pruner)."""
     return {
         "format": FORMAT, "version": VERSION, "spec": spec, "ranks": factorised_ranks(model),
+        "shapes": shrunk_shapes(model),
         "num_classes": int(num_classes), "input_shape": list(input_shape),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
@@ -125,7 +127,7 @@ def rebuild_model(ckpt: dict[str, Any], path: Path | str = "checkpoint") -> nn.M
     if ckpt.get("version") != VERSION:
         raise UserError(f"{path}: checkpoint version {ckpt.get('version')} is not supported (expected {VERSION})")
     try:
-        model = build_model(ckpt["spec"], ckpt.get("ranks", {}))
+        model = build_model(ckpt["spec"], ckpt.get("ranks", {}), ckpt.get("shapes", {}))
     except UserError as exc:  # a custom model whose class is gone or changed
         raise UserError(f"{path}: cannot rebuild its model: {exc}") from None
     except (KeyError, ValueError, RuntimeError, AttributeError, TypeError) as exc:

@@ -17,7 +17,10 @@ arm is tested against ``none``, and also against a ``control`` arm of the group 
 (Welch t interval and test), paired t-test over shared seeds, variance ratio (F-test, Levene, and
 a percentile-bootstrap 95% interval), and the post-training magnitude baseline: each normal
 run's final model magnitude-pruned exactly to the same seed's pruned count
-(:mod:`rmtprune.magnitude_baseline`), with ``finetune=True`` also after fine-tuning.
+(:mod:`rmtprune.magnitude_baseline`), with ``finetune=True`` also after fine-tuning. No F or Levene test
+below 3 seeds in an arm. Every p-value column has a Holm-adjusted twin ``<column>_holm``, the family being
+that column's tests within one group; each tested pair also gets the 90% intervals of its difference (Welch
+and paired) and, with an ``equivalence`` margin δ, the two one-sided tests (TOST) of |Δ| < δ.
 
 An arm holds one run per seed: when a seed occurs more than once (a sweep given twice, a rerun),
 the newest run (summary.json ``finished_at``, else ``started_at``) is kept and the others are
@@ -49,7 +52,8 @@ from .config import PRUNING_KEYS
 from .errors import UserError
 from .outputs import COST_FIELDS, write_csv
 from .runs import MACHINE_KEYS, Run, load_runs
-from .stats import describe, interpolate_at, paired, variance_ratio, variance_ratio_ci, welch
+from .stats import (ALPHA, MIN_VARIANCE_TEST, describe, holm, interpolate_at, paired, tost, tost_paired,
+                    variance_ratio, variance_ratio_ci, welch)
 from .targets import BASELINES, NOT_MATCHED_IN_SWEEPS
 
 log = logging.getLogger("rmtprune")
@@ -74,6 +78,7 @@ class Comparison:
     warnings: list[dict[str, str]] = field(default_factory=list)   # counted, but worth a reader's attention
     frontier: pd.DataFrame = field(default_factory=pd.DataFrame)   # frontier.csv
     finetune: bool = False
+    equivalence: float | None = None   # --equivalence δ, in the units comparison.md shows (points for accuracies)
 
 
 def _arm_keys(k: str) -> bool:
@@ -211,10 +216,17 @@ def _final_and_best(run: Run, metric: str) -> tuple[float, float]:
     return float(col.iloc[-1]), float(col.loc[best])
 
 
-def _versus(prefix: str, a: dict[int, float], b: dict[int, float]) -> dict[str, float]:
-    """Tests of arm values ``a`` against reference values ``b`` (seed -> value), keys prefixed."""
+def per_point(metric: str) -> float:
+    """Points of ``metric`` per unit of its stored value: 100 for accuracies (shown in percent), else 1."""
+    return 100.0 if "acc" in metric else 1.0
+
+
+def _versus(prefix: str, a: dict[int, float], b: dict[int, float], delta: float | None) -> dict[str, float]:
+    """Tests of arm values ``a`` against reference values ``b`` (seed -> value), keys prefixed; ``delta``:
+    the equivalence margin in the values' units (None: the 90% intervals only)."""
     x, y = list(a.values()), list(b.values())
-    out = {**welch(x, y), **paired(a, b), **variance_ratio(x, y), **variance_ratio_ci(x, y)}
+    out = {**welch(x, y), **paired(a, b), **variance_ratio(x, y), **variance_ratio_ci(x, y),
+           **tost(x, y, delta), **tost_paired(a, b, delta)}
     return {prefix + k: v for k, v in out.items()}
 
 
@@ -254,9 +266,10 @@ def _magnitude(arm_runs: list[Run], normal: dict[int, Run], metric: str, baselin
 
 
 def compare(paths: list[Path], by: list[str] | None = None, metric: str = "test_acc",
-            finetune: bool = False) -> Comparison:
+            finetune: bool = False, equivalence: float | None = None) -> Comparison:
     """Read, group and test the runs under ``paths`` (see the module doc); ``finetune``: also the
-    magnitude baseline after fine-tuning (trains each normal model; slow on real data)."""
+    magnitude baseline after fine-tuning (trains each normal model; slow on real data); ``equivalence``:
+    the margin δ of the two one-sided tests, in points (:func:`per_point`)."""
     from .magnitude_baseline import MagnitudeBaseline
 
     runs, problems = load_runs(paths)
@@ -274,6 +287,7 @@ def compare(paths: list[Path], by: list[str] | None = None, metric: str = "test_
     problems += dropped
     warnings: list[dict[str, str]] = []
     baseline = MagnitudeBaseline()
+    delta = None if equivalence is None else equivalence / per_point(metric)
     rows: list[dict[str, Any]] = []
     curve_rows: list[dict[str, Any]] = []
     for group, arms in groups.items():
@@ -314,27 +328,39 @@ def compare(paths: list[Path], by: list[str] | None = None, metric: str = "test_
                 "val_final_mean": vd["mean"], "val_final_std": vd["std"],
             }
             name = method(rs[0])
-            if name != NORMAL and NORMAL in finals:
-                row.update(_versus("", finals[arm], finals[NORMAL]))
+            refs = {"": NORMAL if name != NORMAL and NORMAL in finals else None}   # column prefix -> reference arm
             if name not in REFERENCES:
-                control, other = same_calendar_control(arms, rs)
-                if control is not None:
-                    row.update(_versus("control_", finals[arm], finals[control]))
-                elif other:
+                refs["control_"], other = same_calendar_control(arms, rs)
+                if other:
                     notes.append(f"control has another calendar: {', '.join(other)}")
-                    row["note"] = "; ".join(notes)
-            matched = matched_arm(arms, rs)
-            if matched is not None:
-                row["matched_arm"] = matched
-                row.update(_versus("matched_", finals[arm], finals[matched]))
+            refs["matched_"] = matched_arm(arms, rs)
+            if refs["matched_"] is not None:
+                row["matched_arm"] = refs["matched_"]
+            for prefix, ref in refs.items():
+                if ref is not None:
+                    row.update(_versus(prefix, finals[arm], finals[ref], delta))
+            few = [ref for ref in refs.values() if ref and 2 <= min(len(rs), len(finals[ref])) < MIN_VARIANCE_TEST]
+            if few:
+                notes.append(f"no F or Levene test against {', '.join(few)}: fewer than {MIN_VARIANCE_TEST} seeds "
+                             f"in an arm")
+            row["note"] = "; ".join(notes)
+            row["equivalence_delta"] = math.nan if delta is None else delta
             if name not in REFERENCES and normal_runs:
                 row.update(_magnitude(rs, normal_runs, metric, baseline, finetune))
             rows.append(row)
             curve_rows.extend(_curves(group, arm, rs))
     warnings += baseline.warnings
-    table = pd.DataFrame(rows, columns=COLUMNS)
+    table = add_holm(pd.DataFrame(rows, columns=COLUMNS))
     return Comparison(table, pd.DataFrame(curve_rows), problems, groups, metric, warnings=warnings,
-                      frontier=frontier(groups), finetune=finetune)
+                      frontier=frontier(groups), finetune=finetune, equivalence=equivalence)
+
+
+def add_holm(table: pd.DataFrame) -> pd.DataFrame:
+    """Fill each p-value column's Holm-adjusted twin ``<column>_holm``: the family is every defined p-value of
+    that column within one group (one table of comparison.md)."""
+    for col in P_COLUMNS:
+        table[f"{col}_holm"] = table.groupby("group", sort=False)[col].transform(holm) if len(table) else []
+    return table
 
 
 def calendar(run: Run) -> dict[str, Any]:
@@ -375,6 +401,12 @@ def matched_arm(arms: dict[str, list[Run]], runs: list[Run]) -> str | None:
 COST_COLUMNS = [f"{k}_mean" for k in COST_FIELDS]
 _VERSUS = ["diff", "diff_ci_low", "diff_ci_high", "welch_p", "n_pairs", "paired_diff", "paired_p",
            "var_ratio", "var_ratio_ci_low", "var_ratio_ci_high", "f_p", "levene_p"]
+_PREFIXES = ("", "control_", "matched_")   # against none, the same-calendar control, the arm a baseline matches
+# equivalence (TOST, Welch and paired, and the 90% intervals), then the Holm twin of each p-value column
+_EQUIVALENCE = ["tost_p", "diff_ci90_low", "diff_ci90_high", "paired_tost_p", "paired_diff_ci90_low",
+                "paired_diff_ci90_high"]
+P_COLUMNS = [f"{p}{c}" for p in _PREFIXES
+             for c in ("welch_p", "paired_p", "f_p", "levene_p", "tost_p", "paired_tost_p")]
 COLUMNS = [
     "group", "arm", "metric", "n_seeds", "seeds",
     "final_mean", "final_std", "final_var", "final_min", "final_max", "final_ci_low", "final_ci_high",
@@ -386,6 +418,7 @@ COLUMNS = [
     "magnitude_finetuned_mean", "magnitude_finetuned_std", "magnitude_finetuned_n", "magnitude_note",
     "note",
     "best_on", "val_final_mean", "val_final_std",
+    "equivalence_delta", *(f"{p}{c}" for p in _PREFIXES for c in _EQUIVALENCE), *(f"{c}_holm" for c in P_COLUMNS),
 ]
 CURVE_COLUMNS = ("test_acc", "train_acc", "test_loss", "train_loss", "n_params_after", "test_acc_after_event",
                  "test_loss_after_event", "val_acc", "val_loss")
@@ -473,6 +506,13 @@ def fmt_p(v: float) -> str:
     return "–" if v != v else (f"{v:.3f}" if v >= 0.001 else f"{v:.1e}")
 
 
+def p_cell(r: pd.Series, col: str) -> str:
+    """A p-value and, in parentheses, its Holm-adjusted twin (when the table has it: older comparison.csv files
+    do not), e.g. ``0.012 (0.048)``."""
+    holm_p = r.get(f"{col}_holm", math.nan)
+    return fmt_p(r[col]) + ("" if r[col] != r[col] or holm_p != holm_p else f" ({fmt_p(holm_p)})")
+
+
 def _where(problem: dict[str, str]) -> str:
     seed = problem.get("seed")
     return f"{problem['folder']} (seed {seed})" if seed not in (None, "") else problem["folder"]
@@ -497,8 +537,8 @@ def ratio_cell(r: pd.Series, prefix: str = "") -> str:
 def _matched_cell(r: pd.Series, metric: str) -> str:
     if not isinstance(r["matched_arm"], str):
         return "–"
-    return (f"{r['matched_arm']}: {diff_cell(r, metric, 'matched_')} (Welch p {fmt_p(r['matched_welch_p'])}, "
-            f"paired p {fmt_p(r['matched_paired_p'])})")
+    return (f"{r['matched_arm']}: {diff_cell(r, metric, 'matched_')} (Welch p {p_cell(r, 'matched_welch_p')}, "
+            f"paired p {p_cell(r, 'matched_paired_p')})")
 
 
 def cost_cell(r: pd.Series) -> str:
@@ -517,6 +557,30 @@ def _mean_std_cell(r: pd.Series, key: str, metric: str) -> str:
     return "–" if m != m else f"{fmt_value(m, metric)} ± {fmt_value(r[f'{key}_std'], metric)} (n={int(r[f'{key}_n'])})"
 
 
+_REFERENCE = {"": NORMAL, "control_": CONTROL}   # the arm each prefix's tests are against (matched_: matched_arm)
+
+
+def equivalence_lines(part: pd.DataFrame, metric: str, delta: float) -> list[str]:
+    """comparison.md's verdicts of the two one-sided tests of one group: per arm and reference, ``equivalent``
+    when the Holm-adjusted Welch TOST p is below ALPHA, else ``not shown``, with both tests and 90% intervals."""
+    unit = " points" if "acc" in metric else ""
+    lines = [f"Equivalence within ±{delta:g}{unit} (two one-sided t tests at {ALPHA:g} each, decided on the "
+             f"Holm-adjusted Welch TOST p; 90% intervals of Δ, Welch and paired):", ""]
+    for _, r in part.iterrows():
+        for prefix in _PREFIXES:
+            p = r[f"{prefix}tost_p_holm"]
+            if p != p:
+                continue
+            ref = _REFERENCE.get(prefix, r["matched_arm"])
+            ci = [fmt_value(r[f"{prefix}{c}"], metric) for c in ("diff_ci90_low", "diff_ci90_high",
+                                                                     "paired_diff_ci90_low", "paired_diff_ci90_high")]
+            lines.append(f"- {r['arm']} vs {ref}: {'equivalent' if p < ALPHA else 'not shown'} (Welch: 90% CI "
+                         f"[{ci[0]}, {ci[1]}], TOST p {p_cell(r, f'{prefix}tost_p')}; paired: 90% CI [{ci[2]}, "
+                         f"{ci[3]}], TOST p {p_cell(r, f'{prefix}paired_tost_p')})")
+    return lines if len(lines) > 2 else [f"Equivalence within ±{delta:g}{unit}: no pair with 2 seeds and spread "
+                                         f"in both arms to test."]
+
+
 def markdown(cmp: Comparison) -> str:
     """comparison.md: one table per group, ready for a README or paper."""
     unit = " (%)" if "acc" in cmp.metric else ""
@@ -528,13 +592,14 @@ def markdown(cmp: Comparison) -> str:
     for group, part in cmp.table.groupby("group", sort=False):
         has_control = part["control_diff"].notna().any() or (part["arm"] == CONTROL).any()
         head = (f"| arm | seeds | final{unit} mean ± std | variance | best{unit} mean | params start → end "
-                f"(reduction) | Δ vs normal [95% CI] | Welch p | paired p | var ratio vs normal [bootstrap 95% CI] "
-                f"(F p, Levene p) |")
+                f"(reduction) | Δ vs normal [95% CI] | Welch p (Holm) | paired p (Holm) | var ratio vs normal "
+                f"[bootstrap 95% CI] (F p, Levene p) |")
         if has_control:
-            head += " Δ vs control [95% CI] | Welch p | paired p | var ratio vs control [95% CI] (F p, Levene p) |"
+            head += (" Δ vs control [95% CI] | Welch p (Holm) | paired p (Holm) | var ratio vs control [95% CI] "
+                     "(F p, Levene p) |")
         has_matched = part["matched_arm"].notna().any()
         if has_matched:
-            head += " vs the arm it matches: Δ [95% CI] (Welch p, paired p) |"
+            head += " vs the arm it matches: Δ [95% CI] (Welch p (Holm), paired p (Holm)) |"
         head += f" magnitude pruning at same params{unit} |"
         if cmp.finetune:
             head += f" magnitude, fine-tuned{unit} |"
@@ -547,10 +612,10 @@ def markdown(cmp: Comparison) -> str:
                     f"{fmt_value(r['final_std'], cmp.metric)} | {fmt_var(r['final_var'], cmp.metric)} | "
                     f"{fmt_value(r['best_mean'], cmp.metric)} | "
                     f"{r['params_start']:,.0f} → {r['params_end']:,.0f} ({r['param_reduction_pct']:.1f}%) | "
-                    f"{diff_cell(r, cmp.metric)} | {fmt_p(r['welch_p'])} | {fmt_p(r['paired_p'])} | {ratio_cell(r)} |")
+                    f"{diff_cell(r, cmp.metric)} | {p_cell(r, 'welch_p')} | {p_cell(r, 'paired_p')} | {ratio_cell(r)} |")
             if has_control:
-                line += (f" {diff_cell(r, cmp.metric, 'control_')} | {fmt_p(r['control_welch_p'])} | "
-                         f"{fmt_p(r['control_paired_p'])} | {ratio_cell(r, 'control_')} |")
+                line += (f" {diff_cell(r, cmp.metric, 'control_')} | {p_cell(r, 'control_welch_p')} | "
+                         f"{p_cell(r, 'control_paired_p')} | {ratio_cell(r, 'control_')} |")
             if has_matched:
                 line += f" {_matched_cell(r, cmp.metric)} |"
             line += f" {_mean_std_cell(r, 'magnitude_at_same_params', cmp.metric)} |"
@@ -563,9 +628,14 @@ def markdown(cmp: Comparison) -> str:
         notes += [f"- {r['arm']}, magnitude baseline: {r['magnitude_note']}" for _, r in part.iterrows()
                   if isinstance(r["magnitude_note"], str) and r["magnitude_note"]]
         lines += ["", *notes, ""] if notes else [""]
+        if cmp.equivalence is not None:
+            lines += [*equivalence_lines(part, cmp.metric, cmp.equivalence), ""]
     if "acc" in cmp.metric:
         lines.append("Accuracies in percent; variance in percent² (fraction² × 10⁴). "
                      "Δ = arm − normal (or control, or the arm a baseline was matched to).")
+    lines.append("p (Holm): each p-value with its Holm-adjusted twin (`*_holm` in comparison.csv); the family is "
+                 "every test in the same column of the same group's table (e.g. the Welch tests against control "
+                 "of all its arms).")
     if (cmp.table["best_on"] == "val").any():
         lines.append(f"Best: {cmp.metric} at each run's epoch of best {val_metric(cmp.metric)} (chosen on the "
                      f"validation split, never on test); final validation values in comparison.csv (val_final_*).")
@@ -627,9 +697,10 @@ def print_table(cmp: Comparison) -> None:
     for group, part in cmp.table.groupby("group", sort=False):
         has_control = part["control_diff"].notna().any()
         t = Table(title=group, title_justify="left")
-        cols = ["arm", "seeds", f"final {cmp.metric}", "var (%²)" if "acc" in cmp.metric else "var", "params end (red.)", "Δ vs normal", "Welch p",
+        cols = ["arm", "seeds", f"final {cmp.metric}", "var (%²)" if "acc" in cmp.metric else "var",
+                "params end (red.)", "Δ vs normal", "Welch p (Holm)",
                 "var ratio [CI] (F p)"]
-        cols += ["Δ vs control", "Welch p (control)"] if has_control else []
+        cols += ["Δ vs control", "Welch p (Holm) vs control"] if has_control else []
         cols += ["magnitude"] + (["magnitude ft"] if cmp.finetune else [])
         for c in cols:
             t.add_column(c, justify="left" if c == "arm" else "right")
@@ -640,9 +711,9 @@ def print_table(cmp: Comparison) -> None:
                      f"{fmt_value(r['final_mean'], cmp.metric)} ± {fmt_value(r['final_std'], cmp.metric)}",
                      fmt_var(r["final_var"], cmp.metric),
                      f"{r['params_end']:,.0f} ({r['param_reduction_pct']:.0f}%)", fmt_value(r["diff"], cmp.metric),
-                     fmt_p(r["welch_p"]), ratio]
+                     p_cell(r, "welch_p"), ratio]
             if has_control:
-                cells += [fmt_value(r["control_diff"], cmp.metric), fmt_p(r["control_welch_p"])]
+                cells += [fmt_value(r["control_diff"], cmp.metric), p_cell(r, "control_welch_p")]
             cells.append(fmt_value(r["magnitude_at_same_params_mean"], cmp.metric))
             if cmp.finetune:
                 cells.append(fmt_value(r["magnitude_finetuned_mean"], cmp.metric))

@@ -19,7 +19,7 @@ from .schedules import MIN_MARGIN, SCHEDULES as _SCHEDULE_FUNCTIONS, SpikeCut, c
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "synthetic")
 MODELS = ("mlp", "cnn", "custom")
-PRUNINGS = ("none", "control", "rmt", "magnitude", "lowrank")
+PRUNINGS = ("none", "control", "rmt", "magnitude", "lowrank", "neuron")
 SCHEDULES = tuple(_SCHEDULE_FUNCTIONS)  # declared once, in rmtprune/schedules.py
 PRECISIONS = ("fp32", "tf32", "bf16")
 LOGGERS = ("csv", "tensorboard", "mlflow")
@@ -125,24 +125,28 @@ class PruningConfig:
     tolerance: float = 0.05
     conv_tolerance: Optional[float] = None
     margin: Optional[float] = None  # a cut to the spikes (f = 0) keeps ceil(margin k) values; None: k
-    # baselines matched to a parameter count: magnitude, lowrank
+    # baselines matched to a parameter count: magnitude, lowrank, neuron
     target_params: Optional[int] = None
     target_from: Optional[str] = None
     target_epoch: Optional[int] = None  # the epoch after which the target is reached; None: the last event
-    scope: str = "global"          # magnitude: global | layer
+    match: str = "final"           # final: target_from's final count | trajectory: its count after every event
+    # the count after each event (match=trajectory), filled in from target_from's metrics.csv like target_params
+    target_trajectory: Optional[list[int]] = None
+    scope: str = "global"          # magnitude, neuron: global | layer
     rank_rule: str = "energy"      # lowrank: energy | uniform
 
 
 _CALENDAR = ("name", "every", "start_epoch", "stop_epoch", "lr_factor", "momentum")
+_TARGET = ("target_params", "target_from", "target_epoch", "match", "target_trajectory")
 PRUNING_KEYS: dict[str, tuple[str, ...]] = {
     "none": ("name",),
     "control": _CALENDAR,
     "rmt": (*_CALENDAR, "min_size", "include_output_layer", "min_rank", "output_min_rank", "truncate",
             "alpha", "beta", "tolerance", "conv_tolerance", "margin"),
-    "magnitude": (*_CALENDAR, "min_size", "include_output_layer", "target_params", "target_from", "target_epoch",
-                  "scope"),
+    "magnitude": (*_CALENDAR, "min_size", "include_output_layer", *_TARGET, "scope"),
     "lowrank": (*_CALENDAR, "min_size", "include_output_layer", "min_rank", "output_min_rank", "truncate",
-                "target_params", "target_from", "target_epoch", "rank_rule"),
+                *_TARGET, "rank_rule"),
+    "neuron": (*_CALENDAR, "min_size", *_TARGET, "scope"),
 }
 # Only rmt's keep fraction comes from the schedule group; the baselines follow a cubic schedule of their own.
 USES_SCHEDULE = ("rmt",)
@@ -303,6 +307,9 @@ def validate(cfg: DictConfig) -> None:
                 f"topology={cfg.topology}: last width {widths[-1]} must equal the number of classes "
                 f"of dataset={ds.name}, {ds.num_classes}"
             )
+    if cfg.pruning.name == "neuron" and cfg.model.name != "mlp":
+        raise UserError(f"pruning=neuron removes units of a chain of Linear layers: it supports model=mlp, not "
+                        f"model={cfg.model.name}; use pruning=lowrank or pruning=magnitude there")
     if cfg.model.name == "cnn":
         m = cfg.model
         if not m.channels or any(c <= 0 for c in m.channels):
@@ -385,7 +392,19 @@ def validate_pruning(pr: DictConfig) -> None:
             _positive("pruning.target_params", pr.target_params)
         if pr.target_epoch is not None:
             _positive("pruning.target_epoch", pr.target_epoch)
-    if pr.name == "magnitude":
+        from .baselines import MATCHES
+
+        _choice("pruning.match", pr.match, MATCHES)
+        if pr.target_trajectory is not None:
+            raise UserError("pruning.target_trajectory is filled in from pruning.target_from with "
+                            "pruning.match=trajectory; leave it null")
+        if pr.match == "trajectory" and pr.target_from is None:
+            raise UserError(f"pruning.match=trajectory follows the counts of the run pruning.target_from names; "
+                            f"give pruning.target_from=RUN_OR_SWEEP_FOLDER instead of pruning.target_params")
+        if pr.match == "trajectory" and pr.target_epoch is not None:
+            raise UserError(f"pruning.target_epoch={pr.target_epoch} with pruning.match=trajectory: the matched run's "
+                            f"counts set when each count is reached; leave pruning.target_epoch null")
+    if pr.name in ("magnitude", "neuron"):
         _choice("pruning.scope", pr.scope, ("global", "layer"))
     if pr.name == "lowrank":
         _choice("pruning.rank_rule", pr.rank_rule, ("energy", "uniform"))

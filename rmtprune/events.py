@@ -213,6 +213,21 @@ def anneal_scale(shape: str, anneal_epochs: int, epochs: int, epoch: int,
     return lambda b: anneal_factor(shape, (done + b) / total)
 
 
+def record_replacement(event: PruneEvent, old: nn.Module, new: nn.Module) -> None:
+    """Record in ``event`` that module ``new`` took the place of ``old``: old's parameters replaced, new's
+    added, each new parameter's origin the old one of the same name (a split layer's factors, named
+    ``first.weight``/``second.weight``, take the weight's place; the bias the bias's). ``new`` takes old's
+    train/eval mode, and each new parameter its origin's ``requires_grad`` (a frozen layer stays frozen)."""
+    before = dict(old.named_parameters())
+    event.replaced.extend(before.values())
+    new.train(old.training)
+    for key, p in new.named_parameters():
+        event.added.append(p)
+        same = next(k for k in (key, key.rsplit(".", 1)[-1], "weight", *before) if k in before)
+        event.origin[id(p)] = before[same]
+        p.requires_grad_(before[same].requires_grad)
+
+
 def rebuild_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module, event: PruneEvent | None = None, *,
                       momentum: str = "reset", lr: float | None = None, lr_factor: float | None = None,
                       schedulers: Iterable[Any] = ()) -> torch.optim.Optimizer:

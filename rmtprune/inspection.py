@@ -38,7 +38,6 @@ def inspect_rows(model: nn.Module, pruner: RMTPruner, pruner_state: dict[str, An
     """
     if pruner_state:
         pruner.load_state_dict(pruner_state)
-    pruner.adopt_ranks(model)
     event = pruner.step(copy.deepcopy(model), epoch=0)
     rows = []
     for r in event.records:

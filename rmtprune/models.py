@@ -131,10 +131,21 @@ def model_spec(cfg: DictConfig) -> ModelSpec:
     }
 
 
-def build_model(spec: ModelSpec, ranks: dict[str, int] | None = None) -> nn.Module:
+class ShrunkLinear(nn.Linear):
+    """An nn.Linear that ``pruning=neuron`` made smaller (units removed): the same layer, marked so that a
+    checkpoint records its shape (``shrunk_shapes``) and :func:`build_model` rebuilds it."""
+
+
+def shrunk_shapes(model: nn.Module) -> dict[str, list[int]]:
+    """{layer name: [out, in]} of the layers ``pruning=neuron`` shrank (:class:`ShrunkLinear`)."""
+    return {name: [m.out_features, m.in_features] for name, m in model.named_modules() if isinstance(m, ShrunkLinear)}
+
+
+def build_model(spec: ModelSpec, ranks: dict[str, int] | None = None,
+                shapes: dict[str, list[int]] | None = None) -> nn.Module:
     """Dense model from ``spec`` (the built-in ones with the paper's init, a custom one with its own);
-    layers named in ``ranks`` become factorised (uninitialised shells of that rank, to be filled by
-    ``load_state_dict``).
+    layers named in ``shapes`` become (uninitialised) ShrunkLinear layers of that [out, in], then layers
+    named in ``ranks`` become factorised (uninitialised shells of that rank); ``load_state_dict`` fills both.
 
     Raises:
         UserError: a custom model whose target cannot be imported, rejects its arguments or is no nn.Module.
@@ -150,6 +161,9 @@ def build_model(spec: ModelSpec, ranks: dict[str, int] | None = None) -> nn.Modu
         raise ValueError(f"unknown model kind {spec['kind']!r}")
     if spec["kind"] != "custom":
         init_paper_(model)
+    for name, (out, inp) in (shapes or {}).items():
+        bias = model.get_submodule(name).bias is not None
+        model.set_submodule(name, nn.utils.skip_init(ShrunkLinear, int(inp), int(out), bias=bias))
     for name, rank in (ranks or {}).items():
         model.set_submodule(name, factorised_like(model.get_submodule(name), int(rank)))
     return model

@@ -47,6 +47,8 @@ KEYS_SINCE: dict[str, Any] = {
     "dataset.val_seed": 0,
     "optimizer.anneal": "none",
     "optimizer.anneal_epochs": 3,
+    "pruning.match": "final",
+    "pruning.target_trajectory": None,
 }
 # Keys (dotted) that compute nothing while another key has its "off" value: left out of the identity then.
 INERT_WHEN: dict[str, tuple[str, Any]] = {"dataset.val_seed": ("dataset.val_size", 0),

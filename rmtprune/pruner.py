@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .events import ControlPruner, NoPruner, PruneEvent, Pruner, check_state, is_count, is_real
+from .events import ControlPruner, NoPruner, PruneEvent, Pruner, check_state, is_count, is_real, record_replacement
 from .lowrank import LOW_RANK_TYPES
 from .models import is_conv, prunable_layers
 from .rmt import NoBulkError, fit_mp
@@ -57,6 +57,8 @@ LEDGER_COLUMNS = [
     "fit_error", "tolerance", "good_fit", "keep_fraction", "rank_before", "rank_after", "action",
     "params_before", "params_after", "n_censored", "n_known_spikes", "n_bulk", "seconds", "note",
 ]
+# The ledger actions that changed a layer (metrics.csv's pruned_layers counts them).
+PRUNING_ACTIONS = ("split", "truncate", "mask", "shrink")
 # Failures of the linear algebra on one layer (no convergence, a NaN matrix): logged in the ledger and the
 # layer left as it is. Anything else (CUDA out of memory, a device error) fails the run.
 LINALG_ERRORS = (ValueError, np.linalg.LinAlgError, torch.linalg.LinAlgError)
@@ -313,15 +315,8 @@ def cut_layer(model: nn.Module, name: str, module: nn.Module, rank: int, rank_no
         row.update(action="skip_svd_failed", note=f"SVD failed: {exc}")
         return
     if result.action == "split":
-        event.replaced.extend(module.parameters())
-        result.module.train(module.training)
         model.set_submodule(name, result.module)
-        event.added.extend(result.module.parameters())
-        before = dict(module.named_parameters())
-        for key, p in result.module.named_parameters():  # a factor takes the weight's place, the bias the bias's
-            same = next(k for k in (key, key.rsplit(".", 1)[-1], "weight", *before) if k in before)
-            event.origin[id(p)] = before[same]
-            p.requires_grad_(before[same].requires_grad)  # a frozen layer's factors stay frozen
+        record_replacement(event, module, result.module)
         ranks.pop(name, None)
     elif result.action == "truncate":
         event.replaced.extend(module.parameters())
@@ -369,7 +364,7 @@ def make_pruner(pruning: Any, schedule: Schedule | SpikeCut | None = None) -> Pr
         return ControlPruner(**calendar)
     if name == "rmt":
         return rmt_pruner_from_config(pruning, schedule)
-    if name in ("magnitude", "lowrank"):
+    if name in ("magnitude", "lowrank", "neuron"):
         from .baselines import baseline_from_config
 
         return baseline_from_config(pruning)

@@ -94,12 +94,13 @@ def run_config(config: dict[str, Any]) -> dict[str, Any]:
     """The flattened identity of a summary's config (outputs.identity), as compare groups runs by it.
 
     A baseline matched to another run (``pruning.target_from``) is named by the folder it was matched to,
-    not by its target count: the seeds of one matched arm have different counts and are still one arm.
+    not by its target count (or counts, ``match=trajectory``): the seeds of one matched arm have different counts and are still one arm.
     """
     flat = flatten(outputs.identity(config))
     target_from = (config.get("pruning") or {}).get("target_from") if isinstance(config.get("pruning"), dict) else None
     if target_from:
         flat.pop("pruning.target_params", None)
+        flat.pop("pruning.target_trajectory", None)
         flat["pruning.target_from"] = Path(str(target_from).rstrip("/")).name
     return flat
 

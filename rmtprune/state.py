@@ -80,8 +80,8 @@ class TrainingState:
         if not is_checkpoint(ckpt) or "optimizer" not in ckpt:
             raise UserError(f"{path}: not a training checkpoint of rmtprune")
         model = rebuild_model(ckpt, path).to(device)
+        pruner.load_state_dict(ckpt.get("pruner", {}))  # first: setup may need it (neuron's dense widths)
         pruner.setup(model, int(cfg.epochs))
-        pruner.load_state_dict(ckpt.get("pruner", {}))
         lr = float(ckpt["lr"])
         opt = make_optimizer(model, cfg.optimizer, lr)
         try:

@@ -1,4 +1,5 @@
-"""Surgery on one layer: replace it by its rank-r approximation, split or in place.
+"""Surgery on one layer: replace it by its rank-r approximation, split or in place; or keep some of its
+units (rows and columns of a Linear layer, :func:`keep_units`, for ``pruning=neuron``).
 
 For a layer with matrix W (out, m) (m = in for Linear, in/groups * k * k for Conv2d) and thin
 SVD W = U diag(s) V^T, the rank-r approximation W_r = U_r diag(s_r) V_r^T is the best one in
@@ -18,9 +19,10 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import skip_init
 
 from .lowrank import LOW_RANK_TYPES, LowRankConv2d, LowRankLinear
-from .models import count_parameters
+from .models import ShrunkLinear, count_parameters
 
 SVD = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -230,3 +232,19 @@ def flops(model: nn.Module, input_shape: list[int]) -> int:
         for h in hooks:
             h.remove()
     return total
+
+
+def keep_units(module: nn.Linear, rows: torch.Tensor | Any = None, cols: torch.Tensor | Any = None) -> nn.Linear:
+    """A new nn.Linear (a ``ShrunkLinear``, so checkpoints record its shape) holding ``module``'s rows ``rows`` (output units, with their bias entries) and columns
+    ``cols`` (input units); None keeps them all. Weight (out, in) -> (len(rows), len(cols)); same device and
+    dtype; draws no random numbers."""
+    w, b = module.weight.detach(), module.bias
+    rows = torch.arange(w.shape[0]) if rows is None else torch.as_tensor(rows, dtype=torch.long)
+    cols = torch.arange(w.shape[1]) if cols is None else torch.as_tensor(cols, dtype=torch.long)
+    rows, cols = rows.to(w.device), cols.to(w.device)
+    new = skip_init(ShrunkLinear, len(cols), len(rows), bias=b is not None, device=w.device, dtype=w.dtype)
+    with torch.no_grad():
+        new.weight.copy_(w[rows][:, cols])
+        if b is not None:
+            new.bias.copy_(b.detach()[rows])
+    return new

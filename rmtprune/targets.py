@@ -1,5 +1,9 @@
-"""The final parameter count of ``pruning=magnitude`` / ``pruning=lowrank``: ``pruning.target_params=N``, or
+"""The final parameter count of ``pruning=magnitude`` / ``lowrank`` / ``neuron``: ``pruning.target_params=N``, or
 ``pruning.target_from=PATH``, the final count (``n_params_final`` of summary.json) of a finished run.
+With ``pruning.match=trajectory`` the baseline also follows that run's count after every event
+(``n_params_after`` of its metrics.csv at each event epoch of the shared calendar), resolved into
+``pruning.target_trajectory`` (one count per event, in order); a metrics.csv without a row for one of the
+events is a UserError.
 
 ``PATH`` is either
 
@@ -21,6 +25,7 @@ network or data set, an unpruned run, another calendar, several runs with differ
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +35,7 @@ from .config import PRUNING_KEYS, parse_topology
 from .errors import UserError
 from .outputs import read_json, resolve_redirect
 
-BASELINES = ("magnitude", "lowrank")
+BASELINES = ("magnitude", "lowrank", "neuron")
 NOT_MATCHED_IN_SWEEPS = ("none", "control", *BASELINES)
 UNPRUNED = ("none", "control")
 # What a matched run must share with this one besides the network: the event calendar and the run length.
@@ -45,11 +50,13 @@ def resolve_target(cfg: DictConfig) -> None:
     if pr.name not in BASELINES:
         return
     if pr.get("target_from") is not None:
-        count = target_from_run(cfg)
+        folder, summary = matched_run(cfg)
+        trajectory = trajectory_from_run(cfg, folder) if pr.match == "trajectory" else None
         with open_dict(cfg):
-            cfg.pruning.target_params = count
+            cfg.pruning.target_params = int(summary["n_params_final"])
+            cfg.pruning.target_trajectory = trajectory
     if cfg.pruning.target_params is not None:
-        _check_against_network(cfg, int(cfg.pruning.target_params))
+        _check_against_network(cfg, int(cfg.pruning.target_params), cfg.pruning.target_trajectory)
 
 
 def check_target(cfg: DictConfig) -> None:
@@ -61,14 +68,18 @@ def check_target(cfg: DictConfig) -> None:
     pr = cfg.pruning
     if pr.name not in BASELINES:
         return
-    target = target_from_run(cfg) if pr.get("target_from") is not None else pr.target_params
+    target, trajectory = pr.target_params, None
+    if pr.get("target_from") is not None:
+        folder, summary = matched_run(cfg)
+        target = int(summary["n_params_final"])
+        trajectory = trajectory_from_run(cfg, folder) if pr.match == "trajectory" else None
     if target is not None:  # None: validate() has refused this already
-        _check_against_network(cfg, int(target))
+        _check_against_network(cfg, int(target), trajectory)
 
 
-def _check_against_network(cfg: DictConfig, target: int) -> None:
-    """The pruner's own check (``TargetPruner.check``) of ``target`` on the config's network, built on the meta
-    device."""
+def _check_against_network(cfg: DictConfig, target: int, trajectory: Any = None) -> None:
+    """The pruner's own check (``TargetPruner.check``) of ``target`` (and the per-event ``trajectory``) on the
+    config's network, built on the meta device."""
     model = _meta_model(cfg)
     if model is None:
         return  # a custom model: checked in the pruner's setup, before epoch 1
@@ -76,6 +87,7 @@ def _check_against_network(cfg: DictConfig, target: int) -> None:
 
     node = OmegaConf.to_container(cfg.pruning, resolve=True)
     node["target_params"] = target
+    node["target_trajectory"] = None if trajectory is None else list(trajectory)
     baseline_from_config(OmegaConf.create(node)).check(model, int(cfg.epochs))
 
 
@@ -93,6 +105,34 @@ def _meta_model(cfg: DictConfig) -> Any:
 
 def target_from_run(cfg: DictConfig) -> int:
     """The final parameter count of the run ``pruning.target_from`` names (see the module docstring)."""
+    return int(matched_run(cfg)[1]["n_params_final"])
+
+
+def trajectory_from_run(cfg: DictConfig, folder: Path) -> list[int]:
+    """The count after each event of ``cfg``'s calendar (``n_params_after`` of the run in ``folder`` at the
+    event epochs, in order). Raises UserError when its metrics.csv lacks one of them."""
+    from .events import EventCalendar
+
+    pr = cfg.pruning
+    events = EventCalendar(pr.every, pr.start_epoch, pr.stop_epoch).events(int(cfg.epochs))
+    counts: dict[int, int] = {}
+    try:
+        with open(folder / "metrics.csv", newline="") as f:
+            for row in csv.DictReader(f):
+                if row.get("epoch") and row.get("n_params_after"):
+                    counts[int(row["epoch"])] = int(float(row["n_params_after"]))
+    except (OSError, ValueError):
+        pass
+    missing = [e for e in events if e not in counts]
+    if missing:
+        raise UserError(f"pruning.match=trajectory: {folder / 'metrics.csv'} has no count after the event after epoch "
+                        f"{missing[0]} (events after epochs {', '.join(map(str, events))}); match a run that "
+                        f"finished with its metrics.csv, or use pruning.match=final")
+    return [counts[e] for e in events]
+
+
+def matched_run(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
+    """(folder, summary) of the finished run ``pruning.target_from`` names (see the module docstring)."""
     raw = str(cfg.pruning.target_from)
     key = f"pruning.target_from={raw}"
     path = Path(raw).expanduser()
@@ -109,11 +149,11 @@ def target_from_run(cfg: DictConfig) -> int:
                             f"a finished run")
         for reason, hint in _mismatches(summary, cfg):
             raise UserError(f"{key}: that run {reason}; {hint}")
-        return int(summary["n_params_final"])
+        return folder, summary
     return _match_in_sweep(cfg, path, key)
 
 
-def _match_in_sweep(cfg: DictConfig, root: Path, key: str) -> int:
+def _match_in_sweep(cfg: DictConfig, root: Path, key: str) -> tuple[Path, dict[str, Any]]:
     runs = [(f, s) for f, s in _finished_runs(root) if s.get("pruning") not in NOT_MATCHED_IN_SWEEPS]
     if not runs:
         raise UserError(f"{key}: no finished run there (no summary.json with status completed of a pruning other "
@@ -134,7 +174,7 @@ def _match_in_sweep(cfg: DictConfig, root: Path, key: str) -> int:
         shown = "; ".join(f"{f} ({int(s['n_params_final']):,})" for f, s in matching[:3])
         raise UserError(f"{key}: {len(matching)} finished runs with seed={seed} and different final counts there "
                         f"({shown}{'; ...' if len(matching) > 3 else ''}); give the run folder to match")
-    return counts[0]
+    return matching[0]
 
 
 def _mismatches(summary: dict[str, Any], cfg: DictConfig) -> list[tuple[str, str]]:

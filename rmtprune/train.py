@@ -50,7 +50,7 @@ from .models import count_parameters, factorised_ranks, model_spec, model_warnin
 from .outputs import (METRICS_COLUMNS, RunLock, append_spectra, config_key, find_runs, identity_differences,
                       read_json, repair_spectra, write_csv, write_json)
 from .progress import BatchProgress, show_event
-from .pruner import LEDGER_COLUMNS, make_pruner
+from .pruner import LEDGER_COLUMNS, PRUNING_ACTIONS, make_pruner
 from .schedules import make_schedule
 from .state import TrainingState, make_optimizer  # noqa: F401  (make_optimizer: the loop's optimizer)
 from .step import train_epoch
@@ -348,7 +348,7 @@ def _epoch(cfg: DictConfig, state: TrainingState, data: Data, epoch: int, out_di
     state.lr *= float(cfg.optimizer.lr_decay)
     row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
            "test_acc": test_acc, "n_params": n_params, "n_params_after": count_parameters(state.model),
-           "pruned_layers": sum(r["action"] in ("split", "truncate", "mask") for r in (event.records if event else [])),
+           "pruned_layers": sum(r["action"] in PRUNING_ACTIONS for r in (event.records if event else [])),
            "lr": lr_used, "test_loss_after_event": after_loss, "test_acc_after_event": after_acc,
            "seconds": time.perf_counter() - t0, "val_loss": val_loss, "val_acc": val_acc}
     state.metrics.append(row)
@@ -399,7 +399,7 @@ def _grow(cfg: DictConfig, state: TrainingState, data: Data, old_epochs: int, ou
                                           float(row["test_acc"]))
     row.update(n_params_after=count_parameters(state.model), test_loss_after_event=after_loss,
                test_acc_after_event=after_acc,
-               pruned_layers=sum(r["action"] in ("split", "truncate", "mask") for r in event.records))
+               pruned_layers=sum(r["action"] in PRUNING_ACTIONS for r in event.records))
     write_csv(out_dir / "metrics.csv", state.metrics, METRICS_COLUMNS)
     if state.ledger:
         write_csv(out_dir / "layers.csv", state.ledger, LEDGER_COLUMNS)

@@ -393,7 +393,9 @@ def test_the_report_tables_print_the_comparison(tmp_path):
     base, ref = [0.89, 0.89, 0.91], [0.88, 0.87, 0.90]
     welch = st.ttest_ind(base, ref, equal_var=False).pvalue
     pair = st.ttest_rel(base, ref).pvalue
-    assert f"| 1.33 [" in rows["magnitude"] and rows["magnitude"].endswith(f"] ({welch:.3f}, {pair:.3f}) |")
+    # each p with its Holm twin: the magnitude arm is the only test against the arm it matches (family of one)
+    assert f"| 1.33 [" in rows["magnitude"] and rows["magnitude"].endswith(
+        f"] ({welch:.3f} ({welch:.3f}), {pair:.3f} ({pair:.3f})) |")
 
 
 def test_a_baseline_is_not_tested_against_a_guess_when_two_arms_fit(tmp_path):
@@ -410,3 +412,27 @@ def test_a_baseline_is_not_tested_against_a_guess_when_two_arms_fit(tmp_path):
     assert table["matched_arm"].isna().all()
     table = compare([tmp_path / "a"]).table.set_index("arm")
     assert table.loc["magnitude", "matched_arm"] == "rmt"
+
+
+def test_trajectory_matched_neuron_and_magnitude_seeds_are_one_arm_tested_against_rmt(tmp_path):
+    """match=trajectory: each seed has its own per-event counts (pruning.target_trajectory), yet the seeds of
+    one matched baseline are one arm, tested against the rmt arm it matched (matched_* columns)."""
+    values = {"rmt": [0.88, 0.87, 0.90], "neuron": [0.86, 0.85, 0.89], "magnitude": [0.89, 0.88, 0.90]}
+    for seed in range(3):
+        params = 30_000 + 100 * seed
+        write_run(tmp_path / "main" / f"rmt_seed{seed}", seed, "rmt", values["rmt"][seed], params=params,
+                  pruning_cfg=RMT)
+        for name in ("neuron", "magnitude"):
+            write_run(tmp_path / "main" / f"{name}_seed{seed}", seed, name, values[name][seed], params=params,
+                      pruning_cfg={**RMT, "target_from": "outputs/main", "target_params": params,
+                                   "match": "trajectory", "target_trajectory": [60_000 + seed, params]})
+    cmp = compare([tmp_path / "main"])
+    table = cmp.table.set_index("arm")
+    assert set(table.index) == {"rmt", "neuron", "magnitude"}  # the only setting of each: no label needed
+    for name in ("neuron", "magnitude"):
+        row = table.loc[name]
+        assert row["matched_arm"] == "rmt" and row["n_seeds"] == 3
+        assert row["matched_diff"] == pytest.approx(np.mean(values[name]) - np.mean(values["rmt"]))
+    from rmtprune.compare import _series
+
+    assert _series("neuron", "match=trajectory, target_from=main") == "neuron (match=trajectory)"

@@ -27,6 +27,7 @@ def _compose(*overrides, name="config"):
 @pytest.mark.parametrize("group,option", list(groups()))
 def test_every_group_option_composes_and_validates(group, option):
     extra = {("pruning", "magnitude"): ["pruning.target_params=100000"], ("pruning", "lowrank"): ["pruning.target_params=100000"],
+             ("pruning", "neuron"): ["pruning.target_params=100000"],
              ("model", "custom"): ["model._target_=tests_support.nets.Net"],
              ("dataset", "cifar10"): ["topology=3072-100-10"]}.get((group, option), [])
     cfg = _compose(f"{group}={option}", *extra)

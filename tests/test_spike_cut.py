@@ -155,22 +155,6 @@ def test_the_command_line_runs_the_spike_count_cut(cli, tmp_path):
     assert json.loads((tmp_path / "again" / "summary.json").read_text())["keep_fraction"] is None
 
 
-def test_inspect_takes_a_cut_model_without_its_pruner_state_as_cut():
-    from omegaconf import OmegaConf
-
-    from rmtprune.config import PruningConfig
-    from rmtprune.inspection import inspect_model
-
-    rng = np.random.default_rng(4)
-    noise, signal = rng.normal(size=(OUT, IN)), _signal(rng)
-    model = _model()
-    model[0].weight.data = torch.tensor(_planted(rng, 6, noise, signal), dtype=torch.float32)
-    prune_model(model, include_output_layer=False, beta=0.01)
-    pruning = OmegaConf.structured(PruningConfig(name="rmt", include_output_layer=False, beta=0.01))
-    rows, _ = inspect_model(model, pruning)
-    assert rows[0]["action"] == "keep_no_bulk" and rows[0]["rank_now"] == rows[0]["rank_after_prune"] == 6
-
-
 def test_patience_and_margin_are_refused_with_options_that_do_not_use_them():
     from rmtprune.commands.compose import Composer
     from rmtprune.commands.precheck import check_unused_keys, parse_overrides

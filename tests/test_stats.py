@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from rmtprune.stats import describe, interpolate_at, paired, variance_ratio, variance_ratio_ci, welch
+from rmtprune.stats import (describe, holm, interpolate_at, paired, tost, tost_paired, variance_ratio,
+                            variance_ratio_ci, welch)
 
 A = [0.971, 0.975, 0.969, 0.980, 0.973]
 B = [0.965, 0.978, 0.951, 0.970, 0.960]
@@ -83,3 +84,68 @@ def test_bootstrap_interval_is_fixed_by_its_seed_and_nan_without_spread():
     assert all(math.isnan(v) for v in variance_ratio_ci([0.5], B).values())
     # a reference arm of three values: some resamples have no spread, so the upper end is unbounded
     assert variance_ratio_ci(A, [0.1, 0.2, 0.3])["var_ratio_ci_high"] == math.inf
+
+
+# equivalence and multiplicity: reference values from statsmodels on fixed data, intervals in closed form
+C = [0.966, 0.979, 0.952, 0.971, 0.962, 0.975]   # an arm with one seed more than A
+
+
+def test_holm_matches_statsmodels_and_leaves_nan_out_of_the_family():
+    from statsmodels.stats.multitest import multipletests
+
+    for p in ([0.01, 0.04, 0.03, 0.2, 0.005], [0.02, 0.02, 0.5, 0.9], [0.3, 0.6, 0.45], [0.001]):
+        assert holm(p) == pytest.approx(multipletests(p, method="holm")[1])
+    mixed = holm([0.01, math.nan, 0.04, 0.03])
+    assert math.isnan(mixed[1])
+    assert mixed[[0, 2, 3]] == pytest.approx(multipletests([0.01, 0.04, 0.03], method="holm")[1])
+    assert holm([]).size == 0 and math.isnan(holm([math.nan])[0])
+
+
+@pytest.mark.parametrize("delta", [0.005, 0.01, 0.02])
+def test_welch_tost_matches_statsmodels_and_its_90_interval_is_the_closed_form(delta):
+    from statsmodels.stats.weightstats import ttost_ind
+
+    t = tost(A, C, delta)
+    assert t["tost_p"] == pytest.approx(ttost_ind(np.array(A), np.array(C), -delta, delta, usevar="unequal")[0])
+    va, vc = np.var(A, ddof=1) / len(A), np.var(C, ddof=1) / len(C)
+    dof = (va + vc) ** 2 / (va**2 / (len(A) - 1) + vc**2 / (len(C) - 1))
+    d, half = np.mean(A) - np.mean(C), st.t.ppf(0.95, dof) * math.sqrt(va + vc)
+    assert (t["diff_ci90_low"], t["diff_ci90_high"]) == pytest.approx((d - half, d + half))
+    # the TOST at 5% shows equivalence exactly when the 90% interval lies inside (-delta, delta)
+    assert (t["tost_p"] < 0.05) == (-delta < t["diff_ci90_low"] and t["diff_ci90_high"] < delta)
+
+
+@pytest.mark.parametrize("delta", [0.005, 0.01, 0.02])
+def test_paired_tost_uses_the_shared_seeds_and_matches_statsmodels(delta):
+    from statsmodels.stats.weightstats import ttost_paired
+
+    a = dict(enumerate(A))
+    c = {**dict(enumerate(C[:5])), 9: 0.5}   # seed 9 has no partner
+    t = tost_paired(a, c, delta)
+    assert t["paired_tost_p"] == pytest.approx(ttost_paired(np.array(A), np.array(C[:5]), -delta, delta)[0])
+    d = np.array(A) - np.array(C[:5])
+    half = st.t.ppf(0.95, 4) * d.std(ddof=1) / math.sqrt(5)
+    assert (t["paired_diff_ci90_low"], t["paired_diff_ci90_high"]) == pytest.approx((d.mean() - half, d.mean() + half))
+
+
+def test_tost_without_a_margin_gives_the_interval_only_and_nothing_without_spread():
+    t = tost(A, C)
+    assert math.isnan(t["tost_p"]) and t["diff_ci90_low"] < t["diff_ci90_high"]
+    assert all(math.isnan(v) for v in tost([0.5], C, 0.01).values())
+    assert all(math.isnan(v) for v in tost([0.5, 0.5], [0.4, 0.4], 0.01).values())
+    same = tost_paired({0: 0.75, 1: 0.5}, {0: 0.5, 1: 0.25}, 0.5)   # every difference 0.25: no spread
+    assert all(math.isnan(v) for v in same.values())
+
+
+def test_no_f_or_levene_test_below_three_values_per_arm():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        two = variance_ratio([0.90, 0.91], [0.80, 0.83])
+        mixed = variance_ratio(A, [0.80, 0.83])
+    for v in (two, mixed):
+        assert math.isnan(v["f_p"]) and math.isnan(v["levene_p"])
+    assert two["var_ratio"] == pytest.approx(np.var([0.90, 0.91], ddof=1) / np.var([0.80, 0.83], ddof=1))
+    three = variance_ratio(A[:3], [0.80, 0.83, 0.81])
+    assert 0 < three["f_p"] <= 1 and 0 < three["levene_p"] <= 1

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from ..errors import UserError
@@ -23,6 +24,9 @@ def parser() -> Parser:
     ap.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     ap.add_argument("--finetune", action="store_true", help="also fine-tune the magnitude-pruned normal models "
                     "(as many epochs as the pruned arm trained after its last event; needs model.pt or a cached value)")
+    ap.add_argument("--equivalence", type=float, default=None, metavar="DELTA", help="also test equivalence within "
+                    "±DELTA (points for accuracies, e.g. 0.3; the metric's units otherwise): two one-sided t tests, "
+                    "Welch and paired, with the 90%% interval of each difference")
     return ap
 
 
@@ -34,10 +38,12 @@ def main(argv: list[str]) -> int:
     missing = [str(p) for p in args.paths if not p.exists()]
     if missing:
         raise UserError(f"no such folder: {', '.join(missing)}")
+    if args.equivalence is not None and not (math.isfinite(args.equivalence) and args.equivalence > 0):
+        raise UserError(f"--equivalence {args.equivalence}: give a positive margin, e.g. --equivalence 0.3 (points)")
     by = [k.strip() for k in args.by.split(",") if k.strip()] if args.by else None
     where = ", ".join(map(str, args.paths))
     try:
-        cmp = compare(args.paths, by=by, metric=args.metric, finetune=args.finetune)
+        cmp = compare(args.paths, by=by, metric=args.metric, finetune=args.finetune, equivalence=args.equivalence)
     except (UserError, KeyboardInterrupt):
         raise
     except Exception as exc:  # a damaged file the reader did not foresee: name the folders, not a traceback

@@ -1,0 +1,95 @@
+"""``pruning.match=trajectory``: a matched baseline holds the matched run's count after every event."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import pytest
+from hydra import compose, initialize_config_module
+
+from conftest import FAST
+from rmtprune.config import register_configs
+from rmtprune.outputs import config_key
+
+register_configs()
+
+SMALL = [*FAST, "dataset.train_size=500", "dataset.test_size=200", "device=cpu", "epochs=4",
+         "pruning.min_size=1000"]
+ARMS = [["pruning=magnitude"], ["pruning=lowrank", "pruning.rank_rule=uniform"], ["pruning=neuron"]]
+
+
+def counts_after(folder):
+    with open(folder / "metrics.csv") as f:
+        return {int(r["epoch"]): int(r["n_params_after"]) for r in csv.DictReader(f)}
+
+
+def error_lines(err):
+    return [line for line in err.splitlines() if line.startswith("rmtprune: error:")]
+
+
+@pytest.fixture
+def rmt_run(cli, tmp_path):
+    code, _, err = cli("train", *SMALL, "pruning=rmt", "schedule.horizon=4", "hydra.run.dir=rmt")
+    assert code == 0, err
+    return tmp_path / "rmt"
+
+
+def test_trajectory_baselines_hold_the_rmt_count_after_every_event(cli, tmp_path, rmt_run):
+    rmt = counts_after(rmt_run)
+    events = [1, 2, 3]
+    assert rmt[3] < rmt[2] < rmt[1]  # the linear schedule cuts at every event
+    for arm in ARMS:
+        folder = tmp_path / arm[0].split("=")[1]
+        code, _, err = cli("train", *SMALL, *arm, f"pruning.target_from={rmt_run}", "pruning.match=trajectory",
+                           f"hydra.run.dir={folder}")
+        assert code == 0, (arm, err)
+        ours = counts_after(folder)
+        for e in events:
+            assert abs(ours[e] - rmt[e]) <= 0.01 * rmt[e], (arm, e, ours[e], rmt[e])
+        summary = json.loads((folder / "summary.json").read_text())
+        assert summary["config"]["pruning"]["target_trajectory"] == [rmt[e] for e in events]
+        with open(folder / "layers.csv") as f:
+            notes = {int(r["epoch"]): r["note"] for r in csv.DictReader(f)}
+        assert all(f"budget {rmt[e]:,}" in notes[e] for e in events), arm
+
+
+def test_final_is_the_default_and_leaves_the_identity_of_earlier_configs():
+    with initialize_config_module("rmtprune.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[*SMALL, "pruning=magnitude", "pruning.target_params=9000"])
+    assert cfg.pruning.match == "final" and cfg.pruning.target_trajectory is None
+    plain = json.loads(json.dumps(dict(cfg_container(cfg))))
+    for key in ("match", "target_trajectory"):
+        del plain["pruning"][key]
+    assert config_key(cfg) == config_key(plain)
+    plain["pruning"]["match"] = "trajectory"
+    assert config_key(plain) != config_key(cfg)
+
+
+def cfg_container(cfg):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def test_bad_match_combinations_are_one_error_line_before_training(cli, tmp_path, rmt_run):
+    gap = tmp_path / "gap"
+    shutil.copytree(rmt_run, gap)
+    lines = (gap / "metrics.csv").read_text().splitlines()
+    (gap / "metrics.csv").write_text("\n".join(line for line in lines if not line.startswith("2,")) + "\n")
+    cases = [
+        (["pruning=magnitude", "pruning.target_params=90000", "pruning.match=trajectory"], "pruning.match=trajectory"),
+        (["pruning=lowrank", f"pruning.target_from={rmt_run}", "pruning.match=trajectory", "pruning.target_epoch=2"],
+         "pruning.target_epoch=2"),
+        (["pruning=neuron", f"pruning.target_from={gap}", "pruning.match=trajectory"], "after epoch 2"),
+        (["pruning=magnitude", f"pruning.target_from={rmt_run}", "pruning.match=exact"], "pruning.match"),
+        (["pruning=magnitude", f"pruning.target_from={rmt_run}", "pruning.target_trajectory=[1,2,3]"],
+         "pruning.target_trajectory"),
+    ]
+    for i, (overrides, needle) in enumerate(cases):
+        run_dir = tmp_path / "bad" / str(i)
+        code, _, err = cli("train", *SMALL, *overrides, f"hydra.run.dir={run_dir}")
+        found = error_lines(err)
+        assert code == 2 and len(found) == 1 and needle in found[0], (overrides, err)
+        assert "Traceback" not in err and not (run_dir / "metrics.csv").exists()
