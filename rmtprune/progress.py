@@ -7,7 +7,8 @@ import sys
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
 from rich.table import Table
 
 log = logging.getLogger("rmtprune")
@@ -59,6 +60,36 @@ class BatchProgress:
             self._progress.update(self._task, completed=batches, loss=loss, acc=acc, speed=speed)
             if batches >= self._total:
                 self._stop()
+
+
+class StepProgress:
+    """``with StepProgress("fitting", 11, "rich") as step: step("layer 1")``: a line on stderr saying what runs,
+    then a bar over the steps (with the time left) when rich is on, cleared at the end."""
+
+    def __init__(self, what: str, total: int, mode: str = "auto") -> None:
+        self.what, self.total = what, total
+        self.console = Console(stderr=True)
+        self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                  TimeElapsedColumn(), TimeRemainingColumn(), console=self.console,
+                                  transient=True) if use_rich(mode) else None
+        self._task: Any = None
+
+    def __enter__(self) -> "StepProgress":
+        self.console.print(self.what, highlight=False, markup=False, soft_wrap=True)
+        if self._progress is not None:
+            self._progress.start()
+            self._task = self._progress.add_task("", total=self.total)
+        return self
+
+    def __call__(self, label: str) -> None:
+        """Step ``label`` begins (the one before it is done)."""
+        if self._progress is not None:
+            done = self._progress.tasks[0].description != ""
+            self._progress.update(self._task, description=label, advance=1 if done else 0)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._progress is not None:
+            self._progress.stop()
 
 
 def show_event(records: list[dict[str, Any]], epoch: int, mode: str) -> None:

@@ -37,7 +37,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 import numpy as np
 import torch
@@ -46,9 +46,10 @@ from torch import nn
 from .events import ControlPruner, NoPruner, PruneEvent, Pruner, check_state, is_count, is_real, record_replacement
 from .lowrank import LOW_RANK_TYPES
 from .models import is_conv, prunable_layers
-from .rmt import NoBulkError, fit_mp
+from .rmt import NoBulkError, fit_mp, singular_values
 from .schedules import SCHEDULES, Schedule, SpikeCut, check_margin, target_rank
-from .surgery import apply_rank, layer_matrix_shape, layer_svd, param_count
+from .surgery import (apply_rank, layer_matrix, layer_matrix_shape, layer_svd, param_count, planned_params,
+                      rank_action)
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +206,19 @@ class RMTPruner(Pruner):
         stale: rebuild the optimizer (:func:`rmtprune.rebuild_optimizer`) after an event that
         ``changed`` the model. Also updates this pruner's :meth:`state_dict`. Records no autograd graph
         and draws no random numbers."""
+        return self._event(model, epoch, apply=True)
+
+    def plan(self, model: nn.Module, epoch: int,
+             each: Callable[[str, nn.Module], None] | None = None) -> PruneEvent:
+        """What :meth:`step` would do, without doing it: the same ledger rows (fit, rank, action, parameters
+        after) and spectra, from the singular values alone (``rmt.singular_values``: the eigenvalues of the
+        p x p Gram matrix where n >= 2p, else ``svdvals``; no singular vectors, no surgery), so a large model
+        is read in a fraction of the time. ``model`` is not modified (this pruner's state is, as by step).
+        ``each(name, module)`` is called before each layer (a progress display)."""
+        return self._event(model, epoch, apply=False, each=each)
+
+    def _event(self, model: nn.Module, epoch: int, apply: bool,
+               each: Callable[[str, nn.Module], None] | None = None) -> PruneEvent:
         event = PruneEvent(epoch)
         layers = prunable_layers(model)
         f = self.keep_fraction(epoch)
@@ -212,8 +226,10 @@ class RMTPruner(Pruner):
             is_output = i == len(layers) - 1
             if is_output and not self.include_output_layer:
                 continue
+            if each is not None:
+                each(name, module)
             t0 = time.perf_counter()
-            row = self._prune_one(model, name, module, is_output, f, event)
+            row = self._prune_one(model, name, module, is_output, f, event, apply)
             row.update(seconds=time.perf_counter() - t0, epoch=epoch)
             event.records.append(row)
         return event
@@ -224,7 +240,7 @@ class RMTPruner(Pruner):
         return self.tolerance
 
     def _prune_one(self, model: nn.Module, name: str, module: nn.Module, is_output: bool, f: float | None,
-                   event: PruneEvent) -> dict[str, Any]:
+                   event: PruneEvent, apply: bool = True) -> dict[str, Any]:
         out, m = layer_matrix_shape(module)
         p = min(out, m)
         tol = self.tolerance_for(module)
@@ -244,9 +260,10 @@ class RMTPruner(Pruner):
         censored = p - rank_now
         row.update(n_censored=censored, n_known_spikes=known)
         try:
-            svd = layer_svd(module)
+            # a split layer's SVD goes through QR of its thin factors: as cheap as its singular values
+            svd = layer_svd(module) if apply or isinstance(module, LOW_RANK_TYPES) else None
             s = np.zeros(p)
-            vals = svd[1].double().cpu().numpy()[:p]
+            vals = (svd[1].double().cpu().numpy() if svd is not None else singular_values(layer_matrix(module)))[:p]
             s[: vals.size] = vals
             fit = fit_mp(singular_values=s, shape=(out, m), alpha=self.alpha, beta=self.beta,
                          n_censored=censored, n_known_spikes=known)
@@ -272,7 +289,12 @@ class RMTPruner(Pruner):
         if is_output:
             floor = max(floor, int(self.output_min_rank if self.output_min_rank is not None else out))
         rank = target_rank(p, spikes, f, floor, self.margin)
-        cut_layer(model, name, module, rank, rank_now, svd, self.truncate, self.ranks, event, row)
+        if apply:
+            cut_layer(model, name, module, rank, rank_now, svd, self.truncate, self.ranks, event, row)
+        else:
+            action = rank_action(module, rank, rank_now, truncate=self.truncate)
+            row.update(action=action, rank_after=rank if action in ("split", "truncate") else rank_now,
+                       params_after=planned_params(module, rank, action))
         return row
 
     def adopt_ranks(self, model: nn.Module) -> None:

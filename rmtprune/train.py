@@ -44,7 +44,7 @@ from .errors import RunFailed, UserError
 from .evaluate import evaluate
 from .events import PruneEvent, Pruner, anneal_scale, rebuild_optimizer
 from .magnitude import COLUMNS as MAGNITUDE_COLUMNS
-from .magnitude import magnitude_sweep
+from .magnitude import magnitude_sweep, sparsity_grid
 from .loggers import Logger, open_logger
 from .models import count_parameters, factorised_ranks, model_spec, model_warnings
 from .outputs import (METRICS_COLUMNS, RunLock, append_spectra, config_key, find_runs, identity_differences,
@@ -282,8 +282,11 @@ def _train(cfg: DictConfig, out_dir: Path, key: str, device: torch.device, resum
     state.pruner.finalize(state.model)
     save_atomic_model(state, out_dir / "model.pt")
     if cfg.magnitude_sweep.enabled:
+        levels = len(sparsity_grid(int(cfg.magnitude_sweep.n_thresholds)))
+        log.info("magnitude sweep after training: %d sparsity levels, each a pass over the %s test images "
+                 "(magnitude_sweep.enabled=false skips it)", levels, f"{len(data.test_y):,}")
         rows = magnitude_sweep(state.model, data.test_x, data.test_y, int(cfg.magnitude_sweep.n_thresholds),
-                               int(cfg.eval_batch_size))
+                               int(cfg.eval_batch_size), report=_sweep_progress)
         write_csv(out_dir / "magnitude_sweep.csv", rows, MAGNITUDE_COLUMNS)
     summary.update(status="completed", finished_at=_now(), ranks=factorised_ranks(state.model),
                    **final_costs(cfg, state))
@@ -295,6 +298,14 @@ def _train(cfg: DictConfig, out_dir: Path, key: str, device: torch.device, resum
              f", val_acc {100 * final['final_val_acc']:.2f}%" if "final_val_acc" in final else "",
              f"{final['n_params_initial']:,}", f"{final['n_params_final']:,}", out_dir)
     return final
+
+
+def _sweep_progress(done: int, total: int, seconds: float) -> None:
+    """The magnitude sweep's time left, said once after its first level (and its end)."""
+    if done == 1 and total > 1:
+        log.info("magnitude sweep: level 1 of %d took %.1f s, about %.0f s left", total, seconds, seconds * (total - 1))
+    elif done == total:
+        log.info("magnitude sweep: %d levels in %.1f s", total, seconds)
 
 
 def final_costs(cfg: DictConfig, state: TrainingState) -> dict[str, Any]:

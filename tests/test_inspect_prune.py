@@ -174,3 +174,52 @@ def test_compare_command_errors_are_one_line(cli, tmp_path, monkeypatch):
     code, out, err = cli("compare", "runs")
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
     assert code == 2 and len(lines) == 1 and "runs" in lines[0] and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("keep_fraction", [0.0, 0.5, 0.95])  # splits, then truncations in place at 0.95
+def test_plan_gives_the_rows_of_step_from_singular_values_alone(monkeypatch, keep_fraction):
+    """RMTPruner.plan (what inspect runs) decides as step does, on a 200 x 1000 layer (the Gram matrix's path)
+    and a 150 x 200 one (svdvals), without a singular vector and without touching the model."""
+    import copy
+
+    from torch import nn
+
+    from rmtprune import RMTPruner
+
+    model = nn.Sequential(nn.Linear(1000, 200), nn.ReLU(), nn.Linear(200, 150), nn.ReLU(), nn.Linear(150, 10))
+    with torch.no_grad():
+        model[0].weight.copy_(planted(200, 1000, 5, 0.05, 0))
+        model[2].weight.copy_(planted(150, 200, 4, 0.05, 1))
+    before = copy.deepcopy(model)
+    done = RMTPruner(schedule=lambda e: keep_fraction, min_size=1000).step(copy.deepcopy(model), 0).records
+
+    def no_vectors(*args, **kwargs):
+        raise AssertionError("plan computed singular vectors")
+
+    monkeypatch.setattr(torch.linalg, "svd", no_vectors)
+    seen = []
+    pruner = RMTPruner(schedule=lambda e: keep_fraction, min_size=1000)
+    planned = pruner.plan(model, 0, each=lambda name, module: seen.append(name)).records
+    assert seen == ["0", "2", "4"]
+    expected = {"0": 5, "2": 4}
+    for a, b in zip(planned, done):
+        assert a["layer"] == b["layer"]
+        for key in ("action", "rank_before", "rank_after", "params_before", "params_after", "n_spikes"):
+            assert a[key] == b[key] or (a[key] != a[key] and b[key] != b[key]), (a["layer"], key)
+        if a["layer"] in expected:
+            assert a["n_spikes"] == expected[a["layer"]]
+            assert a["fit_error"] == pytest.approx(b["fit_error"], abs=1e-5)
+            assert a["sigma2"] == pytest.approx(b["sigma2"], rel=1e-5)
+    assert {r["action"] for r in planned if r["layer"] in expected} == ({"truncate"} if keep_fraction > 0.9
+                                                                       else {"split"})
+    assert [type(m) for m in model] == [type(m) for m in before]
+    assert all(torch.equal(p, q) for p, q in zip(model.state_dict().values(), before.state_dict().values()))
+
+
+def test_inspect_says_what_it_fits_before_it_starts(cli, tmp_path):
+    path = tmp_path / "m.pt"
+    torch.save(planted_model().state_dict(), path)
+    code, out, err = cli("inspect", str(path), "--out", str(tmp_path / "view"))
+    assert code == 0, err
+    line = next(ln for ln in err.splitlines() if ln.startswith("inspect: "))
+    assert "to 3 layers (436,600 weights)" in line and "singular values only, about" in line

@@ -39,3 +39,14 @@ def test_the_batch_bar_is_erased_when_the_epochs_last_batch_is_done(monkeypatch)
         bar.start_epoch(2, 4)  # the next epoch draws a new bar
         bar.update(1, 0.4, 0.6, 100.0)
     assert "epoch 2" in screen.getvalue()[len(shown):]
+
+
+def test_the_magnitude_sweep_says_what_runs_and_how_long_it_will_take(cli, tmp_path):
+    args = [a for a in TINY if not a.startswith("magnitude_sweep")] + [
+        "epochs=1", "magnitude_sweep.enabled=true", "magnitude_sweep.n_thresholds=4", "hydra.run.dir=run"]
+    code, out, err = cli("train", *args)
+    assert code == 0, err
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "magnitude sweep after training: 4 sparsity levels, each a pass over the 200 test images" in log
+    assert "magnitude sweep: level 1 of 4 took" in log and "s left" in log
+    assert "magnitude sweep: 4 levels in" in out + err  # on the terminal too
