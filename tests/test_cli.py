@@ -352,3 +352,20 @@ def test_only_command_line_keys_are_checked_against_the_chosen_option():
     check_unused_keys(swept, [none, rmt])
     with pytest.raises(UserError, match="pruning.tolerance is not used by pruning=none"):
         check_unused_keys(parse_overrides([*preset, "pruning.tolerance=0.1"]), [none])
+
+
+def test_tab_completion_as_the_help_installs_it(tmp_path):
+    """`eval "$(rmtprune train -sc install=bash)"` in bash, then TAB: the command name, then the overrides."""
+    import shutil
+
+    exe = Path(sys.executable).parent / "rmtprune"
+    if shutil.which("bash") is None or not exe.exists():
+        pytest.skip("needs bash and the installed rmtprune script")
+    script = ('eval "$(rmtprune train -sc install=bash)"; '
+              'COMP_LINE="rmtprune tr"; COMP_CWORD=1; hydra_bash_completion; echo "${COMPREPLY[@]}"; '
+              'COMP_LINE="rmtprune train dataset=fa"; COMP_CWORD=2; hydra_bash_completion; echo "${COMPREPLY[@]}"; '
+              'COMP_LINE="rmtprune prune run/model.pt finetune_ep"; COMP_CWORD=3; hydra_bash_completion; '
+              'echo "${COMPREPLY[@]}"')
+    res = run_subprocess(["bash", "-c", script], cwd=tmp_path, env={"PATH": f"{exe.parent}:{os.environ['PATH']}"})
+    assert res.returncode == 0 and "unknown command" not in res.stderr, res.stderr
+    assert res.stdout.splitlines() == ["train", "dataset=fashion_mnist", "finetune_epochs="], res.stdout + res.stderr
