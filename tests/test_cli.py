@@ -49,6 +49,10 @@ def test_train_help_and_cfg_job_run_nothing(cli, tmp_path):
     ("~magnitude_sweep", "magnitude_sweep is a setting"), ("~pruning.tolerance", "cannot be deleted"),
     ("+epoch=3", "did you mean epochs?"), ("++epoch=3", "epoch is not a setting"),
     ("+pruning.tolerence=0.1", "not a setting"), ("model=cnn_schema", "available: cnn, custom, mlp"),
+    ("pruning=rmt schedule=step schedule.at=-1", "schedule.at=-1 must be positive"),
+    ("optimizer.lr=inf", "optimizer.lr=inf must be positive and finite"),
+    ("pruning=rmt pruning.lr_factor=inf", "pruning.lr_factor=inf must be positive and finite"),
+    ("pruning=rmt schedule.horizon=inf", "schedule.horizon=inf"),
 ])
 def test_bad_input_is_one_line_and_exit_2(cli, tmp_path, override, needle):
     import torch
