@@ -123,6 +123,16 @@ def _settings(runs: list[Run]) -> tuple[list[str], dict[str, Any]]:
     return arm_keys, usual
 
 
+def _implied_by_dataset(key: str, runs: list[Run]) -> bool:
+    """A ``dataset.raw_md5.*`` key (the checksum of a file of the data set) with one value per ``dataset.name``
+    among ``runs``: the data set's name in the label says it already."""
+    if not key.startswith("dataset.raw_md5."):
+        return False
+    seen: dict[str, str] = {}
+    return all(seen.setdefault(str(r.config.get("dataset.name")), repr(r.config.get(key))) == repr(r.config.get(key))
+               for r in runs)
+
+
 def group_runs(runs: list[Run], by: list[str] | None) -> dict[str, dict[str, list[Run]]]:
     """{group label: {arm label: runs}}; arms ordered none, control, then as first met by seed."""
     varying = _varying(runs)
@@ -131,6 +141,7 @@ def group_runs(runs: list[Run], by: list[str] | None) -> dict[str, dict[str, lis
         keys = list(by) + [k for k in ALWAYS_SEPARATE if k in varying and k not in by]
     else:
         keys = [k for k in varying if k != "seed" and not _arm_keys(k)]
+    keys = [k for k in keys if not _implied_by_dataset(k, runs)]
     # name the data set and the architecture in every label, varying or not
     keys = [k for k in ALWAYS_SEPARATE if k not in keys and any(k in r.config for r in runs)] + keys
     split_devices = len({r.device_type for r in runs} - {None}) > 1
