@@ -25,7 +25,8 @@ from .data import load_data
 from .errors import UserError
 from .evaluate import evaluate
 from .loading import load_model
-from .models import build_model, count_parameters, factorise_to_match, model_spec
+from .magnitude import count_nonzero
+from .models import build_model, factorise_to_match, model_spec
 from .outputs import DATASET_NOT_IDENTITY, METRICS_COLUMNS, append_spectra, read_json, write_csv, write_json
 from .progress import BatchProgress, show_event
 from .pruner import LEDGER_COLUMNS, rmt_pruner_from_config
@@ -123,7 +124,7 @@ def prune_saved(cfg: DictConfig, run_dir: Path, finetune_lr: float | None = None
     model = model.to(device)
     data = load_data(cfg.dataset, device)
     loss0, acc0 = evaluate(model, data.test_x, data.test_y, int(cfg.eval_batch_size))
-    params0 = count_parameters(model)
+    params0 = count_nonzero(model)  # as runs count: a magnitude-pruned model's zeros are no parameters
     epoch = int(info["epoch"] or cfg.epochs)
     pruner = rmt_pruner_from_config(cfg.pruning, make_schedule(cfg.schedule))
     if info["kind"] == "rmtprune":
@@ -135,7 +136,7 @@ def prune_saved(cfg: DictConfig, run_dir: Path, finetune_lr: float | None = None
     if event.spectra:
         append_spectra(run_dir / "spectra.npz", epoch, event.spectra)
     loss1, acc1 = evaluate(model, data.test_x, data.test_y, int(cfg.eval_batch_size))
-    params1 = count_parameters(model)
+    params1 = count_nonzero(model)
     log.info("pruned: test_acc %.2f%% -> %.2f%%, params %s -> %s", 100 * acc0, 100 * acc1, f"{params0:,}",
              f"{params1:,}")
     metrics = []

@@ -223,3 +223,18 @@ def test_inspect_says_what_it_fits_before_it_starts(cli, tmp_path):
     assert code == 0, err
     line = next(ln for ln in err.splitlines() if ln.startswith("inspect: "))
     assert "to 3 layers (436,600 weights)" in line and "singular values only, about" in line
+
+
+def test_prune_counts_a_magnitude_models_non_zero_parameters_as_its_run_did(cli, tmp_path):
+    """A model whose smallest weights are zeroed (what pruning=magnitude saves) has its non-zero parameters,
+    not its dense size, before the cut (and after it, in the layers a cut leaves sparse)."""
+    from rmtprune.magnitude import count_nonzero, prune_to_count
+
+    dense = build_model({"kind": "mlp", "widths": [784, 256, 10]})
+    sparse, kept = prune_to_count(dense, 60_000)
+    assert kept == 60_000 == count_nonzero(sparse) < sum(p.numel() for p in sparse.parameters())
+    torch.save(sparse.state_dict(), tmp_path / "sd.pt")
+    code, _, err = cli("prune", "sd.pt", *FAST, "pruning=rmt", "topology=784-256-10", "hydra.run.dir=p")
+    assert code == 0, err
+    s = json.loads((tmp_path / "p" / "summary.json").read_text())
+    assert s["n_params_before"] == 60_000
