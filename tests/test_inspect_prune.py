@@ -231,6 +231,10 @@ def test_prune_counts_a_magnitude_models_non_zero_parameters_as_its_run_did(cli,
     from rmtprune.magnitude import count_nonzero, prune_to_count
 
     dense = build_model({"kind": "mlp", "widths": [784, 256, 10]})
+    with torch.no_grad():  # trained biases are not zero
+        for name, p in dense.named_parameters():
+            if name.endswith("bias"):
+                p.fill_(0.01)
     sparse, kept = prune_to_count(dense, 60_000)
     assert kept == 60_000 == count_nonzero(sparse) < sum(p.numel() for p in sparse.parameters())
     torch.save(sparse.state_dict(), tmp_path / "sd.pt")
@@ -238,3 +242,21 @@ def test_prune_counts_a_magnitude_models_non_zero_parameters_as_its_run_did(cli,
     assert code == 0, err
     s = json.loads((tmp_path / "p" / "summary.json").read_text())
     assert s["n_params_before"] == 60_000
+
+
+def test_a_nan_loss_while_fine_tuning_keeps_the_pruned_model(cli, tmp_path):
+    """Fine-tuning at an lr that makes the loss NaN fails the command (exit 1) but the pruned model, its ledger
+    and a summary (status failed, the accuracy right after the cut) are saved."""
+    model = build_model({"kind": "mlp", "widths": [784, 256, 10]})
+    torch.save(model.state_dict(), tmp_path / "sd.pt")
+    code, _, err = cli("prune", "sd.pt", *FAST, "pruning=rmt", "topology=784-256-10", "finetune_epochs=2",
+                       "optimizer.lr=1e30", "hydra.run.dir=p")
+    assert code == 1 and "nan" in err.lower() and "pruned model before fine-tuning is saved" in err, err
+    s = json.loads((tmp_path / "p" / "summary.json").read_text())
+    assert s["status"] == "failed" and "fine-tuning failed" in s["error"] and s["test_acc_finetuned"] is None
+    from rmtprune.loading import load_model
+
+    saved, _ = load_model(tmp_path / "p")
+    assert all(torch.isfinite(p).all() for p in saved.parameters())
+    assert sum(p.numel() for p in saved.parameters()) == s["n_params_after"]
+    assert (tmp_path / "p" / "layers.csv").exists()
