@@ -32,7 +32,7 @@ import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -203,6 +203,16 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             return _train(cfg, out_dir, key, device, resuming=prev_dir is not None)
 
 
+def _unless_damaged(read: Callable[[], Any], out_dir: Path) -> Any:
+    """``read()`` of a run's checkpoint; a damaged one (UserError) also says how to get past it."""
+    try:
+        return read()
+    except UserError as exc:
+        raise UserError(f"{exc}; the run in {out_dir} cannot be continued from it: move that folder aside "
+                        f"(resume=true then takes an older unfinished run or starts afresh), or run without "
+                        f"resume=") from None
+
+
 def _train(cfg: DictConfig, out_dir: Path, key: str, device: torch.device, resuming: bool) -> dict[str, Any]:
     from .step import configure_numerics
 
@@ -212,9 +222,9 @@ def _train(cfg: DictConfig, out_dir: Path, key: str, device: torch.device, resum
     ckpt_path = out_dir / "checkpoint.pt"
     old_epochs = None
     if resuming and ckpt_path.exists():
-        old_config = _checkpoint_config(ckpt_path)
+        old_config = _unless_damaged(lambda: _checkpoint_config(ckpt_path), out_dir)
         _same_config_or_refuse(old_config, cfg, ckpt_path, "it was made by")
-        state = TrainingState.restore(ckpt_path, cfg, device, pruner)
+        state = _unless_damaged(lambda: TrainingState.restore(ckpt_path, cfg, device, pruner), out_dir)
         old_epochs = int(old_config.get("epochs", state.epoch))
         from .baselines import TargetPruner
 

@@ -113,6 +113,19 @@ def test_corrupt_checkpoint_on_resume_is_a_clear_error(cli, tmp_path):
     (folder / "summary.json").write_text(json.dumps({"status": "running"}))
     code, out, err = cli("train", *FAST, "epochs=2", f"resume={folder}", "hydra.run.dir=x")
     assert code == 2 and "not a readable PyTorch file" in err and "Traceback" not in err
+    assert err.count("rmtprune: error:") == 1 and "move that folder aside" in err  # and how to get past it
+
+
+def test_resume_true_with_a_corrupt_checkpoint_in_the_newest_unfinished_run_says_what_to_do(cli, tmp_path):
+    assert cli("train", *FAST, "epochs=2", "hydra.run.dir=outputs/a")[0] == 0
+    run = tmp_path / "outputs" / "a"
+    (run / "DONE").unlink()
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "status": "running"}))
+    (run / "checkpoint.pt").write_bytes((run / "checkpoint.pt").read_bytes()[:100])
+    code, _, err = cli("train", *FAST, "epochs=2", "resume=true")
+    assert code == 2 and "not a readable PyTorch file" in err, err
+    assert f"the run in {Path('outputs') / 'a'} cannot be continued from it: move that folder aside" in err
 
 
 def test_multirun_sweeps_seeds(cli, tmp_path):
