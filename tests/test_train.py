@@ -174,3 +174,12 @@ def test_resume_refuses_a_different_config_but_may_add_epochs(cli, tmp_path):
     code, _, err = cli("train", *args, "epochs=2", "resume=base", "hydra.run.dir=y")
     assert code == 0, err
     assert [r["epoch"] for r in read_csv(tmp_path / "base" / "metrics.csv")] == ["1", "2"]
+
+
+def test_a_resumed_run_that_fails_again_points_to_its_own_folder(cli, tmp_path):
+    bad = [*FAST, "epochs=2", "optimizer.lr=1e30"]
+    code, _, err = cli("train", *bad, "hydra.run.dir=run")
+    assert code == 1 and f"metrics so far are in {tmp_path / 'run'}" in err, err
+    code, _, err = cli("train", *bad, f"resume={tmp_path / 'run'}", "hydra.run.dir=again")
+    assert code == 1 and f"metrics so far are in {tmp_path / 'run'})" in err, err
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "failed"
