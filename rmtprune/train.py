@@ -169,6 +169,17 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _check_writable(folder: Path, hint: str) -> None:
+    """``folder`` exists (made if needed) and a file can be written there; else a UserError with ``hint``."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"output folder {folder} is not writable ({exc.strerror}); {hint}") from None
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train (and prune) one configuration, writing everything into ``run_dir``; returns the summary."""
     validate(cfg)
@@ -176,14 +187,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     resolve_target(cfg)
     run_dir = Path(run_dir)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write_test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(f"output folder {run_dir} is not writable ({exc.strerror}); set hydra.run.dir "
-                        f"(or hydra.sweep.dir) to a writable folder") from None
+    _check_writable(run_dir, "set hydra.run.dir (or hydra.sweep.dir) to a writable folder")
     device = resolve_device(cfg.device)
     key = config_key(cfg)
     prev_dir, prev_summary = _previous(cfg, key)
@@ -194,6 +198,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         log.info("this config already finished in %s (resume/skip_done): not retrained", prev_dir)
         return prev_summary
     out_dir = prev_dir if prev_dir is not None else run_dir
+    if out_dir != run_dir:
+        _check_writable(out_dir, "make it writable to continue that run there, or run without resume=")
     with RunLock(out_dir):
         _claim_folder(out_dir, key, resuming=prev_dir is not None)
         if prev_dir is not None and prev_dir.resolve() != run_dir.resolve():

@@ -183,3 +183,20 @@ def test_a_resumed_run_that_fails_again_points_to_its_own_folder(cli, tmp_path):
     code, _, err = cli("train", *bad, f"resume={tmp_path / 'run'}", "hydra.run.dir=again")
     assert code == 1 and f"metrics so far are in {tmp_path / 'run'})" in err, err
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "failed"
+
+
+def test_resuming_into_a_folder_that_is_no_longer_writable_is_one_line_and_exit_2(cli, tmp_path, monkeypatch):
+    assert cli("train", *FAST, "epochs=1", "hydra.run.dir=run")[0] == 0
+    run = tmp_path / "run"
+    real = Path.write_text
+
+    def read_only(self, *args, **kwargs):  # the tests run as root, for whom chmod does not stop a write
+        if self.parent == run:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", read_only)
+    code, out, err = cli("train", *FAST, "epochs=2", f"resume={run}", "hydra.run.dir=again")
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0].startswith("rmtprune: error: output folder") and str(run) in lines[0] and "not writable" in lines[0]
