@@ -43,7 +43,7 @@ except ImportError:  # the older package name
     try:
         import pytorch_lightning as pl  # type: ignore[no-redef]
     except ImportError:
-        raise ImportError("rmtprune.integrations.lightning needs PyTorch Lightning: pip install -e ".[lightning]" in "
+        raise ImportError('rmtprune.integrations.lightning needs PyTorch Lightning: pip install -e ".[lightning]" in '
                           "a checkout of rmtprune (or pip install lightning)") from None
 
 from ..events import PruneEvent, rebuild_optimizer
