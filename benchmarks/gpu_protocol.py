@@ -13,6 +13,10 @@ one job per process). The schedule length comes from the time left:
   3. the sweep itself, stopped at the deadline if it runs late (each job keeps the epochs it
      finished: metrics.csv and checkpoint.pt are written after every epoch).
 
+Too little time for 2 epochs: the stage skips itself (exit 75, which gpu_check.sh records as
+"skipped"). ``--dry-run`` checks the script, not the time: the deadline stops nothing and the sweep
+runs at least 2 epochs.
+
 The raw files of every job (not the checkpoints) go into --tar for docs/results.md, with
 protocol.json (epochs, arms, timings).
 
@@ -48,7 +52,7 @@ def has_control() -> bool:
 
 
 def sweep(work: Path, name: str, args: list[str], n_jobs: int, deadline: float) -> tuple[int, float]:
-    """Run one multirun, killed (SIGINT, then SIGKILL) at ``deadline``; (exit code, seconds)."""
+    """Run one multirun, killed (SIGINT, then SIGKILL) at ``deadline`` (inf: never); (exit code, seconds)."""
     cmd = [sys.executable, "-m", "rmtprune", "train", "-m", "hydra/launcher=local_parallel",
            f"hydra.launcher.n_jobs={n_jobs}", "threads=1", *args, f"hydra.sweep.dir={work / name}",
            "hydra.sweep.subdir=${pruning.name}_seed${seed}"]
@@ -56,7 +60,7 @@ def sweep(work: Path, name: str, args: list[str], n_jobs: int, deadline: float) 
     with open(work / f"{name}.log", "w") as log:
         proc = subprocess.Popen(cmd, cwd=work, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            rc = proc.wait(timeout=max(1.0, deadline - time.time()))
+            rc = proc.wait(timeout=None if deadline == math.inf else max(1.0, deadline - time.time()))
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGINT)
             try:
@@ -99,6 +103,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--dry-run", action="store_true", help="CPU, a tiny network and data, 1 seed, <= 3 epochs")
     args = ap.parse_args()
+    deadline = math.inf if args.dry_run else args.deadline
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     arms = "none,control,rmt" if has_control() else "none,rmt"
@@ -117,7 +122,7 @@ def main() -> None:
 
     rc, probe_s = sweep(work, "probe", [*base, "epochs=2", "schedule.horizon=2", "checkpoint=false",
                                         "magnitude_sweep.enabled=false", "output_root=probe_root"],
-                        n_jobs, args.deadline)
+                        n_jobs, deadline)
     second = epoch_seconds(work / "probe", 2)
     info.update(probe_exit=rc, probe_s=round(probe_s, 1), probe_epoch2_s=second)
     if rc != 0 or len(second) < n_jobs:
@@ -129,6 +134,8 @@ def main() -> None:
     fixed_s = max(0.0, probe_s - 2 * epoch_s)
     left = args.deadline - time.time()
     epochs = min(max_epochs, math.floor((left - fixed_s - MARGIN_S) / (SLACK * epoch_s)))
+    if args.dry_run:
+        epochs = max(2, epochs)
     info.update(concurrent_epoch_s=round(epoch_s, 2), fixed_s=round(fixed_s, 1), seconds_left=round(left, 1),
                 epochs=epochs)
     print(f"protocol: probe {probe_s:.1f} s, concurrent epoch {epoch_s:.2f} s, fixed {fixed_s:.1f} s, "
@@ -137,9 +144,9 @@ def main() -> None:
         info["outcome"] = "skipped: too little time for 2 epochs"
         print(f"protocol: {info['outcome']}", flush=True)
         pack(work, Path(args.tar), info)
-        return
+        sys.exit(75)
     rc, run_s = sweep(work, "protocol", [*base, f"epochs={epochs}", f"schedule.horizon={epochs}",
-                                         "output_root=protocol_root"], n_jobs, args.deadline)
+                                         "output_root=protocol_root"], n_jobs, deadline)
     done = sorted(p.parent.name for p in (work / "protocol").glob("*/DONE"))
     finals = {}
     for p in (work / "protocol").glob("*/summary.json"):

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Turn the sweeps behind docs/results.md into its tables and figures.
 #  1. the raw files of every finished run under outputs/paper/ (not the checkpoints) are copied to
-#     docs/results/runs/<sweep>/<job>/, where they are committed;
+#     docs/results/runs/<sweep>/<job>/, where they are committed, with this machine's absolute paths made
+#     relative to the repository (benchmarks/relative_paths.py; compare never reads them);
 #  2. every table and figure is made by `rmtprune compare` from those committed copies, so anyone
 #     can recompute them from a clone, without rerunning a single job.
 #   bash benchmarks/report.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=outputs/paper runs=docs/results/runs
+relpaths() { "${PYTHON:-python}" benchmarks/relative_paths.py --root "$(pwd -P)" "$@"; }
 if [ -d "$root" ]; then
   scratch=$(mktemp -d); trap 'rm -rf "$scratch"' EXIT
   # the exact post-training magnitude baseline needs the normal runs' model.pt, which is not committed:
@@ -28,20 +30,29 @@ if [ -d "$root" ]; then
     # a job already copied keeps its copy: a skip_done relaunch into the same folder rewrites
     # .hydra/ and appends to train.log, but not summary.json
     if [ -f "$job/posthoc_magnitude.csv" ] && [ -d "$dest" ]; then cp "$job/posthoc_magnitude.csv" "$dest/"; fi
-    [ -f "$dest/DONE" ] && cmp -s "$job/summary.json" "$dest/summary.json" && continue
+    [ -f "$dest/DONE" ] && relpaths --print "$job/summary.json" | cmp -s - "$dest/summary.json" && continue
     mkdir -p "$dest"
     for f in summary.json metrics.csv layers.csv magnitude_sweep.csv posthoc_magnitude.csv spectra.npz DONE train.log; do
       [ -f "$job/$f" ] && cp "$job/$f" "$dest/"
     done
     [ -d "$job/.hydra" ] && cp -r "$job/.hydra" "$dest/"
+    relpaths "$dest"
   done
 fi
 [ -d "$runs" ] || { echo "no runs in $runs yet: run benchmarks/reproduce_cpu.sh first" >&2; exit 1; }
+eq=(--equivalence 0.3)  # TOST "within 0.3 points" beside every test (Holm-adjusted per table)
 for dir in "$runs"/*/; do
   s=$(basename "$dir")
-  case "$s" in frontier_*) ;; *) rmtprune compare "$runs/$s" --finetune --out "docs/results/$s" ;; esac
+  case "$s" in frontier_*|verdict_*|long_*) ;; *) rmtprune compare "$runs/$s" --finetune "${eq[@]}" --out "docs/results/$s" ;; esac
 done
 # the frontier: every compression level on MNIST with the main sweep's arms
 if ls -d "$runs"/frontier_* > /dev/null 2>&1; then
-  rmtprune compare "$runs/mnist_fc_1000_1000_1000_500_cpu" "$runs"/frontier_* --out docs/results/frontier_mnist
+  rmtprune compare "$runs/mnist_fc_1000_1000_1000_500_cpu" "$runs"/frontier_* "${eq[@]}" --out docs/results/frontier_mnist
+fi
+# the verdict (benchmarks/reproduce_verdict.sh): its frontier, and the long regime
+if ls -d "$runs"/verdict_mnist_* > /dev/null 2>&1; then
+  rmtprune compare "$runs"/verdict_mnist_* "${eq[@]}" --out docs/results/verdict_mnist
+fi
+if ls -d "$runs"/long_fashion* > /dev/null 2>&1; then
+  rmtprune compare "$runs"/long_fashion* "${eq[@]}" --out docs/results/long_fashion
 fi

@@ -35,7 +35,8 @@ if [ -d docs/results/runs ]; then
 fi
 sweep() {  # folder, overrides...: one Hydra sweep; a failed job is reported and the next sweep still runs
   local folder=$1; shift
-  rmtprune train -m "${launcher[@]}" "$@" device=cpu progress=plain resume=true output_root="$root" \
+  # shellcheck disable=SC2086  # EXTRA: more overrides for every job (a smoke test: EXTRA='dataset.train_size=2000')
+  rmtprune train -m "${launcher[@]}" "$@" ${EXTRA:-} device=cpu progress=plain resume=true output_root="$root" \
     hydra.sweep.dir="$root/$folder" 'hydra.sweep.subdir=${pruning.name}_seed${seed}' || status=1
 }
 V=(experiment=mnist_fc_1000_1000_1000_500 budget=cpu dataset.val_size=10000 optimizer.anneal=cosine

@@ -10,6 +10,7 @@ The Python API, for any ``nn.Module`` in any training loop (no Hydra, no config 
         train_one_epoch(model, optimizer)
         if pruner.is_event(epoch):
             event = pruner.step(model, epoch)        # modifies model in place
+            rmtprune.recalibrate_bn(model, train_loader, pruner.recalibrate_bn, event)  # BatchNorm statistics
             optimizer = rmtprune.rebuild_optimizer(optimizer, model, event, momentum=pruner.momentum,
                                                    lr_factor=pruner.lr_factor, schedulers=[scheduler])
 
@@ -25,10 +26,10 @@ The Python API, for any ``nn.Module`` in any training loop (no Hydra, no config 
 
 Names: :class:`RMTPruner`, :func:`prune_model`, :class:`PruneEvent`, :class:`Pruner` (the base of the
 pruning methods), :func:`rebuild_optimizer`, :func:`factorise_to_match`, :func:`fit_mp` and its result
-:class:`MPFit`, :func:`inspect_model` (its DataFrame), and :mod:`schedules` (keep fractions f(epoch):
-``schedules.linear``, ``step``, ``exponential``, ``oneshot``, ``constant``; e.g.
-``RMTPruner(schedule=functools.partial(rmtprune.schedules.step, at=5))``; and the per-layer spike-count cut,
-``RMTPruner(schedule="spikes", patience=2, margin=None)``).
+:class:`MPFit`, :func:`inspect_model` (its DataFrame), :func:`recalibrate_bn` (BatchNorm statistics after a
+cut; nothing without BatchNorm), and :mod:`schedules` (keep fractions f(epoch): ``schedules.linear``, ``step``,
+``exponential``, ``oneshot``, ``constant``; e.g. ``RMTPruner(schedule=functools.partial(rmtprune.schedules.step,
+at=5))``; and the per-layer spike-count cut, ``RMTPruner(schedule="spikes", patience=2, margin=None)``).
 The ``rmtprune`` command (``rmtprune train`` ...) is built on the same classes.
 
 Importing ``rmtprune`` is light: the names above are loaded on first use (torch, numpy and scipy then;
@@ -53,14 +54,16 @@ _EXPORTS = {
     "inspect_model": "rmtprune.inspection",
     "fit_mp": "rmtprune.rmt",
     "MPFit": "rmtprune.rmt",
+    "recalibrate_bn": "rmtprune.batchnorm",
 }
 _SUBMODULES = ("schedules",)
 
 __all__ = ["RMTPruner", "prune_model", "PruneEvent", "Pruner", "rebuild_optimizer", "factorise_to_match", "fit_mp",
-           "MPFit", "inspect_model", "schedules", "__version__"]
+           "MPFit", "inspect_model", "recalibrate_bn", "schedules", "__version__"]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names come from __getattr__
     from . import schedules
+    from .batchnorm import recalibrate_bn
     from .events import PruneEvent, Pruner, rebuild_optimizer
     from .inspection import inspect_model
     from .models import factorise_to_match

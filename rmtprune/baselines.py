@@ -66,7 +66,8 @@ from torch.nn.utils import prune
 from .errors import UserError
 from .events import PruneEvent, Pruner, check_state, record_replacement
 from .lowrank import LOW_RANK_TYPES
-from .models import ShrunkLinear, count_parameters, prunable_layers
+from .cost import SplitRule
+from .models import ShrunkLinear, count_parameters, name_patterns, prunable_layers, select_layers, selected
 from .pruner import LINALG_ERRORS, cut_layer, ledger_row
 from .surgery import (keep_units, layer_groups, layer_matrix_shape, layer_svd, param_count, split_weight_count,
                       weight_count)
@@ -124,15 +125,21 @@ class TargetPruner(Pruner):
             (None: the calendar's last event); later events keep the count.
         match: ``"final"`` (the cubic schedule to ``target_params``) or ``"trajectory"``: the count after the
             j-th event is ``target_trajectory[j - 1]`` (the matched run's count after the same event).
-        every, start_epoch, stop_epoch, lr_factor, momentum: the event calendar (``events.Pruner``).
+        include, exclude: ``fnmatch`` patterns of module names: only layers matching a pattern of ``include``
+            (None: all) and none of ``exclude`` are pruned.
+        every, start_epoch, stop_epoch, lr_factor, momentum, recalibrate_bn: the event calendar and what the loop
+            applies at an event (``events.Pruner``).
     """
 
     def __init__(self, target_params: int, *, target_key: str | None = None, min_size: int = 10000,
                  include_output_layer: bool = True, target_epoch: int | None = None, match: str = "final",
                  target_trajectory: list[int] | None = None, every: int = 1, start_epoch: int = 1,
-                 stop_epoch: int | None = None, lr_factor: float = 0.96, momentum: str = "reset") -> None:
+                 stop_epoch: int | None = None, lr_factor: float = 0.96, momentum: str = "reset",
+                 recalibrate_bn: int = 20, include: list[str] | None = None,
+                 exclude: list[str] | None = None) -> None:
         super().__init__(every=every, start_epoch=start_epoch, stop_epoch=stop_epoch, lr_factor=lr_factor,
-                         momentum=momentum)
+                         momentum=momentum, recalibrate_bn=recalibrate_bn)
+        self.include, self.exclude = name_patterns("include", include), name_patterns("exclude", exclude)
         if not isinstance(target_params, (int, np.integer)) or isinstance(target_params, bool) or target_params < 1:
             raise ValueError(f"target_params must be a positive integer, got {target_params!r}")
         if not isinstance(min_size, (int, np.integer)) or min_size < 0:
@@ -156,12 +163,8 @@ class TargetPruner(Pruner):
 
     def eligible(self, model: nn.Module) -> list[tuple[str, nn.Module, bool]]:
         """(name, module, is_output) of the layers this pruner cuts, in module order."""
-        layers = prunable_layers(model)
         out = []
-        for i, (name, module) in enumerate(layers):
-            is_output = i == len(layers) - 1
-            if is_output and not self.include_output_layer:
-                continue
+        for name, module, is_output in select_layers(model, self.include, self.exclude, self.include_output_layer):
             o, m = layer_matrix_shape(module)
             if o * m >= self.min_size:
                 out.append((name, module, is_output))
@@ -341,7 +344,7 @@ class MagnitudePruner(TargetPruner):
                                           importance_scores=module.weight_orig.detach())
         seconds = (time.perf_counter() - t0) / max(len(layers), 1)
         budget = "" if self.target_trajectory is None else f"; budget {self.budget(epoch):,} (match=trajectory)"
-        for lname, module in prunable_layers(model):
+        for lname, module, _ in select_layers(model, self.include, self.exclude):
             if id(module) not in names:
                 o, m = layer_matrix_shape(module)
                 if o * m < self.min_size:
@@ -376,14 +379,17 @@ class LowRankPruner(TargetPruner):
         min_rank: never cut a layer below this rank.
         output_min_rank: the output layer's rank floor (None: its number of outputs).
         truncate: a layer whose split would not save parameters is truncated in place (True) or left.
+        split, batch_size, example_input: when a cut may split a layer (as :class:`rmtprune.RMTPruner`).
         other arguments: as :class:`TargetPruner`.
     """
 
     name = "lowrank"
 
     def __init__(self, target_params: int, *, rank_rule: str = "energy", min_rank: int = 1,
-                 output_min_rank: int | None = None, truncate: bool = True, **kwargs: Any) -> None:
+                 output_min_rank: int | None = None, truncate: bool = True, split: str = "always",
+                 batch_size: int | None = None, example_input: torch.Tensor | None = None, **kwargs: Any) -> None:
         super().__init__(target_params, **kwargs)
+        self.split_rule = SplitRule(split, batch_size, example_input)
         if rank_rule not in RANK_RULES:
             raise ValueError(f"rank_rule must be one of {', '.join(RANK_RULES)}, got {rank_rule!r}")
         if not isinstance(min_rank, (int, np.integer)) or min_rank < 1:
@@ -415,10 +421,11 @@ class LowRankPruner(TargetPruner):
         is smaller than the dense layer)."""
         dense = dense_param_count(model)
         low = dense
-        for _, module, is_output in self.eligible(model):
+        for name, module, is_output in self.eligible(model):
             out, m = layer_matrix_shape(module)
-            at_floor = split_weight_count(module, self.floor(module, is_output))
-            low -= max(0, out * m - at_floor)
+            floor = self.floor(module, is_output)
+            if self.split_rule.decide(model, name, module, floor)[0]:
+                low -= max(0, out * m - split_weight_count(module, floor))
         return low, dense
 
     def floor_reason(self) -> str:
@@ -439,13 +446,13 @@ class LowRankPruner(TargetPruner):
             r = math.ceil(theta * p - 1e-12)
         return min(now, max(floor, r))
 
-    @staticmethod
-    def params_at(module: nn.Module, rank: int, now: int) -> int:
-        """The layer's parameter count after ``surgery.apply_rank(module, rank, now)`` (without doing it)."""
+    def params_at(self, model: nn.Module, name: str, module: nn.Module, rank: int, now: int) -> int:
+        """Layer ``name``'s parameter count after the cut to ``rank`` (``cut_layer``; without doing it)."""
         before = param_count(module)
         if rank >= now:
             return before
-        if isinstance(module, LOW_RANK_TYPES) or split_weight_count(module, rank) < weight_count(module):
+        if isinstance(module, LOW_RANK_TYPES) or (split_weight_count(module, rank) < weight_count(module)
+                                                  and self.split_rule.decide(model, name, module, rank)[0]):
             bias = module.bias.numel() if module.bias is not None else 0
             return split_weight_count(module, rank) + bias
         return before
@@ -457,7 +464,7 @@ class LowRankPruner(TargetPruner):
         event = PruneEvent(epoch)
         goal = self.budget(epoch)
         eligible = {id(m) for _, m, _ in self.eligible(model)}
-        all_layers = prunable_layers(model)
+        all_layers = [(n, m) for n, m, _ in select_layers(model)]
         if self.reached(epoch):  # no SVD, no new cut: the ranks stay as the last scheduled event left them
             for name, module in all_layers:
                 if id(module) in eligible:
@@ -470,7 +477,7 @@ class LowRankPruner(TargetPruner):
         for i, (name, module) in enumerate(all_layers):
             is_output = i == len(all_layers) - 1
             if id(module) not in eligible:
-                if not (is_output and not self.include_output_layer):
+                if not (is_output and not self.include_output_layer) and selected(name, self.include, self.exclude):
                     o, m = layer_matrix_shape(module)
                     event.records.append(ledger_row(name, module, epoch=epoch, action="skip_small", seconds=0.0,
                                                     note=f"{o * m} weights < min_size {self.min_size}"))
@@ -495,8 +502,8 @@ class LowRankPruner(TargetPruner):
         others = count_parameters(model) - sum(param_count(L[1]) for L in layers)
 
         def count(theta: float) -> int:
-            return others + sum(self.params_at(mod, self.rank_for(theta, share, p, floor, now), now)
-                                for _, mod, _, _, share, p, floor, now, _ in layers)
+            return others + sum(self.params_at(model, name, mod, self.rank_for(theta, share, p, floor, now), now)
+                                for name, mod, _, _, share, p, floor, now, _ in layers)
 
         theta = _bisect(count, goal)
         what = "energy share eta" if self.rank_rule == "energy" else "rank fraction"
@@ -512,7 +519,7 @@ class LowRankPruner(TargetPruner):
             rank = self.rank_for(theta, share, p, floor, now)
             row = ledger_row(name, module, epoch=epoch, keep_fraction=theta, rank_before=now, rank_after=now,
                              note=note)
-            cut_layer(model, name, module, rank, now, svd, self.truncate, self.ranks, event, row)
+            cut_layer(model, name, module, rank, now, svd, self.truncate, self.ranks, event, row, self.split_rule)
             row.update(seconds=t_svd + time.perf_counter() - t0)
             event.records.append(row)
         return event
@@ -656,11 +663,14 @@ class NeuronPruner(TargetPruner):
         return event
 
 
-def baseline_from_config(pruning: Any) -> Pruner:
+def baseline_from_config(pruning: Any, batch_size: int | None = None,
+                         input_shape: list[int] | None = None) -> Pruner:
     """The pruner of a ``pruning=magnitude`` or ``pruning=lowrank`` config node (rmtprune/conf/pruning/*.yaml): its
-    keys (``config.PRUNING_KEYS``) are the keyword arguments. ``target_from`` must have been resolved into
-    ``target_params`` (:func:`rmtprune.targets.resolve_target`); it names the target in error messages."""
+    keys (``config.PRUNING_KEYS``) are the keyword arguments. ``target_from``
+    must have been resolved into ``target_params`` (:func:`rmtprune.targets.resolve_target`); it names the
+    target in error messages. ``batch_size`` and ``input_shape`` (one sample): what ``split=auto`` costs at."""
     from .config import PRUNING_KEYS
+    from .pruner import split_arguments
 
     name = pruning.name
     classes = {"magnitude": MagnitudePruner, "lowrank": LowRankPruner, "neuron": NeuronPruner}
@@ -669,7 +679,10 @@ def baseline_from_config(pruning: Any) -> Pruner:
     if pruning.target_params is None:
         raise UserError(f"pruning={name} needs pruning.target_params=N, or pruning.target_from=RUN resolved into it "
                         f"(rmtprune.targets.resolve_target)")
-    kwargs = {k: pruning[k] for k in PRUNING_KEYS[name] if k not in ("name", "target_params", "target_from")}
+    kwargs = {k: pruning[k] for k in PRUNING_KEYS[name]
+              if k not in ("name", "target_params", "target_from", "split")}
+    if "split" in PRUNING_KEYS[name]:
+        kwargs.update(split_arguments(pruning, batch_size, input_shape))
     target = int(pruning.target_params)
     if pruning.get("target_from") is not None:
         what = "counts after each event" if pruning.get("match") == "trajectory" else f"final count {target:,}"

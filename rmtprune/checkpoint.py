@@ -6,7 +6,8 @@ loadable with ``torch.load(path, weights_only=True)`` on any machine::
     format: "rmtprune-checkpoint", version: 1
     spec          the dense model spec (models.model_spec): how to build the network before pruning; for
                   model=custom {"kind": "custom", "target": "pkg.mod.Class", "kwargs": {constructor arguments}}
-                  (rebuilding it needs the class importable, as when it was trained)
+                  (a record only: rebuilding it needs the class from the user, never from the file;
+                  see trusted_spec)
     ranks         {split layer name: rank}: the factorised layers pruning made
     shapes        {layer name: [out, in]}: the Linear layers pruning=neuron shrank (absent in older files)
     state_dict    the model's weights (a masked weight of a pruning=magnitude checkpoint.pt as
@@ -64,12 +65,13 @@ def to_cpu(obj: Any) -> Any:
 
 def save_atomic(obj: dict[str, Any], path: Path) -> None:
     """torch.save of ``to_cpu(obj)`` to a temporary file beside ``path``, then os.replace (atomic on
-    POSIX)."""
+    POSIX). Saved through a file object, so the archive's root folder is torch's fixed "archive" rather
+    than the random temporary name: identical objects give identical bytes."""
     path = Path(path)
     fd, tmp = mkstemp_beside(path)
-    os.close(fd)
     try:
-        torch.save(to_cpu(obj), tmp)
+        with os.fdopen(fd, "wb") as f:
+            torch.save(to_cpu(obj), f)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -120,14 +122,55 @@ def attach_masks(model: nn.Module, state_dict: dict[str, Any]) -> None:
             prune.identity(module, name)
 
 
-def rebuild_model(ckpt: dict[str, Any], path: Path | str = "checkpoint") -> nn.Module:
-    """The (possibly factorised) model of an rmtprune checkpoint, weights loaded."""
+def is_custom(ckpt: dict[str, Any]) -> bool:
+    """Whether a checkpoint records a custom model (a class of the user's, which only the user may name)."""
+    spec = ckpt.get("spec")
+    return isinstance(spec, dict) and spec.get("kind") == "custom"
+
+
+def trusted_spec(ckpt: dict[str, Any], trusted: dict[str, Any] | None, path: Path | str) -> dict[str, Any]:
+    """The spec to build a checkpoint's model from. A file never chooses code to run: a built-in kind
+    (mlp, cnn: plain numbers for rmtprune's own classes) comes from the file; a custom model is built from
+    ``trusted`` (the user's ``model._target_`` and arguments, or the file's own spec where the user trusts
+    it), and only when the file records that same class and arguments.
+
+    Raises:
+        UserError: a custom model and no trusted spec, or one of another class or arguments (naming the key).
+    """
+    spec = ckpt.get("spec")
+    if not is_custom(ckpt):
+        return spec  # type: ignore[return-value]
+    target = str(spec.get("target"))
+    if trusted is None or trusted.get("kind") != "custom":
+        raise UserError(f"{path}: holds a custom model ({target!r}), and rmtprune builds no class a file names: "
+                        f"give it on the command line (model=custom model._target_={target} and its arguments)")
+    if trusted["target"] != target:
+        raise UserError(f"model._target_={trusted['target']}: {path} holds a model of another class ({target!r})")
+    mine, theirs = trusted.get("kwargs", {}), spec.get("kwargs") or {}
+    if not isinstance(theirs, dict):
+        raise UserError(f"{path}: its model arguments are a {type(theirs).__name__}, not a mapping")
+    for key in sorted(set(mine) | set(theirs), key=str):
+        if (key in mine, mine.get(key)) != (key in theirs, theirs.get(key)):
+            raise UserError(f"{_argument(mine, key)} given, but {path} was built with {_argument(theirs, key)}: "
+                            f"give the arguments the file records")
+    return trusted
+
+
+def _argument(kwargs: dict[str, Any], key: str) -> str:
+    return f"model.{key}={kwargs[key]!r}" if key in kwargs else f"no model.{key}"
+
+
+def rebuild_model(ckpt: dict[str, Any], path: Path | str = "checkpoint",
+                  trusted: dict[str, Any] | None = None) -> nn.Module:
+    """The (possibly factorised) model of an rmtprune checkpoint, weights loaded. A custom model needs
+    ``trusted``, the spec the user gives (see :func:`trusted_spec`); nothing the file names is imported."""
     if not is_checkpoint(ckpt):
         raise UserError(f"{path}: not an rmtprune checkpoint (no format tag)")
     if ckpt.get("version") != VERSION:
         raise UserError(f"{path}: checkpoint version {ckpt.get('version')} is not supported (expected {VERSION})")
+    spec = trusted_spec(ckpt, trusted, path)
     try:
-        model = build_model(ckpt["spec"], ckpt.get("ranks", {}), ckpt.get("shapes", {}))
+        model = build_model(spec, ckpt.get("ranks", {}), ckpt.get("shapes", {}))
     except UserError as exc:  # a custom model whose class is gone or changed
         raise UserError(f"{path}: cannot rebuild its model: {exc}") from None
     except (KeyError, ValueError, RuntimeError, AttributeError, TypeError) as exc:

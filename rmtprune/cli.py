@@ -1,7 +1,7 @@
 """The ``rmtprune`` console script: one command per module of :mod:`rmtprune.commands`.
 
 User mistakes become one ``rmtprune: error:`` line on stderr and exit 2; a run that failed while
-running exits 1; Ctrl-C / SIGTERM exit 130.
+running exits 1; Ctrl-C exits 130, SIGTERM 143 (128 + the signal's number).
 """
 
 from __future__ import annotations
@@ -81,9 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         err(str(exc))
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        from .signals import exit_code
+
         err("interrupted; what finished is saved (continue a run with resume=true)")
-        return 130
+        return exit_code(exc)
     except BrokenPipeError:  # output piped into `head` and closed: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

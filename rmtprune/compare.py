@@ -277,10 +277,13 @@ def _magnitude(arm_runs: list[Run], normal: dict[int, Run], metric: str, baselin
 
 
 def compare(paths: list[Path], by: list[str] | None = None, metric: str = "test_acc",
-            finetune: bool = False, equivalence: float | None = None) -> Comparison:
+            finetune: bool = False, equivalence: float | None = None,
+            trust_model_code: bool = False) -> Comparison:
     """Read, group and test the runs under ``paths`` (see the module doc); ``finetune``: also the
     magnitude baseline after fine-tuning (trains each normal model; slow on real data); ``equivalence``:
-    the margin δ of the two one-sided tests, in points (:func:`per_point`)."""
+    the margin δ of the two one-sided tests, in points (:func:`per_point`); ``trust_model_code``: rebuild a
+    custom model.pt for that baseline from the class its file names (else its baseline is left out with a
+    warning)."""
     from .magnitude_baseline import MagnitudeBaseline
 
     runs, problems = load_runs(paths)
@@ -296,8 +299,9 @@ def compare(paths: list[Path], by: list[str] | None = None, metric: str = "test_
     groups = group_runs(finished, by)
     dropped = one_run_per_seed(groups)
     problems += dropped
-    warnings: list[dict[str, str]] = []
-    baseline = MagnitudeBaseline()
+    warnings = [{"folder": str(r.folder), "reason": f"{r.spectra_problem}: counted, its figures are skipped"}
+                for r in finished if r.spectra_problem]
+    baseline = MagnitudeBaseline(trust_model_code)
     delta = None if equivalence is None else equivalence / per_point(metric)
     rows: list[dict[str, Any]] = []
     curve_rows: list[dict[str, Any]] = []

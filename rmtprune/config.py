@@ -116,10 +116,16 @@ class PruningConfig:
     # which layers: rmt, magnitude, lowrank
     min_size: int = 10000
     include_output_layer: bool = True
+    include: Optional[list[str]] = None  # fnmatch patterns of module names; None: every layer
+    exclude: Optional[list[str]] = None
+    # BatchNorm statistics recomputed on this many training batches after an event that changed the model
+    # (no-op for a model without BatchNorm): rmt, magnitude, lowrank
+    recalibrate_bn: int = 20
     # rank floors and the form of a cut: rmt, lowrank
     min_rank: int = 1
     output_min_rank: Optional[int] = None
     truncate: bool = True
+    split: str = "always"          # always | auto (rmtprune.cost) | never
     # the Marchenko-Pastur fit: rmt
     alpha: float = 0.25
     beta: float = 0.1
@@ -139,15 +145,16 @@ class PruningConfig:
 
 _CALENDAR = ("name", "every", "start_epoch", "stop_epoch", "lr_factor", "momentum")
 _TARGET = ("target_params", "target_from", "target_epoch", "match", "target_trajectory")
+_LAYERS = ("include", "exclude", "recalibrate_bn")
 PRUNING_KEYS: dict[str, tuple[str, ...]] = {
     "none": ("name",),
     "control": _CALENDAR,
     "rmt": (*_CALENDAR, "min_size", "include_output_layer", "min_rank", "output_min_rank", "truncate",
-            "alpha", "beta", "tolerance", "conv_tolerance", "margin"),
-    "magnitude": (*_CALENDAR, "min_size", "include_output_layer", *_TARGET, "scope"),
+            "alpha", "beta", "tolerance", "conv_tolerance", "margin", *_LAYERS, "split"),
+    "magnitude": (*_CALENDAR, "min_size", "include_output_layer", *_TARGET, "scope", *_LAYERS),
     "lowrank": (*_CALENDAR, "min_size", "include_output_layer", "min_rank", "output_min_rank", "truncate",
-                *_TARGET, "rank_rule"),
-    "neuron": (*_CALENDAR, "min_size", *_TARGET, "scope"),
+                *_TARGET, "rank_rule", *_LAYERS, "split"),
+    "neuron": (*_CALENDAR, "min_size", *_TARGET, "scope", *_LAYERS),
 }
 # Only rmt's keep fraction comes from the schedule group; the baselines follow a cubic schedule of their own.
 USES_SCHEDULE = ("rmt",)
@@ -371,6 +378,12 @@ def validate_pruning(pr: DictConfig) -> None:
                             f"no event would happen; use null for no end")
     if "min_size" in used:
         _positive("pruning.min_size", pr.min_size, allow_zero=True)
+    if "recalibrate_bn" in used:
+        _positive("pruning.recalibrate_bn", pr.recalibrate_bn, allow_zero=True)
+    if "split" in used:
+        from .cost import SPLITS
+
+        _choice("pruning.split", pr.split, SPLITS)
     if "min_rank" in used:
         _positive("pruning.min_rank", pr.min_rank)
         if pr.output_min_rank is not None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import platform
 import re
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -18,23 +17,20 @@ import numpy as np
 import torch
 
 from . import __version__
+from .buildinfo import git_commit
 
 
 @functools.lru_cache(maxsize=1)
 def code_version() -> str:
-    """``rmtprune <version>`` plus the git commit of the source tree when it is a checkout
-    (``+g<hash>``, ``.dirty`` with uncommitted changes)."""
-    root = Path(__file__).resolve().parents[1]
-    try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                                text=True, timeout=5)
-        if commit.returncode != 0 or not (root / ".git").exists():
-            return __version__
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--",
-                                "rmtprune"], capture_output=True, text=True, timeout=5)
-        return f"{__version__}+g{commit.stdout.strip()}" + (".dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return __version__
+    """``rmtprune <version>`` plus the git commit (``+g<hash>``, ``.dirty`` with uncommitted changes): of the
+    source tree when it is a checkout, else the one recorded when this copy was built (``pip install .``)."""
+    commit = git_commit(Path(__file__).resolve().parents[1])
+    if commit is None:
+        try:
+            from ._version import commit  # type: ignore[no-redef]
+        except ImportError:  # built without git (an sdist), or not built at all
+            commit = None
+    return f"{__version__}+{commit}" if commit else __version__
 
 
 def versions() -> dict[str, str]:

@@ -122,7 +122,9 @@ class EventCalendar:
 
 
 class Pruner:
-    """Base of every pruning method: a calendar, an lr factor and a momentum policy.
+    """Base of every pruning method: a calendar, an lr factor, a momentum policy, and the number of training
+    batches to recalibrate BatchNorm statistics on after an event that changed the model (``recalibrate_bn``,
+    0: none), all three applied by the training loop (``rmtprune.recalibrate_bn`` does the last).
 
     Subclasses implement :meth:`step`; :meth:`setup` and :meth:`finalize` are hooks for methods that
     attach something to the model (masks) before training and make it permanent after.
@@ -131,8 +133,11 @@ class Pruner:
     name = "pruner"
 
     def __init__(self, *, every: int = 1, start_epoch: int = 1, stop_epoch: int | None = None,
-                 lr_factor: float = 0.96, momentum: str = "reset") -> None:
+                 lr_factor: float = 0.96, momentum: str = "reset", recalibrate_bn: int = 0) -> None:
         self.calendar = EventCalendar(every, start_epoch, stop_epoch)
+        if isinstance(recalibrate_bn, bool) or not isinstance(recalibrate_bn, (int, np.integer)) or recalibrate_bn < 0:
+            raise ValueError(f"recalibrate_bn must be a number of batches >= 0, got {recalibrate_bn!r}")
+        self.recalibrate_bn = int(recalibrate_bn)
         if not (is_real(lr_factor) and lr_factor > 0):
             raise ValueError(f"lr_factor must be a positive finite number, got {lr_factor!r}")
         if momentum not in MOMENTUM_POLICIES:

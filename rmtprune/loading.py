@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import is_checkpoint, load_file, rebuild_model
+from .checkpoint import is_checkpoint, is_custom, load_file, rebuild_model
 from .errors import UserError
 from .lowrank import LowRankConv2d, LowRankLinear
 
@@ -138,8 +138,12 @@ def _dense_layer(weight: torch.Tensor, bias: torch.Tensor | None, name: str, pat
     return layer
 
 
-def load_model(path: Path) -> tuple[nn.Module, dict[str, Any]]:
-    """(model, info) from an rmtprune checkpoint or a plain state_dict file.
+def load_model(path: Path, trusted: dict[str, Any] | None = None,
+               build_custom: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+    """(model, info) from an rmtprune checkpoint or a plain state_dict file. Nothing the file names is
+    imported or called: a checkpoint of a custom model is rebuilt from ``trusted`` (the user's spec,
+    checked against the file by checkpoint.trusted_spec), or with ``build_custom=False`` not built at all
+    (its weight tensors in a skeleton_from_state_dict).
 
     info: ``kind`` ("rmtprune" | "state_dict"), ``num_classes`` (or None), ``epoch`` (or None), the raw
     object under ``raw`` (for a state_dict: the state_dict itself, from any format ``state_dict_of`` reads,
@@ -148,7 +152,8 @@ def load_model(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     path = resolve_model_file(path)
     obj = load_file(path)
     if is_checkpoint(obj):
-        model = rebuild_model(obj, path)
+        weights_only = is_custom(obj) and not build_custom and isinstance(obj.get("state_dict"), dict)
+        model = skeleton_from_state_dict(obj["state_dict"], path) if weights_only else rebuild_model(obj, path, trusted)
         epoch = obj.get("epoch") or len(obj.get("metrics", [])) or None
         return model, {"kind": "rmtprune", "num_classes": obj.get("num_classes"), "epoch": epoch, "raw": obj,
                        "path": path}

@@ -187,8 +187,7 @@ class MLflowLogger(Logger):
         store = (Path(str(cfg.output_root)) / "mlruns").resolve()
         store.mkdir(parents=True, exist_ok=True)
         self.client = MlflowClient(tracking_uri=store.as_uri())
-        experiment = self.client.get_experiment_by_name("rmtprune")
-        exp_id = experiment.experiment_id if experiment else self.client.create_experiment("rmtprune")
+        exp_id = self._experiment(store, "rmtprune")
         folder = str(Path(run_dir).resolve())
         found = self.client.search_runs([exp_id], filter_string=f"tags.`rmtprune.run_dir` = '{folder}'",
                                         max_results=1)
@@ -205,6 +204,23 @@ class MLflowLogger(Logger):
             for key, value in flatten(config if isinstance(config, dict) else {}).items():
                 self.client.log_param(self.run_id, key, str(value)[:500])
         self._closed = False
+
+    def _experiment(self, store: Path, name: str) -> str:
+        """The id of experiment ``name``, created by the first job of a sweep that needs it: the jobs take
+        turns (a lock file in the store), and one that loses a race with another machine reads the winner's."""
+        from .outputs import exclusive
+
+        with exclusive(store / ".rmtprune-experiment.lock"):
+            experiment = self.client.get_experiment_by_name(name)
+            if experiment is not None:
+                return experiment.experiment_id
+            try:
+                return self.client.create_experiment(name)
+            except Exception:  # noqa: BLE001  (MLflow's "already exists": created meanwhile elsewhere)
+                experiment = self.client.get_experiment_by_name(name)
+                if experiment is None:
+                    raise
+                return experiment.experiment_id
 
     def _log(self, values: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric

@@ -10,6 +10,19 @@
 
 The factors are created uninitialised (``torch.nn.utils.skip_init``, no RNG drawn): the surgery or
 ``load_state_dict`` fills them.
+
+Both expose ``weight`` and ``bias`` as a dense Linear / Conv2d does, so that a split layer keeps working
+where its parent module reads them instead of calling it: ``nn.MultiheadAttention`` passes
+``out_proj.weight`` to ``F.multi_head_attention_forward``, and the fast path of
+``nn.TransformerEncoderLayer`` passes ``linear1.weight`` / ``linear2.weight`` to a fused kernel. ``weight``
+is the product of the factors (the (out, in) matrix; (out, in/groups, kh, kw) for a conv), computed on
+each read and differentiable, so gradients reach the factors; it is a property, not a parameter, so the
+parameter count, the state_dict keys (``first.weight``, ``second.weight``) and every checkpoint written
+before stay as they were. A module that calls the layer gets the cheap path through the two factors;
+one that reads ``weight`` pays one out x in x r product per forward pass (not per sample). This keeps
+the split classes (and so the ledger, ``factorise_to_match`` and the checkpoints) unchanged, where an
+``nn.Linear`` with a ``torch.nn.utils.parametrize`` weight would rename the state_dict keys
+(``parametrizations.weight.original0``) and break the files written before.
 """
 
 from __future__ import annotations
@@ -37,6 +50,11 @@ class LowRankLinear(nn.Module):
     @property
     def bias(self) -> torch.Tensor | None:
         return self.second.bias
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dense (out, in) weight second.weight @ first.weight, for modules that read it (attention)."""
+        return self.weight_matrix()
 
     def weight_matrix(self) -> torch.Tensor:
         return self.second.weight @ self.first.weight
@@ -72,6 +90,11 @@ class LowRankConv2d(nn.Module):
     @property
     def bias(self) -> torch.Tensor | None:
         return self.second.bias
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dense (out, in/groups, kh, kw) weight of the product, for modules that read it."""
+        return self.weight_matrix().reshape(self.out_channels, self.in_channels // self.groups, *self.kernel_size)
 
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(left (out, r), right (r, in/groups * k * k)) of the shared factorisation.

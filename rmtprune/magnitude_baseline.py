@@ -3,7 +3,8 @@ pruned run's final parameter count, evaluated, and optionally fine-tuned; cached
 
 For a normal run (seed s) and a target count P (the pruned arm's final ``n_params_final`` for seed s):
 
-1. ``model.pt`` is loaded (``checkpoint.load_file`` + ``rebuild_model``) and pruned with global
+1. ``model.pt`` is loaded (``checkpoint.load_file`` + ``rebuild_model``; a custom model only with
+   ``trust_model_code``, since its file names the class to import) and pruned with global
    unstructured L1 magnitude pruning until exactly P parameters are non-zero
    (:func:`rmtprune.magnitude.prune_to_count`; the count includes biases, as ``magnitude.py`` counts);
 2. it is evaluated on the run's test set (``data.load_data`` with the run's own data set settings,
@@ -77,8 +78,9 @@ class MagnitudeBaseline:
     only when a value has to be computed. Problems (an unreadable model, no data here, a cache that
     cannot be written) are collected in ``warnings``, never raised."""
 
-    def __init__(self) -> None:
+    def __init__(self, trust_model_code: bool = False) -> None:
         self._data: dict[str, Any] = {}
+        self.trust_model_code = trust_model_code  # rebuild a custom model from the class its file names
         self.warnings: list[dict[str, str]] = []
 
     def value(self, run: Run, target: int, finetune: int | None) -> BaselineValue | None:
@@ -157,11 +159,16 @@ class MagnitudeBaseline:
     def _compute(self, run: Run, target: int, finetune: int | None) -> dict[str, Any] | None:
         import torch
 
-        from .checkpoint import load_file, rebuild_model
+        from .checkpoint import is_custom, load_file, rebuild_model
         from .evaluate import evaluate
         from .magnitude import count_nonzero, prune_to_count, remove_masks
 
-        model = rebuild_model(load_file(run.folder / "model.pt"), run.folder / "model.pt")
+        ckpt = load_file(run.folder / "model.pt")
+        if is_custom(ckpt) and not self.trust_model_code:
+            raise UserError(f"model.pt holds a custom model ({ckpt['spec'].get('target')!r}), whose class rmtprune "
+                            f"imports only when asked: pass --trust-model-code for runs you trust")
+        trusted = ckpt.get("spec") if self.trust_model_code else None
+        model = rebuild_model(ckpt, run.folder / "model.pt", trusted)
         data = self._dataset(run)
         cfg = run.summary["config"]
         batch = int(cfg.get("eval_batch_size") or len(data.test_x))

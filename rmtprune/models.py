@@ -297,17 +297,55 @@ def check_custom_model(cfg: DictConfig) -> None:
                        f"model._target_={spec['target']}")
 
 
-def eligible_layers(model: nn.Module, min_size: int, include_output_layer: bool = True) -> list[str]:
+def name_patterns(key: str, value: Any) -> tuple[str, ...] | None:
+    """``include`` / ``exclude`` as a tuple of ``fnmatch`` patterns (None stays None: no restriction).
+
+    Raises:
+        ValueError: ``value`` is not None, a string or a sequence of strings (named ``key``).
+    """
+    if value is None:
+        return None
+    items = [value] if isinstance(value, str) else value
+    try:
+        patterns = tuple(items)
+    except TypeError:
+        patterns = (None,)
+    if not all(isinstance(p, str) for p in patterns):
+        raise ValueError(f"{key} must be a list of module-name patterns (fnmatch style, e.g. ['features.*', "
+                         f"'*.out_proj']), got {value!r}")
+    return patterns
+
+
+def selected(name: str, include: tuple[str, ...] | None, exclude: tuple[str, ...] | None) -> bool:
+    """Whether layer ``name`` matches a pattern of ``include`` (None: every layer) and none of ``exclude``
+    (``fnmatch.fnmatchcase``: ``*`` matches any run of characters, dots included)."""
+    from fnmatch import fnmatchcase
+
+    if include is not None and not any(fnmatchcase(name, p) for p in include):
+        return False
+    return not any(fnmatchcase(name, p) for p in exclude or ())
+
+
+def select_layers(model: nn.Module, include: tuple[str, ...] | None = None, exclude: tuple[str, ...] | None = None,
+                  include_output_layer: bool = True) -> list[tuple[str, nn.Module, bool]]:
+    """(name, module, is_output) of the prunable layers a pruner looks at, in module order: those
+    :func:`selected` by the patterns, the output layer (the last prunable layer, whether selected or not)
+    only if ``include_output_layer``."""
+    layers = prunable_layers(model)
+    last = len(layers) - 1
+    return [(name, m, i == last) for i, (name, m) in enumerate(layers)
+            if (i != last or include_output_layer) and selected(name, include, exclude)]
+
+
+def eligible_layers(model: nn.Module, min_size: int, include_output_layer: bool = True,
+                    include: tuple[str, ...] | None = None, exclude: tuple[str, ...] | None = None) -> list[str]:
     """Names of the layers a pruning event looks at: Linear / Conv2d (dense or split) whose weight matrix
-    (out, m) has at least ``min_size`` entries and min(out, m) >= 10 singular values; the last one (the
-    output layer) only if ``include_output_layer``."""
+    (out, m) has at least ``min_size`` entries and min(out, m) >= 10 singular values, selected by the
+    ``include`` / ``exclude`` patterns; the last one (the output layer) only if ``include_output_layer``."""
     from .surgery import layer_matrix_shape
 
-    layers = prunable_layers(model)
-    if not include_output_layer:
-        layers = layers[:-1]
     out = []
-    for name, m in layers:
+    for name, m, _ in select_layers(model, include, exclude, include_output_layer):
         rows, cols = layer_matrix_shape(m)
         if rows * cols >= min_size and min(rows, cols) >= 10:
             out.append(name)
@@ -328,12 +366,22 @@ def model_warnings(model: nn.Module, cfg: DictConfig) -> list[str]:
     warnings: list[str] = []
     pr = cfg.pruning
     used = PRUNING_KEYS.get(str(pr.name), ())
-    if "min_size" in used and not eligible_layers(model, int(pr.min_size), bool(pr.include_output_layer)):
+    include, exclude = name_patterns("pruning.include", pr.get("include")), name_patterns("pruning.exclude",
+                                                                                           pr.get("exclude"))
+    if "min_size" in used and not eligible_layers(model, int(pr.min_size), bool(pr.include_output_layer),
+                                                  include, exclude):
         warnings.append(
             f"pruning={pr.name}: no layer of model={cfg.model.name} is eligible (a Linear / Conv2d with at least "
             f"pruning.min_size={pr.min_size} weights and 10 singular values"
-            f"{'' if pr.include_output_layer else ', the output layer excluded'}): nothing will be pruned, and "
-            f"the run is a normal arm with the lr calendar of pruning=control; lower pruning.min_size to prune")
+            f"{'' if pr.include_output_layer else ', the output layer excluded'}"
+            f"{'' if include is None and not exclude else ', matching pruning.include and not pruning.exclude'}): "
+            f"nothing will be pruned, and the run is a normal arm with the lr calendar of pruning=control; lower "
+            f"pruning.min_size to prune")
+    names = [n for n, _ in prunable_layers(model)]
+    for key, patterns in (("include", include), ("exclude", exclude)):
+        unmatched = [p for p in patterns or () if key in used and not any(selected(n, (p,), None) for n in names)]
+        warnings += [f"pruning.{key}: the pattern {p!r} matches no Linear / Conv2d of model={cfg.model.name} (its "
+                     f"layers: {', '.join(names[:6])}{', ...' if len(names) > 6 else ''})" for p in unmatched]
     layers = prunable_layers(model)
     if layers:
         ran = check_model_output(model, _input_shape(cfg), int(cfg.dataset.num_classes),

@@ -16,8 +16,9 @@ import json
 import math
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -49,6 +50,10 @@ KEYS_SINCE: dict[str, Any] = {
     "optimizer.anneal_epochs": 3,
     "pruning.match": "final",
     "pruning.target_trajectory": None,
+    "pruning.include": None,
+    "pruning.exclude": None,
+    "pruning.split": "always",
+    "pruning.recalibrate_bn": 0,
 }
 # Keys (dotted) that compute nothing while another key has its "off" value: left out of the identity then.
 INERT_WHEN: dict[str, tuple[str, Any]] = {"dataset.val_seed": ("dataset.val_size", 0),
@@ -56,7 +61,8 @@ INERT_WHEN: dict[str, tuple[str, Any]] = {"dataset.val_seed": ("dataset.val_size
 
 
 class RunLock:
-    """An exclusive lock on a run folder while a run writes to it (``<folder>/.lock``, flock).
+    """An exclusive lock on a run folder while a run writes to it (``<folder>/.lock``, flock); a sweep
+    holds ``<sweep folder>/.sweep.lock`` from before Hydra writes ``multirun.yaml`` until its last job ended.
 
     A second process that tries to use the folder gets a UserError naming the holder's pid; the lock
     goes with the process, so a killed run never leaves the folder locked. Within one process the lock
@@ -67,8 +73,8 @@ class RunLock:
 
     _held: dict[str, list[int]] = {}  # lock file -> [fd, depth], in this process
 
-    def __init__(self, folder: Path) -> None:
-        self.path = Path(folder) / ".lock"
+    def __init__(self, folder: Path, name: str = ".lock") -> None:
+        self.path = Path(folder) / name
         self._key = os.path.realpath(self.path)
 
     def __enter__(self) -> "RunLock":
@@ -103,6 +109,20 @@ class RunLock:
             del RunLock._held[self._key]
             self.path.unlink(missing_ok=True)
             os.close(held[0])
+
+
+@contextmanager
+def exclusive(path: Path) -> Iterator[None]:
+    """Hold an exclusive flock on ``path`` (created if absent), waiting for it: one process at a time in
+    the block, across the processes of a sweep."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 # The names atomic writes give their temporary files: ``.<name>.<random>.tmp`` (and ``.tmp.npz`` for spectra).
@@ -179,9 +199,10 @@ def identity(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     Left out: ``NOT_IDENTITY`` (and the data set's location keys), the pruning keys the chosen option
     does not use (config.PRUNING_KEYS), the schedule unless the option uses one (config.USES_SCHEDULE) and
     then only its own keys, ``topology`` unless the model is the MLP, ``pruning.target_from``
-    (what counts is the ``target_params`` it resolves to), and keys added since IDENTITY_VERSION 2 at the
-    default that reproduces earlier runs (``KEYS_SINCE``), and keys inert while another is off (``INERT_WHEN``:
-    ``dataset.val_seed`` without a validation split, ``optimizer.anneal_epochs`` without an anneal). ``cfg`` is a DictConfig or the plain
+    (what counts is the ``target_params`` it resolves to), ``pruning.recalibrate_bn`` for the MLP (no BatchNorm
+    to recalibrate), keys added since IDENTITY_VERSION 2 at the default that reproduces earlier runs
+    (``KEYS_SINCE``), and keys inert while another is off (``INERT_WHEN``: ``dataset.val_seed`` without a
+    validation split, ``optimizer.anneal_epochs`` without an anneal). ``cfg`` is a DictConfig or the plain
     ``config`` dict of a summary.json.
     """
     from .config import PRUNING_KEYS, SCHEDULE_KEYS, USES_SCHEDULE
@@ -205,6 +226,8 @@ def identity(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
         data["schedule"] = {k: v for k, v in schedule.items() if k in used}
     if isinstance(data.get("model"), dict) and data["model"].get("name", "mlp") != "mlp":
         data.pop("topology", None)
+    elif isinstance(data.get("pruning"), dict):  # the MLP has no BatchNorm: recalibrating it changes nothing
+        data["pruning"].pop("recalibrate_bn", None)
     for dotted, (switch, off) in INERT_WHEN.items():
         parent, leaf = _node(data, dotted)
         if parent is not None and _get(data, switch, off) == off:
@@ -275,38 +298,37 @@ def resolve_redirect(folder: Path) -> Path:
 
 
 def append_spectra(path: Path, epoch: int, spectra: dict[str, Any]) -> None:
-    """Append one event's singular values to ``spectra.npz`` (keys ``e{epoch}/{layer}``).
+    """Add one event's singular values to ``spectra.npz`` (keys ``e{epoch}/{layer}``), atomically.
 
-    The earlier events are not rewritten: the arrays go into the zip archive as new deflated ``.npy``
-    members (what ``np.savez_compressed`` writes), so an event costs its own size, not the file's. Only
-    when the archive already holds this epoch (a resumed run repeating the event it wrote before it was
-    stopped) is the file rewritten once, atomically, without the old entries.
+    The new file is made beside it and moved over it (os.replace), so a kill at any byte leaves the
+    previous file, with every earlier event, in place. The earlier events are copied as bytes, not
+    recompressed: the arrays go in as new deflated ``.npy`` members (what ``np.savez_compressed``
+    writes) appended to the copy. Only when the archive already holds this epoch (a resumed run repeating
+    the event it wrote before it was stopped) is it rewritten without the old entries.
     """
+    import shutil
     import zipfile
 
     import numpy as np
 
     members = {f"e{epoch}/{layer}.npy": np.asanyarray(values) for layer, values in spectra.items()}
-    if path.exists():
-        with zipfile.ZipFile(path) as zf:
-            stale = set(zf.namelist()) & set(members)
-        if stale:
-            with np.load(path) as old:
-                kept = {k: old[k] for k in old.files if f"{k}.npy" not in stale}
-            _write_npz_atomic(path, kept)
-    with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED) as zf:
-        for name, values in members.items():
-            with zf.open(name, "w", force_zip64=True) as f:
-                np.lib.format.write_array(f, values, allow_pickle=False)
-
-
-def _write_npz_atomic(path: Path, data: dict[str, Any]) -> None:
-    import numpy as np
-
     fd, tmp = mkstemp_beside(path, suffix=".tmp.npz")
     os.close(fd)
     try:
-        np.savez_compressed(tmp, **data)
+        if path.exists():
+            with zipfile.ZipFile(path) as zf:
+                stale = set(zf.namelist()) & set(members)
+            if stale:
+                with np.load(path, allow_pickle=False) as old:
+                    np.savez_compressed(tmp, **{k: old[k] for k in old.files if f"{k}.npy" not in stale})
+            else:
+                shutil.copyfile(path, tmp)
+        with zipfile.ZipFile(tmp, "a", compression=zipfile.ZIP_DEFLATED) as zf:
+            for name, values in members.items():
+                with zf.open(name, "w", force_zip64=True) as f:
+                    np.lib.format.write_array(f, values, allow_pickle=False)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -314,8 +336,9 @@ def _write_npz_atomic(path: Path, data: dict[str, Any]) -> None:
 
 
 def repair_spectra(path: Path) -> str | None:
-    """A ``spectra.npz`` that a killed append left unreadable is moved aside to ``spectra.npz.damaged``
-    (so the run can go on appending); returns a warning, or None when the file is fine or absent."""
+    """A ``spectra.npz`` that cannot be read (damaged on disk, or cut by a kill while an older rmtprune
+    appended to it in place) is moved aside to ``spectra.npz.damaged`` so that the run can go on; returns the
+    warning for summary.json, or None when the file is fine or absent."""
     import zipfile
 
     if not path.exists():
@@ -327,7 +350,8 @@ def repair_spectra(path: Path) -> str | None:
     except (zipfile.BadZipFile, OSError, EOFError):
         pass
     os.replace(path, path.with_name(path.name + ".damaged"))
-    return f"{path} was damaged (a write interrupted?): moved to {path.name}.damaged; later events start a new file"
+    return (f"{path.name} was damaged: moved to {path.name}.damaged; the spectra of the events from here on "
+            f"start a new {path.name}")
 
 
 def read_spectra(path: Path) -> dict[int, dict[str, Any]]:
@@ -335,7 +359,7 @@ def read_spectra(path: Path) -> dict[int, dict[str, Any]]:
     import numpy as np
 
     out: dict[int, dict[str, Any]] = {}
-    with np.load(path) as data:
+    with np.load(path, allow_pickle=False) as data:
         for key in data.files:
             epoch, layer = key.split("/", 1)
             out.setdefault(int(epoch[1:]), {})[layer] = data[key]

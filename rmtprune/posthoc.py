@@ -32,7 +32,7 @@ from .pruner import LEDGER_COLUMNS, rmt_pruner_from_config
 from .schedules import make_schedule
 from .state import make_optimizer
 from .step import configure_numerics, train_epoch
-from .train import resolve_device
+from .train import recalibrate_after_event, resolve_device
 
 log = logging.getLogger("rmtprune")
 
@@ -124,7 +124,7 @@ def prune_saved(cfg: DictConfig, run_dir: Path, finetune_lr: float | None = None
         raise UserError(f"finetune_epochs={cfg.finetune_epochs} must be >= 0")
     device = resolve_device(cfg.device)
     configure_numerics(cfg, device)
-    model, info = load_model(Path(str(cfg.model_path)))
+    model, info = load_model(Path(str(cfg.model_path)), model_spec(cfg) if cfg.model.name == "custom" else None)
     cfg.dataset = data_config(cfg, info, given)
     model, num_classes = _model_for(cfg, model, info)
     model = model.to(device)
@@ -132,11 +132,14 @@ def prune_saved(cfg: DictConfig, run_dir: Path, finetune_lr: float | None = None
     loss0, acc0 = evaluate(model, data.test_x, data.test_y, int(cfg.eval_batch_size))
     params0 = n_params(model)
     epoch = int(info["epoch"] or cfg.epochs)
-    pruner = rmt_pruner_from_config(cfg.pruning, make_schedule(cfg.schedule))
+    pruner = rmt_pruner_from_config(cfg.pruning, make_schedule(cfg.schedule), int(cfg.batch_size),
+                                    list(data.input_shape))
     if info["kind"] == "rmtprune":
         pruner.load_state_dict(info["raw"].get("pruner", {}))
     pruner.adopt_ranks(model)  # layers cut before that the saved state does not know (a plain state_dict)
     event = pruner.step(model, epoch)
+    if event.changed:
+        recalibrate_after_event(cfg, model, data, epoch, event, pruner.recalibrate_bn)
     show_event(event.records, epoch, cfg.progress)
     write_csv(run_dir / "layers.csv", event.records, LEDGER_COLUMNS)
     if event.spectra:

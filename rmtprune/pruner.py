@@ -21,8 +21,13 @@ layers it split before) goes through (method doc section 4):
    fraction (``schedule="spikes"``: per layer, 1 until its spike count has not grown for ``patience`` events,
    then 0, and the layer keeps that rank), or r = ceil(margin k) when f = 0 and ``margin`` is set; clamped to
    [min_rank, p] (the output layer: at least ``output_min_rank``, default its number of outputs);
-4. a split into two thin factors when r (groups m + out) < out m, else a truncation in place
-   (``truncate=True``) or nothing (``skip_no_saving``); a split layer is re-split.
+4. a split into two thin factors when r (groups m + out) < out m (and, with ``split="auto"``, the cost
+   model of ``rmtprune.cost`` says two factors are cheaper at the run's batch size; ``"never"``: no split),
+   else a truncation in place (``truncate=True``) or nothing (``skip_no_saving``); a split layer is re-split.
+
+``include`` / ``exclude`` (``fnmatch`` patterns of module names, e.g. ``["encoder.*"]``, ``["*.out_proj"]``)
+choose the layers an event looks at; a split layer keeps working where its parent reads ``.weight``
+(``nn.MultiheadAttention``, the fast path of ``nn.TransformerEncoderLayer``: see ``rmtprune.lowrank``).
 
 Side effects of :meth:`RMTPruner.step`: modifies ``model`` in place (``set_submodule`` for split
 layers, ``weight.data`` for truncated ones); the returned :class:`PruneEvent` lists the parameters
@@ -43,9 +48,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from .cost import SplitRule
 from .events import ControlPruner, NoPruner, PruneEvent, Pruner, check_state, is_count, is_real, record_replacement
 from .lowrank import LOW_RANK_TYPES
-from .models import is_conv, prunable_layers
+from .models import is_conv, name_patterns, select_layers
 from .rmt import NoBulkError, fit_mp, singular_values
 from .schedules import SCHEDULES, Schedule, SpikeCut, check_margin, target_rank
 from .surgery import (apply_rank, layer_matrix, layer_matrix_shape, layer_svd, param_count, planned_params,
@@ -57,6 +63,7 @@ LEDGER_COLUMNS = [
     "epoch", "layer", "kind", "out", "in", "gamma", "sigma2", "lambda_plus", "threshold", "n_spikes",
     "fit_error", "tolerance", "good_fit", "keep_fraction", "rank_before", "rank_after", "action",
     "params_before", "params_after", "n_censored", "n_known_spikes", "n_bulk", "seconds", "note",
+    "recalibrate_bn",  # training batches the BatchNorm statistics were recomputed on after the event (empty: none)
 ]
 # The ledger actions that changed a layer (metrics.csv's pruned_layers counts them).
 PRUNING_ACTIONS = ("split", "truncate", "mask", "shrink")
@@ -99,10 +106,17 @@ class RMTPruner(Pruner):
         include_output_layer: whether the last prunable layer (in module order) is pruned.
         output_min_rank: the output layer's rank floor (None: its number of outputs).
         truncate: a layer whose split would not save parameters is truncated in place (True) or left.
+        include, exclude: ``fnmatch`` patterns of module names (``model.named_modules()``): only layers matching
+            a pattern of ``include`` (None: all) and none of ``exclude`` are pruned.
+        split: ``"always"`` (split whenever that saves parameters), ``"auto"`` (only where ``rmtprune.cost``
+            also finds the split cheaper at ``batch_size`` on ``example_input``, one sample as a batch of 1),
+            ``"never"`` (truncate in place).
         lr_factor, momentum: what the training loop applies at every event epoch (lr x lr_factor; a new
             optimizer, ``"reset"``: all momentum zeroed, ``"keep"``: untouched parameters keep theirs).
         patience: ``schedule="spikes"`` only: events without a new spike before a layer is cut (None: 2).
         margin: a cut with f = 0 keeps r = ceil(margin k) values instead of the k spikes (None: k; >= 1).
+        recalibrate_bn: what the training loop applies after an event that changed the model: BatchNorm
+            statistics recomputed on this many training batches (``rmtprune.recalibrate_bn``; 0: none).
 
     Raises:
         ValueError: an argument out of range, named in the message.
@@ -117,9 +131,11 @@ class RMTPruner(Pruner):
                  every: int = 1, start_epoch: int = 1, stop_epoch: int | None = None, min_size: int = 10000,
                  min_rank: int = 1, include_output_layer: bool = True, output_min_rank: int | None = None,
                  truncate: bool = True, lr_factor: float = 0.96, momentum: str = "reset",
-                 patience: int | None = None, margin: float | None = None) -> None:
+                 patience: int | None = None, margin: float | None = None, recalibrate_bn: int = 20,
+                 include: list[str] | None = None, exclude: list[str] | None = None, split: str = "always",
+                 batch_size: int | None = None, example_input: torch.Tensor | None = None) -> None:
         super().__init__(every=every, start_epoch=start_epoch, stop_epoch=stop_epoch, lr_factor=lr_factor,
-                         momentum=momentum)
+                         momentum=momentum, recalibrate_bn=recalibrate_bn)
         for key, value in (("tolerance", tolerance), ("conv_tolerance", conv_tolerance)):
             if value is not None and not (is_real(value) and 0 <= value <= 1):
                 raise ValueError(f"{key} must be in [0, 1] (1 always passes, 0 never), got {value!r}")
@@ -152,6 +168,8 @@ class RMTPruner(Pruner):
         self.include_output_layer, self.output_min_rank = bool(include_output_layer), output_min_rank
         self.truncate = bool(truncate)
         self.margin = None if margin is None else float(margin)
+        self.include, self.exclude = name_patterns("include", include), name_patterns("exclude", exclude)
+        self.split_rule = SplitRule(split, batch_size, example_input)
         self.ranks: dict[str, int] = {}         # rank of the layers truncated in place
         self.known_spikes: dict[str, int] = {}  # values above the edge at an earlier good fit, per layer
         self.spike_counts: dict[str, int] = {}  # schedule="spikes": spike count at the layer's last good fit
@@ -205,7 +223,8 @@ class RMTPruner(Pruner):
         parameters but gets new weight values. Either way the optimizer state of those parameters is
         stale: rebuild the optimizer (:func:`rmtprune.rebuild_optimizer`) after an event that
         ``changed`` the model. Also updates this pruner's :meth:`state_dict`. Records no autograd graph
-        and draws no random numbers."""
+        and draws no random numbers (``split="auto"`` runs one forward pass of ``example_input`` per pruner,
+        its graph discarded, in a fork of the RNG)."""
         return self._event(model, epoch, apply=True)
 
     def plan(self, model: nn.Module, epoch: int,
@@ -220,12 +239,8 @@ class RMTPruner(Pruner):
     def _event(self, model: nn.Module, epoch: int, apply: bool,
                each: Callable[[str, nn.Module], None] | None = None) -> PruneEvent:
         event = PruneEvent(epoch)
-        layers = prunable_layers(model)
         f = self.keep_fraction(epoch)
-        for i, (name, module) in enumerate(layers):
-            is_output = i == len(layers) - 1
-            if is_output and not self.include_output_layer:
-                continue
+        for name, module, is_output in select_layers(model, self.include, self.exclude, self.include_output_layer):
             if each is not None:
                 each(name, module)
             t0 = time.perf_counter()
@@ -290,9 +305,10 @@ class RMTPruner(Pruner):
             floor = max(floor, int(self.output_min_rank if self.output_min_rank is not None else out))
         rank = target_rank(p, spikes, f, floor, self.margin)
         if apply:
-            cut_layer(model, name, module, rank, rank_now, svd, self.truncate, self.ranks, event, row)
+            cut_layer(model, name, module, rank, rank_now, svd, self.truncate, self.ranks, event, row, self.split_rule)
         else:
-            action = rank_action(module, rank, rank_now, truncate=self.truncate)
+            action = rank_action(module, rank, rank_now, truncate=self.truncate,
+                                 split_ok=split_allowed(model, name, module, rank, rank_now, self.split_rule, row))
             row.update(action=action, rank_after=rank if action in ("split", "truncate") else rank_now,
                        params_after=planned_params(module, rank, action))
         return row
@@ -303,7 +319,7 @@ class RMTPruner(Pruner):
         numerical rank, ``torch.linalg.matrix_rank``, after a truncation in place) gets r known spikes (and,
         dense, r as its rank). The next event then censors its p - r zeros and never fits its r survivors as
         bulk: a layer cut to its values keeps its rank (``keep_no_bulk``). Does not modify ``model``."""
-        for name, module in prunable_layers(model):
+        for name, module, _ in select_layers(model, self.include, self.exclude, self.include_output_layer):
             out, m = layer_matrix_shape(module)
             if name in self.known_spikes or out * m < self.min_size:
                 continue
@@ -325,14 +341,26 @@ class RMTPruner(Pruner):
         return 0.0 if self.stalls[name] >= self.schedule.patience else 1.0
 
 
+def split_allowed(model: nn.Module, name: str, module: nn.Module, rank: int, rank_now: int,
+                  split_rule: SplitRule | None, row: dict[str, Any]) -> bool:
+    """Whether ``split_rule`` lets layer ``name`` be split at ``rank`` (its reason, if any, goes into the note)."""
+    split_ok, why = split_rule.decide(model, name, module, rank) if split_rule and rank < rank_now else (True, "")
+    if why:
+        row["note"] = f"{row['note']}; {why}" if row.get("note") else why
+    return split_ok
+
+
 def cut_layer(model: nn.Module, name: str, module: nn.Module, rank: int, rank_now: int, svd: Any, truncate: bool,
-              ranks: dict[str, int], event: PruneEvent, row: dict[str, Any]) -> None:
-    """Bring layer ``name`` to ``rank`` (surgery.apply_rank) and record it: a split replaces the layer in
-    ``model`` (its parameters listed as replaced, the factors as added), a truncation overwrites its
-    weight in place (replaced) and its rank goes into ``ranks``; ``row`` gets the action, the rank and the
-    counts (``skip_svd_failed`` when the linear algebra fails)."""
+              ranks: dict[str, int], event: PruneEvent, row: dict[str, Any],
+              split_rule: SplitRule | None = None) -> None:
+    """Bring layer ``name`` to ``rank`` (surgery.apply_rank) and record it: a split (where ``split_rule``
+    allows it; its reason otherwise goes into the note) replaces the layer in ``model`` (its parameters
+    listed as replaced, the factors as added), a truncation overwrites its weight in place (replaced) and
+    its rank goes into ``ranks``; ``row`` gets the action, the rank and the counts (``skip_svd_failed``
+    when the linear algebra fails)."""
+    split_ok = split_allowed(model, name, module, rank, rank_now, split_rule, row)
     try:
-        result = apply_rank(module, rank, rank_now, svd, truncate=truncate)
+        result = apply_rank(module, rank, rank_now, svd, truncate=truncate, split_ok=split_ok)
     except LINALG_ERRORS as exc:
         row.update(action="skip_svd_failed", note=f"SVD failed: {exc}")
         return
@@ -365,17 +393,33 @@ def prune_model(model: nn.Module, keep_fraction: float = 0.0, **kwargs: Any) -> 
     return pruner.step(model, epoch=0)
 
 
-def rmt_pruner_from_config(pruning: Any, schedule: Schedule | SpikeCut | None = None) -> RMTPruner:
+def split_arguments(pruning: Any, batch_size: int | None, input_shape: list[int] | None) -> dict[str, Any]:
+    """``split``, and for ``split=auto`` the ``batch_size`` and ``example_input`` (zeros of one sample of
+    ``input_shape``) its cost model compares at, as keyword arguments of a pruner."""
+    split = str(pruning.get("split", "always"))
+    if split != "auto":
+        return {"split": split}
+    shape = [int(d) for d in input_shape] if input_shape is not None else None
+    return {"split": split, "batch_size": None if batch_size is None else int(batch_size),
+            "example_input": None if shape is None else torch.zeros(1, *shape)}
+
+
+def rmt_pruner_from_config(pruning: Any, schedule: Schedule | SpikeCut | None = None, batch_size: int | None = None,
+                           input_shape: list[int] | None = None) -> RMTPruner:
     """The RMTPruner of a ``pruning=rmt`` config node (rmtprune/conf/pruning/rmt.yaml): its keys are the keyword
-    arguments; ``schedule`` is the callable made from the schedule group (schedules.make_schedule)."""
+    arguments; ``schedule`` is the callable made from the schedule group
+    (schedules.make_schedule); ``batch_size`` and ``input_shape`` (one sample): what ``split=auto`` costs at."""
     from .config import PRUNING_KEYS
 
-    kwargs = {k: pruning[k] for k in PRUNING_KEYS["rmt"] if k != "name"}
-    return RMTPruner(schedule=schedule if schedule is not None else "linear", **kwargs)
+    kwargs = {k: pruning[k] for k in PRUNING_KEYS["rmt"] if k not in ("name", "split")}
+    return RMTPruner(schedule=schedule if schedule is not None else "linear", **kwargs,
+                     **split_arguments(pruning, batch_size, input_shape))
 
 
-def make_pruner(pruning: Any, schedule: Schedule | SpikeCut | None = None) -> Pruner:
-    """The pruner of a config's ``pruning`` node (and schedule callable, for rmt)."""
+def make_pruner(pruning: Any, schedule: Schedule | SpikeCut | None = None, batch_size: int | None = None,
+                input_shape: list[int] | None = None) -> Pruner:
+    """The pruner of a config's ``pruning`` node (and schedule callable, for rmt); ``batch_size`` and
+    ``input_shape`` (one sample): what ``split=auto`` compares costs at."""
     from .config import PRUNING_KEYS
 
     name = pruning.name
@@ -385,10 +429,10 @@ def make_pruner(pruning: Any, schedule: Schedule | SpikeCut | None = None) -> Pr
     if name == "control":
         return ControlPruner(**calendar)
     if name == "rmt":
-        return rmt_pruner_from_config(pruning, schedule)
+        return rmt_pruner_from_config(pruning, schedule, batch_size, input_shape)
     if name in ("magnitude", "lowrank", "neuron"):
         from .baselines import baseline_from_config
 
-        return baseline_from_config(pruning)
+        return baseline_from_config(pruning, batch_size, input_shape)
     raise ValueError(f"unknown pruning {name!r}")
 

@@ -30,6 +30,7 @@ class Run:
     metrics: pd.DataFrame
     ledger: pd.DataFrame | None
     magnitude: pd.DataFrame | None
+    spectra_problem: str | None = None  # why spectra.npz cannot be read: the run counts, its figures are skipped
 
     @property
     def status(self) -> str:
@@ -42,7 +43,7 @@ class Run:
     @property
     def spectra_path(self) -> Path | None:
         p = self.folder / "spectra.npz"
-        return p if p.exists() else None
+        return p if p.exists() and self.spectra_problem is None else None
 
     @property
     def device_type(self) -> str | None:
@@ -257,7 +258,9 @@ def check_spectra(path: Path) -> None:
 
 
 def load_run(folder: Path) -> Run:
-    """Read one run folder; raises ValueError with the reason when it cannot be read or is damaged."""
+    """Read one run folder; raises ValueError with the reason when it cannot be read or is damaged.
+
+    A damaged spectra.npz only feeds figures: the run is read, with the damage in ``spectra_problem``."""
     try:
         summary = read_json(folder / "summary.json")
     except (OSError, ValueError) as exc:
@@ -267,10 +270,14 @@ def load_run(folder: Path) -> Run:
     done = summary.get("epochs_completed")
     if summary.get("status") == "completed" and done is not None and len(metrics) != int(done):
         raise ValueError(f"metrics.csv has {len(metrics)} epoch rows, summary.json says {int(done)} completed")
-    check_spectra(folder / "spectra.npz")
+    try:
+        check_spectra(folder / "spectra.npz")
+        spectra_problem = None
+    except ValueError as exc:
+        spectra_problem = str(exc)
     ledger = _optional_csv(folder / "layers.csv")
     magnitude = _optional_csv(folder / "magnitude_sweep.csv", ("n_nonzero", "test_acc", "test_loss"))
-    return Run(folder, summary, run_config(summary["config"]), metrics, ledger, magnitude)
+    return Run(folder, summary, run_config(summary["config"]), metrics, ledger, magnitude, spectra_problem)
 
 
 def _optional_csv(path: Path, numeric: tuple[str, ...] = ()) -> pd.DataFrame | None:

@@ -14,7 +14,7 @@ from torch import nn
 from .checkpoint import is_checkpoint, load_file, model_payload, rebuild_model, save_atomic, to_cpu
 from .errors import UserError
 from .events import Pruner
-from .models import build_model, count_parameters
+from .models import build_model, count_parameters, model_spec
 
 
 def make_optimizer(model: nn.Module, cfg: DictConfig, lr: float) -> torch.optim.Optimizer:
@@ -79,7 +79,7 @@ class TrainingState:
         ckpt = load_file(path)
         if not is_checkpoint(ckpt) or "optimizer" not in ckpt:
             raise UserError(f"{path}: not a training checkpoint of rmtprune")
-        model = rebuild_model(ckpt, path).to(device)
+        model = rebuild_model(ckpt, path, model_spec(cfg)).to(device)  # a custom class from the config only
         pruner.load_state_dict(ckpt.get("pruner", {}))  # first: setup may need it (neuron's dense widths)
         pruner.setup(model, int(cfg.epochs))
         lr = float(ckpt["lr"])

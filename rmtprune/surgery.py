@@ -167,15 +167,16 @@ class Surgery:
 
 
 def apply_rank(module: nn.Module, rank: int, current_rank: int, svd: SVD | None = None,
-               *, truncate: bool = True) -> Surgery:
-    """Bring ``module`` to ``rank`` (< current_rank): split if smaller, else truncate in place.
+               *, truncate: bool = True, split_ok: bool = True) -> Surgery:
+    """Bring ``module`` to ``rank`` (< current_rank): split if smaller (and ``split_ok``: the split rule
+    of ``rmtprune.cost`` allows it), else truncate in place (``truncate``) or leave it (``skip_no_saving``).
 
     ``current_rank`` is the layer's rank now (p for a dense layer never pruned). A target rank at
     or above it changes nothing (action ``keep``). A split layer is always re-split, since its
     smaller rank is always smaller.
     """
     before = param_count(module)
-    action = rank_action(module, rank, current_rank, truncate=truncate)
+    action = rank_action(module, rank, current_rank, truncate=truncate, split_ok=split_ok)
     if action in ("keep", "skip_no_saving"):
         return Surgery(module, action, current_rank, current_rank, before, before)
     svd = svd if svd is not None else layer_svd(module)
@@ -186,13 +187,14 @@ def apply_rank(module: nn.Module, rank: int, current_rank: int, svd: SVD | None 
     return Surgery(module, "truncate", current_rank, rank, before, before)
 
 
-def rank_action(module: nn.Module, rank: int, current_rank: int, *, truncate: bool = True) -> str:
+def rank_action(module: nn.Module, rank: int, current_rank: int, *, truncate: bool = True,
+                split_ok: bool = True) -> str:
     """What :func:`apply_rank` does, decided from the shapes alone: ``keep`` (rank >= current_rank), ``split``
-    (a split layer, or r (groups m + out) < out m), else ``truncate`` (or ``skip_no_saving`` without
-    ``truncate``)."""
+    (a split layer, or ``split_ok`` and r (groups m + out) < out m), else ``truncate`` (or ``skip_no_saving``
+    without ``truncate``)."""
     if rank >= current_rank:
         return "keep"
-    if isinstance(module, LOW_RANK_TYPES) or split_weight_count(module, rank) < weight_count(module):
+    if isinstance(module, LOW_RANK_TYPES) or (split_ok and split_weight_count(module, rank) < weight_count(module)):
         return "split"
     return "truncate" if truncate else "skip_no_saving"
 

@@ -89,7 +89,8 @@ def _check_against_network(cfg: DictConfig, target: int, trajectory: Any = None)
     node = OmegaConf.to_container(cfg.pruning, resolve=True)
     node["target_params"] = target
     node["target_trajectory"] = None if trajectory is None else list(trajectory)
-    baseline_from_config(OmegaConf.create(node)).check(model, int(cfg.epochs))
+    baseline_from_config(OmegaConf.create(node), int(cfg.batch_size), list(cfg.dataset.input_shape)).check(
+        model, int(cfg.epochs))
 
 
 def _meta_model(cfg: DictConfig) -> Any:

@@ -2,9 +2,10 @@
 
 ``run(cfg, run_dir)`` is everything ``rmtprune train`` does for one job. The loop does not know how
 pruning works: at every event epoch of the pruner's calendar (never after the last epoch) it calls
-``pruner.step(model, epoch)``, evaluates the model right after the event (``test_acc_after_event``:
-the Pruning Theorem's prediction, measured), multiplies the lr by ``pruning.lr_factor`` and rebuilds
-the optimizer with the momentum policy (``reset``: all momentum zeroed, as the reference does;
+``pruner.step(model, epoch)``, recomputes the BatchNorm statistics of a changed model on
+``pruning.recalibrate_bn`` training batches (none without BatchNorm), evaluates the model right after the
+event (``test_acc_after_event``: the Pruning Theorem's prediction, measured), multiplies the lr by
+``pruning.lr_factor`` and rebuilds the optimizer with the momentum policy (``reset``: all momentum zeroed, as the reference does;
 ``keep``: parameters the event did not touch keep theirs). This happens at every event epoch whether
 or not the event changed the model, so ``pruning=control`` (the same calendar, no pruning) has exactly
 the lr calendar of the pruned arm. ``optimizer.lr_decay`` multiplies the lr after every epoch, and
@@ -27,9 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
 import time
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -52,14 +51,11 @@ from .outputs import (METRICS_COLUMNS, RunLock, append_spectra, config_key, find
 from .progress import BatchProgress, show_event
 from .pruner import LEDGER_COLUMNS, PRUNING_ACTIONS, make_pruner
 from .schedules import make_schedule
+from .signals import Terminated, interruptible
 from .state import TrainingState, make_optimizer  # noqa: F401  (make_optimizer: the loop's optimizer)
 from .step import train_epoch
 
 log = logging.getLogger("rmtprune")
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (``kill``, SLURM's time limit) during a run: handled like Ctrl-C."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -89,9 +85,27 @@ def _same_config_or_refuse(old_config: Any, cfg: DictConfig, where: Path, what: 
                         f"(only epochs may grow), or start a new run without resume=")
 
 
-def _previous(cfg: DictConfig, key: str) -> tuple[Path | None, dict[str, Any] | None]:
-    """Where to continue from: (folder, its summary) or (None, None) for a fresh run."""
+def _own_run(run_dir: Path, key: str) -> dict[str, Any] | None:
+    """The summary of the run of config ``key`` that ``run_dir`` holds already (finished or not), else None."""
+    try:
+        summary = read_json(run_dir / "summary.json")
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) and summary.get("config_key") == key else None
+
+
+def _previous(cfg: DictConfig, key: str, run_dir: Path) -> tuple[Path | None, dict[str, Any] | None]:
+    """Where to continue from: (folder, its summary) or (None, None) for a fresh run.
+
+    The run folder itself comes first: a finished run of this config there is never trained again
+    (whatever ``resume``), and ``resume=true`` continues an unfinished one there. ``resume=true`` then
+    takes the newest run of this config under ``output_root`` that finished or has a checkpoint, else the
+    newest one stopped before its first checkpoint (it starts again in its own folder).
+    """
     flag = str(cfg.resume).strip().lower()
+    own = _own_run(run_dir, key)
+    if own is not None and (own.get("status") == "completed" or flag in ("true", "1", "yes")):
+        return run_dir, own
     if flag in ("false", "0", "none", "no", ""):
         if cfg.skip_done:
             for folder, summary in find_runs(Path(cfg.output_root), key):
@@ -99,9 +113,12 @@ def _previous(cfg: DictConfig, key: str) -> tuple[Path | None, dict[str, Any] | 
                     return folder, summary
         return None, None
     if flag in ("true", "1", "yes"):
-        for folder, summary in find_runs(Path(cfg.output_root), key):
+        found = find_runs(Path(cfg.output_root), key)
+        for folder, summary in found:
             if summary.get("status") == "completed" or (folder / "checkpoint.pt").exists():
                 return folder, summary
+        if found:
+            return found[0]
         log.info("resume=true: no earlier run with this config under %s; starting fresh", cfg.output_root)
         return None, None
     path = Path(str(cfg.resume))
@@ -142,31 +159,21 @@ def _claim_folder(run_dir: Path, key: str, resuming: bool) -> None:
     if not isinstance(other, dict) or other.get("config_key") != key:
         raise UserError(f"{run_dir} holds another run (config key {other.get('config_key', '?') if isinstance(other, dict) else '?'}, "
                         f"this one {key}); choose another folder (hydra.run.dir=...)")
-    if other.get("status") != "completed":
-        if not (run_dir / "checkpoint.pt").exists():
-            # the same config stopped before its first epoch ended: nothing to continue, start it again
-            for name in ("metrics.csv", "layers.csv", "spectra.npz"):
-                (run_dir / name).unlink(missing_ok=True)
-            return
+    if other.get("status") != "completed" and (run_dir / "checkpoint.pt").exists():
         raise UserError(f"{run_dir} holds an unfinished run of this config (status {other.get('status')}); "
                         f"continue it with resume=true or resume={run_dir}, or choose another folder")
 
 
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM into :class:`Terminated` while the run trains (main thread only)."""
-    def handler(signum: int, frame: Any) -> None:
-        raise Terminated()
+def finished_here(run_dir: Path, key: str) -> bool:
+    """Whether ``run_dir`` holds the finished run of config ``key``: then nothing is written there again."""
+    own = _own_run(run_dir, key)
+    return own is not None and own.get("status") == "completed"
 
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread (some launchers): the default action stays
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+
+def _restart(run_dir: Path) -> None:
+    """A run of this config stopped before its first checkpoint: nothing to continue, start it again there."""
+    for name in ("metrics.csv", "layers.csv", "spectra.npz"):
+        (run_dir / name).unlink(missing_ok=True)
 
 
 def _check_writable(folder: Path, hint: str) -> None:
@@ -190,12 +197,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     _check_writable(run_dir, "set hydra.run.dir (or hydra.sweep.dir) to a writable folder")
     device = resolve_device(cfg.device)
     key = config_key(cfg)
-    prev_dir, prev_summary = _previous(cfg, key)
+    prev_dir, prev_summary = _previous(cfg, key, run_dir)
     if (prev_dir is not None and prev_summary and prev_summary.get("status") == "completed"
             and int(prev_summary.get("epochs_completed", 0)) >= int(cfg.epochs)):
         if prev_dir.resolve() != run_dir.resolve():
             write_json(run_dir / "redirect.json", {"run_dir": str(prev_dir.resolve()), "reason": "already completed"})
-        log.info("this config already finished in %s (resume/skip_done): not retrained", prev_dir)
+        log.info("this config already finished in %s: not retrained (train it again in another folder: "
+                 "hydra.run.dir=...)", prev_dir)
         return prev_summary
     out_dir = prev_dir if prev_dir is not None else run_dir
     if out_dir != run_dir:
@@ -205,7 +213,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         if prev_dir is not None and prev_dir.resolve() != run_dir.resolve():
             write_json(run_dir / "redirect.json", {"run_dir": str(prev_dir.resolve()), "reason": "resumed"})
             log.info("resuming the run in %s", prev_dir)
-        with _sigterm_as_interrupt():
+        with interruptible():
             return _train(cfg, out_dir, key, device, resuming=prev_dir is not None)
 
 
@@ -224,9 +232,12 @@ def _train(cfg: DictConfig, out_dir: Path, key: str, device: torch.device, resum
 
     numerics = configure_numerics(cfg, device)
     data = load_data(cfg.dataset, device)
-    pruner: Pruner = make_pruner(cfg.pruning, make_schedule(cfg.schedule))
+    pruner: Pruner = make_pruner(cfg.pruning, make_schedule(cfg.schedule), int(cfg.batch_size),
+                                 list(data.input_shape))
     ckpt_path = out_dir / "checkpoint.pt"
     old_epochs = None
+    if not ckpt_path.exists():
+        _restart(out_dir)
     if resuming and ckpt_path.exists():
         old_config = _unless_damaged(lambda: _checkpoint_config(ckpt_path), out_dir)
         _same_config_or_refuse(old_config, cfg, ckpt_path, "it was made by")
@@ -241,15 +252,18 @@ def _train(cfg: DictConfig, out_dir: Path, key: str, device: torch.device, resum
             raise UserError(f"epochs={cfg.epochs}: a run with optimizer.anneal={cfg.optimizer.anneal} cannot be continued "
                             f"with another length than its {old_epochs} epochs: its anneal ends with its last epoch")
         (out_dir / "DONE").unlink(missing_ok=True)  # a finished run continued to more epochs is running again
-        damaged = repair_spectra(out_dir / "spectra.npz")
-        if damaged:
-            log.warning(damaged)
     else:
         state = TrainingState.fresh(cfg, model_spec(cfg), data.num_classes, list(data.input_shape), device, pruner,
                                     _now())
     warnings = model_warnings(state.model, cfg)
+    damaged = repair_spectra(out_dir / "spectra.npz")
+    if damaged:
+        warnings.append(damaged)
     for warning in warnings:
         log.warning(warning)
+    if state.epoch:  # a continued run keeps what earlier sessions warned about (a repair among them)
+        earlier = (_own_run(out_dir, key) or {}).get("warnings")
+        warnings[:0] = [w for w in earlier if w not in warnings] if isinstance(earlier, list) else []
     summary: dict[str, Any] = {
         "status": "running", "warnings": warnings, "config_key": key, "started_at": state.started_at, "run_dir": str(out_dir.resolve()),
         "seed": int(cfg.seed), "dataset": cfg.dataset.name, "model": cfg.model.name,
@@ -398,6 +412,8 @@ def _event(cfg: DictConfig, state: TrainingState, data: Data, epoch: int, out_di
     state.ledger.extend(event.records)
     if event.spectra:
         append_spectra(out_dir / "spectra.npz", epoch, event.spectra)
+    if event.changed:
+        recalibrate_after_event(cfg, state.model, data, epoch, event, state.pruner.recalibrate_bn)
     show_event(event.records, epoch, cfg.progress)
     logger.log_event(epoch, event.records, event.spectra)
     if event.changed:
@@ -408,6 +424,21 @@ def _event(cfg: DictConfig, state: TrainingState, data: Data, epoch: int, out_di
     state.optimizer = rebuild_optimizer(state.optimizer, state.model, event, momentum=state.pruner.momentum,
                                         lr=state.lr)
     return event, after_loss, after_acc
+
+
+def recalibrate_after_event(cfg: DictConfig, model: torch.nn.Module, data: Data, epoch: int, event: PruneEvent,
+                            batches: int) -> None:
+    """``batches`` batches (the pruner's ``recalibrate_bn``) of ``batch_size`` training samples, in the order of a
+    generator seeded with the epoch (the same samples in every arm; the data-order generator untouched),
+    through :func:`rmtprune.batchnorm.recalibrate_bn` (nothing for a model without BatchNorm)."""
+    from .batchnorm import recalibrate_bn
+    from .step import autocast_for
+
+    size = int(cfg.batch_size)
+    order = torch.randperm(len(data.train_x), generator=torch.Generator().manual_seed(epoch))[: batches * size]
+    loader = (data.train_x[order[i : i + size].to(data.train_x.device)] for i in range(0, len(order), size))
+    with autocast_for(str(cfg.precision), data.train_x.device):
+        recalibrate_bn(model, loader, batches, event)
 
 
 def _grow(cfg: DictConfig, state: TrainingState, data: Data, old_epochs: int, out_dir: Path, logger: Logger) -> None:

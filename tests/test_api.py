@@ -176,7 +176,7 @@ def test_defaults_are_those_of_conf_pruning_rmt():
     ("tolerance", 1.5), ("conv_tolerance", -0.1), ("alpha", 0.5), ("beta", 0.0), ("schedule", "cubic"),
     ("horizon", 0), ("every", 0), ("start_epoch", 0), ("stop_epoch", 0), ("min_size", -1), ("min_rank", 0),
     ("include_output_layer", "yes"), ("output_min_rank", 0), ("truncate", "no"), ("lr_factor", 0.0),
-    ("momentum", "nesterov"),
+    ("momentum", "nesterov"), ("recalibrate_bn", -1), ("include", 3), ("exclude", [None]), ("split", "sometimes"),
     # a bool is not a number, inf never prunes, a string is not an epoch
     ("tolerance", True), ("horizon", float("inf")), ("lr_factor", float("inf")), ("alpha", float("nan")),
     ("stop_epoch", "3"), ("every", True), ("min_rank", 2.0),

@@ -131,6 +131,13 @@ def test_plain_pip_install_into_a_fresh_virtualenv(tmp_path):
         assert (shipped / rel).exists(), rel
     commands = run_subprocess([python, "-c", "import rmtprune.commands.train"], cwd=work, env=clean)
     assert commands.returncode == 0, commands.stderr
+    # the installed copy records the commit it was built from, as the checkout names itself
+    from rmtprune.environment import code_version
+
+    installed = run_subprocess([python, "-c", "from rmtprune.environment import code_version; print(code_version())"],
+                               cwd=work, env=clean)
+    assert installed.stdout.strip() == code_version(), installed.stderr
+    assert "+g" in installed.stdout or not (REPO / ".git").exists()
 
 
 def test_a_user_config_directory_adds_options(cli, tmp_path):

@@ -146,8 +146,6 @@ DAMAGE = {
     "summary non-numeric params": (lambda f: _summary(f, lambda d: {**d, "n_params_final": "many"}),
                                    "n_params_final"),
     "seed a string": (lambda f: _summary(f, lambda d: {**d, "config": {**d["config"], "seed": "two"}}), "seed"),
-    "corrupt spectra": (lambda f: (f / "spectra.npz").write_bytes(b"PK\x03\x04 not a zip at all"),
-                        "spectra.npz unreadable"),
 }
 
 
@@ -167,6 +165,21 @@ def test_a_damaged_run_is_reported_and_never_counted(tmp_path, cli, damage):
     flat = " ".join(stdout.split())
     assert "warning" in flat and "rmt2" in flat and "damaged" in flat and reason in flat
     assert reason in (tmp_path / "comparison.md").read_text()
+
+
+def test_a_damaged_spectra_file_costs_only_the_figures(tmp_path, cli):
+    for seed in range(3):
+        write_run(tmp_path / f"none{seed}", seed, "none", 0.9 + 0.01 * seed)
+        write_run(tmp_path / f"rmt{seed}", seed, "rmt", 0.8 + 0.01 * seed, params=30_000)
+    (tmp_path / "rmt2" / "spectra.npz").write_bytes(b"PK\x03\x04 not a zip at all")
+    code, stdout, err = cli("compare", str(tmp_path), "--no-plots")
+    assert code == 0, err
+    table = pd.read_csv(tmp_path / "comparison.csv").set_index("arm")
+    assert table.loc["rmt", "n_seeds"] == 3 and table.loc["rmt", "final_mean"] == pytest.approx(0.81)
+    md = (tmp_path / "comparison.md").read_text()
+    warning = md.split("Warnings:")[1]
+    assert "rmt2" in warning and "spectra.npz unreadable" in warning and "figures are skipped" in warning
+    assert "Runs left out" not in md
 
 
 @pytest.mark.parametrize("content, reason", [

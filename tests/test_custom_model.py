@@ -97,20 +97,22 @@ def test_custom_model_trains_prunes_checkpoints_and_is_inspected(cli, tmp_path):
 
     ckpt = load_file(run / "model.pt")
     assert ckpt["spec"] == {"kind": "custom", "target": NET, "kwargs": {"hidden": 32}}
-    model = rebuild_model(ckpt)
+    model = rebuild_model(ckpt, trusted=ckpt["spec"])  # the caller vouches for the class the file names
     assert isinstance(model.body[1], LowRankLinear) and ckpt["ranks"]["body.1"] == model.body[1].rank
     assert sum(p.numel() for p in model.parameters()) == summary["n_params_final"]
-    code, out, err = cli("inspect", str(run), "--format", "csv", "--min-size", "1000")
-    assert code == 0, err
-    rows = {r["layer"]: r for r in read_csv(run / "inspect.csv")}
-    assert {"conv", "body.1", "body.3", "head", "total"} <= set(rows)
-    assert rows["body.1"]["rank_now"] == str(model.body[1].rank)
-    # a checkpoint whose class is no longer importable: one line naming the file and the target
+    # inspect fits the weight tensors and builds no class: a file naming a class that is gone inspects too
     ckpt["spec"]["target"] = "gone_pkg.Net"
     torch.save(ckpt, tmp_path / "moved.pt")
-    code, out, err = cli("inspect", str(tmp_path / "moved.pt"))
+    for path in (run, tmp_path / "moved.pt"):
+        code, out, err = cli("inspect", str(path), "--format", "csv", "--min-size", "1000", "--out", str(tmp_path))
+        assert code == 0, err
+        rows = {r["layer"]: r for r in read_csv(tmp_path / "inspect.csv")}
+        assert {"conv", "body.3", "head", "total"} <= set(rows) and any(r.startswith("body.1") for r in rows)
+    # prune rebuilds it only from the class the user names, and only the class the file records
+    code, out, err = cli("prune", str(tmp_path / "moved.pt"), *custom_model_overrides([*BASE, *CUSTOM, *RMT[:-2]]),
+                         "hydra.run.dir=p")
     assert code == 2 and err.count("rmtprune: error:") == 1
-    assert "moved.pt: cannot rebuild its model: model._target_=gone_pkg.Net cannot be imported" in err
+    assert f"model._target_={NET}: " in err and "moved.pt holds a model of another class ('gone_pkg.Net')" in err
 
 
 def test_interrupted_custom_run_resumes_to_identical_metrics(cli, tmp_path, monkeypatch):

@@ -10,25 +10,12 @@ pl = pytest.importorskip("lightning.pytorch")
 
 from rmtprune.integrations.lightning import RMTPruning  # noqa: E402
 from rmtprune.lowrank import LowRankLinear  # noqa: E402
-from test_api import planted  # noqa: E402
+from tests_support import lightning_nets  # noqa: E402
 
 
-class Classifier(pl.LightningModule):
-    """A user's LightningModule: 256 -> 200 -> 10, the hidden layer holding 6 planted spikes; SGD with two
+class Classifier(lightning_nets.Classifier):
+    """The user's LightningModule of tests_support (256 -> 200 -> 10, 6 planted spikes), with SGD in two
     parameter groups (no weight decay on biases) and a step lr scheduler."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(256, 200), nn.ReLU(), nn.Linear(200, 10))
-        with torch.no_grad():
-            self.net[0].weight.copy_(planted(200, 256, 6, seed=4))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return nn.functional.cross_entropy(self(x), y)
 
     def configure_optimizers(self):
         decay = [p for n, p in self.named_parameters() if n.endswith("weight")]
@@ -79,6 +66,33 @@ def test_callback_prunes_between_epochs_and_rebuilds_the_optimizer_groups_and_sc
     # the new factors were trained in epoch 3
     assert not torch.equal(snapshot.after[2], module.net[0].first.weight)
     assert callback.state_dict()["ranks"] == {"net.0": 6}
+
+
+def test_callback_recalibrates_batchnorm_after_an_event(tmp_path):
+    """A module with BatchNorm after the pruned layer: its running statistics are recomputed on the cut
+    network (recalibrate_bn batches of the training loader) and the ledger records the batch count."""
+
+    class WithBN(Classifier):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Sequential(self.net[0], nn.BatchNorm1d(200), nn.ReLU(), self.net[2])
+
+    x = torch.cat([b[0] for b, _ in zip(loader(), range(2))])  # the first 2 training batches (16 images each)
+    seen = {}
+
+    class AfterEvent(pl.Callback):  # runs after RMTPruning's event: the statistics and the cut layer then
+        def on_train_epoch_end(self, trainer, pl_module):
+            with torch.no_grad():
+                seen[trainer.current_epoch + 1] = (pl_module.net[1].running_mean.clone(), pl_module.net[0](x).mean(0))
+
+    module = WithBN()
+    callback = RMTPruning(schedule="oneshot", min_size=1000, recalibrate_bn=2)
+    trainer(2, [callback, AfterEvent()], tmp_path).fit(module, loader())
+    (event,) = callback.events
+    assert isinstance(module.net[0], LowRankLinear)
+    assert [r["recalibrate_bn"] for r in event.records if r["layer"] == "net.0"] == [2]
+    running_mean, cut_mean = seen[1]
+    assert torch.allclose(running_mean, cut_mean, atol=1e-5)
 
 
 def test_a_lightning_checkpoint_of_a_pruned_module_resumes(tmp_path):

@@ -104,7 +104,8 @@ def test_the_readme_loop_runs_as_written(tmp_path, monkeypatch, capsys):
         nn.functional.cross_entropy(model(x), y).backward()
         optimizer.step()
 
-    namespace = {"MyNet": users_net, "train_one_epoch": train_one_epoch, "trained_model": users_net()}
+    namespace = {"MyNet": users_net, "train_one_epoch": train_one_epoch, "trained_model": users_net(),
+                 "train_loader": [(x, y)]}
     exec(compile(readme_loop(), "README.md", "exec"), namespace)
     model, optimizer, scheduler = namespace["model"], namespace["optimizer"], namespace["scheduler"]
     assert isinstance(model[3], LowRankLinear) and scheduler.optimizer is optimizer

@@ -27,6 +27,8 @@ def parser() -> Parser:
     ap.add_argument("--equivalence", type=float, default=None, metavar="DELTA", help="also test equivalence within "
                     "±DELTA (points for accuracies, e.g. 0.3; the metric's units otherwise): two one-sided t tests, "
                     "Welch and paired, with the 90%% interval of each difference")
+    ap.add_argument("--trust-model-code", action="store_true", help="for the magnitude baseline, rebuild a custom "
+                    "model from the class its model.pt names (imports and runs that code: only for runs you trust)")
     return ap
 
 
@@ -43,7 +45,8 @@ def main(argv: list[str]) -> int:
     by = [k.strip() for k in args.by.split(",") if k.strip()] if args.by else None
     where = ", ".join(map(str, args.paths))
     try:
-        cmp = compare(args.paths, by=by, metric=args.metric, finetune=args.finetune, equivalence=args.equivalence)
+        cmp = compare(args.paths, by=by, metric=args.metric, finetune=args.finetune, equivalence=args.equivalence,
+                      trust_model_code=args.trust_model_code)
     except (UserError, KeyboardInterrupt):
         raise
     except Exception as exc:  # a damaged file the reader did not foresee: name the folders, not a traceback

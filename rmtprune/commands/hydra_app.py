@@ -10,7 +10,10 @@
 - A sweep's folder is given to Hydra as an absolute path, so every launcher's processes write to the
   same place whatever their working folder; after the sweep each job's outcome is read back
   (:mod:`.outcomes`): ``N of M jobs failed`` and a non-zero exit, for every launcher.
-- Exit codes: 0 all done, 2 bad input, 1 a run that failed while running, 130 interrupted.
+- Ctrl-C or SIGTERM to a sweep stops its jobs wherever they run on this machine (:mod:`rmtprune.signals`):
+  each records ``interrupted``, the job list is printed, and no process of the sweep outlives it.
+- Exit codes: 0 all done, 2 bad input, 1 a run that failed while running, 130 interrupted (Ctrl-C), 143
+  (SIGTERM).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any, Callable
 from omegaconf import DictConfig
 
 from ..errors import UserError
+from ..signals import end_descendants, exit_code, stop_jobs_on_signal
 from . import jobs, outcomes
 from .compose import Composer, flags_first, hydra_args
 from .precheck import Plan, precheck, task_config
@@ -58,12 +62,13 @@ def _pin(args: list[str], key: str, value: str) -> list[str]:
 
 def run_hydra(body: Callable[[DictConfig, Path], Any], config_name: str, args: list[str], prog: str,
               check: Callable[[DictConfig], None],
-              claim: Callable[[DictConfig, Path], None] | None = None) -> int:
+              claim: Callable[[DictConfig, Path], bool] | None = None) -> int:
     """Check, then run ``body(cfg, run_dir)`` for every job of ``prog ARGS`` through ``hydra.main``.
 
     ``check(task config)`` is the command's check of one composed config (every sweep value);
     ``claim(task config, folder)`` refuses a named run folder that belongs to another run (a single run's
-    folder, every job folder of a sweep).
+    folder, every job folder of a sweep) and says whether it holds the finished run of this config (a single
+    run then writes nothing; a sweep's job does nothing).
     """
     args = flags_first(args)
     ns = hydra_args(args)
@@ -79,7 +84,7 @@ def run_hydra(body: Callable[[DictConfig, Path], Any], config_name: str, args: l
 
 
 def _single(plan: Plan, task: Callable[[DictConfig], None], config_name: str, args: list[str], prog: str,
-            claim: Callable[[DictConfig, Path], None] | None) -> int:
+            claim: Callable[[DictConfig, Path], bool] | None) -> int:
     from ..outputs import RunLock
 
     folder = plan.output_dir
@@ -91,8 +96,11 @@ def _single(plan: Plan, task: Callable[[DictConfig], None], config_name: str, ar
     jobs.FINISHED.clear()
     # Held while Hydra writes .hydra/ and the job runs (the job's own RunLock re-enters it).
     with RunLock(folder) if claim is not None else nullcontext():
-        if claim is not None:
-            claim(task_config(plan.configs[0]), folder)
+        if claim is not None and claim(task_config(plan.configs[0]), folder):
+            print(f"rmtprune: {folder} holds the finished run of this config: nothing to do, nothing written (to "
+                  f"train it again choose another folder, hydra.run.dir=...; to train longer, resume={folder} "
+                  f"epochs=N)", flush=True)
+            return 0
         code = _call_hydra(task, config_name, args, prog)
     if code:
         return code
@@ -103,20 +111,35 @@ def _single(plan: Plan, task: Callable[[DictConfig], None], config_name: str, ar
 
 
 def _sweep(plan: Plan, task: Callable[[DictConfig], None], config_name: str, args: list[str], prog: str,
-           claim: Callable[[DictConfig, Path], None] | None = None) -> int:
+           claim: Callable[[DictConfig, Path], bool] | None = None) -> int:
     import os
 
-    if claim is not None and not plan.clock_named and plan.job_configs is not None and plan.job_subdirs is not None:
-        for cfg, subdir in zip(plan.job_configs, plan.job_subdirs):
-            claim(cfg, Path(os.path.abspath(plan.output_dir / subdir)))
+    from ..outputs import RunLock
+
     folder = Path(os.path.abspath(claim_unique(plan.output_dir) if plan.clock_named else plan.output_dir))
+    folder.mkdir(parents=True, exist_ok=True)
     args = _pin(args, plan.output_key, str(folder))
     launch = outcomes.new_launch()  # every job records its outcome under this launch's name
     args = _pin(args, f"+hydra.job.env_set.{outcomes.LAUNCH_ENV}", launch)
     jobs.FINISHED.clear()
-    code = _call_hydra(task, config_name, args, prog)
-    found = outcomes.collect(folder, launch, plan.jobs, _folder_of(plan, folder))
+    # One sweep at a time in a sweep folder, from before its job folders are checked and Hydra writes
+    # multirun.yaml and the jobs' .hydra/ until its last job ended.
+    interrupted: KeyboardInterrupt | None = None
+    with RunLock(folder, ".sweep.lock"):
+        if claim is not None and not plan.clock_named and plan.job_configs is not None and plan.job_subdirs is not None:
+            for cfg, subdir in zip(plan.job_configs, plan.job_subdirs):
+                claim(cfg, folder / subdir)
+        try:
+            with stop_jobs_on_signal(outcomes.records_dir(folder, launch), lambda: outcomes.running(folder, launch)):
+                code = _call_hydra(task, config_name, args, prog)
+        except KeyboardInterrupt as exc:  # every running job has recorded how it ended: end what is left
+            interrupted = exc
+            end_descendants()
+    found = outcomes.collect(folder, launch, plan.jobs, _folder_of(plan, folder), interrupted=interrupted is not None)
     outcomes.forget(folder, launch)
+    if interrupted is not None:
+        outcomes.report(found)
+        return exit_code(interrupted)
     if not found:
         if code:
             return code

@@ -94,7 +94,7 @@ def main(argv: list[str]) -> int:
     if not 0 <= args.keep_fraction <= 1:
         raise UserError(f"--keep-fraction={args.keep_fraction} is out of range [0, 1]")
     path = resolve_model_file(args.path)
-    model, info = load_model(path)
+    model, info = load_model(path, build_custom=False)  # a file's custom class is never imported: its weights only
     pruner_state = info["raw"].get("pruner") if info["kind"] == "rmtprune" else info["pruner"]
     pruner = rmt_pruner_from_config(pruning, schedule=lambda e: args.keep_fraction)
     layers = prunable_layers(model)

@@ -3,7 +3,8 @@ its threads and GPU, and how it ends.
 
 A job never raises into Hydra: bad input becomes one ``rmtprune: error:`` line, a run that failed
 one line too, and either way the job records its outcome (:mod:`.outcomes`) and the sweep goes on.
-Only Ctrl-C / SIGTERM stop it (recorded as ``interrupted``).
+Only Ctrl-C / SIGTERM stop it (recorded as ``interrupted``, :mod:`rmtprune.signals`). In a sweep a job
+first records that it is running, in which process, so that the launching process can stop it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from omegaconf import DictConfig, open_dict
 
 from ..errors import RunFailed, UserError
 from ..outputs import resolve_redirect
+from ..signals import Terminated, interruptible, stopped
 from . import outcomes
 from .common import debugging, err, unexpected
 from .outcomes import Outcome
@@ -36,29 +38,35 @@ def job_task(body: Callable[[DictConfig, Path], Any]) -> Callable[[DictConfig], 
         multirun = hc.mode == RunMode.MULTIRUN
         num = int(hc.job.num) if multirun else None
         outcome = Outcome(num, str(run_dir), outcomes.COMPLETED)
-        try:
-            place_job(cfg, hc)
-            body(cfg, run_dir)
-        except UserError as exc:
-            err(str(exc))
-            outcome.status, outcome.error = outcomes.REFUSED, str(exc)
-        except RunFailed as exc:
-            err(f"{exc} (metrics so far are in {resolve_redirect(run_dir)})")  # a resumed run: its own folder
-            outcome.status, outcome.error = outcomes.FAILED, str(exc)
-        except KeyboardInterrupt:
-            outcome.status, outcome.error = outcomes.INTERRUPTED, "interrupted (Ctrl-C or SIGTERM)"
-            raise
-        except Exception as exc:  # a full disk, a folder made read-only mid-run, a bug: one line, the run failed
-            if debugging():
+        with interruptible():  # the first Ctrl-C / SIGTERM stops the job; the outcome is still recorded
+            try:
+                if multirun:  # running, in this process: whom the launching process signals to stop
+                    outcomes.write(Outcome(num, str(run_dir), outcomes.RUNNING, pid=os.getpid()), hc.sweep.dir)
+                    if stopped(outcomes.records_dir(hc.sweep.dir)):
+                        raise KeyboardInterrupt
+                place_job(cfg, hc)
+                body(cfg, run_dir)
+            except UserError as exc:
+                err(str(exc))
+                outcome.status, outcome.error = outcomes.REFUSED, str(exc)
+            except RunFailed as exc:
+                err(f"{exc} (metrics so far are in {resolve_redirect(run_dir)})")  # a resumed run: its own folder
+                outcome.status, outcome.error = outcomes.FAILED, str(exc)
+            except KeyboardInterrupt as exc:
+                how = "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C"
+                outcome.status, outcome.error = outcomes.INTERRUPTED, f"interrupted ({how}); continue with resume=true"
                 raise
-            message = unexpected(exc, f"the job in {resolve_redirect(run_dir)} failed")
-            err(message)
-            outcome.status, outcome.error = outcomes.FAILED, message
-            _mark_failed(run_dir, message)
-        finally:
-            FINISHED.append(outcome)
-            if multirun:
-                outcomes.write(outcome, hc.sweep.dir)
+            except Exception as exc:  # a full disk, a folder made read-only mid-run, a bug: one line, the run failed
+                if debugging():
+                    raise
+                message = unexpected(exc, f"the job in {resolve_redirect(run_dir)} failed")
+                err(message)
+                outcome.status, outcome.error = outcomes.FAILED, message
+                _mark_failed(run_dir, message)
+            finally:
+                FINISHED.append(outcome)
+                if multirun:
+                    outcomes.write(outcome, hc.sweep.dir)
 
     return task
 

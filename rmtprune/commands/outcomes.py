@@ -25,17 +25,20 @@ from .common import err
 RECORDS = ".rmtprune-jobs"
 LAUNCH_ENV = "RMTPRUNE_LAUNCH"
 COMPLETED, FAILED, REFUSED, INTERRUPTED, MISSING = "completed", "failed", "refused", "interrupted", "missing"
+RUNNING = "running"  # the record a job writes when it starts (with its pid); its outcome replaces it
 
 
 @dataclass
 class Outcome:
     """How one job ended: ``status`` is completed | failed (while running) | refused (bad input) |
-    interrupted | missing (no record: the job died or never started); ``folder`` is its run folder."""
+    interrupted | missing (no record: the job died or never started); ``folder`` is its run folder;
+    ``pid`` the process that runs it (in its ``running`` record)."""
 
     num: int | None
     folder: str
     status: str
     error: str = ""
+    pid: int | None = None
 
 
 def new_launch() -> str:
@@ -93,11 +96,7 @@ def summary_status(folder: Path) -> tuple[str | None, str]:
     return str(summary.get("status")), str(summary.get("error") or "")
 
 
-def collect(sweep_dir: Path | str, launch: str, jobs: list[list[str]] | None,
-            folder_of: Callable[[int], str] | None = None) -> list[Outcome]:
-    """Every job's outcome of one launch, in job order. ``jobs``: the overrides of every job the sweep
-    launched (None when unknown: then the records found are the jobs); ``folder_of(num)``: where job
-    ``num`` would have written (for the jobs that left no record)."""
+def _records(sweep_dir: Path | str, launch: str) -> dict[int, dict[str, Any]]:
     folder = records_dir(sweep_dir, launch)
     found: dict[int, dict[str, Any]] = {}
     if folder.is_dir():
@@ -105,14 +104,35 @@ def collect(sweep_dir: Path | str, launch: str, jobs: list[list[str]] | None,
             data = _read(path)
             if data is not None and str(data.get("num")).isdigit():
                 found[int(data["num"])] = data
+    return found
+
+
+def running(sweep_dir: Path | str, launch: str) -> dict[int, int]:
+    """pid -> job number of the jobs of ``launch`` that have started and not yet recorded how they ended."""
+    return {int(d["pid"]): num for num, d in _records(sweep_dir, launch).items()
+            if d.get("status") == RUNNING and isinstance(d.get("pid"), int)}
+
+
+def collect(sweep_dir: Path | str, launch: str, jobs: list[list[str]] | None,
+            folder_of: Callable[[int], str] | None = None, interrupted: bool = False) -> list[Outcome]:
+    """Every job's outcome of one launch, in job order. ``jobs``: the overrides of every job the sweep
+    launched (None when unknown: then the records found are the jobs); ``folder_of(num)``: where job
+    ``num`` would have written (for the jobs that left no record); ``interrupted``: the sweep was stopped
+    by a signal, so a job without an outcome is ``interrupted`` (not run, or stopped) rather than missing."""
+    found = {num: d for num, d in _records(sweep_dir, launch).items() if d.get("status") != RUNNING}
     nums = range(len(jobs)) if jobs is not None else sorted(found)
     out = []
     for num in nums:
         data = found.get(num)
         if data is None:
             what = " ".join(jobs[num]) if jobs is not None else ""
-            out.append(Outcome(num, folder_of(num) if folder_of else "", MISSING, f"job #{num} ({what}) left no outcome: it died or never started; "
-                                                f"see the launcher's log"))
+            where = folder_of(num) if folder_of else ""
+            if interrupted:
+                out.append(Outcome(num, where, INTERRUPTED, f"job #{num} ({what}): the sweep was interrupted "
+                                                            f"before it ended"))
+            else:
+                out.append(Outcome(num, where, MISSING, f"job #{num} ({what}) left no outcome: it died or never "
+                                                        f"started; see the launcher's log"))
             continue
         outcome = Outcome(num, str(data.get("folder", "")), str(data.get("status", MISSING)),
                           str(data.get("error", "")))

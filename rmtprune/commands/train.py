@@ -31,17 +31,21 @@ def check(cfg: DictConfig) -> None:
     check_fits(cfg, resolve_device(str(cfg.device)))
 
 
-def claim(cfg: DictConfig, folder: Path) -> None:
+def claim(cfg: DictConfig, folder: Path) -> bool:
     """A named run folder that holds another run is refused before Hydra writes into it (``resume=``
-    is checked by the run itself)."""
+    is checked by the run itself). Returns True when the folder holds the finished run of this config:
+    nothing is to be done, nor written there."""
     from ..baselines import resolve_target
     from ..outputs import config_key
-    from ..train import _claim_folder
+    from ..train import _claim_folder, finished_here
 
-    if str(cfg.resume).strip().lower() not in _NOT_RESUMING:
-        return
     resolve_target(cfg)
-    _claim_folder(folder, config_key(cfg), resuming=False)
+    key = config_key(cfg)
+    if finished_here(folder, key):
+        return True
+    if str(cfg.resume).strip().lower() in _NOT_RESUMING:
+        _claim_folder(folder, key, resuming=False)
+    return False
 
 
 def _train(cfg: DictConfig, run_dir: Path) -> None:

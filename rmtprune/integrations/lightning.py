@@ -46,6 +46,7 @@ except ImportError:  # the older package name
         raise ImportError('rmtprune.integrations.lightning needs PyTorch Lightning: pip install -e ".[lightning]" in '
                           "a checkout of rmtprune (or pip install lightning)") from None
 
+from ..batchnorm import recalibrate_bn
 from ..events import PruneEvent, rebuild_optimizer
 from ..models import factorise_to_match, factorised_ranks
 from ..pruner import RMTPruner
@@ -108,6 +109,10 @@ class RMTPruning(pl.Callback):
         event = self.pruner.step(pl_module, epoch)
         self.events.append(event)
         self._ranks = factorised_ranks(pl_module)
+        if event.changed and self.pruner.recalibrate_bn and trainer.train_dataloader is not None:
+            # BatchNorm statistics of the cut network, on the first training batches (inputs only)
+            inputs = (b[0] if isinstance(b, (tuple, list)) else b for b in trainer.train_dataloader)
+            recalibrate_bn(pl_module, (x.to(pl_module.device) for x in inputs), self.pruner.recalibrate_bn, event)
         schedulers = [config.scheduler for config in getattr(trainer, "lr_scheduler_configs", [])]
         trainer.optimizers = [rebuild_optimizer(opt, pl_module, event, momentum=self.pruner.momentum,
                                                 lr_factor=self.pruner.lr_factor, schedulers=schedulers)

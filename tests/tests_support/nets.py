@@ -38,3 +38,36 @@ class HeadFirst(Net):
 
 def not_a_module(hidden: int = 3) -> dict:
     return {"hidden": hidden}
+
+
+class Encoder(nn.Module):
+    """A transformer classifier: the image rows are the tokens (28 tokens of 28 features), PyTorch's own
+    ``nn.TransformerEncoder`` (whose attention reads ``out_proj.weight``), a mean over tokens, a Linear head."""
+
+    def __init__(self, d_model: int = 32, layers: int = 2, batch_first: bool = True, side: int = 28,
+                 num_classes: int = 10) -> None:
+        super().__init__()
+        self.batch_first = batch_first
+        self.embed = nn.Linear(side, d_model)
+        layer = nn.TransformerEncoderLayer(d_model, 4, 4 * d_model, dropout=0.1, batch_first=batch_first)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.head = nn.Linear(d_model, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(x.flatten(1, 2))                   # (N, side, d): one token per image row
+        if not self.batch_first:
+            return self.head(self.encoder(tokens.transpose(0, 1)).mean(0))
+        return self.head(self.encoder(tokens).mean(1))
+
+
+class BNNet(Net):
+    """Net with BatchNorm after the conv and the first hidden layer (as the reference CNN has)."""
+
+    def __init__(self, hidden: int = 64) -> None:
+        super().__init__(hidden=hidden)
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(8 * 13 * 13, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
+                                  nn.Linear(hidden, hidden), nn.ReLU())
+        self.norm = nn.BatchNorm2d(8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(torch.relu(self.norm(self.conv(x)))))
