@@ -64,7 +64,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from .errors import UserError
-from .events import PruneEvent, Pruner, record_replacement
+from .events import PruneEvent, Pruner, check_state, record_replacement
 from .lowrank import LOW_RANK_TYPES
 from .cost import SplitRule
 from .models import ShrunkLinear, count_parameters, name_patterns, prunable_layers, select_layers, selected
@@ -404,6 +404,7 @@ class LowRankPruner(TargetPruner):
         return {"ranks": dict(self.ranks)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        check_state(state)
         self.ranks = {str(k): int(v) for k, v in state.get("ranks", {}).items()}
 
     def floor(self, module: nn.Module, is_output: bool) -> int:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,7 @@ from torch.nn.utils import prune
 
 from .errors import UserError
 from .models import build_model, factorised_ranks, shrunk_shapes
+from .outputs import mkstemp_beside
 
 FORMAT = "rmtprune-checkpoint"
 VERSION = 1
@@ -68,7 +68,7 @@ def save_atomic(obj: dict[str, Any], path: Path) -> None:
     POSIX). Saved through a file object, so the archive's root folder is torch's fixed "archive" rather
     than the random temporary name: identical objects give identical bytes."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = mkstemp_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(to_cpu(obj), f)

@@ -56,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     absolute_path_variables()
     command, rest = argv[0], argv[1:]
     try:
+        if command in ("-sc", "--shell-completion"):  # asked by the script `rmtprune train -sc install=bash` installs
+            from .commands.complete import main as complete
+
+            return complete(rest)
         if command == "train":
             from .commands.train import main as train
 

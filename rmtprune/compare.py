@@ -123,6 +123,16 @@ def _settings(runs: list[Run]) -> tuple[list[str], dict[str, Any]]:
     return arm_keys, usual
 
 
+def _implied_by_dataset(key: str, runs: list[Run]) -> bool:
+    """A ``dataset.raw_md5.*`` key (the checksum of a file of the data set) with one value per ``dataset.name``
+    among ``runs``: the data set's name in the label says it already."""
+    if not key.startswith("dataset.raw_md5."):
+        return False
+    seen: dict[str, str] = {}
+    return all(seen.setdefault(str(r.config.get("dataset.name")), repr(r.config.get(key))) == repr(r.config.get(key))
+               for r in runs)
+
+
 def group_runs(runs: list[Run], by: list[str] | None) -> dict[str, dict[str, list[Run]]]:
     """{group label: {arm label: runs}}; arms ordered none, control, then as first met by seed."""
     varying = _varying(runs)
@@ -131,6 +141,7 @@ def group_runs(runs: list[Run], by: list[str] | None) -> dict[str, dict[str, lis
         keys = list(by) + [k for k in ALWAYS_SEPARATE if k in varying and k not in by]
     else:
         keys = [k for k in varying if k != "seed" and not _arm_keys(k)]
+    keys = [k for k in keys if not _implied_by_dataset(k, runs)]
     # name the data set and the architecture in every label, varying or not
     keys = [k for k in ALWAYS_SEPARATE if k not in keys and any(k in r.config for r in runs)] + keys
     split_devices = len({r.device_type for r in runs} - {None}) > 1
@@ -500,6 +511,11 @@ def fmt_value(v: float, metric: str) -> str:
     return f"{100 * v:.2f}" if "acc" in metric else f"{v:.4f}"
 
 
+def fmt_var(v: float, metric: str) -> str:
+    """A variance in the unit of :func:`fmt_value` squared: percent² (fraction² x 10^4) for accuracies."""
+    return "–" if v != v else f"{v * (1e4 if 'acc' in metric else 1.0):.3g}"
+
+
 def fmt_p(v: float) -> str:
     """A p-value as comparison.md shows it."""
     return "–" if v != v else (f"{v:.3f}" if v >= 0.001 else f"{v:.1e}")
@@ -607,10 +623,9 @@ def markdown(cmp: Comparison) -> str:
             head += " bytes (CSR); FLOPs per sample; latency vs dense at batch 1 / 256 |"
         lines += [f"## {group}", "", head, "|" + "---|" * (head.count("|") - 1)]
         for _, r in part.iterrows():
-            scale = 1e4 if "acc" in cmp.metric else 1.0
-            var = "–" if r["final_var"] != r["final_var"] else f"{r['final_var'] * scale:.3g}"
             line = (f"| {r['arm']} | {r['n_seeds']} | {fmt_value(r['final_mean'], cmp.metric)} ± "
-                    f"{fmt_value(r['final_std'], cmp.metric)} | {var} | {fmt_value(r['best_mean'], cmp.metric)} | "
+                    f"{fmt_value(r['final_std'], cmp.metric)} | {fmt_var(r['final_var'], cmp.metric)} | "
+                    f"{fmt_value(r['best_mean'], cmp.metric)} | "
                     f"{r['params_start']:,.0f} → {r['params_end']:,.0f} ({r['param_reduction_pct']:.1f}%) | "
                     f"{diff_cell(r, cmp.metric)} | {p_cell(r, 'welch_p')} | {p_cell(r, 'paired_p')} | {ratio_cell(r)} |")
             if has_control:
@@ -697,7 +712,8 @@ def print_table(cmp: Comparison) -> None:
     for group, part in cmp.table.groupby("group", sort=False):
         has_control = part["control_diff"].notna().any()
         t = Table(title=group, title_justify="left")
-        cols = ["arm", "seeds", f"final {cmp.metric}", "var", "params end (red.)", "Δ vs normal", "Welch p (Holm)",
+        cols = ["arm", "seeds", f"final {cmp.metric}", "var (%²)" if "acc" in cmp.metric else "var",
+                "params end (red.)", "Δ vs normal", "Welch p (Holm)",
                 "var ratio [CI] (F p)"]
         cols += ["Δ vs control", "Welch p (Holm) vs control"] if has_control else []
         cols += ["magnitude"] + (["magnitude ft"] if cmp.finetune else [])
@@ -708,7 +724,7 @@ def print_table(cmp: Comparison) -> None:
                 f"{r['var_ratio']:.2f} [{r['var_ratio_ci_low']:.2f}, {r['var_ratio_ci_high']:.2f}] ({fmt_p(r['f_p'])})")
             cells = [str(r["arm"]), str(r["n_seeds"]),
                      f"{fmt_value(r['final_mean'], cmp.metric)} ± {fmt_value(r['final_std'], cmp.metric)}",
-                     "–" if r["final_var"] != r["final_var"] else f"{r['final_var']:.2e}",
+                     fmt_var(r["final_var"], cmp.metric),
                      f"{r['params_end']:,.0f} ({r['param_reduction_pct']:.0f}%)", fmt_value(r["diff"], cmp.metric),
                      p_cell(r, "welch_p"), ratio]
             if has_control:

@@ -7,6 +7,7 @@ The YAML defaults live in ``rmtprune/conf/``; these dataclasses give every key i
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -229,8 +230,8 @@ def register_configs() -> None:
     """Register the schemas Hydra composes the YAML files of ``rmtprune/conf/`` onto."""
     cs = ConfigStore.instance()
     cs.store(name="rmtprune_schema", node=RunConfig)
-    for name, schema in MODEL_SCHEMAS.items():
-        cs.store(group="model", name=f"{name}_schema", node=schema)
+    for name, schema in MODEL_SCHEMAS.items():  # outside the model group: not an option of it (model/*.yaml)
+        cs.store(name=f"rmtprune_{name}_schema", node=schema)
     cs.store(name="rmtprune_prune_schema", node=PruneCommandConfig)
 
 
@@ -261,9 +262,10 @@ def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
 
 
 def _positive(key: str, value: float, *, allow_zero: bool = False) -> None:
-    ok = value >= 0 if allow_zero else value > 0
-    if not ok:
-        raise UserError(f"{key}={value} must be {'non-negative' if allow_zero else 'positive'}")
+    finite = math.isfinite(value)
+    if not (finite and (value >= 0 if allow_zero else value > 0)):
+        raise UserError(f"{key}={value} must be {'non-negative' if allow_zero else 'positive'}"
+                        f"{'' if finite else ' and finite'}")
 
 
 def validate(cfg: DictConfig) -> None:
@@ -348,6 +350,8 @@ def validate(cfg: DictConfig) -> None:
     sc = cfg.schedule
     if sc.name == "linear":
         _positive("schedule.horizon", sc.horizon)
+    if sc.name == "step":
+        _positive("schedule.at", sc.at)
     if sc.name == "exponential" and not 0 <= sc.rate <= 1:
         raise UserError(f"schedule.rate={sc.rate} must be in [0, 1]")
     if sc.name == "constant" and not 0 <= sc.value <= 1:

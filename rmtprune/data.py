@@ -24,6 +24,7 @@ keeps the first. The synthetic set draws ``train_size + val_size`` training imag
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import logging
@@ -32,7 +33,6 @@ import os
 import pickle
 import shutil
 import tarfile
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ import torch
 from omegaconf import DictConfig
 
 from .errors import UserError
+from .outputs import mkstemp_beside
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +191,10 @@ def prepare_offline(ds: DictConfig, root: Path) -> None:
                     shutil.copyfileobj(fin, fout)
             except (OSError, EOFError) as exc:
                 tmp.unlink(missing_ok=True)
+                if _cache_write_error(exc, tmp):
+                    raise UserError(f"dataset={ds.name}: cannot write the decompressed {stem} into the data cache "
+                                    f"{raw} ({exc.strerror}); free space there, or set RMTPRUNE_DATA_DIR (or "
+                                    f"dataset.root) to another folder") from None
                 raise UserError(f"dataset={ds.name}: {gz} is not a readable gzip file ({exc}); {_FIX}") from None
             os.replace(tmp, dest)
         elif plain.exists():
@@ -199,6 +204,13 @@ def prepare_offline(ds: DictConfig, root: Path) -> None:
         if verify and _md5(dest) != md5:
             dest.unlink()
             raise UserError(f"dataset={ds.name}: {gz} is corrupt (md5 of its content is not {md5}); {_FIX}")
+
+
+def _cache_write_error(exc: BaseException, tmp: Path) -> bool:
+    """Whether ``exc`` came from writing ``tmp`` (a full or read-only cache), not from reading the mirror: the
+    file system's own codes (a gzip format error has none)."""
+    full = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
+    return isinstance(exc, OSError) and (exc.errno in full or exc.filename == str(tmp))
 
 
 def _data_root(ds: DictConfig) -> Path:
@@ -294,7 +306,7 @@ def _extract_cifar(archive: Path, dest: Path) -> None:
                     continue
                 source = tar.extractfile(member)
                 assert source is not None
-                fd, tmp = tempfile.mkstemp(dir=dest, prefix=f".{name}.")
+                fd, tmp = mkstemp_beside(dest / name, suffix="")
                 with source, os.fdopen(fd, "wb") as out:
                     shutil.copyfileobj(source, out)
                 os.replace(tmp, dest / name)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -26,6 +26,23 @@ import torch
 from torch import nn
 
 MOMENTUM_POLICIES = ("reset", "keep")
+
+
+def is_real(value: Any) -> bool:
+    """Whether ``value`` is a finite real number (a numpy scalar too; ``True`` is not a number here)."""
+    return (isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+            and math.isfinite(value))
+
+
+def is_count(value: Any, low: int) -> bool:
+    """Whether ``value`` is an integer (not a bool) >= ``low``."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) and value >= low
+
+
+def check_state(state: Any) -> None:
+    """A pruner's ``load_state_dict`` argument must be a mapping (what ``state_dict`` returned)."""
+    if not isinstance(state, Mapping):
+        raise TypeError(f"load_state_dict: state must be a dict, as state_dict() returns, got {type(state).__name__}")
 
 
 @dataclass(repr=False)
@@ -86,9 +103,10 @@ class EventCalendar:
     """
 
     def __init__(self, every: int = 1, start_epoch: int = 1, stop_epoch: int | None = None) -> None:
-        for name, value in (("every", every), ("start_epoch", start_epoch)):
-            if not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        for name, value in (("every", every), ("start_epoch", start_epoch), ("stop_epoch", stop_epoch)):
+            if not (is_count(value, 1) or (name == "stop_epoch" and value is None)):
+                raise ValueError(f"{name} must be an integer >= 1{' or None' if name == 'stop_epoch' else ''}, "
+                                 f"got {value!r}")
         if stop_epoch is not None and stop_epoch < start_epoch:
             raise ValueError(f"stop_epoch={stop_epoch} is before start_epoch={start_epoch}: no event would happen")
         self.every, self.start_epoch, self.stop_epoch = int(every), int(start_epoch), stop_epoch
@@ -120,8 +138,8 @@ class Pruner:
         if isinstance(recalibrate_bn, bool) or not isinstance(recalibrate_bn, (int, np.integer)) or recalibrate_bn < 0:
             raise ValueError(f"recalibrate_bn must be a number of batches >= 0, got {recalibrate_bn!r}")
         self.recalibrate_bn = int(recalibrate_bn)
-        if not (isinstance(lr_factor, (int, float)) and lr_factor > 0):
-            raise ValueError(f"lr_factor must be a positive number, got {lr_factor!r}")
+        if not (is_real(lr_factor) and lr_factor > 0):
+            raise ValueError(f"lr_factor must be a positive finite number, got {lr_factor!r}")
         if momentum not in MOMENTUM_POLICIES:
             raise ValueError(f"momentum must be one of {', '.join(MOMENTUM_POLICIES)}, got {momentum!r}")
         self.lr_factor = float(lr_factor)
@@ -150,7 +168,7 @@ class Pruner:
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+        check_state(state)
 
 
 class NoPruner(Pruner):
@@ -203,13 +221,16 @@ def anneal_scale(shape: str, anneal_epochs: int, epochs: int, epoch: int,
 def record_replacement(event: PruneEvent, old: nn.Module, new: nn.Module) -> None:
     """Record in ``event`` that module ``new`` took the place of ``old``: old's parameters replaced, new's
     added, each new parameter's origin the old one of the same name (a split layer's factors, named
-    ``first.weight``/``second.weight``, take the weight's place; the bias the bias's)."""
+    ``first.weight``/``second.weight``, take the weight's place; the bias the bias's). ``new`` takes old's
+    train/eval mode, and each new parameter its origin's ``requires_grad`` (a frozen layer stays frozen)."""
     before = dict(old.named_parameters())
     event.replaced.extend(before.values())
+    new.train(old.training)
     for key, p in new.named_parameters():
         event.added.append(p)
         same = next(k for k in (key, key.rsplit(".", 1)[-1], "weight", *before) if k in before)
         event.origin[id(p)] = before[same]
+        p.requires_grad_(before[same].requires_grad)
 
 
 def rebuild_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module, event: PruneEvent | None = None, *,
@@ -220,7 +241,8 @@ def rebuild_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module, event:
     Every parameter of ``model`` the old optimizer held stays in its group; a parameter the event added
     (a split layer's factor) joins the group of the parameter it replaces (``event.origin``: the layer's
     weight, or its bias for the new bias), so per-group settings (e.g. ``weight_decay=0`` for biases and
-    norms) carry over; parameters the optimizer did not hold (frozen ones) stay out. Every group is kept,
+    norms) carry over; parameters the optimizer did not hold, and frozen ones (``requires_grad=False``, a frozen
+    layer's factors too), stay out. Every group is kept,
     empty or not, so group indices (and a scheduler's ``base_lrs``) stay aligned.
 
     Learning rates: ``lr`` sets the first group's rate and scales every other group by the same ratio
@@ -249,7 +271,7 @@ def rebuild_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module, event:
     params: list[list[nn.Parameter]] = [[] for _ in old_groups]
     for p in model.parameters():
         g = held.get(id(p), held.get(id(origin[id(p)])) if id(p) in origin else None)
-        if g is not None:
+        if g is not None and p.requires_grad:
             params[g].append(p)
     groups = []
     for g, (group, ratio) in enumerate(zip(old_groups, ratios)):

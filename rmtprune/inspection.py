@@ -3,13 +3,13 @@
 For every eligible Linear / Conv2d layer: the BEMA fit (gamma, sigma2, lambda_+, threshold,
 spikes, fit error, good or not at the tolerance) and what one pruning event at keep fraction f
 (default 0: one-shot, spikes only) would do to it: the rank kept, the action and the parameters
-before and after. The event is the training-time one (``RMTPruner``) run on a copy of the model.
+before and after. The event is the training-time one (``RMTPruner``), planned from the singular values
+alone (``RMTPruner.plan``): the model is not modified.
 """
 
 from __future__ import annotations
 
-import copy
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 from torch import nn
@@ -28,17 +28,19 @@ _AT = COLUMNS.index("rank_now")
 FRAME_COLUMNS = [*COLUMNS[:_AT], "keep_fraction", *COLUMNS[_AT:]]  # inspect_model's DataFrame
 
 
-def inspect_rows(model: nn.Module, pruner: RMTPruner, pruner_state: dict[str, Any] | None = None
+def inspect_rows(model: nn.Module, pruner: RMTPruner, pruner_state: dict[str, Any] | None = None,
+                 each: Callable[[str, nn.Module], None] | None = None
                  ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
     """Rows of :data:`COLUMNS` (one per prunable layer, with its ``keep_fraction``, plus a ``total`` row) and
     the spectra by layer, for one event of ``pruner`` (its schedule at epoch 0 gives the keep fraction).
 
-    The model is not modified (the event runs on a copy); ``pruner_state`` (``pruner.state_dict()`` saved with
-    the model) gives the ranks of truncated layers and the known spikes.
+    The model is not modified: the event is planned from the singular values alone (:meth:`RMTPruner.plan`);
+    ``pruner_state`` (``pruner.state_dict()`` saved with the model) gives the ranks of truncated layers and the
+    known spikes; ``each(name, module)`` is called before each layer is fitted (a progress display).
     """
     if pruner_state:
         pruner.load_state_dict(pruner_state)
-    event = pruner.step(copy.deepcopy(model), epoch=0)
+    event = pruner.plan(model, epoch=0, each=each)
     rows = []
     for r in event.records:
         rows.append({**{k: r.get(k) for k in COLUMNS if k in r}, "rank_now": r["rank_before"],

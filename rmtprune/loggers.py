@@ -7,15 +7,20 @@ written; a logger sends the same numbers to one more place. :func:`open_logger` 
     logger = open_logger(cfg, run_dir)            # before the first epoch (fresh or resumed)
     logger.log_event(epoch, event.records, event.spectra)   # after a pruning event
     logger.log_epoch(row)                         # after each epoch (the row of metrics.csv)
-    logger.close()                                # at the end, however the run ends
+    logger.close(status)                          # at the end, however the run ends (completed|failed|interrupted)
 
 What is logged, at step = epoch:
 
-* ``epoch/<column>``: every numeric column of metrics.csv (losses, accuracies as fractions, lr,
-  accuracy right after the event), and ``params/n_params``, ``params/n_params_after``: the parameter
-  count before and after that epoch's event;
+* ``<split>/<metric>`` for the columns ``<split>_<metric>`` of metrics.csv, split train, val or test
+  (``train/loss``, ``test/loss``, ``test/acc``, ``test/acc_after_event``: accuracies as fractions), so the
+  splits of one metric sit side by side (TensorBoard's custom-scalars tab overlays them in one chart);
+  ``epoch/<column>`` for the other numeric columns (lr, seconds, pruned_layers), and ``params/n_params``,
+  ``params/n_params_after``: the parameter count before and after that epoch's event;
 * ``prune/<layer>/<key>`` for key in n_spikes, fit_error, rank_before, rank_after, params_after
-  (the ledger's columns, per layer; NaN entries, e.g. the fit of a skipped layer, are left out);
+  (the ledger's columns, per layer; NaN entries, e.g. the fit of a skipped layer, are left out, and so is
+  a layer neither fitted nor changed, e.g. one below ``min_size``: its scalars would be constant);
+* TensorBoard: the resolved config in the hparams plugin; MLflow: the config as parameters, and the run
+  closed FINISHED, FAILED or KILLED (interrupted) as the run ended;
 * the singular values of every fitted layer: a histogram ``spectrum/<layer>`` (TensorBoard), or an
   artifact ``spectra/e<epoch>.npz`` with one array per layer (MLflow, which has no histograms).
 
@@ -37,10 +42,12 @@ import numpy as np
 from .errors import UserError
 
 # logger name -> (the import that must work, the pip command that provides it)
-PACKAGES = {"tensorboard": ("tensorboard", "pip install tensorboard  (or pip install 'rmtprune[tensorboard]')"),
-            "mlflow": ("mlflow", "pip install mlflow-skinny  (or pip install 'rmtprune[mlflow]')")}
+PACKAGES = {"tensorboard": ("tensorboard", 'pip install tensorboard  (or pip install -e ".[tensorboard]" in a checkout)'),
+            "mlflow": ("mlflow", 'pip install mlflow-skinny  (or pip install -e ".[mlflow]" in a checkout)')}
 LEDGER_SCALARS = ("n_spikes", "fit_error", "rank_before", "rank_after", "params_after")
 PARAM_COLUMNS = ("n_params", "n_params_after")
+SPLITS = ("train", "val", "test")
+MLFLOW_STATUS = {"completed": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
 
 
 def check_logger(name: str) -> None:
@@ -62,22 +69,29 @@ def _number(value: Any) -> float | None:
     return None
 
 
+def scalar_tag(column: str) -> str:
+    """The tag of a metrics.csv column: ``train_loss`` -> ``train/loss``, ``n_params`` -> ``params/n_params``,
+    ``lr`` -> ``epoch/lr``."""
+    split, _, metric = column.partition("_")
+    if split in SPLITS and metric:
+        return f"{split}/{metric}"
+    return f"params/{column}" if column in PARAM_COLUMNS else f"epoch/{column}"
+
+
 def epoch_scalars(row: dict[str, Any]) -> dict[str, float]:
-    """The scalars of one metrics.csv row: ``params/<col>`` for the parameter counts, ``epoch/<col>``
-    for the other numeric columns (the epoch itself is the step)."""
-    out = {}
-    for key, value in row.items():
-        number = _number(value)
-        if key == "epoch" or number is None:
-            continue
-        out[f"params/{key}" if key in PARAM_COLUMNS else f"epoch/{key}"] = number
-    return out
+    """The scalars of one metrics.csv row, by :func:`scalar_tag` (the epoch itself is the step)."""
+    return {scalar_tag(key): number for key, value in row.items()
+            if key != "epoch" and (number := _number(value)) is not None}
 
 
 def event_scalars(records: list[dict[str, Any]]) -> dict[str, float]:
-    """``prune/<layer>/<key>`` for the ledger columns of :data:`LEDGER_SCALARS` that are finite."""
+    """``prune/<layer>/<key>`` for the ledger columns of :data:`LEDGER_SCALARS` that are finite, for the layers
+    the event fitted or changed."""
     out = {}
     for r in records:
+        fitted = _number(r.get("fit_error")) is not None
+        if not fitted and r.get("rank_after") == r.get("rank_before") and r.get("params_after") == r.get("params_before"):
+            continue
         for key in LEDGER_SCALARS:
             number = _number(r.get(key))
             if number is not None:
@@ -94,25 +108,44 @@ class Logger:
     def log_event(self, epoch: int, records: list[dict[str, Any]], spectra: dict[str, np.ndarray]) -> None:
         """A pruning event after ``epoch``: its ledger rows and the singular values of each fitted layer."""
 
-    def close(self) -> None:
-        """Flush and release the files (idempotent)."""
+    def close(self, status: str = "completed") -> None:
+        """Flush and release the files (idempotent); ``status``: how the run ended (completed, failed,
+        interrupted)."""
 
     def __enter__(self) -> "Logger":
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        self.close("completed" if exc_type is None else "failed")
 
 
 class TensorBoardLogger(Logger):
     """Scalars and singular-value histograms in ``<run>/tb/`` (torch.utils.tensorboard.SummaryWriter),
     flushed after every call so that a running job can be watched."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, cfg: Any = None) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         self.log_dir = Path(run_dir) / "tb"
         self.writer: Any = SummaryWriter(log_dir=str(self.log_dir))
+        self.writer.add_custom_scalars({"metrics": {metric: ["Multiline", [f"{s}/{metric}" for s in SPLITS]]
+                                                    for metric in ("loss", "acc")}})
+        if cfg is not None:
+            self._hparams(cfg)
+
+    def _hparams(self, cfg: Any) -> None:
+        """The resolved config in the hparams plugin (lists as text), linked to the metrics logged per epoch."""
+        from omegaconf import OmegaConf
+        from torch.utils.tensorboard.summary import hparams
+
+        from .runs import flatten
+
+        config = OmegaConf.to_container(cfg, resolve=True)
+        values = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                  for k, v in flatten(config if isinstance(config, dict) else {}).items()}
+        metrics = {f"{s}/{m}": math.nan for s in SPLITS for m in ("loss", "acc")}
+        for summary in hparams(values, metrics):
+            self.writer.file_writer.add_summary(summary)
 
     def log_epoch(self, row: dict[str, Any]) -> None:
         step = int(row["epoch"])
@@ -129,7 +162,7 @@ class TensorBoardLogger(Logger):
                 self.writer.add_histogram(f"spectrum/{layer}", values, int(epoch), bins="auto")
         self.writer.flush()
 
-    def close(self) -> None:
+    def close(self, status: str = "completed") -> None:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
@@ -212,9 +245,9 @@ class MLflowLogger(Logger):
                 np.savez_compressed(path, **{k: np.asarray(v) for k, v in spectra.items()})
                 self.client.log_artifact(self.run_id, str(path), artifact_path="spectra")
 
-    def close(self) -> None:
+    def close(self, status: str = "completed") -> None:
         if not self._closed:
-            self.client.set_terminated(self.run_id)
+            self.client.set_terminated(self.run_id, status=MLFLOW_STATUS.get(status, "FAILED"))
             self._closed = True
 
 
@@ -227,7 +260,7 @@ def open_logger(cfg: Any, run_dir: Path) -> Logger:
     name = str(cfg.logger)
     check_logger(name)
     if name == "tensorboard":
-        return TensorBoardLogger(run_dir)
+        return TensorBoardLogger(run_dir, cfg)
     if name == "mlflow":
         return MLflowLogger(cfg, run_dir)
     return Logger()

@@ -9,7 +9,8 @@ of non-zero parameters (the post-training baseline at a pruned arm's own paramet
 from __future__ import annotations
 
 import copy
-from typing import Any
+import time
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -36,18 +37,21 @@ def _weights(model: nn.Module) -> list[tuple[nn.Module, str]]:
 
 @torch.no_grad()
 def magnitude_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_thresholds: int = 25,
-                    batch_size: int = 4096) -> list[dict[str, Any]]:
+                    batch_size: int = 4096,
+                    report: Callable[[int, int, float], None] | None = None) -> list[dict[str, Any]]:
     """Rows (sparsity, tau, n_nonzero, n_params, test_loss, test_acc), one per sparsity level.
 
     ``n_nonzero`` counts every non-zero parameter (biases and normalisation included) after
     zeroing the ``sparsity`` share of Linear/Conv2d weights with the smallest magnitude; ``tau``
-    is the largest magnitude zeroed.
+    is the largest magnitude zeroed. ``report(done, total, seconds so far)`` is called after each level.
     """
+    t0 = time.perf_counter()
     all_w = torch.cat([m.weight.detach().abs().flatten() for m, _ in _weights(model)])
     sorted_w = torch.sort(all_w.float().cpu()).values
     n_params = count_parameters(model)
     rows = []
-    for s in sparsity_grid(n_thresholds):
+    grid = sparsity_grid(n_thresholds)
+    for s in grid:
         amount = int(round(s * sorted_w.numel()))
         work = copy.deepcopy(model)
         params = _weights(work)
@@ -60,6 +64,8 @@ def magnitude_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_thresh
         tau = float(sorted_w[amount - 1]) if amount > 0 else 0.0
         rows.append({"sparsity": s, "tau": tau, "n_nonzero": n_nonzero, "n_params": n_params,
                      "test_loss": loss, "test_acc": acc})
+        if report is not None:
+            report(len(rows), len(grid), time.perf_counter() - t0)
     return rows
 
 

@@ -204,12 +204,25 @@ def locate(path: str) -> Any:
     raise ModuleNotFoundError(f"No module named {parts[0]!r}")
 
 
+def _accepts(obj: Any, kwargs: dict[str, Any]) -> bool | None:
+    """Whether ``obj``'s signature takes ``kwargs`` (None: no signature to tell)."""
+    import inspect
+
+    try:
+        inspect.signature(obj).bind(**kwargs)
+    except TypeError:
+        return False
+    except ValueError:
+        return None
+    return True
+
+
 def build_custom(target: str, kwargs: dict[str, Any]) -> nn.Module:
     """``target(**kwargs)`` through Hydra's instantiate (nested ``_target_`` nodes instantiated too).
 
     Raises:
-        UserError: ``target`` cannot be imported, the call fails (its arguments are rejected), or the
-            result is not an ``nn.Module``; each names ``model._target_``.
+        UserError: ``target`` cannot be imported, rejects its arguments (its signature does not take them),
+            raises when called, or the result is not an ``nn.Module``; each names ``model._target_``.
     """
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
@@ -230,8 +243,11 @@ def build_custom(target: str, kwargs: dict[str, Any]) -> nn.Module:
     except Exception as exc:
         cause = exc.__cause__ or exc
         reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:300]
-        raise UserError(f"model._target_={target} rejected its arguments ({_arguments(kwargs)}): "
-                        f"{type(cause).__name__}: {reason}") from None
+        if _accepts(obj, kwargs) is False:
+            raise UserError(f"model._target_={target} rejected its arguments ({_arguments(kwargs)}): "
+                            f"{type(cause).__name__}: {reason}") from None
+        raise UserError(f"model._target_={target} raised {type(cause).__name__} when called with "
+                        f"({_arguments(kwargs) or 'no arguments'}): {reason}") from None
     if not isinstance(model, nn.Module):
         raise UserError(f"model._target_={target} built a {type(model).__name__}, not a torch.nn.Module")
     return model

@@ -84,7 +84,7 @@ class RunLock:
         if held is not None:
             held[1] += 1
             return self
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -141,10 +141,21 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
     return removed
 
 
+def mkstemp_beside(path: Path, suffix: str = ".tmp") -> tuple[int, str]:
+    """``tempfile.mkstemp`` in ``path``'s folder, with the mode a plain ``open`` would give (0666 less the
+    umask) instead of 0600: the file renamed into place is as readable as the run's other files."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
+    return fd, tmp
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write via a temporary file in the same folder and os.replace: never a half-written file."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = mkstemp_beside(path)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
             f.write(text)
@@ -299,7 +310,7 @@ def append_spectra(path: Path, epoch: int, spectra: dict[str, Any]) -> None:
     import numpy as np
 
     members = {f"e{epoch}/{layer}.npy": np.asanyarray(values) for layer, values in spectra.items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.npz")
+    fd, tmp = mkstemp_beside(path, suffix=".tmp.npz")
     os.close(fd)
     try:
         if path.exists():

@@ -22,7 +22,7 @@ from .checkpoint import model_payload, save_atomic
 from .config import validate
 from .costs import model_costs
 from .data import load_data
-from .errors import UserError
+from .errors import RunFailed, UserError
 from .evaluate import evaluate
 from .loading import load_model
 from .models import build_model, count_parameters, factorise_to_match, model_spec
@@ -102,6 +102,13 @@ def _model_for(cfg: DictConfig, model: torch.nn.Module, info: dict[str, Any]) ->
     return dense, int(cfg.dataset.num_classes)
 
 
+def n_params(model: torch.nn.Module) -> int:
+    """Parameters as runs count them: every entry, less the exact zeros of Linear / Conv2d weights (the weights
+    a magnitude-pruned model removed; a trained dense weight has none, a fresh bias may be all zeros)."""
+    zeros = sum(int((m.weight == 0).sum()) for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)))
+    return count_parameters(model) - zeros
+
+
 def prune_saved(cfg: DictConfig, run_dir: Path, finetune_lr: float | None = None,
                 given: Collection[str] = ()) -> dict[str, Any]:
     """Prune the model at ``cfg.model_path`` once and write the results into ``run_dir``.
@@ -126,7 +133,7 @@ def prune_saved(cfg: DictConfig, run_dir: Path, finetune_lr: float | None = None
     model = model.to(device)
     data = load_data(cfg.dataset, device)
     loss0, acc0 = evaluate(model, data.test_x, data.test_y, int(cfg.eval_batch_size))
-    params0 = count_parameters(model)
+    params0 = n_params(model)
     epoch = int(info["epoch"] or cfg.epochs)
     pruner = rmt_pruner_from_config(cfg.pruning, make_schedule(cfg.schedule), int(cfg.batch_size),
                                     list(data.input_shape))
@@ -144,34 +151,34 @@ def prune_saved(cfg: DictConfig, run_dir: Path, finetune_lr: float | None = None
     if event.spectra:
         append_spectra(run_dir / "spectra.npz", epoch, event.spectra)
     loss1, acc1 = evaluate(model, data.test_x, data.test_y, int(cfg.eval_batch_size))
-    params1 = count_parameters(model)
+    params1 = n_params(model)
     log.info("pruned: test_acc %.2f%% -> %.2f%%, params %s -> %s", 100 * acc0, 100 * acc1, f"{params0:,}",
              f"{params1:,}")
     metrics = []
     acc_ft = loss_ft = None
     saved_lr = info["raw"].get("lr") if info["kind"] == "rmtprune" else None
     lr = float(finetune_lr if finetune_lr is not None else saved_lr if saved_lr is not None else cfg.optimizer.lr)
+    failure = None
     if cfg.finetune_epochs:
         torch.manual_seed(int(cfg.seed))
         gen = torch.Generator().manual_seed(int(cfg.seed))
         opt = make_optimizer(model, cfg.optimizer, lr)
-        with BatchProgress(cfg.progress) as progress:
-            for e in range(1, int(cfg.finetune_epochs) + 1):
-                t0 = time.perf_counter()
-                tl, ta = train_epoch(model, data, opt, gen, int(cfg.batch_size), float(cfg.optimizer.l1), progress, e,
-                                     precision=str(cfg.precision), compile=bool(cfg.compile))
-                loss_ft, acc_ft = evaluate(model, data.test_x, data.test_y, int(cfg.eval_batch_size))
-                metrics.append({"epoch": e, "train_loss": tl, "train_acc": ta, "test_loss": loss_ft, "test_acc": acc_ft,
-                                "n_params": params1, "n_params_after": params1, "pruned_layers": 0,
-                                "lr": lr, "seconds": time.perf_counter() - t0})
-                write_csv(run_dir / "metrics.csv", metrics, METRICS_COLUMNS)
-                log.info("fine-tune epoch %d/%d  test_acc %.2f%%", e, cfg.finetune_epochs, 100 * acc_ft)
+        pruned = {k: v.clone() for k, v in model.state_dict().items()}
+        try:
+            _finetune(cfg, model, data, opt, gen, lr, params1, metrics, run_dir)
+        except RunFailed as exc:  # a NaN loss: the pruned model before fine-tuning is still worth saving
+            failure = str(exc)
+            model.load_state_dict(pruned)
+            log.warning("fine-tuning failed (%s); saving the pruned model as it was before fine-tuning", exc)
+        if metrics and failure is None:
+            loss_ft, acc_ft = metrics[-1]["test_loss"], metrics[-1]["test_acc"]
     spec = info["raw"]["spec"] if info["kind"] == "rmtprune" else model_spec(cfg)
     payload = model_payload(model, spec, num_classes, list(data.input_shape))
     payload["pruner"] = pruner.state_dict()
     save_atomic(payload, run_dir / "model.pt")
     summary = {
-        "status": "completed", "source": str(info["path"]), "source_kind": info["kind"], "prune_epoch": epoch,
+        "status": "failed" if failure else "completed", "source": str(info["path"]), "source_kind": info["kind"],
+        "prune_epoch": epoch,
         "keep_fraction": pruner.keep_fraction(epoch),  # None for schedule=spikes (per layer: layers.csv)
         "test_acc_before": acc0, "test_loss_before": loss0, "test_acc_after": acc1, "test_loss_after": loss1,
         "test_acc_finetuned": acc_ft, "test_loss_finetuned": loss_ft, "finetune_epochs": int(cfg.finetune_epochs),
@@ -182,6 +189,27 @@ def prune_saved(cfg: DictConfig, run_dir: Path, finetune_lr: float | None = None
         **model_costs(model, spec, list(data.input_shape), latency=bool(cfg.cost.latency)),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
+    if failure:
+        summary["error"] = f"fine-tuning failed: {failure}; model.pt is the pruned model before fine-tuning"
     write_json(run_dir / "summary.json", summary)
     log.info("saved the pruned model and its ledger in %s", run_dir)
+    if failure:
+        raise RunFailed(f"{failure}; the pruned model before fine-tuning is saved in {run_dir}")
     return summary
+
+
+def _finetune(cfg: DictConfig, model: torch.nn.Module, data: Any, opt: torch.optim.Optimizer, gen: torch.Generator,
+              lr: float, params: int, metrics: list[dict[str, Any]], run_dir: Path) -> None:
+    """``cfg.finetune_epochs`` epochs of training at ``lr``, a metrics.csv row each (appended to ``metrics``).
+    Raises RunFailed on a NaN loss."""
+    with BatchProgress(cfg.progress) as progress:
+        for e in range(1, int(cfg.finetune_epochs) + 1):
+            t0 = time.perf_counter()
+            tl, ta = train_epoch(model, data, opt, gen, int(cfg.batch_size), float(cfg.optimizer.l1), progress, e,
+                                 precision=str(cfg.precision), compile=bool(cfg.compile))
+            loss_ft, acc_ft = evaluate(model, data.test_x, data.test_y, int(cfg.eval_batch_size))
+            metrics.append({"epoch": e, "train_loss": tl, "train_acc": ta, "test_loss": loss_ft, "test_acc": acc_ft,
+                            "n_params": params, "n_params_after": params, "pruned_layers": 0,
+                            "lr": lr, "seconds": time.perf_counter() - t0})
+            write_csv(run_dir / "metrics.csv", metrics, METRICS_COLUMNS)
+            log.info("fine-tune epoch %d/%d  test_acc %.2f%%", e, cfg.finetune_epochs, 100 * acc_ft)

@@ -42,19 +42,20 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 import numpy as np
 import torch
 from torch import nn
 
-from .events import ControlPruner, NoPruner, PruneEvent, Pruner, record_replacement
-from .lowrank import LOW_RANK_TYPES
 from .cost import SplitRule
+from .events import ControlPruner, NoPruner, PruneEvent, Pruner, check_state, is_count, is_real, record_replacement
+from .lowrank import LOW_RANK_TYPES
 from .models import is_conv, name_patterns, select_layers
-from .rmt import NoBulkError, fit_mp
+from .rmt import NoBulkError, fit_mp, singular_values
 from .schedules import SCHEDULES, Schedule, SpikeCut, check_margin, target_rank
-from .surgery import apply_rank, layer_matrix_shape, layer_svd, param_count
+from .surgery import (apply_rank, layer_matrix, layer_matrix_shape, layer_svd, param_count, planned_params,
+                      rank_action)
 
 log = logging.getLogger(__name__)
 
@@ -136,14 +137,14 @@ class RMTPruner(Pruner):
         super().__init__(every=every, start_epoch=start_epoch, stop_epoch=stop_epoch, lr_factor=lr_factor,
                          momentum=momentum, recalibrate_bn=recalibrate_bn)
         for key, value in (("tolerance", tolerance), ("conv_tolerance", conv_tolerance)):
-            if value is not None and not (isinstance(value, (int, float)) and 0 <= value <= 1):
+            if value is not None and not (is_real(value) and 0 <= value <= 1):
                 raise ValueError(f"{key} must be in [0, 1] (1 always passes, 0 never), got {value!r}")
-        if not (isinstance(alpha, (int, float)) and 0 < alpha < 0.5):
+        if not (is_real(alpha) and 0 < alpha < 0.5):
             raise ValueError(f"alpha must be in (0, 0.5), got {alpha!r}")
-        if not (isinstance(beta, (int, float)) and 0 < beta < 1):
+        if not (is_real(beta) and 0 < beta < 1):
             raise ValueError(f"beta must be in (0, 1), got {beta!r}")
-        if horizon is not None and not (isinstance(horizon, (int, float)) and horizon > 0):
-            raise ValueError(f"horizon must be a positive number of epochs, got {horizon!r}")
+        if horizon is not None and not (is_real(horizon) and horizon > 0):
+            raise ValueError(f"horizon must be a positive finite number of epochs, got {horizon!r}")
         if not (callable(schedule) or isinstance(schedule, SpikeCut) or schedule in NAMED_SCHEDULES):
             raise ValueError(f"schedule must be one of {', '.join(map(repr, NAMED_SCHEDULES))} or a callable epoch -> "
                              f"keep fraction, got {schedule!r} (step, exponential, constant: rmtprune.schedules)")
@@ -153,9 +154,9 @@ class RMTPruner(Pruner):
             raise ValueError(f"patience applies to schedule='spikes' only, got schedule={schedule!r}")
         check_margin(margin)
         for key, value in (("min_size", min_size), ("min_rank", min_rank)):
-            if not isinstance(value, (int, np.integer)) or value < (0 if key == "min_size" else 1):
+            if not is_count(value, 0 if key == "min_size" else 1):
                 raise ValueError(f"{key} must be an integer >= {0 if key == 'min_size' else 1}, got {value!r}")
-        if output_min_rank is not None and (not isinstance(output_min_rank, (int, np.integer)) or output_min_rank < 1):
+        if output_min_rank is not None and not is_count(output_min_rank, 1):
             raise ValueError(f"output_min_rank must be a positive integer or None, got {output_min_rank!r}")
         for key, value in (("include_output_layer", include_output_layer), ("truncate", truncate)):
             if not isinstance(value, (bool, np.bool_)):
@@ -206,6 +207,7 @@ class RMTPruner(Pruner):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (a missing entry: empty); replaces what this pruner learned (the model is
         not touched)."""
+        check_state(state)
         for key in self._STATE:
             setattr(self, key, {str(k): int(v) for k, v in state.get(key, {}).items()})
 
@@ -223,11 +225,26 @@ class RMTPruner(Pruner):
         ``changed`` the model. Also updates this pruner's :meth:`state_dict`. Records no autograd graph
         and draws no random numbers (``split="auto"`` runs one forward pass of ``example_input`` per pruner,
         its graph discarded, in a fork of the RNG)."""
+        return self._event(model, epoch, apply=True)
+
+    def plan(self, model: nn.Module, epoch: int,
+             each: Callable[[str, nn.Module], None] | None = None) -> PruneEvent:
+        """What :meth:`step` would do, without doing it: the same ledger rows (fit, rank, action, parameters
+        after) and spectra, from the singular values alone (``rmt.singular_values``: the eigenvalues of the
+        p x p Gram matrix where n >= 2p, else ``svdvals``; no singular vectors, no surgery), so a large model
+        is read in a fraction of the time. ``model`` is not modified (this pruner's state is, as by step).
+        ``each(name, module)`` is called before each layer (a progress display)."""
+        return self._event(model, epoch, apply=False, each=each)
+
+    def _event(self, model: nn.Module, epoch: int, apply: bool,
+               each: Callable[[str, nn.Module], None] | None = None) -> PruneEvent:
         event = PruneEvent(epoch)
         f = self.keep_fraction(epoch)
         for name, module, is_output in select_layers(model, self.include, self.exclude, self.include_output_layer):
+            if each is not None:
+                each(name, module)
             t0 = time.perf_counter()
-            row = self._prune_one(model, name, module, is_output, f, event)
+            row = self._prune_one(model, name, module, is_output, f, event, apply)
             row.update(seconds=time.perf_counter() - t0, epoch=epoch)
             event.records.append(row)
         return event
@@ -238,7 +255,7 @@ class RMTPruner(Pruner):
         return self.tolerance
 
     def _prune_one(self, model: nn.Module, name: str, module: nn.Module, is_output: bool, f: float | None,
-                   event: PruneEvent) -> dict[str, Any]:
+                   event: PruneEvent, apply: bool = True) -> dict[str, Any]:
         out, m = layer_matrix_shape(module)
         p = min(out, m)
         tol = self.tolerance_for(module)
@@ -258,9 +275,10 @@ class RMTPruner(Pruner):
         censored = p - rank_now
         row.update(n_censored=censored, n_known_spikes=known)
         try:
-            svd = layer_svd(module)
+            # a split layer's SVD goes through QR of its thin factors: as cheap as its singular values
+            svd = layer_svd(module) if apply or isinstance(module, LOW_RANK_TYPES) else None
             s = np.zeros(p)
-            vals = svd[1].double().cpu().numpy()[:p]
+            vals = (svd[1].double().cpu().numpy() if svd is not None else singular_values(layer_matrix(module)))[:p]
             s[: vals.size] = vals
             fit = fit_mp(singular_values=s, shape=(out, m), alpha=self.alpha, beta=self.beta,
                          n_censored=censored, n_known_spikes=known)
@@ -286,7 +304,13 @@ class RMTPruner(Pruner):
         if is_output:
             floor = max(floor, int(self.output_min_rank if self.output_min_rank is not None else out))
         rank = target_rank(p, spikes, f, floor, self.margin)
-        cut_layer(model, name, module, rank, rank_now, svd, self.truncate, self.ranks, event, row, self.split_rule)
+        if apply:
+            cut_layer(model, name, module, rank, rank_now, svd, self.truncate, self.ranks, event, row, self.split_rule)
+        else:
+            action = rank_action(module, rank, rank_now, truncate=self.truncate,
+                                 split_ok=split_allowed(model, name, module, rank, rank_now, self.split_rule, row))
+            row.update(action=action, rank_after=rank if action in ("split", "truncate") else rank_now,
+                       params_after=planned_params(module, rank, action))
         return row
 
     def adopt_ranks(self, model: nn.Module) -> None:
@@ -318,6 +342,15 @@ class RMTPruner(Pruner):
         return 0.0 if self.stalls[name] >= self.schedule.patience else 1.0
 
 
+def split_allowed(model: nn.Module, name: str, module: nn.Module, rank: int, rank_now: int,
+                  split_rule: SplitRule | None, row: dict[str, Any]) -> bool:
+    """Whether ``split_rule`` lets layer ``name`` be split at ``rank`` (its reason, if any, goes into the note)."""
+    split_ok, why = split_rule.decide(model, name, module, rank) if split_rule and rank < rank_now else (True, "")
+    if why:
+        row["note"] = f"{row['note']}; {why}" if row.get("note") else why
+    return split_ok
+
+
 def cut_layer(model: nn.Module, name: str, module: nn.Module, rank: int, rank_now: int, svd: Any, truncate: bool,
               ranks: dict[str, int], event: PruneEvent, row: dict[str, Any],
               split_rule: SplitRule | None = None) -> None:
@@ -326,9 +359,7 @@ def cut_layer(model: nn.Module, name: str, module: nn.Module, rank: int, rank_no
     listed as replaced, the factors as added), a truncation overwrites its weight in place (replaced) and
     its rank goes into ``ranks``; ``row`` gets the action, the rank and the counts (``skip_svd_failed``
     when the linear algebra fails)."""
-    split_ok, why = split_rule.decide(model, name, module, rank) if split_rule and rank < rank_now else (True, "")
-    if why:
-        row["note"] = f"{row['note']}; {why}" if row.get("note") else why
+    split_ok = split_allowed(model, name, module, rank, rank_now, split_rule, row)
     try:
         result = apply_rank(module, rank, rank_now, svd, truncate=truncate, split_ok=split_ok)
     except LINALG_ERRORS as exc:
@@ -356,7 +387,7 @@ def prune_model(model: nn.Module, keep_fraction: float = 0.0, **kwargs: Any) -> 
     for key in ("schedule", "patience", "horizon", "every", "start_epoch", "stop_epoch"):
         if key in kwargs:
             raise ValueError(f"prune_model makes one cut at keep_fraction: {key}= does not apply")
-    if not (isinstance(keep_fraction, (int, float)) and 0 <= keep_fraction <= 1):
+    if not (is_real(keep_fraction) and 0 <= keep_fraction <= 1):
         raise ValueError(f"keep_fraction must be in [0, 1], got {keep_fraction!r}")
     pruner = RMTPruner(schedule=lambda e: float(keep_fraction), **kwargs)
     pruner.adopt_ranks(model)

@@ -176,16 +176,35 @@ def apply_rank(module: nn.Module, rank: int, current_rank: int, svd: SVD | None 
     smaller rank is always smaller.
     """
     before = param_count(module)
-    if rank >= current_rank:
-        return Surgery(module, "keep", current_rank, current_rank, before, before)
+    action = rank_action(module, rank, current_rank, truncate=truncate, split_ok=split_ok)
+    if action in ("keep", "skip_no_saving"):
+        return Surgery(module, action, current_rank, current_rank, before, before)
     svd = svd if svd is not None else layer_svd(module)
-    if isinstance(module, LOW_RANK_TYPES) or (split_ok and split_weight_count(module, rank) < weight_count(module)):
+    if action == "split":
         new = split(module, svd, rank)
         return Surgery(new, "split", current_rank, rank, before, param_count(new))
-    if not truncate:
-        return Surgery(module, "skip_no_saving", current_rank, current_rank, before, before)
     truncate_(module, svd, rank)
     return Surgery(module, "truncate", current_rank, rank, before, before)
+
+
+def rank_action(module: nn.Module, rank: int, current_rank: int, *, truncate: bool = True,
+                split_ok: bool = True) -> str:
+    """What :func:`apply_rank` does, decided from the shapes alone: ``keep`` (rank >= current_rank), ``split``
+    (a split layer, or ``split_ok`` and r (groups m + out) < out m), else ``truncate`` (or ``skip_no_saving``
+    without ``truncate``)."""
+    if rank >= current_rank:
+        return "keep"
+    if isinstance(module, LOW_RANK_TYPES) or (split_ok and split_weight_count(module, rank) < weight_count(module)):
+        return "split"
+    return "truncate" if truncate else "skip_no_saving"
+
+
+def planned_params(module: nn.Module, rank: int, action: str) -> int:
+    """The layer's parameter count after :func:`apply_rank` took ``action`` at ``rank`` (without doing it):
+    r (groups m + out) + bias for a split, unchanged otherwise."""
+    if action != "split":
+        return param_count(module)
+    return split_weight_count(module, rank) + (module.bias.numel() if module.bias is not None else 0)
 
 
 # Costs of a whole model, from its tensors and layer geometry (what ``summary.json`` records).

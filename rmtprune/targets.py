@@ -26,6 +26,7 @@ network or data set, an unpruned run, another calendar, several runs with differ
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 from typing import Any
 
@@ -144,7 +145,7 @@ def matched_run(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
     if (path / "summary.json").exists() or (path / "redirect.json").exists():
         folder = resolve_redirect(path)
         summary = _summary(folder / "summary.json")
-        if summary is None or summary.get("status") != "completed" or summary.get("n_params_final") is None:
+        if summary is None or summary.get("status") != "completed":
             status = "no readable summary.json" if summary is None else f"status {summary.get('status')}"
             raise UserError(f"{key}: the run there has not finished ({status}); finish it (resume=true) or give "
                             f"a finished run")
@@ -188,6 +189,10 @@ def _match_in_sweep(cfg: DictConfig, root: Path, key: str) -> tuple[Path, dict[s
 def _mismatches(summary: dict[str, Any], cfg: DictConfig) -> list[tuple[str, str]]:
     """Why a finished run cannot be matched by this run: (reason, hint) for another network or data set, an
     unpruned run, another event calendar or length; empty when it can."""
+    bad = [k for k in ("n_params_final", "n_params_initial") if not _is_count(summary.get(k), k == "n_params_final")]
+    if bad:
+        return [(f"records {bad[0]}={json.dumps(summary.get(bad[0]))} in its summary.json, not a whole number of "
+                 f"parameters above 0", "its summary.json is damaged: rerun that run, or match another")]
     out = []
     network = _other_network(summary, cfg)
     if network:
@@ -208,9 +213,17 @@ def _finished_runs(root: Path) -> list[tuple[Path, dict[str, Any]]]:
     out = []
     for folder in sorted(folders):
         summary = _summary(folder / "summary.json")
-        if summary and summary.get("status") == "completed" and summary.get("n_params_final") is not None:
+        if summary and summary.get("status") == "completed":
             out.append((folder, summary))
     return out
+
+
+def _is_count(value: Any, required: bool) -> bool:
+    """A parameter count as summary.json records it: an int above 0 (not a bool, a float or text); None only
+    where it is not ``required``."""
+    if value is None:
+        return not required
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def _summary(path: Path) -> dict[str, Any] | None:

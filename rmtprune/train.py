@@ -31,7 +31,7 @@ import math
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -43,7 +43,7 @@ from .errors import RunFailed, UserError
 from .evaluate import evaluate
 from .events import PruneEvent, Pruner, anneal_scale, rebuild_optimizer
 from .magnitude import COLUMNS as MAGNITUDE_COLUMNS
-from .magnitude import magnitude_sweep
+from .magnitude import magnitude_sweep, sparsity_grid
 from .loggers import Logger, open_logger
 from .models import count_parameters, factorised_ranks, model_spec, model_warnings
 from .outputs import (METRICS_COLUMNS, RunLock, append_spectra, config_key, find_runs, identity_differences,
@@ -176,6 +176,17 @@ def _restart(run_dir: Path) -> None:
         (run_dir / name).unlink(missing_ok=True)
 
 
+def _check_writable(folder: Path, hint: str) -> None:
+    """``folder`` exists (made if needed) and a file can be written there; else a UserError with ``hint``."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"output folder {folder} is not writable ({exc.strerror}); {hint}") from None
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train (and prune) one configuration, writing everything into ``run_dir``; returns the summary."""
     validate(cfg)
@@ -183,14 +194,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     resolve_target(cfg)
     run_dir = Path(run_dir)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write_test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(f"output folder {run_dir} is not writable ({exc.strerror}); set hydra.run.dir "
-                        f"(or hydra.sweep.dir) to a writable folder") from None
+    _check_writable(run_dir, "set hydra.run.dir (or hydra.sweep.dir) to a writable folder")
     device = resolve_device(cfg.device)
     key = config_key(cfg)
     prev_dir, prev_summary = _previous(cfg, key, run_dir)
@@ -207,6 +211,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                         f"without checkpoint.pt (checkpoint=false), so it cannot be continued to epochs={cfg.epochs}; "
                         f"train the longer run in another folder (hydra.run.dir=...)")
     out_dir = prev_dir if prev_dir is not None else run_dir
+    if out_dir != run_dir:
+        _check_writable(out_dir, "make it writable to continue that run there, or run without resume=")
     with RunLock(out_dir):
         _claim_folder(out_dir, key, resuming=prev_dir is not None)
         if prev_dir is not None and prev_dir.resolve() != run_dir.resolve():
@@ -214,6 +220,16 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             log.info("resuming the run in %s", prev_dir)
         with interruptible():
             return _train(cfg, out_dir, key, device, resuming=prev_dir is not None)
+
+
+def _unless_damaged(read: Callable[[], Any], out_dir: Path) -> Any:
+    """``read()`` of a run's checkpoint; a damaged one (UserError) also says how to get past it."""
+    try:
+        return read()
+    except UserError as exc:
+        raise UserError(f"{exc}; the run in {out_dir} cannot be continued from it: move that folder aside "
+                        f"(resume=true then takes an older unfinished run or starts afresh), or run without "
+                        f"resume=") from None
 
 
 def _train(cfg: DictConfig, out_dir: Path, key: str, device: torch.device, resuming: bool) -> dict[str, Any]:
@@ -228,9 +244,9 @@ def _train(cfg: DictConfig, out_dir: Path, key: str, device: torch.device, resum
     if not ckpt_path.exists():
         _restart(out_dir)
     if resuming and ckpt_path.exists():
-        old_config = _checkpoint_config(ckpt_path)
+        old_config = _unless_damaged(lambda: _checkpoint_config(ckpt_path), out_dir)
         _same_config_or_refuse(old_config, cfg, ckpt_path, "it was made by")
-        state = TrainingState.restore(ckpt_path, cfg, device, pruner)
+        state = _unless_damaged(lambda: TrainingState.restore(ckpt_path, cfg, device, pruner), out_dir)
         old_epochs = int(old_config.get("epochs", state.epoch))
         from .baselines import TargetPruner
 
@@ -264,6 +280,7 @@ def _train(cfg: DictConfig, out_dir: Path, key: str, device: torch.device, resum
     write_csv(out_dir / "metrics.csv", state.metrics, METRICS_COLUMNS)
     t_start = time.perf_counter() - state.wall_time_s
     logger = open_logger(cfg, out_dir)
+    ended = "failed"  # what the logger records if the loop does not finish
     try:
         if old_epochs is not None and old_epochs < int(cfg.epochs) and state.epoch == old_epochs:
             _grow(cfg, state, data, old_epochs, out_dir, logger)
@@ -275,13 +292,16 @@ def _train(cfg: DictConfig, out_dir: Path, key: str, device: torch.device, resum
                 if cfg.checkpoint:
                     state.save(out_dir / "checkpoint.pt", cfg, key, device)
                 write_json(out_dir / "summary.json", _summarise(summary, state.metrics, state.wall_time_s))
+        ended = "completed"
     except RunFailed as exc:
         _record_end(out_dir, summary, state, t_start, "failed", str(exc))
         raise
     except Terminated:
+        ended = "interrupted"
         _record_end(out_dir, summary, state, t_start, "interrupted", "terminated (SIGTERM); continue with resume=true")
         raise
     except KeyboardInterrupt:
+        ended = "interrupted"
         _record_end(out_dir, summary, state, t_start, "interrupted", "interrupted (Ctrl-C); continue with resume=true")
         raise
     except UserError:
@@ -292,13 +312,16 @@ def _train(cfg: DictConfig, out_dir: Path, key: str, device: torch.device, resum
         _record_end(out_dir, summary, state, t_start, "failed", message)
         raise RunFailed(f"the run failed at epoch {state.epoch + 1}: {message}") from exc
     finally:
-        logger.close()
+        logger.close(ended)
 
     state.pruner.finalize(state.model)
     save_atomic_model(state, out_dir / "model.pt")
     if cfg.magnitude_sweep.enabled:
+        levels = len(sparsity_grid(int(cfg.magnitude_sweep.n_thresholds)))
+        log.info("magnitude sweep after training: %d sparsity levels, each a pass over the %s test images "
+                 "(magnitude_sweep.enabled=false skips it)", levels, f"{len(data.test_y):,}")
         rows = magnitude_sweep(state.model, data.test_x, data.test_y, int(cfg.magnitude_sweep.n_thresholds),
-                               int(cfg.eval_batch_size))
+                               int(cfg.eval_batch_size), report=_sweep_progress)
         write_csv(out_dir / "magnitude_sweep.csv", rows, MAGNITUDE_COLUMNS)
     summary.update(status="completed", finished_at=_now(), ranks=factorised_ranks(state.model),
                    **final_costs(cfg, state))
@@ -310,6 +333,14 @@ def _train(cfg: DictConfig, out_dir: Path, key: str, device: torch.device, resum
              f", val_acc {100 * final['final_val_acc']:.2f}%" if "final_val_acc" in final else "",
              f"{final['n_params_initial']:,}", f"{final['n_params_final']:,}", out_dir)
     return final
+
+
+def _sweep_progress(done: int, total: int, seconds: float) -> None:
+    """The magnitude sweep's time left, said once after its first level (and its end)."""
+    if done == 1 and total > 1:
+        log.info("magnitude sweep: level 1 of %d took %.1f s, about %.0f s left", total, seconds, seconds * (total - 1))
+    elif done == total:
+        log.info("magnitude sweep: %d levels in %.1f s", total, seconds)
 
 
 def final_costs(cfg: DictConfig, state: TrainingState) -> dict[str, Any]:

@@ -14,6 +14,8 @@ from torch import nn
 
 import rmtprune
 from conftest import REPO
+from rmtprune.baselines import LowRankPruner
+from rmtprune.events import ControlPruner
 from rmtprune.lowrank import LowRankConv2d, LowRankLinear
 
 
@@ -175,7 +177,51 @@ def test_defaults_are_those_of_conf_pruning_rmt():
     ("horizon", 0), ("every", 0), ("start_epoch", 0), ("stop_epoch", 0), ("min_size", -1), ("min_rank", 0),
     ("include_output_layer", "yes"), ("output_min_rank", 0), ("truncate", "no"), ("lr_factor", 0.0),
     ("momentum", "nesterov"), ("recalibrate_bn", -1), ("include", 3), ("exclude", [None]), ("split", "sometimes"),
+    # a bool is not a number, inf never prunes, a string is not an epoch
+    ("tolerance", True), ("horizon", float("inf")), ("lr_factor", float("inf")), ("alpha", float("nan")),
+    ("stop_epoch", "3"), ("every", True), ("min_rank", 2.0),
 ])
 def test_each_bad_constructor_argument_is_a_value_error_naming_it(argument, value):
     with pytest.raises(ValueError, match=rf"\b{argument}\b"):
         rmtprune.RMTPruner(**{argument: value})
+
+
+@pytest.mark.parametrize("pruner", [rmtprune.RMTPruner(), ControlPruner(), LowRankPruner(target_params=1000)],
+                         ids=lambda p: type(p).__name__)
+def test_load_state_dict_of_a_non_dict_is_a_type_error_naming_it(pruner):
+    with pytest.raises(TypeError, match=r"load_state_dict: state must be a dict"):
+        pruner.load_state_dict([])
+
+
+def test_fit_mp_of_a_list_is_a_type_error_naming_w():
+    with pytest.raises(TypeError, match=r"\bW must be a torch tensor or a numpy array, got list"):
+        rmtprune.fit_mp([[1, 2], [3, 4]])
+
+
+def test_a_frozen_layer_stays_frozen_and_out_of_the_optimizer_and_the_model_keeps_its_mode():
+    """A split of a frozen layer (requires_grad=False) gives frozen factors that the rebuilt optimizer leaves
+    out, even when the user's optimizer held the frozen weight; a model in eval mode stays in eval mode."""
+    model = users_net()
+    model[0].requires_grad_(False)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model.eval()
+    event = rmtprune.RMTPruner(schedule="oneshot").step(model, 1)
+    assert isinstance(model[0], LowRankConv2d) and isinstance(model[3], LowRankLinear)
+    assert not any(p.requires_grad for p in model[0].parameters())
+    assert all(p.requires_grad for p in model[3].parameters())
+    assert not any(m.training for m in model.modules())
+    new = rmtprune.rebuild_optimizer(optimizer, model, event)
+    held = {id(p) for g in new.param_groups for p in g["params"]}
+    assert held == {id(p) for p in model.parameters() if p.requires_grad}
+    assert not held & {id(p) for p in model[0].parameters()}
+
+
+def test_the_install_advice_works_without_a_release():
+    """No rmtprune release exists: the README and the ImportError say pip install -e ".[lightning]" (a checkout)."""
+    block = "import sys; sys.modules.update(dict.fromkeys(['lightning', 'lightning.pytorch', 'pytorch_lightning']))"
+    res = subprocess.run([sys.executable, "-c", f"{block}; import rmtprune.integrations.lightning"],
+                         capture_output=True, text=True, cwd=REPO)
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: ") and 'pip install -e ".[lightning]"' in last, res.stderr
+    readme = (REPO / "README.md").read_text()
+    assert 'pip install -e ".[lightning]"' in readme and "'rmtprune[" not in readme

@@ -431,6 +431,9 @@ def test_target_from_refuses_an_unpruned_run_and_another_calendar_or_length(cli,
         (run("lr", lr_factor=0.9), "pruning.lr_factor=0.9"),
         (run("keep", momentum="keep"), "pruning.momentum=keep"),
         (run("longer", epochs=5), "epochs=5"),
+        # a damaged summary.json: the count it records, not a generic or wrong message (20000.7 was taken)
+        (run("text", final="abc"), 'n_params_final="abc"'), (run("negative", final=-5), "n_params_final=-5"),
+        (run("fraction", final=20000.7), "n_params_final=20000.7"), (run("null", final=None), "n_params_final=null"),
     ]
     for folder, needle in refused:
         with pytest.raises(UserError, match="pruning.target_from") as info:

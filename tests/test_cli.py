@@ -44,7 +44,15 @@ def test_train_help_and_cfg_job_run_nothing(cli, tmp_path):
     ("pruning=rmt pruning.tolerence=0.1", "did you mean pruning.tolerance"),
     ("pruning=rmt schedule=oneshot schedule.horizon=3", "schedule.horizon is not used by schedule=oneshot"),
     ("pruning=none schedule.horizon=3", "schedule.horizon is not used by pruning=none"),
-    ("seed=0,1", "add -m"), ("~seed", "invalid config"),
+    ("seed=0,1", "add -m"), ("~seed", "seed is a setting of every run and cannot be deleted"),
+    ("~checkpoint", "checkpoint is a setting of every run and cannot be deleted"),
+    ("~magnitude_sweep", "magnitude_sweep is a setting"), ("~pruning.tolerance", "cannot be deleted"),
+    ("+epoch=3", "did you mean epochs?"), ("++epoch=3", "epoch is not a setting"),
+    ("+pruning.tolerence=0.1", "not a setting"), ("model=cnn_schema", "available: cnn, custom, mlp"),
+    ("pruning=rmt schedule=step schedule.at=-1", "schedule.at=-1 must be positive"),
+    ("optimizer.lr=inf", "optimizer.lr=inf must be positive and finite"),
+    ("pruning=rmt pruning.lr_factor=inf", "pruning.lr_factor=inf must be positive and finite"),
+    ("pruning=rmt schedule.horizon=inf", "schedule.horizon=inf"),
 ])
 def test_bad_input_is_one_line_and_exit_2(cli, tmp_path, override, needle):
     import torch
@@ -55,6 +63,11 @@ def test_bad_input_is_one_line_and_exit_2(cli, tmp_path, override, needle):
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("rmtprune: error:") and needle in lines[0], err
     assert "Traceback" not in out + err
+
+
+def test_help_lists_no_internal_schema(cli):
+    code, out, _ = cli("train", "--help")
+    assert code == 0 and "model: cnn, custom, mlp\n" in out and "_schema" not in out
 
 
 def test_a_bad_value_in_a_sweep_fails_before_any_job_runs(cli, tmp_path):
@@ -350,3 +363,20 @@ def test_only_command_line_keys_are_checked_against_the_chosen_option():
     check_unused_keys(swept, [none, rmt])
     with pytest.raises(UserError, match="pruning.tolerance is not used by pruning=none"):
         check_unused_keys(parse_overrides([*preset, "pruning.tolerance=0.1"]), [none])
+
+
+def test_tab_completion_as_the_help_installs_it(tmp_path):
+    """`eval "$(rmtprune train -sc install=bash)"` in bash, then TAB: the command name, then the overrides."""
+    import shutil
+
+    exe = Path(sys.executable).parent / "rmtprune"
+    if shutil.which("bash") is None or not exe.exists():
+        pytest.skip("needs bash and the installed rmtprune script")
+    script = ('eval "$(rmtprune train -sc install=bash)"; '
+              'COMP_LINE="rmtprune tr"; COMP_CWORD=1; hydra_bash_completion; echo "${COMPREPLY[@]}"; '
+              'COMP_LINE="rmtprune train dataset=fa"; COMP_CWORD=2; hydra_bash_completion; echo "${COMPREPLY[@]}"; '
+              'COMP_LINE="rmtprune prune run/model.pt finetune_ep"; COMP_CWORD=3; hydra_bash_completion; '
+              'echo "${COMPREPLY[@]}"')
+    res = run_subprocess(["bash", "-c", script], cwd=tmp_path, env={"PATH": f"{exe.parent}:{os.environ['PATH']}"})
+    assert res.returncode == 0 and "unknown command" not in res.stderr, res.stderr
+    assert res.stdout.splitlines() == ["train", "dataset=fashion_mnist", "finetune_epochs="], res.stdout + res.stderr

@@ -203,3 +203,20 @@ def test_the_magnitude_baseline_prunes_each_normal_model_to_the_same_seed_count(
     fallback = compare([copy]).table.set_index("arm").loc["rmt"]
     assert fallback["magnitude_at_same_params_n"] == 3 and "interpolated" in fallback["magnitude_note"]
     assert math.isnan(fallback["magnitude_finetuned_mean"])
+
+
+def test_the_terminal_and_comparison_md_give_the_variance_in_one_unit(cli, tmp_path):
+    """percent² in both (fraction² x 10^4): the same number for every arm of a committed sweep."""
+    from conftest import REPO
+
+    runs = REPO / "docs" / "results" / "runs" / "mnist_fc_1000_1000_1000_500_cpu"
+    code, out, err = cli("compare", str(runs), "--no-plots", "--format", "md,csv", "--out", str(tmp_path / "o"))
+    assert code == 0, err
+    table = pd.read_csv(tmp_path / "o" / "comparison.csv")
+    md = (tmp_path / "o" / "comparison.md").read_text()
+    assert "var (%²)" in out
+    for arm, var in zip(table["arm"], table["final_var"]):
+        cell = f"{var * 1e4:.3g}"
+        assert f"| {arm} | " in md and f" | {cell} | " in md.split(f"| {arm} | ", 1)[1].split("\n")[0]
+        row = next(line for line in out.splitlines() if line.startswith(f"│ {arm} "))
+        assert row.split("│")[4].strip() == cell

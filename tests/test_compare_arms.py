@@ -449,3 +449,18 @@ def test_trajectory_matched_neuron_and_magnitude_seeds_are_one_arm_tested_agains
     from rmtprune.compare import _series
 
     assert _series("neuron", "match=trajectory, target_from=main") == "neuron (match=trajectory)"
+
+
+def test_group_labels_name_the_data_set_not_the_checksums_of_its_files(tmp_path, cli):
+    """MNIST runs record the md5 of each raw file, synthetic runs none: the labels say dataset.name only."""
+    for seed in range(2):
+        write_run(tmp_path / f"syn{seed}", seed)
+        run = write_run(tmp_path / f"mnist{seed}", seed)
+        summary = json.loads((run / "summary.json").read_text())
+        summary["config"]["dataset"].update(name="mnist", raw_md5={"train-images-idx3-ubyte": "6bbc9ace",
+                                                                   "t10k-images-idx3-ubyte": "2646ac64"})
+        (run / "summary.json").write_text(json.dumps(summary))
+    cmp = compare([tmp_path])
+    assert sorted(sorted(label.split(", ")) for label in cmp.groups) == [
+        ["dataset.name=mnist", "model.name=mlp", "topology=784-100-10"],
+        ["dataset.name=synthetic", "model.name=mlp", "topology=784-100-10"]]

@@ -147,6 +147,9 @@ def test_custom_model_seeds_are_compared_rmt_against_none(cli, tmp_path):
     (["model=custom", "model._target_=no_such_pkg.Net"], r"model._target_=no_such_pkg.Net cannot be imported"),
     (["model=custom", "model._target_=tests_support.nets.Nope"], r"cannot be imported"),
     (["model=custom", f"model._target_={NET}", "model.depth=3"], r"rejected its arguments \(model.depth=3\).*depth"),
+    # a constructor that takes its arguments and then raises is not said to reject them
+    (["model=custom", f"model._target_={NET}", "model.hidden=-1"],
+     r"raised RuntimeError when called with \(model.hidden=-1\): .*negative"),
     (["model=custom", f"model._target_={NET}", "model.num_classes=7"],
      r"gives output of shape \(2, 7\).*must give \(2, 10\)"),
     (["model=custom", f"model._target_={NET}", "model.side=20"], r"fails on the data set's input"),

@@ -196,3 +196,32 @@ def test_cifar10_trains_from_the_command_line_on_a_made_archive(cli, tmp_path):
     assert code == 2 and "dataset.train_size=100 exceeds the 30 training examples" in err
     code, _, err = cli("train", *args[:-1], "model.channels=[4,4,4,4,4,4,4]", "hydra.run.dir=small")
     assert code == 2 and "too small for 7 3x3 convs" in err and err.count("rmtprune: error:") == 1
+
+
+@needs_real_data
+@pytest.mark.parametrize("failure", ["full", "read-only"])
+def test_a_full_or_read_only_data_cache_is_blamed_not_the_good_mirror(tmp_path, monkeypatch, failure):
+    import errno
+
+    import rmtprune.data
+
+    def full(fin, fout, *args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    real_open = open
+
+    def read_only(path, mode="r", *args, **kwargs):
+        if "w" in mode and str(path).endswith(".tmp"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, mode, *args, **kwargs)
+
+    if failure == "full":
+        monkeypatch.setattr(rmtprune.data.shutil, "copyfileobj", full)
+    else:
+        monkeypatch.setattr("builtins.open", read_only)
+    cfg = dataset_cfg("mnist", root=str(tmp_path / "cache"), offline_dir=str(OFFLINE))
+    with pytest.raises(UserError) as info:
+        load_data(cfg, torch.device("cpu"))
+    message = str(info.value)
+    assert "cannot write the decompressed" in message and "RMTPRUNE_DATA_DIR" in message
+    assert "not a readable gzip file" not in message

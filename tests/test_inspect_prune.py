@@ -209,3 +209,89 @@ def test_factor_pairs_that_do_not_chain_are_refused_cleanly(cli, tmp_path):
         code, _, err = cli("inspect", name)
         assert code == 2 and err.count("rmtprune: error:") == 1 and "two factors of one layer" in err, (name, err)
         assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("keep_fraction", [0.0, 0.5, 0.95])  # splits, then truncations in place at 0.95
+def test_plan_gives_the_rows_of_step_from_singular_values_alone(monkeypatch, keep_fraction):
+    """RMTPruner.plan (what inspect runs) decides as step does, on a 200 x 1000 layer (the Gram matrix's path)
+    and a 150 x 200 one (svdvals), without a singular vector and without touching the model."""
+    import copy
+
+    from torch import nn
+
+    from rmtprune import RMTPruner
+
+    model = nn.Sequential(nn.Linear(1000, 200), nn.ReLU(), nn.Linear(200, 150), nn.ReLU(), nn.Linear(150, 10))
+    with torch.no_grad():
+        model[0].weight.copy_(planted(200, 1000, 5, 0.05, 0))
+        model[2].weight.copy_(planted(150, 200, 4, 0.05, 1))
+    before = copy.deepcopy(model)
+    done = RMTPruner(schedule=lambda e: keep_fraction, min_size=1000).step(copy.deepcopy(model), 0).records
+
+    def no_vectors(*args, **kwargs):
+        raise AssertionError("plan computed singular vectors")
+
+    monkeypatch.setattr(torch.linalg, "svd", no_vectors)
+    seen = []
+    pruner = RMTPruner(schedule=lambda e: keep_fraction, min_size=1000)
+    planned = pruner.plan(model, 0, each=lambda name, module: seen.append(name)).records
+    assert seen == ["0", "2", "4"]
+    expected = {"0": 5, "2": 4}
+    for a, b in zip(planned, done):
+        assert a["layer"] == b["layer"]
+        for key in ("action", "rank_before", "rank_after", "params_before", "params_after", "n_spikes"):
+            assert a[key] == b[key] or (a[key] != a[key] and b[key] != b[key]), (a["layer"], key)
+        if a["layer"] in expected:
+            assert a["n_spikes"] == expected[a["layer"]]
+            assert a["fit_error"] == pytest.approx(b["fit_error"], abs=1e-5)
+            assert a["sigma2"] == pytest.approx(b["sigma2"], rel=1e-5)
+    assert {r["action"] for r in planned if r["layer"] in expected} == ({"truncate"} if keep_fraction > 0.9
+                                                                       else {"split"})
+    assert [type(m) for m in model] == [type(m) for m in before]
+    assert all(torch.equal(p, q) for p, q in zip(model.state_dict().values(), before.state_dict().values()))
+
+
+def test_inspect_says_what_it_fits_before_it_starts(cli, tmp_path):
+    path = tmp_path / "m.pt"
+    torch.save(planted_model().state_dict(), path)
+    code, out, err = cli("inspect", str(path), "--out", str(tmp_path / "view"))
+    assert code == 0, err
+    line = next(ln for ln in err.splitlines() if ln.startswith("inspect: "))
+    assert "to 3 layers (436,600 weights)" in line and "singular values only, about" in line
+
+
+def test_prune_counts_a_magnitude_models_non_zero_parameters_as_its_run_did(cli, tmp_path):
+    """A model whose smallest weights are zeroed (what pruning=magnitude saves) has its non-zero parameters,
+    not its dense size, before the cut (and after it, in the layers a cut leaves sparse)."""
+    from rmtprune.magnitude import count_nonzero, prune_to_count
+
+    dense = build_model({"kind": "mlp", "widths": [784, 256, 10]})
+    with torch.no_grad():  # trained biases are not zero
+        for name, p in dense.named_parameters():
+            if name.endswith("bias"):
+                p.fill_(0.01)
+    sparse, kept = prune_to_count(dense, 60_000)
+    assert kept == 60_000 == count_nonzero(sparse) < sum(p.numel() for p in sparse.parameters())
+    torch.save(sparse.state_dict(), tmp_path / "sd.pt")
+    code, _, err = cli("prune", "sd.pt", *FAST, "pruning=rmt", "topology=784-256-10", "hydra.run.dir=p")
+    assert code == 0, err
+    s = json.loads((tmp_path / "p" / "summary.json").read_text())
+    assert s["n_params_before"] == 60_000
+
+
+def test_a_nan_loss_while_fine_tuning_keeps_the_pruned_model(cli, tmp_path):
+    """Fine-tuning at an lr that makes the loss NaN fails the command (exit 1) but the pruned model, its ledger
+    and a summary (status failed, the accuracy right after the cut) are saved."""
+    model = build_model({"kind": "mlp", "widths": [784, 256, 10]})
+    torch.save(model.state_dict(), tmp_path / "sd.pt")
+    code, _, err = cli("prune", "sd.pt", *FAST, "pruning=rmt", "topology=784-256-10", "finetune_epochs=2",
+                       "optimizer.lr=1e30", "hydra.run.dir=p")
+    assert code == 1 and "nan" in err.lower() and "pruned model before fine-tuning is saved" in err, err
+    s = json.loads((tmp_path / "p" / "summary.json").read_text())
+    assert s["status"] == "failed" and "fine-tuning failed" in s["error"] and s["test_acc_finetuned"] is None
+    from rmtprune.loading import load_model
+
+    saved, _ = load_model(tmp_path / "p")
+    assert all(torch.isfinite(p).all() for p in saved.parameters())
+    assert sum(p.numel() for p in saved.parameters()) == s["n_params_after"]
+    assert (tmp_path / "p" / "layers.csv").exists()

@@ -1,4 +1,4 @@
-"""The optional Lightning callback (runs when lightning is installed: pip install 'rmtprune[lightning]')."""
+"""The optional Lightning callback (runs when lightning is installed: pip install -e ".[lightning]")."""
 
 from __future__ import annotations
 

@@ -21,9 +21,11 @@ ROWS = [
 ]
 RECORDS = [
     {"layer": "layers.0", "n_spikes": 4, "fit_error": 0.012, "rank_before": 100, "rank_after": 40,
-     "params_after": 2000, "action": "split"},
+     "params_before": 5000, "params_after": 2000, "action": "split"},
     {"layer": "layers.1", "n_spikes": math.nan, "fit_error": math.nan, "rank_before": 10, "rank_after": 10,
-     "params_after": 1000, "action": "skip_small"},
+     "params_before": 1000, "params_after": 1000, "action": "skip_small"},
+    {"layer": "layers.2", "n_spikes": 3, "fit_error": 0.2, "rank_before": 10, "rank_after": 10,
+     "params_before": 900, "params_after": 900, "action": "skip_bad_fit"},
 ]
 
 
@@ -33,7 +35,8 @@ def spectrum(seed: int = 0) -> np.ndarray:
 
 
 def cfg(logger: str, root) -> object:
-    return OmegaConf.create({"logger": logger, "output_root": str(root), "seed": 0, "pruning": {"name": "rmt"}})
+    return OmegaConf.create({"logger": logger, "output_root": str(root), "seed": 0, "topology": [784, 10],
+                             "pruning": {"name": "rmt", "tolerance": 0.05, "stop_epoch": None}})
 
 
 def test_csv_logger_writes_nothing(tmp_path):
@@ -63,15 +66,20 @@ def test_tensorboard_event_file_holds_the_scalars_and_histograms(tmp_path):
     def series(tag):
         return [(e.step, e.value) for e in acc.Scalars(tag)]
 
-    assert series("epoch/test_acc") == [(1, pytest.approx(0.68)), (2, pytest.approx(0.79))]
+    assert series("test/acc") == [(1, pytest.approx(0.68)), (2, pytest.approx(0.79))]
+    assert series("train/loss") == [(1, pytest.approx(0.9)), (2, pytest.approx(0.5))]
+    assert series("test/loss") == [(1, pytest.approx(1.0)), (2, pytest.approx(0.6))]
     assert series("epoch/lr") == [(1, pytest.approx(0.02)), (2, pytest.approx(0.0192))]
     assert series("params/n_params") == [(1, 5000), (2, 3000)]
     assert series("params/n_params_after") == [(1, 3000), (2, 3000)]
-    assert series("epoch/test_acc_after_event") == [(1, pytest.approx(0.61))]  # NaN of epoch 2 left out
+    assert series("test/acc_after_event") == [(1, pytest.approx(0.61))]  # NaN of epoch 2 left out
     assert series("prune/layers.0/n_spikes") == [(1, 4)]
     assert series("prune/layers.0/fit_error") == [(1, pytest.approx(0.012))]
-    assert series("prune/layers.0/rank_after") == [(1, 40)] and series("prune/layers.1/rank_after") == [(1, 10)]
-    assert "prune/layers.1/fit_error" not in tags["scalars"]
+    assert series("prune/layers.0/rank_after") == [(1, 40)]
+    # a layer too small to be looked at has no scalars (they would be constant); a bad fit still shows its fit
+    assert not [t for t in tags["scalars"] if t.startswith("prune/layers.1/")]
+    assert series("prune/layers.2/fit_error") == [(1, pytest.approx(0.2))]
+    assert not [t for t in tags["scalars"] if t.startswith("epoch/") and t[6:].startswith(("train", "test", "val"))]
     assert "epoch/epoch" not in tags["scalars"]
     assert tags["histograms"] == ["spectrum/layers.0"]
     (event,) = acc.Histograms("spectrum/layers.0")
@@ -94,7 +102,7 @@ def test_mlflow_run_holds_metrics_params_and_spectra(tmp_path):
     logger.close()
     client = MlflowClient(tracking_uri=(tmp_path / "out" / "mlruns").resolve().as_uri())
     (found,) = client.search_runs([client.get_experiment_by_name("rmtprune").experiment_id])
-    assert found.data.metrics["epoch/test_acc"] == pytest.approx(0.68)
+    assert found.data.metrics["test/acc"] == pytest.approx(0.68)
     assert found.data.metrics["prune/layers.0/rank_after"] == 40 and found.data.params["seed"] == "0"
     local = client.download_artifacts(found.info.run_id, "spectra/e1.npz", str(tmp_path))
     with np.load(local) as data:
@@ -104,7 +112,43 @@ def test_mlflow_run_holds_metrics_params_and_spectra(tmp_path):
     again.log_epoch(ROWS[1])
     again.close()
     (found,) = client.search_runs([client.get_experiment_by_name("rmtprune").experiment_id])
-    assert [m.step for m in client.get_metric_history(found.info.run_id, "epoch/test_acc")] == [1, 2]
+    assert [m.step for m in client.get_metric_history(found.info.run_id, "test/acc")] == [1, 2]
+    assert found.info.status == "FINISHED"
+
+
+def test_tensorboard_shows_the_resolved_config_and_overlays_the_splits(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    run = tmp_path / "run"
+    with open_logger(cfg("tensorboard", tmp_path), run) as logger:
+        logger.log_epoch(ROWS[0])
+    acc = EventAccumulator(str(run / "tb"))
+    acc.Reload()
+    content = acc.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    hp = {k: (v.string_value or v.number_value or v.bool_value) for k, v in start.hparams.items()}
+    assert hp["logger"] == "tensorboard" and hp["pruning.tolerance"] == pytest.approx(0.05)
+    assert hp["topology"] == "[784, 10]" and hp["pruning.stop_epoch"] == "None"
+    (config,) = acc.Tensors("custom_scalars__config__")
+    layout = layout_pb2.Layout.FromString(config.tensor_proto.string_val[0])
+    charts = {c.title: list(c.multiline.tag) for cat in layout.category for c in cat.chart}
+    assert charts["loss"] == ["train/loss", "val/loss", "test/loss"]
+
+
+@pytest.mark.parametrize("status, mlflow_status", [("failed", "FAILED"), ("interrupted", "KILLED")])
+def test_mlflow_closes_a_run_that_did_not_complete_as_failed_or_killed(tmp_path, status, mlflow_status):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    logger = open_logger(cfg("mlflow", tmp_path), tmp_path / "run")
+    logger.log_epoch(ROWS[0])
+    logger.close(status)
+    client = MlflowClient(tracking_uri=(tmp_path / "mlruns").resolve().as_uri())
+    (found,) = client.search_runs([client.get_experiment_by_name("rmtprune").experiment_id])
+    assert found.info.status == mlflow_status
 
 
 def test_a_missing_logger_package_is_one_line_naming_the_logger_and_pip(monkeypatch, tmp_path):

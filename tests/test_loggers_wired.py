@@ -18,7 +18,7 @@ def test_logger_tensorboard_writes_the_run_to_tb(cli, tmp_path):
     assert code == 0, err
     acc = EventAccumulator(str(tmp_path / "run" / "tb"), size_guidance={"scalars": 0, "histograms": 0})
     acc.Reload()
-    assert [e.step for e in acc.Scalars("epoch/test_acc")] == [1, 2]
+    assert [e.step for e in acc.Scalars("test/acc")] == [1, 2]
     assert [e.step for e in acc.Scalars("params/n_params_after")] == [1, 2]
     assert [e.step for e in acc.Scalars("prune/layers.0/rank_after")] == [1]
     assert "spectrum/layers.0" in acc.Tags()["histograms"]

@@ -1,6 +1,9 @@
 """Run-folder files: spectra.npz grows by appending, never by rewriting the earlier events."""
 
+import os
+
 import numpy as np
+import pytest
 
 from rmtprune.outputs import append_spectra, read_spectra, repair_spectra
 
@@ -39,3 +42,23 @@ def test_a_repeated_event_replaces_its_entries_and_a_damaged_file_is_moved_aside
     assert not path.exists() and (tmp_path / "spectra.npz.damaged").exists()
     append_spectra(path, 3, {"layers.0": np.ones(2)})
     assert set(read_spectra(path)) == {3}
+
+
+@pytest.mark.parametrize("umask", [0o002, 0o077])
+def test_every_file_of_a_run_honours_the_umask(cli, tmp_path, umask):
+    """Files written through a temporary file and a rename (summary.json, model.pt, checkpoint.pt, the npz)
+    get 0666 less the umask, as plain files do: a colleague reads them where the umask lets them."""
+    from conftest import TINY
+
+    old = os.umask(umask)
+    try:
+        code, _, err = cli("train", *TINY, "epochs=2", "pruning=rmt", "pruning.min_size=100",
+                           "hydra.run.dir=run")
+    finally:
+        os.umask(old)
+    assert code == 0, err
+    files = [p for p in (tmp_path / "run").rglob("*") if p.is_file()]
+    names = {p.name for p in files}
+    assert {"summary.json", "model.pt", "checkpoint.pt", "metrics.csv"} <= names
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in files}
+    assert set(modes.values()) == {oct(0o666 & ~umask)}, modes

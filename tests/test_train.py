@@ -113,6 +113,19 @@ def test_corrupt_checkpoint_on_resume_is_a_clear_error(cli, tmp_path):
     (folder / "summary.json").write_text(json.dumps({"status": "running"}))
     code, out, err = cli("train", *FAST, "epochs=2", f"resume={folder}", "hydra.run.dir=x")
     assert code == 2 and "not a readable PyTorch file" in err and "Traceback" not in err
+    assert err.count("rmtprune: error:") == 1 and "move that folder aside" in err  # and how to get past it
+
+
+def test_resume_true_with_a_corrupt_checkpoint_in_the_newest_unfinished_run_says_what_to_do(cli, tmp_path):
+    assert cli("train", *FAST, "epochs=2", "hydra.run.dir=outputs/a")[0] == 0
+    run = tmp_path / "outputs" / "a"
+    (run / "DONE").unlink()
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "status": "running"}))
+    (run / "checkpoint.pt").write_bytes((run / "checkpoint.pt").read_bytes()[:100])
+    code, _, err = cli("train", *FAST, "epochs=2", "resume=true")
+    assert code == 2 and "not a readable PyTorch file" in err, err
+    assert f"the run in {Path('outputs') / 'a'} cannot be continued from it: move that folder aside" in err
 
 
 def test_multirun_sweeps_seeds(cli, tmp_path):
@@ -161,3 +174,29 @@ def test_resume_refuses_a_different_config_but_may_add_epochs(cli, tmp_path):
     code, _, err = cli("train", *args, "epochs=2", "resume=base", "hydra.run.dir=y")
     assert code == 0, err
     assert [r["epoch"] for r in read_csv(tmp_path / "base" / "metrics.csv")] == ["1", "2"]
+
+
+def test_a_resumed_run_that_fails_again_points_to_its_own_folder(cli, tmp_path):
+    bad = [*FAST, "epochs=2", "optimizer.lr=1e30"]
+    code, _, err = cli("train", *bad, "hydra.run.dir=run")
+    assert code == 1 and f"metrics so far are in {tmp_path / 'run'}" in err, err
+    code, _, err = cli("train", *bad, f"resume={tmp_path / 'run'}", "hydra.run.dir=again")
+    assert code == 1 and f"metrics so far are in {tmp_path / 'run'})" in err, err
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "failed"
+
+
+def test_resuming_into_a_folder_that_is_no_longer_writable_is_one_line_and_exit_2(cli, tmp_path, monkeypatch):
+    assert cli("train", *FAST, "epochs=1", "hydra.run.dir=run")[0] == 0
+    run = tmp_path / "run"
+    real = Path.write_text
+
+    def read_only(self, *args, **kwargs):  # the tests run as root, for whom chmod does not stop a write
+        if self.parent == run:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", read_only)
+    code, out, err = cli("train", *FAST, "epochs=2", f"resume={run}", "hydra.run.dir=again")
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0].startswith("rmtprune: error: output folder") and str(run) in lines[0] and "not writable" in lines[0]

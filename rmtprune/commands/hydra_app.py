@@ -74,7 +74,8 @@ def run_hydra(body: Callable[[DictConfig, Path], Any], config_name: str, args: l
     ns = hydra_args(args)
     task = jobs.job_task(body)
     if any(getattr(ns, flag, None) for flag in _NO_RUN):
-        return _call_hydra(task, config_name, args, prog)
+        # the completion script Hydra prints is registered for its program name: `rmtprune`, not `rmtprune train`
+        return _call_hydra(task, config_name, args, prog.split()[0] if ns.shell_completion else prog)
     with Composer(ns, config_name, task) as composer:
         plan = precheck(composer, list(ns.overrides), bool(ns.multirun), check)
     if plan.multirun:

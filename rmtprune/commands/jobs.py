@@ -16,6 +16,7 @@ from typing import Any, Callable
 from omegaconf import DictConfig, open_dict
 
 from ..errors import RunFailed, UserError
+from ..outputs import resolve_redirect
 from ..signals import Terminated, interruptible, stopped
 from . import outcomes
 from .common import debugging, err, unexpected
@@ -49,7 +50,7 @@ def job_task(body: Callable[[DictConfig, Path], Any]) -> Callable[[DictConfig], 
                 err(str(exc))
                 outcome.status, outcome.error = outcomes.REFUSED, str(exc)
             except RunFailed as exc:
-                err(f"{exc} (metrics so far are in {run_dir})")
+                err(f"{exc} (metrics so far are in {resolve_redirect(run_dir)})")  # a resumed run: its own folder
                 outcome.status, outcome.error = outcomes.FAILED, str(exc)
             except KeyboardInterrupt as exc:
                 how = "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C"
@@ -58,7 +59,7 @@ def job_task(body: Callable[[DictConfig, Path], Any]) -> Callable[[DictConfig], 
             except Exception as exc:  # a full disk, a folder made read-only mid-run, a bug: one line, the run failed
                 if debugging():
                     raise
-                message = unexpected(exc, f"the job in {run_dir} failed")
+                message = unexpected(exc, f"the job in {resolve_redirect(run_dir)} failed")
                 err(message)
                 outcome.status, outcome.error = outcomes.FAILED, message
                 _mark_failed(run_dir, message)
@@ -74,7 +75,7 @@ def _mark_failed(run_dir: Path, message: str) -> None:
     """Say ``failed`` in a summary.json the run left at ``running`` (when it can still be written)."""
     import json
 
-    from ..outputs import read_json, resolve_redirect, write_json
+    from ..outputs import read_json, write_json
 
     path = resolve_redirect(run_dir) / "summary.json"
     try:

@@ -121,6 +121,28 @@ def check_unused_keys(parsed: list[Any], configs: list[DictConfig]) -> None:
                 raise UserError(unused_key_error(key, schedules[0], group="schedule"))
 
 
+def check_structure(parsed: list[Any], composer: Composer) -> None:
+    """Every setting of the schema stays: ``~KEY`` (a deletion) is refused, and so is ``+KEY=V`` (an appended
+    key), which no run reads; both are allowed for Hydra's own keys, config groups (``~experiment``) and the
+    constructor arguments of ``model=custom`` (``model.*`` but ``model._target_`` / ``model.name``)."""
+    from .compose import did_you_mean
+
+    custom = any(o.key_or_group == "model" and "custom" in _choices(o) for o in parsed)
+    for o in parsed:
+        key = o.key_or_group
+        if not (o.is_delete() or o.is_add() or o.is_force_add()) or o.is_hydra_override() or composer.is_group(key):
+            continue
+        if custom and key.startswith("model.") and key not in ("model._target_", "model.name"):
+            continue
+        if o.is_delete():
+            raise UserError(f"{o.input_line}: {key} is a setting of every run and cannot be deleted; "
+                            f"set it instead ({key}=VALUE)")
+        close = did_you_mean(key)
+        hint = f"did you mean {close}? " if close else ""
+        raise UserError(f"{o.input_line}: {key} is not a setting, and an appended key is never read; {hint}"
+                        f"set an existing key without '+' (rmtprune train --cfg job lists them)")
+
+
 def _resolve(cfg: DictConfig, key: str) -> str:
     try:
         value = OmegaConf.select(cfg, key, throw_on_missing=True)
@@ -220,6 +242,7 @@ def precheck(composer: Composer, overrides: list[str], multirun: bool,
     if sweeps and not multirun:
         raise UserError(f"{sweeps[0]} is a sweep (several values): add -m to run one job per value")
     combos = expand_sweeps(parsed)
+    check_structure(parsed, composer)
     configs = [composer.compose(combo) for combo in combos]
     check_unused_keys(parsed, configs)
     key, folder, clock = output_folder(configs[0], multirun)

@@ -10,7 +10,7 @@ from ..errors import UserError
 from .hydra_app import quote, run_hydra
 
 # Flags after which no model path is needed (they print and run nothing).
-_NO_MODEL = {"--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "--shell-completion", "--version"}
+_NO_MODEL = {"--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "--shell-completion", "-sc", "--version"}
 
 
 def main(args: list[str]) -> int:

@@ -1,4 +1,4 @@
-"""``RMTPruning``: RMT pruning as a PyTorch Lightning callback (``pip install 'rmtprune[lightning]'``).
+"""``RMTPruning``: RMT pruning as a PyTorch Lightning callback (``pip install -e ".[lightning]"``).
 
 >>> from rmtprune.integrations.lightning import RMTPruning
 >>> trainer = lightning.Trainer(max_epochs=20, callbacks=[RMTPruning(tolerance=0.05, horizon=20)])
@@ -43,8 +43,8 @@ except ImportError:  # the older package name
     try:
         import pytorch_lightning as pl  # type: ignore[no-redef]
     except ImportError:
-        raise ImportError("rmtprune.integrations.lightning needs PyTorch Lightning: pip install 'rmtprune[lightning]' "
-                          "(or pip install lightning)") from None
+        raise ImportError('rmtprune.integrations.lightning needs PyTorch Lightning: pip install -e ".[lightning]" in '
+                          "a checkout of rmtprune (or pip install lightning)") from None
 
 from ..batchnorm import recalibrate_bn
 from ..events import PruneEvent, rebuild_optimizer

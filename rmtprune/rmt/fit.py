@@ -245,6 +245,9 @@ def fit_mp(
     if singular_values is None:
         if W is None:
             raise ValueError("fit_mp needs W or singular_values with shape")
+        if not isinstance(W, (torch.Tensor, np.ndarray)):
+            raise TypeError(f"fit_mp: W must be a torch tensor or a numpy array, got {type(W).__name__} "
+                            "(np.asarray(W) for a list)")
         if W.ndim != 2:
             raise ValueError(f"expected a 2-D matrix, got shape {tuple(W.shape)} (use as_matrix for conv weights)")
         finite = torch.isfinite(W).all() if isinstance(W, torch.Tensor) else np.isfinite(W).all()
