@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Turn the sweeps behind docs/results.md into its tables and figures.
-#  1. the raw files of every finished run under outputs/paper/ (not the checkpoints) are copied to
+#  1. the raw files of every finished run under outputs/paper/ and outputs/verdict/ (ROOTS="dir ...": other
+#     folders, e.g. a pinned worktree's ../verdict/outputs/verdict; not the checkpoints) are copied to
 #     docs/results/runs/<sweep>/<job>/, where they are committed, with this machine's absolute paths made
 #     relative to the repository (benchmarks/relative_paths.py; compare never reads them);
 #  2. every table and figure is made by `rmtprune compare` from those committed copies, so anyone
@@ -8,13 +9,16 @@
 #   bash benchmarks/report.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=outputs/paper runs=docs/results/runs
+runs=docs/results/runs
 relpaths() { "${PYTHON:-python}" benchmarks/relative_paths.py --root "$(pwd -P)" "$@"; }
-if [ -d "$root" ]; then
-  scratch=$(mktemp -d); trap 'rm -rf "$scratch"' EXIT
+scratch=$(mktemp -d); trap 'rm -rf "$scratch"' EXIT
+for root in ${ROOTS:-outputs/paper outputs/verdict}; do
+  [ -d "$root" ] || continue
   # the exact post-training magnitude baseline needs the normal runs' model.pt, which is not committed:
-  # compute it where the models are, cached in each normal run's posthoc_magnitude.csv (copied below)
+  # compute it where the models are, cached in each normal run's posthoc_magnitude.csv (copied below); the
+  # verdict's sweeps compare trained baselines only
   for sweep in "$root"/*/; do
+    case "$(basename "$sweep")" in verdict_*|long_*) continue ;; esac
     rmtprune compare "$sweep" --finetune --no-plots --format csv --out "$scratch" > /dev/null \
       || echo "report.sh: the post-training baseline of $sweep was not computed (see the lines above)" >&2
   done
@@ -38,7 +42,7 @@ if [ -d "$root" ]; then
     [ -d "$job/.hydra" ] && cp -r "$job/.hydra" "$dest/"
     relpaths "$dest"
   done
-fi
+done
 [ -d "$runs" ] || { echo "no runs in $runs yet: run benchmarks/reproduce_cpu.sh first" >&2; exit 1; }
 eq=(--equivalence 0.3)  # TOST "within 0.3 points" beside every test (Holm-adjusted per table)
 for dir in "$runs"/*/; do
