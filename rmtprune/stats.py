@@ -7,7 +7,8 @@ Pure functions on sequences of floats (one value per seed). Sample variance (ddo
 from __future__ import annotations
 
 import math
-from typing import Sequence
+import warnings
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from scipy import stats as st
@@ -41,6 +42,14 @@ def _welch_se_dof(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     return math.sqrt(va + vb), (va + vb) ** 2 / (va**2 / (a.size - 1) + vb**2 / (b.size - 1))
 
 
+def _quiet(test: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``test(*args, **kwargs)`` with scipy's RuntimeWarnings (precision loss when the values are nearly
+    identical) kept off the console: the p-value says what there is to say."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return test(*args, **kwargs)
+
+
 def welch(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> dict[str, float]:
     """Difference of means mean(a) - mean(b), its Welch–Satterthwaite t interval and two-sided p-value."""
     a, b = np.asarray(a, float), np.asarray(b, float)
@@ -53,7 +62,7 @@ def welch(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> d
         return out
     half = float(st.t.ppf(0.5 + confidence / 2, dof)) * se
     out.update(diff_ci_low=out["diff"] - half, diff_ci_high=out["diff"] + half,
-               welch_p=float(st.ttest_ind(a, b, equal_var=False).pvalue))
+               welch_p=float(_quiet(st.ttest_ind, a, b, equal_var=False).pvalue))
     return out
 
 
@@ -63,7 +72,7 @@ def paired(a: dict[int, float], b: dict[int, float]) -> dict[str, float]:
     if x.size < 2:
         return {"n_pairs": x.size, "paired_diff": NAN, "paired_p": NAN}
     d = x - y
-    p = float(st.ttest_rel(x, y).pvalue) if np.any(d != d[0]) else NAN
+    p = float(_quiet(st.ttest_rel, x, y).pvalue) if np.any(d != d[0]) else NAN
     return {"n_pairs": x.size, "paired_diff": float(d.mean()), "paired_p": p}
 
 

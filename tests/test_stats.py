@@ -149,3 +149,18 @@ def test_no_f_or_levene_test_below_three_values_per_arm():
     assert two["var_ratio"] == pytest.approx(np.var([0.90, 0.91], ddof=1) / np.var([0.80, 0.83], ddof=1))
     three = variance_ratio(A[:3], [0.80, 0.83, 0.81])
     assert 0 < three["f_p"] <= 1 and 0 < three["levene_p"] <= 1
+
+
+def test_nearly_identical_arms_give_p_values_and_no_warning():
+    """scipy warns of precision loss when two arms' values are nearly identical; compare's console stays
+    clean (the p-value is still computed)."""
+    import warnings
+
+    from rmtprune.stats import paired, welch
+
+    a = [0.98, 0.98, 0.98 + 1e-15]
+    b = [0.98 + 1e-15, 0.98, 0.98]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        w, p = welch(a, b), paired(dict(enumerate(a)), dict(enumerate(b)))
+    assert 0 <= w["welch_p"] <= 1 and (p["paired_p"] != p["paired_p"] or 0 <= p["paired_p"] <= 1)
