@@ -238,12 +238,12 @@ def rebuild_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module, event:
                       schedulers: Iterable[Any] = ()) -> torch.optim.Optimizer:
     """A new optimizer of the same class, settings and parameter groups over ``model``'s current parameters.
 
-    Every parameter of ``model`` the old optimizer held stays in its group; a parameter the event added
-    (a split layer's factor) joins the group of the parameter it replaces (``event.origin``: the layer's
-    weight, or its bias for the new bias), so per-group settings (e.g. ``weight_decay=0`` for biases and
-    norms) carry over; parameters the optimizer did not hold, and frozen ones (``requires_grad=False``, a frozen
-    layer's factors too), stay out. Every group is kept,
-    empty or not, so group indices (and a scheduler's ``base_lrs``) stay aligned.
+    Every parameter of ``model`` the old optimizer held stays in its group (frozen or not: a layer unfrozen
+    later trains on); a parameter the event added (a split layer's factor) joins the group of the parameter
+    it replaces (``event.origin``: the layer's weight, or its bias for the new bias), so per-group settings
+    (e.g. ``weight_decay=0`` for biases and norms) carry over, unless it is frozen (the factors of a frozen
+    layer inherit ``requires_grad=False``); parameters the optimizer did not hold stay out. Every group is
+    kept, empty or not, so group indices (and a scheduler's ``base_lrs``) stay aligned.
 
     Learning rates: ``lr`` sets the first group's rate and scales every other group by the same ratio
     lr / lr_0; ``lr_factor`` multiplies every group's rate (give at most one). Each scheduler in
@@ -271,7 +271,7 @@ def rebuild_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module, event:
     params: list[list[nn.Parameter]] = [[] for _ in old_groups]
     for p in model.parameters():
         g = held.get(id(p), held.get(id(origin[id(p)])) if id(p) in origin else None)
-        if g is not None and p.requires_grad:
+        if g is not None and (id(p) in held or p.requires_grad):
             params[g].append(p)
     groups = []
     for g, (group, ratio) in enumerate(zip(old_groups, ratios)):

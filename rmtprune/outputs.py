@@ -115,7 +115,7 @@ def exclusive(path: Path) -> Iterator[None]:
     the block, across the processes of a sweep."""
     import fcntl
 
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

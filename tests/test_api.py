@@ -216,6 +216,18 @@ def test_a_frozen_layer_stays_frozen_and_out_of_the_optimizer_and_the_model_keep
     assert not held & {id(p) for p in model[0].parameters()}
 
 
+def test_a_frozen_layer_the_optimizer_held_stays_in_it_to_be_unfrozen_later():
+    """Gradual unfreezing: a layer frozen now but held by the user's optimizer, and not cut by the event, stays
+    in the rebuilt optimizer, so that unfreezing it later trains it."""
+    model = users_net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model[5].requires_grad_(False)  # the 10 x 200 output layer: too small to prune (skip_small)
+    event = rmtprune.RMTPruner(schedule="oneshot").step(model, 1)
+    new = rmtprune.rebuild_optimizer(optimizer, model, event)
+    held = {id(p) for g in new.param_groups for p in g["params"]}
+    assert {id(p) for p in model[5].parameters()} <= held
+
+
 def test_the_install_advice_works_without_a_release():
     """No rmtprune release exists: the README and the ImportError say pip install -e ".[lightning]" (a checkout)."""
     block = "import sys; sys.modules.update(dict.fromkeys(['lightning', 'lightning.pytorch', 'pytorch_lightning']))"

@@ -48,6 +48,8 @@ def test_train_help_and_cfg_job_run_nothing(cli, tmp_path):
     ("~checkpoint", "checkpoint is a setting of every run and cannot be deleted"),
     ("~magnitude_sweep", "magnitude_sweep is a setting"), ("~pruning.tolerance", "cannot be deleted"),
     ("+epoch=3", "did you mean epochs?"), ("++epoch=3", "epoch is not a setting"),
+    ("~pruning", "pruning is a setting of every run and cannot be deleted"), ("~schedule", "cannot be deleted"),
+    ("+seed=3", "seed is already a setting: drop the '+'"),
     ("+pruning.tolerence=0.1", "not a setting"), ("model=cnn_schema", "available: cnn, custom, mlp"),
     ("pruning=rmt schedule=step schedule.at=-1", "schedule.at=-1 must be positive"),
     ("optimizer.lr=inf", "optimizer.lr=inf must be positive and finite"),
@@ -63,6 +65,12 @@ def test_bad_input_is_one_line_and_exit_2(cli, tmp_path, override, needle):
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("rmtprune: error:") and needle in lines[0], err
     assert "Traceback" not in out + err
+
+
+def test_force_adding_an_existing_key_is_a_plain_override(cli, tmp_path):
+    code, _, err = cli("train", *TINY, "epochs=1", "++epochs=2", "hydra.run.dir=r")
+    assert code == 0, err
+    assert (tmp_path / "r" / "metrics.csv").read_text().count("\n") == 3  # a header and 2 epochs
 
 
 def test_help_lists_no_internal_schema(cli):

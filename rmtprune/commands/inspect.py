@@ -71,7 +71,7 @@ def main(argv: list[str]) -> int:
     from ..inspection import COLUMNS, inspect_rows
     from ..inspection import markdown as inspect_markdown
     from ..loading import load_model, resolve_model_file
-    from ..models import prunable_layers
+    from ..models import select_layers
     from ..progress import StepProgress
     from ..surgery import layer_matrix_shape
     from ..outputs import write_csv
@@ -104,7 +104,7 @@ def main(argv: list[str]) -> int:
                         f"state_dict) does not record: inspect it with pruning.split=always or never")
     batch_size = (raw.get("config") or {}).get("batch_size", RunConfig.batch_size)  # the run's, else the default
     pruner = rmt_pruner_from_config(pruning, lambda e: args.keep_fraction, int(batch_size), input_shape)
-    layers = prunable_layers(model)
+    layers = [(n, m) for n, m, _ in select_layers(model, pruner.include, pruner.exclude, pruner.include_output_layer)]
     weights = sum(layer_matrix_shape(m)[0] * layer_matrix_shape(m)[1] for _, m in layers)
     what = (f"inspect: fitting the MP law to {len(layers)} layers ({weights:,} weights) of {path}: singular values "
             f"only, about {fit_seconds(layers):.0f} s")

@@ -121,22 +121,43 @@ def check_unused_keys(parsed: list[Any], configs: list[DictConfig]) -> None:
                 raise UserError(unused_key_error(key, schedules[0], group="schedule"))
 
 
+def _in_schema(key: str) -> bool:
+    """Whether the dotted ``key`` is a setting of the run schema (``model.*``: of any model option's)."""
+    from ..config import MODEL_SCHEMAS, RunConfig
+
+    head, _, rest = key.partition(".")
+    if head == "model":
+        return not rest or any(rest in {f.name for f in dataclasses.fields(s)} for s in MODEL_SCHEMAS.values())
+    missing = object()
+    return OmegaConf.select(OmegaConf.structured(RunConfig), key, default=missing) is not missing
+
+
 def check_structure(parsed: list[Any], composer: Composer) -> None:
-    """Every setting of the schema stays: ``~KEY`` (a deletion) is refused, and so is ``+KEY=V`` (an appended
-    key), which no run reads; both are allowed for Hydra's own keys, config groups (``~experiment``) and the
-    constructor arguments of ``model=custom`` (``model.*`` but ``model._target_`` / ``model.name``)."""
+    """Every setting of the schema stays: ``~KEY`` (a deletion) is refused, also of a config group that is a
+    setting (``~pruning``); ``+KEY=V`` (an appended key) is refused, since no run reads it (an existing KEY:
+    "drop the '+'"); ``++KEY=V`` of an existing KEY is a plain override. Allowed: Hydra's own keys, the
+    other config groups (``~experiment``) and the constructor arguments of ``model=custom`` (``model.*`` but
+    ``model._target_`` / ``model.name``)."""
+    from ..config import RunConfig
     from .compose import did_you_mean
 
+    settings = {f.name for f in dataclasses.fields(RunConfig)}
     custom = any(o.key_or_group == "model" and "custom" in _choices(o) for o in parsed)
     for o in parsed:
         key = o.key_or_group
-        if not (o.is_delete() or o.is_add() or o.is_force_add()) or o.is_hydra_override() or composer.is_group(key):
+        if not (o.is_delete() or o.is_add() or o.is_force_add()) or o.is_hydra_override():
+            continue
+        if composer.is_group(key) and not (o.is_delete() and key in settings):
             continue
         if custom and key.startswith("model.") and key not in ("model._target_", "model.name"):
             continue
         if o.is_delete():
             raise UserError(f"{o.input_line}: {key} is a setting of every run and cannot be deleted; "
                             f"set it instead ({key}=VALUE)")
+        if _in_schema(key):
+            if o.is_force_add():
+                continue
+            raise UserError(f"{o.input_line}: {key} is already a setting: drop the '+' ({key}=VALUE)")
         close = did_you_mean(key)
         hint = f"did you mean {close}? " if close else ""
         raise UserError(f"{o.input_line}: {key} is not a setting, and an appended key is never read; {hint}"
