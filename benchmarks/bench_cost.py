@@ -2,7 +2,7 @@
 to the same count, stored dense and as CSR (``torch.sparse_csr``, int32 indices), on the CPU.
 
 Prints, per model: parameters, ``model_bytes`` (CSR bytes for the sparse one), FLOPs per sample and the
-latency at batch 1 and 256 relative to the dense model (``rmtprune.costs``). The weights are random: the
+latency at batch 1 and 256 relative to the dense model (``rmtprune.nn.costs``). The weights are random: the
 timings depend on shapes and sparsity only.
 
     python benchmarks/bench_cost.py [--rank 100] [--threads 1]
@@ -16,10 +16,12 @@ import warnings
 import torch
 from torch import nn
 
-from rmtprune.costs import latencies
-from rmtprune.magnitude import prune_to_count
-from rmtprune.models import build_model, count_parameters, prunable_layers
-from rmtprune.surgery import apply_rank, csr_bytes, flops, layer_svd, model_bytes
+from rmtprune.nn.costs import latencies
+from rmtprune.nn.geometry import count_parameters, csr_bytes, flops, model_bytes
+from rmtprune.nn.masks import prune_to_count
+from rmtprune.nn.models import build_model
+from rmtprune.nn.select import prunable_layers
+from rmtprune.nn.surgery import apply_rank, layer_svd
 
 WIDTHS = [784, 1000, 1000, 1000, 500, 10]
 SPEC = {"kind": "mlp", "widths": WIDTHS}

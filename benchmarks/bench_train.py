@@ -33,14 +33,21 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from rmtprune.checkpoint import model_payload, save_atomic
-from rmtprune.config import DatasetConfig, OptimizerConfig, RunConfig, parse_topology
+from rmtprune.config.schema import DatasetConfig, OptimizerConfig, RunConfig
 from rmtprune.data import Data, load_data
-from rmtprune.models import build_model, count_parameters
-from rmtprune.progress import BatchProgress
-from rmtprune.pruner import RMTPruner
-from rmtprune.step import TrainStep, configure_numerics, train_epoch, update_chunked_, update_foreach_
-from rmtprune.train import make_optimizer
+from rmtprune.nn.geometry import count_parameters
+from rmtprune.nn.models import build_model, parse_topology
+from rmtprune.prune.rmt import RMTPruner
+from rmtprune.train.checkpoint import model_payload, save_atomic
+from rmtprune.train.progress import BatchProgress
+from rmtprune.train.state import make_optimizer
+from rmtprune.train.step import (
+    TrainStep,
+    configure_numerics,
+    train_epoch,
+    update_chunked_,
+    update_foreach_,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH = 128

@@ -119,7 +119,7 @@ setup() {
 import os
 from pathlib import Path
 from omegaconf import OmegaConf
-from rmtprune.config import DatasetConfig
+from rmtprune.config.schema import DatasetConfig
 from rmtprune.data import prepare_offline
 offline = os.environ.get("RMTPRUNE_OFFLINE_DATA")
 for name in ("mnist",):  # the only data set the stages use

@@ -190,7 +190,7 @@ class Smoke:
 
     def load_without_cuda(self, ckpt: Path) -> tuple[bool, str]:
         script = ("import sys, torch\n"
-                  "from rmtprune.checkpoint import rebuild_model\n"
+                  "from rmtprune.train.checkpoint import rebuild_model\n"
                   "assert not torch.cuda.is_available(), 'CUDA is visible'\n"
                   "c = torch.load(sys.argv[1], weights_only=True)\n"
                   "seen = []\n"

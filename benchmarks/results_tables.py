@@ -6,7 +6,7 @@
 ``main``: one row per arm (none, control, rmt, magnitude, lowrank) with the tests against none, control
 and, for a matched baseline, the rmt arm it was matched to. ``frontier``: the arms of the combined
 frontier comparison, grouped by the rmt setting each baseline was matched to. Accuracies in percent,
-differences in points; every cell formatted by rmtprune.compare as in comparison.md (p-values with their
+differences in points; every cell formatted by rmtprune.report.compare as in comparison.md (p-values with their
 Holm-adjusted twins in parentheses).
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from rmtprune.compare import diff_cell, fmt_value, p_cell, ratio_cell
+from rmtprune.report.compare import diff_cell, fmt_value, p_cell, ratio_cell
 
 METHODS = ("rmt", "magnitude", "lowrank")
 LEVELS = {"rmt": "horizon 10 (main sweeps)", "rmt (horizon=5.0)": "horizon 5", "rmt (horizon=7.0)": "horizon 7"}

@@ -45,30 +45,31 @@ __version__ = "0.2.0"
 
 # public name -> the module that defines it
 _EXPORTS = {
-    "RMTPruner": "rmtprune.pruner",
-    "prune_model": "rmtprune.pruner",
-    "PruneEvent": "rmtprune.events",
-    "Pruner": "rmtprune.events",
-    "rebuild_optimizer": "rmtprune.events",
-    "factorise_to_match": "rmtprune.models",
-    "inspect_model": "rmtprune.inspection",
+    "RMTPruner": "rmtprune.prune.rmt",
+    "prune_model": "rmtprune.prune.rmt",
+    "PruneEvent": "rmtprune.prune.events",
+    "Pruner": "rmtprune.prune.base",
+    "rebuild_optimizer": "rmtprune.prune.events",
+    "factorise_to_match": "rmtprune.nn.models",
+    "inspect_model": "rmtprune.report.inspection",
     "fit_mp": "rmtprune.rmt",
     "MPFit": "rmtprune.rmt",
-    "recalibrate_bn": "rmtprune.batchnorm",
+    "recalibrate_bn": "rmtprune.prune.batchnorm",
 }
-_SUBMODULES = ("schedules",)
+_SUBMODULES = {"schedules": "rmtprune.prune.schedules"}
 
 __all__ = ["RMTPruner", "prune_model", "PruneEvent", "Pruner", "rebuild_optimizer", "factorise_to_match", "fit_mp",
            "MPFit", "inspect_model", "recalibrate_bn", "schedules", "__version__"]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names come from __getattr__
-    from . import schedules
-    from .batchnorm import recalibrate_bn
-    from .events import PruneEvent, Pruner, rebuild_optimizer
-    from .inspection import inspect_model
-    from .models import factorise_to_match
-    from .pruner import RMTPruner, prune_model
-    from .rmt import MPFit, fit_mp
+    from rmtprune.nn.models import factorise_to_match
+    from rmtprune.prune import schedules
+    from rmtprune.prune.base import Pruner
+    from rmtprune.prune.batchnorm import recalibrate_bn
+    from rmtprune.prune.events import PruneEvent, rebuild_optimizer
+    from rmtprune.prune.rmt import RMTPruner, prune_model
+    from rmtprune.report.inspection import inspect_model
+    from rmtprune.rmt import MPFit, fit_mp
 
 
 def __getattr__(name: str) -> Any:
@@ -76,7 +77,7 @@ def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
     elif name in _SUBMODULES:
-        value = importlib.import_module(f"rmtprune.{name}")
+        value = importlib.import_module(_SUBMODULES[name])
     else:
         raise AttributeError(f"module 'rmtprune' has no attribute {name!r}")
     globals()[name] = value

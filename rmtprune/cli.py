@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 import sys
 
-from .commands.common import debugging, err, unexpected
-from .commands.jobs import threads_per_job  # noqa: F401  (public: the threads of one job of a sweep)
-from .errors import UserError
+from rmtprune.commands.common import debugging, err, unexpected
+from rmtprune.commands.jobs import threads_per_job  # noqa: F401  (public: the threads of one job of a sweep)
+from rmtprune.errors import UserError
 
 USAGE = """usage: rmtprune COMMAND [ARGS...]
 
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0 if argv else 2
     if argv[0] == "--version":
-        from . import __version__
+        from rmtprune import __version__
 
         print(f"rmtprune {__version__}")
         return 0
@@ -57,23 +57,23 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     try:
         if command in ("-sc", "--shell-completion"):  # asked by the script `rmtprune train -sc install=bash` installs
-            from .commands.complete import main as complete
+            from rmtprune.commands.complete import main as complete
 
             return complete(rest)
         if command == "train":
-            from .commands.train import main as train
+            from rmtprune.commands.train import main as train
 
             return train(rest)
         if command == "compare":
-            from .commands.compare import main as compare
+            from rmtprune.commands.compare import main as compare
 
             return compare(rest)
         if command == "inspect":
-            from .commands.inspect import main as inspect
+            from rmtprune.commands.inspect import main as inspect
 
             return inspect(rest)
         if command == "prune":
-            from .commands.prune import main as prune
+            from rmtprune.commands.prune import main as prune
 
             return prune(rest)
         err(f"unknown command {command!r}; commands: train, compare, inspect, prune (rmtprune --help)")
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         err(str(exc))
         return 2
     except KeyboardInterrupt as exc:
-        from .signals import exit_code
+        from rmtprune.train.signals import exit_code
 
         err("interrupted; what finished is saved (continue a run with resume=true)")
         return exit_code(exc)

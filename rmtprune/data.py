@@ -40,8 +40,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from .errors import UserError
-from .outputs import mkstemp_beside
+from rmtprune.errors import UserError
+from rmtprune.files import mkstemp_beside
 
 log = logging.getLogger(__name__)
 

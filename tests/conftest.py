@@ -57,12 +57,12 @@ def _one_torch_thread():
 def _brief_latency_timing():
     """Runs that keep ``cost.latency=true`` time each model once for 20 ms: tests check the latency fields,
     not speed (tests/test_costs.py times the dense model against itself as runs do)."""
-    import rmtprune.costs
+    import rmtprune.nn.costs
 
-    before = rmtprune.costs.MIN_RUN_TIME, rmtprune.costs.ROUNDS
-    rmtprune.costs.MIN_RUN_TIME, rmtprune.costs.ROUNDS = 0.02, 1
+    before = rmtprune.nn.costs.MIN_RUN_TIME, rmtprune.nn.costs.ROUNDS
+    rmtprune.nn.costs.MIN_RUN_TIME, rmtprune.nn.costs.ROUNDS = 0.02, 1
     yield
-    rmtprune.costs.MIN_RUN_TIME, rmtprune.costs.ROUNDS = before
+    rmtprune.nn.costs.MIN_RUN_TIME, rmtprune.nn.costs.ROUNDS = before
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -120,7 +120,7 @@ def rmtprune_command() -> list[str]:
 def interrupted_at(monkeypatch, epoch: int):
     """Inside the block, ``rmtprune train`` stops with Ctrl-C (KeyboardInterrupt) when epoch ``epoch`` starts
     (train.train_epoch patched); the real epoch is back after it."""
-    import rmtprune.train as train_mod
+    import rmtprune.train.loop as train_mod
 
     original = train_mod.train_epoch
 

@@ -9,7 +9,6 @@ import math
 
 import pytest
 import torch
-
 from conftest import TINY, interrupted_at
 
 LR, FACTOR, EPOCHS, ANNEAL = 0.04, 0.96, 4, 2
@@ -33,7 +32,7 @@ def closed_form(shape: str) -> list[float]:
 @pytest.fixture
 def record_lr(monkeypatch):
     """The lr of the optimizer's group at every training step of the runs made while it is active."""
-    from rmtprune.step import TrainStep
+    from rmtprune.train.step import TrainStep
 
     seen: list[float] = []
     original = TrainStep.__call__
@@ -105,7 +104,7 @@ def test_bad_anneal_settings_are_one_error_line(cli, over, needle):
 
 
 def test_identity_without_anneal_is_that_of_older_runs():
-    from rmtprune.outputs import config_key
+    from rmtprune.config.identity import config_key
 
     old = {"seed": 0, "optimizer": {"name": "sgd", "lr": 0.02}, "pruning": {"name": "none"}}
     off = {**old, "optimizer": {**old["optimizer"], "anneal": "none", "anneal_epochs": 3}}

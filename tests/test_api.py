@@ -10,13 +10,13 @@ from functools import partial
 
 import pytest
 import torch
+from conftest import REPO
 from torch import nn
 
 import rmtprune
-from conftest import REPO
-from rmtprune.baselines import LowRankPruner
-from rmtprune.events import ControlPruner
-from rmtprune.lowrank import LowRankConv2d, LowRankLinear
+from rmtprune.nn.layers import LowRankConv2d, LowRankLinear
+from rmtprune.prune.control import ControlPruner
+from rmtprune.prune.lowrank import LowRankPruner
 
 
 def planted(out: int, inp: int, rank: int, sigma: float = 0.02, seed: int = 0) -> torch.Tensor:
@@ -49,7 +49,7 @@ def test_import_is_light_and_exposes_the_api():
     assert proc.returncode == 0, proc.stderr
     assert {"RMTPruner", "fit_mp", "MPFit", "prune_model", "rebuild_optimizer", "PruneEvent", "schedules"} <= set(
         eval(proc.stdout))
-    assert rmtprune.schedules.linear(5, 10) == 0.5 and rmtprune.RMTPruner.__module__ == "rmtprune.pruner"
+    assert rmtprune.prune.schedules.linear(5, 10) == 0.5 and rmtprune.RMTPruner.__module__ == "rmtprune.prune.rmt"
     with pytest.raises(AttributeError):
         rmtprune.no_such_name  # noqa: B018
 

@@ -6,7 +6,8 @@ import hashlib
 import zipfile
 
 from conftest import REPO, TINY
-from rmtprune.checkpoint import load_file, save_atomic
+
+from rmtprune.train.checkpoint import load_file, save_atomic
 
 RMT = ["pruning=rmt", "pruning.tolerance=1.0", "pruning.min_size=100", "schedule=constant", "schedule.value=0.5"]
 

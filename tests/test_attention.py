@@ -13,15 +13,16 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY
+from tests_support.nets import Encoder
 from torch import nn
 
-from conftest import TINY
-from rmtprune.baselines import LowRankPruner, MagnitudePruner
-from rmtprune.config import custom_model_overrides
-from rmtprune.lowrank import LowRankLinear
-from rmtprune.models import factorise_to_match
-from rmtprune.pruner import RMTPruner
-from tests_support.nets import Encoder
+from rmtprune.config.validate import custom_model_overrides
+from rmtprune.nn.layers import LowRankLinear
+from rmtprune.nn.models import factorise_to_match
+from rmtprune.prune.lowrank import LowRankPruner
+from rmtprune.prune.magnitude import MagnitudePruner
+from rmtprune.prune.rmt import RMTPruner
 
 ENCODER_LINEARS = [f"encoder.layers.{i}.{n}" for i in (0, 1) for n in ("self_attn.out_proj", "linear1", "linear2")]
 
@@ -157,7 +158,7 @@ def test_a_split_conv_exposes_its_product_as_a_conv_weight():
     torch.manual_seed(0)
     conv = nn.Conv2d(8, 12, 3, stride=2, padding=1, groups=2).double()
     x = torch.randn(2, 8, 9, 9, dtype=torch.float64)
-    from rmtprune.surgery import apply_rank, layer_svd
+    from rmtprune.nn.surgery import apply_rank, layer_svd
 
     split = apply_rank(conv, 3, 12, layer_svd(conv)).module
     assert split.weight.shape == conv.weight.shape
@@ -167,7 +168,7 @@ def test_a_split_conv_exposes_its_product_as_a_conv_weight():
 def test_a_pattern_that_matches_no_layer_is_warned_about():
     from test_batchnorm import compose_config
 
-    from rmtprune.models import model_warnings
+    from rmtprune.config.validate import model_warnings
 
     cfg = compose_config(custom_model_overrides(["model=custom", "model._target_=tests_support.nets.Encoder", "pruning=rmt",
                                                  "pruning.min_size=1000", "pruning.exclude=[encoder.layer.*]"]))

@@ -10,15 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import FAST, interrupted_at
 from hydra import compose, initialize_config_module
 from torch import nn
 
-from conftest import FAST, interrupted_at
-from rmtprune.checkpoint import load_file, rebuild_model
-from rmtprune.config import register_configs
+from rmtprune.config.schema import register_configs
 from rmtprune.errors import UserError
-from rmtprune.lowrank import LowRankLinear
-from rmtprune.models import MLP, count_parameters
+from rmtprune.nn.geometry import count_parameters
+from rmtprune.nn.layers import LowRankLinear
+from rmtprune.nn.models import MLP
+from rmtprune.train.checkpoint import load_file, rebuild_model
 
 register_configs()
 
@@ -58,7 +59,7 @@ def mlp(widths, seed=0):
 
 @pytest.mark.parametrize("scope", ["global", "layer"])
 def test_magnitude_event_zeroes_the_smallest_weights_to_the_exact_count(scope):
-    from rmtprune.baselines import MagnitudePruner
+    from rmtprune.prune.magnitude import MagnitudePruner
 
     model = mlp([60, 50, 40, 10])
     dense = sum(p.numel() for p in model.parameters())
@@ -85,7 +86,7 @@ def test_magnitude_event_zeroes_the_smallest_weights_to_the_exact_count(scope):
 
 
 def test_masks_keep_pruned_weights_zero_while_training_and_finalize_makes_them_permanent():
-    from rmtprune.baselines import MagnitudePruner
+    from rmtprune.prune.magnitude import MagnitudePruner
 
     model = mlp([60, 50, 40, 10])
     pruner = MagnitudePruner(3000, scope="global", min_size=100)
@@ -136,7 +137,7 @@ def planted_model():
 
 
 def test_energy_rule_cuts_planted_low_rank_layers_to_their_rank_at_the_matching_budget():
-    from rmtprune.baselines import LowRankPruner
+    from rmtprune.prune.lowrank import LowRankPruner
 
     model = planted_model()
     # ranks 6 and 4 as splits, r (in + out) + bias, and the output layer (not pruned) as it is
@@ -156,7 +157,7 @@ def test_energy_rule_cuts_planted_low_rank_layers_to_their_rank_at_the_matching_
 
 
 def test_uniform_rule_keeps_the_same_fraction_of_every_layers_full_rank():
-    from rmtprune.baselines import LowRankPruner
+    from rmtprune.prune.lowrank import LowRankPruner
 
     model = mlp([80, 60, 50, 10])
     target = 4000
@@ -313,7 +314,7 @@ def test_target_from_a_run_folder_and_from_a_sweep_seed_by_seed(cli, tmp_path, r
 
 
 def test_check_target_resolves_without_training_and_leaves_the_config(tmp_path):
-    from rmtprune.baselines import check_target
+    from rmtprune.runs.targets import check_target
 
     def composed(*overrides):
         with initialize_config_module("rmtprune.conf", version_base="1.3"):
@@ -386,7 +387,8 @@ def test_bad_targets_are_one_line_naming_the_key_before_any_training(cli, tmp_pa
 
 
 def test_a_target_the_pruner_cannot_reach_is_refused_in_setup_before_training():
-    from rmtprune.baselines import LowRankPruner, MagnitudePruner
+    from rmtprune.prune.lowrank import LowRankPruner
+    from rmtprune.prune.magnitude import MagnitudePruner
 
     model = mlp([60, 50, 10])
     with pytest.raises(UserError, match="target_params=5000 is larger than the network"):
@@ -404,8 +406,7 @@ def test_target_from_refuses_an_unpruned_run_and_another_calendar_or_length(cli,
     """A matched baseline must prune to a pruned count on rmt's calendar: a control / none run, a run that
     pruned nothing, or one with another event calendar or epochs is refused, naming pruning.target_from and
     the key; the same run with this calendar is matched."""
-    from rmtprune.baselines import check_target
-    from rmtprune.targets import target_from_run
+    from rmtprune.runs.targets import check_target, target_from_run
 
     calendar = {"name": "rmt", "every": 1, "start_epoch": 1, "stop_epoch": None, "lr_factor": 0.96, "momentum": "reset"}
 

@@ -8,12 +8,12 @@ import csv
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY
 from torch import nn
 
 import rmtprune
-from conftest import TINY
-from rmtprune.config import custom_model_overrides
-from rmtprune.outputs import config_key
+from rmtprune.config.identity import config_key
+from rmtprune.config.validate import custom_model_overrides
 
 
 def gaussian_classes(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,7 +99,7 @@ def test_the_training_loop_recalibrates_after_each_event_and_records_it(cli, tmp
 def compose_config(overrides: list[str]):
     from hydra import compose, initialize_config_module
 
-    from rmtprune.config import register_configs
+    from rmtprune.config.schema import register_configs
 
     register_configs()
     with initialize_config_module("rmtprune.conf", version_base="1.3"):

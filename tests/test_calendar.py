@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import FAST
 from torch import nn
 
-from conftest import FAST
-from rmtprune.events import ControlPruner, EventCalendar, PruneEvent, rebuild_optimizer
+from rmtprune.prune.calendar import EventCalendar
+from rmtprune.prune.control import ControlPruner
+from rmtprune.prune.events import PruneEvent, rebuild_optimizer
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -82,10 +84,10 @@ def test_the_lr_factor_applies_at_event_epochs_where_nothing_changed(cli, tmp_pa
 def test_accuracy_right_after_each_event_is_that_of_the_cut_model(cli, tmp_path):
     from omegaconf import OmegaConf
 
-    from rmtprune.pruner import prune_model
-    from rmtprune.checkpoint import load_file, rebuild_model
     from rmtprune.data import load_data
-    from rmtprune.evaluate import evaluate
+    from rmtprune.nn.evaluate import evaluate
+    from rmtprune.prune.rmt import prune_model
+    from rmtprune.train.checkpoint import load_file, rebuild_model
 
     cut = ["pruning=rmt", "pruning.min_size=100", "schedule=oneshot", "pruning.start_epoch=2"]
     rows = _run(cli, tmp_path, "three", *cut, "epochs=3")

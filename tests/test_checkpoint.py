@@ -6,7 +6,7 @@ from collections import OrderedDict
 
 import torch
 
-from rmtprune.checkpoint import save_atomic, to_cpu
+from rmtprune.train.checkpoint import save_atomic, to_cpu
 
 
 class OnGpu(torch.Tensor):

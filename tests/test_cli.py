@@ -9,8 +9,15 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from conftest import FAST, OFFLINE, REPO, TINY, needs_real_data, rmtprune_command, run_subprocess
+from conftest import (
+    FAST,
+    OFFLINE,
+    REPO,
+    TINY,
+    needs_real_data,
+    rmtprune_command,
+    run_subprocess,
+)
 
 
 def test_top_level_help_lists_the_commands(cli):
@@ -140,9 +147,9 @@ def test_plain_pip_install_into_a_fresh_virtualenv(tmp_path):
     commands = run_subprocess([python, "-c", "import rmtprune.commands.train"], cwd=work, env=clean)
     assert commands.returncode == 0, commands.stderr
     # the installed copy records the commit it was built from, as the checkout names itself
-    from rmtprune.environment import code_version
+    from rmtprune.train.environment import code_version
 
-    installed = run_subprocess([python, "-c", "from rmtprune.environment import code_version; print(code_version())"],
+    installed = run_subprocess([python, "-c", "from rmtprune.train.environment import code_version; print(code_version())"],
                                cwd=work, env=clean)
     assert installed.stdout.strip() == code_version(), installed.stderr
     assert "+g" in installed.stdout or not (REPO / ".git").exists()
@@ -297,7 +304,7 @@ def test_output_folder_unwritable_mid_run_is_one_line(cli, tmp_path, monkeypatch
     (nothing writable): one line and exit 1 either way, never a traceback."""
     import errno
 
-    import rmtprune.outputs as outputs
+    import rmtprune.runs.folder as outputs
 
     original = outputs.atomic_write_text
     calls = {"metrics": 0}

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import FAST
-from rmtprune.compare import COLUMNS, compare
+
+from rmtprune.report.compare import COLUMNS, compare
 
 SWEEP = [*FAST, "topology=784-256-256-10", "epochs=3", "optimizer.lr=0.1", "schedule.horizon=3",
          "magnitude_sweep.enabled=true", "magnitude_sweep.n_thresholds=8"]
@@ -95,8 +95,9 @@ def test_compare_bad_input(cli, tmp_path):
 
 @pytest.mark.parametrize("launcher", ["local_parallel", "submitit_local"])
 def test_parallel_launchers_finish_and_are_comparable(tmp_path, launcher):
-    from conftest import run_subprocess
     import sys
+
+    from conftest import run_subprocess
     extra = ["hydra.launcher.n_jobs=2"] if launcher == "local_parallel" else ["hydra.launcher.timeout_min=5"]
     res = run_subprocess([sys.executable, "-m", "rmtprune", "train", "-m", f"hydra/launcher={launcher}", *extra,
                           *FAST, "topology=784-32-10", "epochs=1", "seed=0,1", "hydra.sweep.dir=sw"], cwd=tmp_path)
@@ -109,8 +110,8 @@ def test_parallel_launchers_finish_and_are_comparable(tmp_path, launcher):
 
 
 def test_arm_labels_name_only_what_differs_from_the_usual_pruned_run():
-    from rmtprune.compare import group_runs
-    from rmtprune.runs import Run
+    from rmtprune.report.compare import group_runs
+    from rmtprune.runs.walk import Run
 
     def run(seed, **cfg):
         config = {"dataset.name": "mnist", "model.name": "mlp", "topology": "784-10", "seed": seed,
@@ -127,8 +128,8 @@ def test_arm_labels_name_only_what_differs_from_the_usual_pruned_run():
 
 
 def test_a_cnn_run_is_not_labelled_with_the_mlp_topology_it_does_not_use():
-    from rmtprune.compare import group_runs, slug
-    from rmtprune.runs import Run, run_config
+    from rmtprune.report.compare import group_runs, slug
+    from rmtprune.runs.walk import Run, run_config
 
     def config(seed, pruning, channels):
         return run_config({"dataset": {"name": "fashion_mnist"}, "model": {"name": "cnn", "channels": channels},
@@ -150,8 +151,8 @@ def test_a_tie_between_pruned_settings_is_labelled_the_same_way_in_every_process
     code = """
 from pathlib import Path
 import pandas as pd
-from rmtprune.compare import group_runs
-from rmtprune.runs import Run
+from rmtprune.report.compare import group_runs
+from rmtprune.runs.walk import Run
 runs = [Run(Path("."), {}, {"model.name": "mlp", "seed": s, "pruning.name": p, "pruning.tolerance": t},
             pd.DataFrame(), None, None) for s in range(2) for p, t in (("none", 0.05), ("rmt", 0.05), ("rmt", 1.0))]
 print(sorted(next(iter(group_runs(runs, None).values()))))
@@ -163,7 +164,7 @@ print(sorted(next(iter(group_runs(runs, None).values()))))
 
 
 def test_the_magnitude_baseline_prunes_each_normal_model_to_the_same_seed_count(cli, sweep, tmp_path):
-    from rmtprune.magnitude_baseline import CACHE
+    from rmtprune.report.baseline import CACHE
 
     copy = tmp_path / "copy"
     shutil.copytree(sweep, copy)

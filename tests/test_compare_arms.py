@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from scipy import stats as st
 
-from rmtprune.compare import COLUMNS, FRONTIER_COLUMNS, compare
+from rmtprune.report.compare import COLUMNS, FRONTIER_COLUMNS, compare
 
 INITIAL = 100_000
 METRICS_HEADER = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "n_params", "n_params_after",
@@ -277,7 +277,7 @@ def test_no_frontier_with_a_single_pruned_configuration(tmp_path):
         write_run(tmp_path / f"rmt{seed}", seed, "rmt", 0.8, params=30_000, pruning_cfg=RMT)
     cmp = compare([tmp_path])
     assert cmp.frontier.empty
-    from rmtprune.compare import write_outputs
+    from rmtprune.report.compare import write_outputs
     written = write_outputs(cmp, tmp_path / "out", ["csv"], plots=True)
     assert not (tmp_path / "out" / "frontier.csv").exists() and not any("frontier" in p.name for p in written)
 
@@ -298,7 +298,8 @@ def test_the_drop_at_each_event_is_in_the_curves(tmp_path):
     assert none["test_acc_after_event_mean"].isna().all()
 
     import matplotlib.pyplot as plt
-    from rmtprune.plots import _event_drops
+
+    from rmtprune.report.plots import _event_drops
     fig, ax = plt.subplots()
     _event_drops(ax, rmt.reset_index(), "test_acc", "C1")
     lines = {tuple(np.round(ln.get_ydata(), 6)) for ln in ax.get_lines()}
@@ -377,7 +378,7 @@ def test_a_matched_baseline_is_tested_against_the_arm_it_was_matched_to(tmp_path
 
 
 def test_a_baseline_variant_is_a_curve_of_its_own_in_the_frontier():
-    from rmtprune.compare import _series
+    from rmtprune.report.compare import _series
 
     assert _series("rmt", "horizon=5.0, schedule=oneshot") == "rmt"
     assert _series("magnitude", "start_epoch=5, stop_epoch=5, target_from=frontier_oneshot") == "magnitude"
@@ -446,7 +447,7 @@ def test_trajectory_matched_neuron_and_magnitude_seeds_are_one_arm_tested_agains
         row = table.loc[name]
         assert row["matched_arm"] == "rmt" and row["n_seeds"] == 3
         assert row["matched_diff"] == pytest.approx(np.mean(values[name]) - np.mean(values["rmt"]))
-    from rmtprune.compare import _series
+    from rmtprune.report.compare import _series
 
     assert _series("neuron", "match=trajectory, target_from=main") == "neuron (match=trajectory)"
 

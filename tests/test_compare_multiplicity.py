@@ -12,9 +12,9 @@ import pytest
 from scipy import stats as st
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.weightstats import ttost_ind, ttost_paired
-
-from rmtprune.compare import P_COLUMNS, compare, markdown
 from test_compare_arms import RMT, _summary, write_run
+
+from rmtprune.report.compare import P_COLUMNS, compare, markdown
 
 # group 784-100-10: rmt is close to control (equivalent within 0.3 points), rmt at horizon 9 is not
 VALUES = {"none": [0.9810, 0.9822, 0.9801, 0.9815], "control": [0.9800, 0.9810, 0.9805, 0.9795],

@@ -6,8 +6,10 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from rmtprune.config import parse_topology, register_configs, validate
+from rmtprune.config.schema import register_configs
+from rmtprune.config.validate import validate
 from rmtprune.errors import UserError
+from rmtprune.nn.models import parse_topology
 
 CONF = Path(__file__).resolve().parents[1] / "rmtprune" / "conf"
 register_configs()

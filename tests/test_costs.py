@@ -9,13 +9,14 @@ import math
 import pandas as pd
 import pytest
 import torch
+from conftest import TINY
 from torch import nn
 
-from conftest import TINY
-from rmtprune.costs import model_costs
-from rmtprune.lowrank import LowRankConv2d
-from rmtprune.models import MLP
-from rmtprune.surgery import csr_bytes, flops, layer_svd, model_bytes, split
+from rmtprune.nn.costs import model_costs
+from rmtprune.nn.geometry import csr_bytes, flops, model_bytes
+from rmtprune.nn.layers import LowRankConv2d
+from rmtprune.nn.models import MLP
+from rmtprune.nn.surgery import layer_svd, split
 
 
 def test_an_mlp_costs_its_weights_and_biases_in_bytes_and_two_flops_per_multiply_add():
@@ -70,10 +71,10 @@ def test_a_pruned_layer_in_csr_takes_values_column_indices_and_row_pointers():
 
 def test_the_dense_model_against_itself_has_a_latency_ratio_near_one(monkeypatch):
     """Not a speed test: the same architecture timed twice should take about the same time (loose bound)."""
-    import rmtprune.costs
+    import rmtprune.nn.costs
 
-    monkeypatch.setattr(rmtprune.costs, "MIN_RUN_TIME", 0.1)  # longer than conftest's brief timing
-    monkeypatch.setattr(rmtprune.costs, "ROUNDS", 3)
+    monkeypatch.setattr(rmtprune.nn.costs, "MIN_RUN_TIME", 0.1)  # longer than conftest's brief timing
+    monkeypatch.setattr(rmtprune.nn.costs, "ROUNDS", 3)
     model = MLP([784, 64, 10])
     rng = torch.get_rng_state()
     costs = model_costs(model, {"kind": "mlp", "widths": [784, 64, 10]}, [1, 28, 28])
@@ -87,7 +88,7 @@ def test_the_dense_model_against_itself_has_a_latency_ratio_near_one(monkeypatch
 
 
 def _state_dict_of(run) -> dict[str, torch.Tensor]:
-    from rmtprune.checkpoint import load_file
+    from rmtprune.train.checkpoint import load_file
 
     return load_file(run / "model.pt")["state_dict"]
 
@@ -112,7 +113,7 @@ def test_a_magnitude_run_records_bytes_csr_bytes_flops_and_latency(cli, tmp_path
 
 
 def test_an_rmt_run_records_its_split_layers_cost_and_no_latency_when_switched_off(cli, tmp_path):
-    from rmtprune.outputs import config_key
+    from rmtprune.config.identity import config_key
 
     code, _, err = cli("train", *TINY, "topology=784-64-64-10", "pruning=rmt", "schedule=oneshot", "epochs=2",
                        "pruning.min_size=1000", "hydra.run.dir=run")
@@ -172,7 +173,7 @@ def test_compare_carries_the_mean_cost_per_arm_and_reads_runs_without_costs(tmp_
 def test_comparison_md_has_no_cost_column_for_runs_made_before_costs(tmp_path):
     from test_compare_arms import RMT, write_run
 
-    from rmtprune.compare import compare, markdown
+    from rmtprune.report.compare import compare, markdown
 
     for seed in range(2):
         write_run(tmp_path / f"none{seed}", seed, "none", 0.9)
@@ -181,8 +182,8 @@ def test_comparison_md_has_no_cost_column_for_runs_made_before_costs(tmp_path):
 
 
 def test_the_frontier_is_drawn_against_parameters_bytes_and_latency(tmp_path):
-    from rmtprune.compare import compare
-    from rmtprune.plots import frontier_figure, frontier_panels
+    from rmtprune.report.compare import compare
+    from rmtprune.report.plots import frontier_figure, frontier_panels
 
     _runs_with_costs(tmp_path)
     front = compare([tmp_path]).frontier.set_index("arm", drop=False)
@@ -200,9 +201,10 @@ def test_the_frontier_is_drawn_against_parameters_bytes_and_latency(tmp_path):
 
 
 def test_rmtprune_prune_records_the_pruned_models_cost(cli, tmp_path):
-    from rmtprune.loading import load_model
-    from rmtprune.lowrank import LowRankLinear
-    from rmtprune.models import build_model, prunable_layers
+    from rmtprune.nn.layers import LowRankLinear
+    from rmtprune.nn.models import build_model
+    from rmtprune.nn.select import prunable_layers
+    from rmtprune.train.loading import load_model
 
     torch.save(build_model({"kind": "mlp", "widths": [784, 64, 10]}).state_dict(), tmp_path / "sd.pt")
     code, _, err = cli("prune", "sd.pt", *TINY, "pruning=rmt", "topology=784-64-10", "pruning.min_size=100",

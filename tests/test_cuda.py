@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import FAST, REPO, interrupted_at
 
 pytestmark = pytest.mark.cuda
@@ -100,7 +99,7 @@ def test_gpu_checkpoint_loads_on_a_machine_without_cuda(cli, tmp_path):
     found = tensors_in(ckpt)
     assert found and all(t.device.type == "cpu" for t in found)
     assert tensors_in(ckpt["optimizer"]["state"])  # the momentum buffers are there, on the CPU
-    script = ("import torch, sys; from rmtprune.checkpoint import rebuild_model\n"
+    script = ("import torch, sys; from rmtprune.train.checkpoint import rebuild_model\n"
               "assert not torch.cuda.is_available()\n"
               "c = torch.load(sys.argv[1], weights_only=True)\n"
               "rebuild_model(c)\n"
@@ -112,7 +111,7 @@ def test_gpu_checkpoint_loads_on_a_machine_without_cuda(cli, tmp_path):
 
 
 def test_optimizer_state_goes_back_onto_the_gpu(tmp_path):
-    from rmtprune.checkpoint import save_atomic
+    from rmtprune.train.checkpoint import save_atomic
 
     model = torch.nn.Linear(8, 4).cuda()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -138,8 +137,8 @@ def test_reduced_precision_runs_learn(cli, tmp_path, precision):
 def test_tf32_setting_changes_gpu_matmuls():
     from omegaconf import OmegaConf
 
-    from rmtprune.config import RunConfig
-    from rmtprune.step import configure_numerics
+    from rmtprune.config.schema import RunConfig
+    from rmtprune.train.step import configure_numerics
 
     gen = torch.Generator(device="cuda").manual_seed(0)
     a = torch.randn(1024, 1024, device="cuda", generator=gen)
@@ -170,12 +169,12 @@ def test_an_epoch_waits_for_the_gpu_only_at_logging_points():
     (two syncs each), the epoch's result two more, the order upload one: at most 9, not one per batch."""
     from omegaconf import OmegaConf
 
-    from rmtprune.config import DatasetConfig, OptimizerConfig
+    from rmtprune.config.schema import DatasetConfig, OptimizerConfig
     from rmtprune.data import load_data
-    from rmtprune.models import build_model
-    from rmtprune.progress import BatchProgress
-    from rmtprune.step import train_epoch
-    from rmtprune.train import make_optimizer
+    from rmtprune.nn.models import build_model
+    from rmtprune.train.progress import BatchProgress
+    from rmtprune.train.state import make_optimizer
+    from rmtprune.train.step import train_epoch
 
     ds = OmegaConf.merge(OmegaConf.structured(DatasetConfig), {"name": "synthetic", "train_size": 45 * 32})
     data = load_data(ds, torch.device("cuda"))

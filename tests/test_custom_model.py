@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import FAST, interrupted_at
-from rmtprune.config import custom_model_overrides
+
+from rmtprune.config.validate import custom_model_overrides
 
 NET = "tests_support.nets.Net"
 # synthetic data (MNIST-shaped), a small custom net, pruning that always passes the fit gate
@@ -40,7 +40,7 @@ def compose(*overrides: str):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
 
-    from rmtprune.config import register_configs
+    from rmtprune.config.schema import register_configs
 
     register_configs()
     with initialize_config_module("rmtprune.conf", version_base="1.3"):
@@ -64,8 +64,10 @@ def test_the_command_takes_constructor_arguments_without_a_plus(cli, tmp_path):
 
 
 def test_the_custom_model_is_built_with_its_arguments_and_its_own_init():
-    from rmtprune.models import build_model, model_spec
     from tests_support.nets import Net
+
+    from rmtprune.config.build import model_spec
+    from rmtprune.nn.models import build_model
 
     cfg = compose(*CUSTOM, "model.conv_channels=4")
     spec = model_spec(cfg)
@@ -92,8 +94,8 @@ def test_custom_model_trains_prunes_checkpoints_and_is_inspected(cli, tmp_path):
     assert summary["final_test_acc"] > 0.3  # learns (chance 0.1)
     ledger = read_csv(run / "layers.csv")
     assert {r["layer"] for r in ledger} >= {"body.1", "head"} and "split" in {r["action"] for r in ledger}
-    from rmtprune.checkpoint import load_file, rebuild_model
-    from rmtprune.lowrank import LowRankLinear
+    from rmtprune.nn.layers import LowRankLinear
+    from rmtprune.train.checkpoint import load_file, rebuild_model
 
     ckpt = load_file(run / "model.pt")
     assert ckpt["spec"] == {"kind": "custom", "target": NET, "kwargs": {"hidden": 32}}
@@ -167,7 +169,9 @@ def test_bad_custom_models_are_one_line_and_exit_2(cli, tmp_path, args, message)
 
 
 def test_a_model_with_no_eligible_layer_trains_as_a_normal_arm_with_a_warning(cli, tmp_path):
-    from rmtprune.models import build_model, model_spec, model_warnings
+    from rmtprune.config.build import model_spec
+    from rmtprune.config.validate import model_warnings
+    from rmtprune.nn.models import build_model
 
     cfg = compose(*CUSTOM, *RMT, "pruning.min_size=1000000")
     (warning,) = model_warnings(build_model(model_spec(cfg)), cfg)
@@ -182,7 +186,9 @@ def test_a_model_with_no_eligible_layer_trains_as_a_normal_arm_with_a_warning(cl
 
 
 def test_an_output_layer_registered_first_is_warned_about():
-    from rmtprune.models import build_model, model_spec, model_warnings
+    from rmtprune.config.build import model_spec
+    from rmtprune.config.validate import model_warnings
+    from rmtprune.nn.models import build_model
 
     cfg = compose("model=custom", "model._target_=tests_support.nets.HeadFirst", *RMT)
     warnings = model_warnings(build_model(model_spec(cfg)), cfg)

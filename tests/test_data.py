@@ -7,10 +7,10 @@ import shutil
 
 import pytest
 import torch
+from conftest import OFFLINE, REPO, needs_real_data
 from omegaconf import OmegaConf
 
-from conftest import OFFLINE, REPO, needs_real_data
-from rmtprune.config import DatasetConfig
+from rmtprune.config.schema import DatasetConfig
 from rmtprune.data import load_data, make_synthetic
 from rmtprune.errors import UserError
 
@@ -166,7 +166,7 @@ def test_a_train_size_larger_than_the_data_set_is_an_error_naming_the_key(tmp_pa
 
 
 def test_reference_cnn_adapts_to_the_channels_and_size_of_cifar_images():
-    from rmtprune.models import build_model
+    from rmtprune.nn.models import build_model
 
     spec = {"kind": "cnn", "input_shape": [3, 32, 32], "num_classes": 10, "channels": [4, 4, 4, 4, 8],
             "kernel_size": 3, "pool_after": [3, 5], "hidden": 16, "conv_dropout": 0.0, "fc_dropout": 0.0}

@@ -11,7 +11,6 @@ import signal
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY, interrupted_at
 
 
@@ -87,7 +86,7 @@ def _append_killed_at(path: Path, limit: int, epoch: int, values: dict) -> None:
     ``limit`` bytes: a kill at that byte of the write, with no Python cleanup."""
     import resource
 
-    from rmtprune.outputs import append_spectra
+    from rmtprune.runs.folder import append_spectra
 
     pid = os.fork()
     if pid == 0:
@@ -101,7 +100,7 @@ def _append_killed_at(path: Path, limit: int, epoch: int, values: dict) -> None:
 def test_a_kill_at_any_byte_of_the_spectra_write_keeps_every_earlier_event(tmp_path):
     import numpy as np
 
-    from rmtprune.outputs import append_spectra, read_spectra
+    from rmtprune.runs.folder import append_spectra, read_spectra
 
     rng = np.random.default_rng(0)
     events = {e: {"layers.0": rng.random(300).astype(np.float32), "layers.1": rng.random(40).astype(np.float32)}
@@ -129,8 +128,8 @@ RMT = [*TINY, "pruning=rmt", "pruning.min_size=100", "schedule.horizon=6", "epoc
 def test_a_run_stopped_inside_the_spectra_write_resumes_to_the_same_spectra(cli, tmp_path, monkeypatch):
     import numpy as np
 
-    from rmtprune import outputs
-    from rmtprune.outputs import read_spectra
+    from rmtprune.runs import folder as outputs
+    from rmtprune.runs.folder import read_spectra
 
     assert cli("train", *RMT, "hydra.run.dir=full")[0] == 0
     original, calls = np.lib.format.write_array, {"n": 0}
@@ -176,7 +175,7 @@ def test_mlflow_jobs_starting_together_share_one_experiment(tmp_path, monkeypatc
     from omegaconf import OmegaConf
 
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
-    from rmtprune.loggers import open_logger
+    from rmtprune.train.loggers import open_logger
 
     cfg = OmegaConf.create({"logger": "mlflow", "output_root": str(tmp_path), "seed": 0, "pruning": {"name": "rmt"}})
     go = tmp_path / "go"
@@ -304,7 +303,7 @@ def test_a_signal_to_a_parallel_sweep_stops_every_job_and_leaves_no_process(tmp_
 
 def _sigterm_in_epoch_2(monkeypatch) -> None:
     """SIGTERM to this process while a run trains its second epoch (train.train_epoch patched)."""
-    import rmtprune.train as train_mod
+    import rmtprune.train.loop as train_mod
 
     original = train_mod.train_epoch
 

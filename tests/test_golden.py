@@ -8,10 +8,8 @@ from its stored config (so resume / skip_done / target_from keep finding them af
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 
 RUNS = REPO / "docs" / "results" / "runs"
@@ -54,8 +52,8 @@ def test_every_committed_run_keeps_its_config_key():
     a new key left out of KEYS_SINCE / INERT_WHEN would change the second."""
     from omegaconf import OmegaConf
 
-    from rmtprune.config import MODEL_SCHEMAS, RunConfig
-    from rmtprune.outputs import config_key
+    from rmtprune.config.identity import config_key
+    from rmtprune.config.schema import MODEL_SCHEMAS, RunConfig
 
     wrong = []
     for path in SUMMARIES:

@@ -8,7 +8,6 @@ import subprocess
 import tarfile
 
 import pytest
-
 from conftest import REPO
 
 STAGES = ["setup", "smoke", "cuda_tests", "throughput", "compile", "protocol"]

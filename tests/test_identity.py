@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 
+from conftest import FAST
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from conftest import FAST
-from rmtprune.config import register_configs
-from rmtprune.outputs import config_key, identity, identity_differences
+from rmtprune.config.identity import config_key, identity, identity_differences
+from rmtprune.config.schema import register_configs
 
 register_configs()
 

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-
 from conftest import FAST, TINY
-from rmtprune.checkpoint import model_payload, save_atomic
-from rmtprune.models import build_model
+
+from rmtprune.nn.models import build_model
+from rmtprune.train.checkpoint import model_payload, save_atomic
 
 
 def planted(out, inp, rank, sigma, seed):
@@ -67,7 +66,7 @@ def test_prune_a_trained_model_keeps_accuracy_and_shrinks_it(cli, tmp_path):
     assert s["test_acc_finetuned"] >= s["test_acc_before"] - 0.05
     ledger = pd.read_csv(tmp_path / "pruned" / "layers.csv")
     assert set(ledger["action"]) >= {"split"}
-    from rmtprune.loading import load_model
+    from rmtprune.train.loading import load_model
     model, info = load_model(tmp_path / "pruned")
     assert sum(p.numel() for p in model.parameters()) == s["n_params_after"] and info["kind"] == "rmtprune"
 
@@ -165,12 +164,12 @@ def test_compare_command_errors_are_one_line(cli, tmp_path, monkeypatch):
     code, out, err = cli("compare", "runs", "--out", str(tmp_path / "file" / "out"), "--no-plots")
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
     assert code == 2 and len(lines) == 1 and "--out" in lines[0], err
-    import rmtprune.compare
+    import rmtprune.report.compare
 
     def broken(*a, **k):
         raise TypeError("'NoneType' object is not subscriptable")
 
-    monkeypatch.setattr(rmtprune.compare, "compare", broken)
+    monkeypatch.setattr(rmtprune.report.compare, "compare", broken)
     code, out, err = cli("compare", "runs")
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
     assert code == 2 and len(lines) == 1 and "runs" in lines[0] and "Traceback" not in err, err
@@ -180,8 +179,9 @@ def test_prune_reads_the_pruner_state_saved_beside_a_state_dict(cli, tmp_path):
     """The README's {"model", "pruner"} file: the pruner state (the layer's known spikes) is read with the
     weights, so a layer cut halfway (8 spikes + half its sub-edge values) is cut to its 8 spikes by a one-shot
     prune, not taken as 'all survivors are spikes' (keep_no_bulk)."""
-    from rmtprune import RMTPruner
     from test_api import planted
+
+    from rmtprune import RMTPruner
 
     model = build_model({"kind": "mlp", "widths": [784, 256, 10]})
     with torch.no_grad():
@@ -263,7 +263,7 @@ def test_inspect_says_what_it_fits_before_it_starts(cli, tmp_path):
 def test_prune_counts_a_magnitude_models_non_zero_parameters_as_its_run_did(cli, tmp_path):
     """A model whose smallest weights are zeroed (what pruning=magnitude saves) has its non-zero parameters,
     not its dense size, before the cut (and after it, in the layers a cut leaves sparse)."""
-    from rmtprune.magnitude import count_nonzero, prune_to_count
+    from rmtprune.nn.masks import count_nonzero, prune_to_count
 
     dense = build_model({"kind": "mlp", "widths": [784, 256, 10]})
     with torch.no_grad():  # trained biases are not zero
@@ -289,7 +289,7 @@ def test_a_nan_loss_while_fine_tuning_keeps_the_pruned_model(cli, tmp_path):
     assert code == 1 and "nan" in err.lower() and "pruned model before fine-tuning is saved" in err, err
     s = json.loads((tmp_path / "p" / "summary.json").read_text())
     assert s["status"] == "failed" and "fine-tuning failed" in s["error"] and s["test_acc_finetuned"] is None
-    from rmtprune.loading import load_model
+    from rmtprune.train.loading import load_model
 
     saved, _ = load_model(tmp_path / "p")
     assert all(torch.isfinite(p).all() for p in saved.parameters())

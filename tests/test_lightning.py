@@ -8,9 +8,10 @@ from torch import nn
 
 pl = pytest.importorskip("lightning.pytorch")
 
-from rmtprune.integrations.lightning import RMTPruning  # noqa: E402
-from rmtprune.lowrank import LowRankLinear  # noqa: E402
 from tests_support import lightning_nets  # noqa: E402
+
+from rmtprune.integrations.lightning import RMTPruning  # noqa: E402
+from rmtprune.nn.layers import LowRankLinear  # noqa: E402
 
 
 class Classifier(lightning_nets.Classifier):

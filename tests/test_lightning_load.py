@@ -14,9 +14,10 @@ import torch
 pytest.importorskip("lightning.pytorch")
 
 from conftest import REPO  # noqa: E402
-from rmtprune.integrations.lightning import RMTPruning  # noqa: E402
-from rmtprune.lowrank import LowRankLinear  # noqa: E402
 from tests_support.lightning_nets import Classifier, loader, trainer  # noqa: E402
+
+from rmtprune.integrations.lightning import RMTPruning  # noqa: E402
+from rmtprune.nn.layers import LowRankLinear  # noqa: E402
 
 
 @pytest.fixture
@@ -48,7 +49,7 @@ def test_inspect_reads_a_lightning_checkpoint(cli, pruned_ckpt, tmp_path):
 SCRIPT = """
 import sys, torch
 from rmtprune.integrations.lightning import RMTPruning
-from rmtprune.lowrank import LowRankLinear
+from rmtprune.nn.layers import LowRankLinear
 from tests_support.lightning_nets import Classifier, LoadableClassifier, loader, trainer
 
 path, expected = sys.argv[1], torch.load(sys.argv[2], weights_only=True)

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
+from rmtprune.config.validate import check_logger
 from rmtprune.errors import UserError
-from rmtprune.loggers import Logger, check_logger, open_logger
+from rmtprune.train.loggers import Logger, open_logger
 
 ROWS = [
     {"epoch": 1, "train_loss": 0.9, "train_acc": 0.7, "test_loss": 1.0, "test_acc": 0.68, "n_params": 5000,
@@ -119,8 +120,8 @@ def test_mlflow_run_holds_metrics_params_and_spectra(tmp_path):
 def test_tensorboard_shows_the_resolved_config_and_overlays_the_splits(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from tensorboard.plugins.hparams import plugin_data_pb2
     from tensorboard.plugins.custom_scalar import layout_pb2
+    from tensorboard.plugins.hparams import plugin_data_pb2
 
     run = tmp_path / "run"
     with open_logger(cfg("tensorboard", tmp_path), run) as logger:

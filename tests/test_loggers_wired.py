@@ -3,9 +3,9 @@
 import json
 
 import pytest
-
 from conftest import FAST
-from rmtprune.config import custom_model_overrides
+
+from rmtprune.config.validate import custom_model_overrides
 
 
 def test_logger_tensorboard_writes_the_run_to_tb(cli, tmp_path):

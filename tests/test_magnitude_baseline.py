@@ -16,13 +16,18 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from rmtprune.checkpoint import model_payload, save_atomic
-from rmtprune.config import DatasetConfig
+from rmtprune.config.schema import DatasetConfig
 from rmtprune.data import load_data
-from rmtprune.magnitude import count_nonzero, prune_to_count
-from rmtprune.magnitude_baseline import CACHE, CACHE_COLUMNS, MagnitudeBaseline, finetune_epochs
-from rmtprune.models import build_model
-from rmtprune.runs import load_run
+from rmtprune.nn.masks import count_nonzero, prune_to_count
+from rmtprune.nn.models import build_model
+from rmtprune.report.baseline import (
+    CACHE,
+    CACHE_COLUMNS,
+    MagnitudeBaseline,
+    finetune_epochs,
+)
+from rmtprune.runs.walk import load_run
+from rmtprune.train.checkpoint import model_payload, save_atomic
 
 WIDTHS = [784, 64, 32, 10]
 DATASET = {"name": "synthetic", "input_shape": [1, 28, 28], "num_classes": 10, "train_size": 300,
@@ -98,7 +103,7 @@ def test_prune_to_count_with_masks_counts_the_masked_weights():
 
 
 def test_finetune_epochs_count_from_the_last_event():
-    from rmtprune.runs import Run
+    from rmtprune.runs.walk import Run
 
     def run(**cols):
         return Run(Path("."), {}, {}, pd.DataFrame({"epoch": [1, 2, 3, 4, 5], **cols}), None, None)

@@ -7,11 +7,11 @@ import json
 import shutil
 
 import pytest
+from conftest import FAST
 from hydra import compose, initialize_config_module
 
-from conftest import FAST
-from rmtprune.config import register_configs
-from rmtprune.outputs import config_key
+from rmtprune.config.identity import config_key
+from rmtprune.config.schema import register_configs
 
 register_configs()
 

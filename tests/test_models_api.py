@@ -8,12 +8,12 @@ import re
 
 import pytest
 import torch
+from conftest import REPO
+from test_api import users_net
 from torch import nn
 
 import rmtprune
-from conftest import REPO
-from rmtprune.lowrank import LowRankLinear
-from test_api import planted, users_net
+from rmtprune.nn.layers import LowRankLinear
 
 
 def grouped_sgd(model: nn.Module, lr: float = 0.1) -> torch.optim.SGD:

@@ -7,13 +7,14 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import FAST, interrupted_at
-from rmtprune.baselines import NeuronPruner
-from rmtprune.checkpoint import load_file, rebuild_model
+
 from rmtprune.errors import UserError
-from rmtprune.models import MLP, count_parameters
-from rmtprune.surgery import keep_units
+from rmtprune.nn.geometry import count_parameters
+from rmtprune.nn.models import MLP
+from rmtprune.nn.surgery import keep_units
+from rmtprune.prune.neuron import NeuronPruner
+from rmtprune.train.checkpoint import load_file, rebuild_model
 
 
 def mlp(widths, seed=0):

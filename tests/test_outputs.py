@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from rmtprune.outputs import append_spectra, read_spectra, repair_spectra
+from rmtprune.runs.folder import append_spectra, read_spectra, repair_spectra
 
 
 def test_spectra_are_appended_and_read_back(tmp_path, monkeypatch):

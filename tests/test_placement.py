@@ -1,4 +1,4 @@
-"""GPU placement of sweep jobs (rmtprune.placement): arms share the GPUs evenly."""
+"""GPU placement of sweep jobs (rmtprune.commands.placement): arms share the GPUs evenly."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from rmtprune.placement import gpu_for_job, sweep_jobs, sweep_overrides_of
+from rmtprune.commands.placement import gpu_for_job, sweep_jobs, sweep_overrides_of
 
 
 def placed(overrides, n_gpus):

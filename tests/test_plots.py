@@ -7,7 +7,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from rmtprune.plots import esd_plot  # noqa: E402
+from rmtprune.report.plots import esd_plot  # noqa: E402
 from rmtprune.rmt import fit_mp  # noqa: E402
 
 
@@ -37,7 +37,7 @@ def _run(tmp_path, name: str, sigma2: float, seed: int = 0):
 
     import pandas as pd
 
-    from rmtprune.outputs import append_spectra
+    from rmtprune.runs.folder import append_spectra
 
     folder = tmp_path / name
     folder.mkdir()
@@ -52,7 +52,7 @@ def _run(tmp_path, name: str, sigma2: float, seed: int = 0):
 def test_esd_figures_come_from_the_arm_that_fitted_the_mp_law(tmp_path):
     """A baseline cutting by SVD (lowrank) has spectra but no MP fit (σ² empty): its runs are passed over
     without a warning, and the figure is the rmt run's."""
-    from rmtprune.plots import esd_figures
+    from rmtprune.report.plots import esd_figures
 
     arms = {"none": [], "lowrank": [_run(tmp_path, "lowrank", float("nan"))], "rmt": [_run(tmp_path, "rmt", 1.0)]}
     paths, warnings = esd_figures(arms, tmp_path / "out")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 
 import pytest
-
 from conftest import TINY
 
 PRUNE = [a for a in TINY if a != "pruning=none"] + ["pruning=rmt", "pruning.min_size=100", "pruning.tolerance=1.0",
@@ -26,7 +25,7 @@ def test_the_terminal_shows_each_event_once_and_train_log_keeps_its_lines(cli, t
 def test_the_batch_bar_is_erased_when_the_epochs_last_batch_is_done(monkeypatch):
     from rich.console import Console
 
-    import rmtprune.progress as progress
+    import rmtprune.train.progress as progress
 
     screen = io.StringIO()
     monkeypatch.setattr(progress, "Console", lambda **kw: Console(file=screen, force_terminal=True, width=100))

@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
-
 from conftest import TINY, needs_real_data
-from rmtprune.models import build_model
+
+from rmtprune.nn.models import build_model
 
 RUN = ["dataset=fashion_mnist", "dataset.train_size=1000", "dataset.test_size=500", "topology=784-32-10",
        "epochs=1", "pruning=none", "progress=none", "magnitude_sweep.enabled=false", "seed=0"]

@@ -3,16 +3,17 @@
 import math
 
 import numpy as np
-import pytest
 import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from rmtprune.config import PruningConfig
-from rmtprune.lowrank import LowRankLinear
-from rmtprune.models import MLP
-from rmtprune.pruner import LEDGER_COLUMNS, RMTPruner, make_pruner
-from rmtprune.schedules import exponential, linear, make_schedule, step, target_rank
+from rmtprune.config.build import make_pruner, make_schedule
+from rmtprune.config.schema import PruningConfig
+from rmtprune.nn.layers import LowRankLinear
+from rmtprune.nn.models import MLP
+from rmtprune.prune.events import LEDGER_COLUMNS
+from rmtprune.prune.rmt import RMTPruner
+from rmtprune.prune.schedules import exponential, linear, step, target_rank
 
 
 def cfg(**kw):
@@ -112,9 +113,9 @@ def test_schedules():
 
 
 def test_optimizer_rebuilt_after_an_event_trains_the_new_factors_and_keeps_momentum_on_request():
-    from rmtprune.config import OptimizerConfig
-    from rmtprune.events import rebuild_optimizer
-    from rmtprune.state import make_optimizer
+    from rmtprune.config.schema import OptimizerConfig
+    from rmtprune.prune.events import rebuild_optimizer
+    from rmtprune.train.state import make_optimizer
 
     model = mlp_with([planted(400, 300, 5), planted(10, 400, 2, seed=1)])
     ocfg = OmegaConf.structured(OptimizerConfig)
@@ -139,7 +140,7 @@ def test_optimizer_rebuilt_after_an_event_trains_the_new_factors_and_keeps_momen
 
 
 def test_an_svd_that_fails_skips_the_layer_with_a_ledger_entry(monkeypatch):
-    import rmtprune.pruner as pruner_mod
+    import rmtprune.prune.rmt as pruner_mod
 
     def broken(*a, **kw):
         raise torch.linalg.LinAlgError("did not converge")

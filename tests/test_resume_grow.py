@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import FAST
 
 BASE = [a for a in FAST if not a.startswith("pruning=")] + ["device=cpu", "topology=784-64-64-10"]

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from rmtprune import RMTPruner, prune_model
-from rmtprune.lowrank import LowRankLinear
-from rmtprune.schedules import target_rank
+from rmtprune.nn.layers import LowRankLinear
+from rmtprune.prune.schedules import target_rank
 
 OUT, IN = 200, 400
 COUNTS = [2, 4, 6, 6, 6, 6, 6, 6]  # spikes planted before events 1..8: growth stops after event 3

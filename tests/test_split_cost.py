@@ -10,13 +10,13 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-import rmtprune.cost as cost
-from rmtprune.baselines import LowRankPruner
-from rmtprune.cost import SplitRule, layer_positions
+import rmtprune.nn.split_cost as cost
 from rmtprune.errors import UserError
-from rmtprune.models import MLP
-from rmtprune.pruner import RMTPruner
-from rmtprune.surgery import apply_rank, layer_svd
+from rmtprune.nn.models import MLP
+from rmtprune.nn.split_cost import SplitRule, layer_positions
+from rmtprune.nn.surgery import apply_rank, layer_svd
+from rmtprune.prune.lowrank import LowRankPruner
+from rmtprune.prune.rmt import RMTPruner
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -99,7 +99,7 @@ def test_split_auto_from_the_command_line_and_its_identity(cli, tmp_path):
     from conftest import TINY
     from test_batchnorm import compose_config
 
-    from rmtprune.outputs import config_key
+    from rmtprune.config.identity import config_key
 
     rmt = ["pruning=rmt", "pruning.tolerance=1.0", "schedule=constant", "schedule.value=0.9"]
     code, out, err = cli("train", *TINY, *rmt, "pruning.split=sometimes", "epochs=2", "hydra.run.dir=bad")
@@ -126,7 +126,7 @@ def test_a_baseline_target_is_checked_with_split_auto_before_training(model):
     """The pre-check builds the network on the meta device: the cost model's probe runs there too."""
     from test_batchnorm import compose_config
 
-    from rmtprune.targets import check_target
+    from rmtprune.runs.targets import check_target
 
     overrides = ["pruning=lowrank", model, "pruning.split=auto", "epochs=3"]
     check_target(compose_config([*overrides, "pruning.target_params=100000"]))

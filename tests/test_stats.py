@@ -6,8 +6,17 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from rmtprune.stats import (describe, holm, interpolate_at, paired, tost, tost_paired, variance_ratio,
-                            variance_ratio_ci, welch)
+from rmtprune.report.stats import (
+    describe,
+    holm,
+    interpolate_at,
+    paired,
+    tost,
+    tost_paired,
+    variance_ratio,
+    variance_ratio_ci,
+    welch,
+)
 
 A = [0.971, 0.975, 0.969, 0.980, 0.973]
 B = [0.965, 0.978, 0.951, 0.970, 0.960]
@@ -156,7 +165,7 @@ def test_nearly_identical_arms_give_p_values_and_no_warning():
     clean (the p-value is still computed)."""
     import warnings
 
-    from rmtprune.stats import paired, welch
+    from rmtprune.report.stats import paired, welch
 
     a = [0.98, 0.98, 0.98 + 1e-15]
     b = [0.98 + 1e-15, 0.98, 0.98]

@@ -1,4 +1,4 @@
-"""The training step (rmtprune.step): bitwise equal to the unfused step it replaced with the default
+"""The training step (rmtprune.train.step): bitwise equal to the unfused step it replaced with the default
 settings, and the precision / compile / deterministic options, on the CPU."""
 
 from __future__ import annotations
@@ -11,20 +11,25 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-import rmtprune.step as step_mod
-from rmtprune.config import DatasetConfig, RunConfig
+import rmtprune.train.step as step_mod
+from rmtprune.config.schema import DatasetConfig, RunConfig
 from rmtprune.data import Data, load_data
 from rmtprune.errors import RunFailed
-from rmtprune.models import build_model
-from rmtprune.progress import BatchProgress
-from rmtprune.step import configure_numerics, train_epoch, update_chunked_, update_foreach_
-from rmtprune.train import make_optimizer
+from rmtprune.nn.models import build_model
+from rmtprune.train.progress import BatchProgress
+from rmtprune.train.state import make_optimizer
+from rmtprune.train.step import (
+    configure_numerics,
+    train_epoch,
+    update_chunked_,
+    update_foreach_,
+)
 
 CPU = torch.device("cpu")
 
 
 def reference_train_epoch(model, data, opt, gen, batch_size, l1, epoch):
-    """The training epoch as it was before rmtprune.step (commit 920e682), kept as the reference:
+    """The training epoch as it was before rmtprune.train.step (commit 920e682), kept as the reference:
     zero_grad(set_to_none=False), L1 by foreach add, torch.optim.SGD.step."""
     model.train()
     n = len(data.train_x)

@@ -5,8 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from rmtprune.lowrank import LowRankConv2d, LowRankLinear
-from rmtprune.surgery import apply_rank, layer_matrix, layer_svd, param_count, split
+from rmtprune.nn.geometry import param_count
+from rmtprune.nn.layers import LowRankConv2d, LowRankLinear
+from rmtprune.nn.surgery import apply_rank, layer_matrix, layer_svd, split
 
 torch.manual_seed(0)
 

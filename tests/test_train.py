@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import FAST, interrupted_at, needs_real_data
-from rmtprune.outputs import METRICS_COLUMNS
-from rmtprune.pruner import LEDGER_COLUMNS
+
+from rmtprune.prune.events import LEDGER_COLUMNS
+from rmtprune.runs.folder import METRICS_COLUMNS
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -69,7 +69,7 @@ def test_rmt_pruning_shrinks_the_model_and_keeps_accuracy(cli, tmp_path):
     rows = read_csv(tmp_path / "pruned" / "metrics.csv")
     assert int(rows[-1]["n_params_after"]) == pruned["n_params_final"] < int(rows[0]["n_params"])
     # the pruned model is rebuilt from model.pt with its factorised layers
-    from rmtprune.checkpoint import load_file, rebuild_model
+    from rmtprune.train.checkpoint import load_file, rebuild_model
     ckpt = load_file(tmp_path / "pruned" / "model.pt")
     model = rebuild_model(ckpt)
     assert sum(p.numel() for p in model.parameters()) == pruned["n_params_final"]

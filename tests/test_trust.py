@@ -9,13 +9,13 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY
-from rmtprune.checkpoint import model_payload, save_atomic
-from rmtprune.config import custom_model_overrides
-from rmtprune.magnitude_baseline import MagnitudeBaseline
-from rmtprune.models import build_model
-from rmtprune.runs import load_run
+
+from rmtprune.config.validate import custom_model_overrides
+from rmtprune.nn.models import build_model
+from rmtprune.report.baseline import MagnitudeBaseline
+from rmtprune.runs.walk import load_run
+from rmtprune.train.checkpoint import model_payload, save_atomic
 
 NET = "tests_support.nets.Net"
 CUSTOM = ["model=custom", f"model._target_={NET}", "model.hidden=32"]
@@ -126,8 +126,8 @@ def test_compare_rebuilds_a_custom_model_only_with_trust_model_code(tmp_path, se
 def test_a_built_in_spec_larger_than_its_weights_is_refused_before_it_is_built(cli, tmp_path):
     """A crafted model.pt of kind mlp asking for 2 x 10^8 parameters with no weights: refused from the sizes
     alone (built on the meta device), one error line, nothing allocated."""
-    from rmtprune.checkpoint import model_payload, save_atomic
-    from rmtprune.models import build_model
+    from rmtprune.nn.models import build_model
+    from rmtprune.train.checkpoint import model_payload, save_atomic
 
     ckpt = model_payload(build_model({"kind": "mlp", "widths": [784, 8, 10]}), {"kind": "mlp", "widths": [784, 8, 10]},
                          10, [1, 28, 28])

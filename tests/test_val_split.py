@@ -11,9 +11,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import TINY, needs_real_data
 from omegaconf import OmegaConf
 
-from conftest import TINY, needs_real_data
 from rmtprune.data import load_data, split_validation
 from rmtprune.errors import UserError
 
@@ -21,7 +21,7 @@ CPU = torch.device("cpu")
 
 
 def synthetic(**over):
-    from rmtprune.config import DatasetConfig
+    from rmtprune.config.schema import DatasetConfig
 
     base = OmegaConf.merge(OmegaConf.structured(DatasetConfig),
                            {"name": "synthetic", "train_size": 300, "test_size": 50, "val_size": 80})
@@ -53,8 +53,8 @@ def test_a_split_of_none_or_all_training_images_is_refused(size):
 
 
 def test_validation_images_never_reach_the_training_loader():
-    from rmtprune.progress import BatchProgress
-    from rmtprune.step import train_epoch
+    from rmtprune.train.progress import BatchProgress
+    from rmtprune.train.step import train_epoch
 
     data = load_data(synthetic(), CPU)
     assert len(data.train_x) == 300 and len(data.val_x) == 80 and len(data.val_y) == 80
@@ -86,7 +86,8 @@ def test_validation_images_never_reach_the_training_loader():
 @needs_real_data
 def test_the_split_does_not_depend_on_train_size_and_train_size_keeps_the_first_of_the_rest():
     from conftest import REPO
-    from rmtprune.config import DatasetConfig
+
+    from rmtprune.config.schema import DatasetConfig
 
     ds = OmegaConf.merge(OmegaConf.structured(DatasetConfig), OmegaConf.load(REPO / "rmtprune/conf/dataset/mnist.yaml"),
                          {"test_size": 10, "val_size": 5000, "val_seed": 3})
@@ -117,7 +118,7 @@ def test_a_split_too_large_for_the_training_set_is_one_error_line(cli, over, nee
 
 
 def test_identity_without_a_split_ignores_val_seed_and_is_that_of_older_runs():
-    from rmtprune.outputs import config_key
+    from rmtprune.config.identity import config_key
 
     old = {"seed": 0, "dataset": {"name": "mnist", "train_size": None}, "pruning": {"name": "none"}}
     new = {**old, "dataset": {**old["dataset"], "val_size": 0, "val_seed": 0}}
@@ -162,7 +163,7 @@ def test_val_columns_are_written_every_epoch(val_sweep):
 
 
 def test_the_summary_best_is_chosen_on_validation():
-    from rmtprune.train import _summarise
+    from rmtprune.train.loop import _summarise
 
     metrics = [{"epoch": e, "train_acc": 0.5, "test_loss": 1.0, "n_params_after": 10, "test_acc": t, "val_acc": v,
                 "val_loss": 1.0} for e, t, v in ((1, 0.9, 0.2), (2, 0.5, 0.8), (3, 0.6, 0.3))]
@@ -198,8 +199,8 @@ def test_compare_chooses_the_best_epoch_on_validation_and_reports_val_columns(va
 
 
 def test_frontier_carries_the_final_validation_accuracy():
-    from rmtprune.compare import frontier
-    from rmtprune.runs import Run
+    from rmtprune.report.compare import frontier
+    from rmtprune.runs.walk import Run
 
     def run(seed: int, name: str, val: float) -> Run:
         metrics = pd.DataFrame({"epoch": [1, 2], "test_acc": [0.5, 0.7], "val_acc": [0.4, val]})

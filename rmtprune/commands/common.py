@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 
-from ..errors import UserError
+from rmtprune.errors import UserError
 
 DEBUG_ENV = "RMTPRUNE_DEBUG"  # set to 1: unexpected errors show their traceback
 

@@ -1,13 +1,13 @@
 """``rmtprune compare PATH...``: tables, statistical tests and figures from run or sweep folders
-(rmtprune.compare). Damaged files reach the user as one line, never a traceback."""
+(rmtprune.report.compare). Damaged files reach the user as one line, never a traceback."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
-from ..errors import UserError
-from .common import Parser, debugging, err, formats, unexpected
+from rmtprune.commands.common import Parser, debugging, err, formats, unexpected
+from rmtprune.errors import UserError
 
 
 def parser() -> Parser:
@@ -34,7 +34,7 @@ def parser() -> Parser:
 
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
-    from ..compare import compare, print_table, write_outputs
+    from rmtprune.report.compare import compare, print_table, write_outputs
 
     fmts = formats(args.format, ("csv", "md"))
     missing = [str(p) for p in args.paths if not p.exists()]

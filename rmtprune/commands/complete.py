@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from ..errors import UserError
+from rmtprune.errors import UserError
 
 COMMANDS = ("train", "compare", "inspect", "prune")
 
@@ -26,9 +26,9 @@ def main(args: list[str]) -> int:
         print(" ".join(c for c in COMMANDS if c.startswith(typed)))
         return 0
     if words[1] == "train":
-        from .train import main as command
+        from rmtprune.commands.train import main as command
     elif words[1] == "prune":
-        from .prune import main as command
+        from rmtprune.commands.prune import main as command
     else:
         print("")
         return 0

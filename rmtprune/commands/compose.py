@@ -15,8 +15,8 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig
 
-from ..errors import UserError
-from .common import first_line
+from rmtprune.commands.common import first_line
+from rmtprune.errors import UserError
 
 CONFIG_PATH = "pkg://rmtprune.conf"
 # Hydra's flags that take no value and may stand anywhere: moved before the overrides, where argparse wants them.
@@ -54,13 +54,15 @@ class Composer:
 
     def __enter__(self) -> "Composer":
         from hydra._internal.hydra import Hydra
-        from hydra._internal.utils import (create_automatic_config_search_path,
-                                           detect_calling_file_or_module_from_task_function)
+        from hydra._internal.utils import (
+            create_automatic_config_search_path,
+            detect_calling_file_or_module_from_task_function,
+        )
         from hydra.core.config_search_path import SearchPathQuery
         from hydra.core.global_hydra import GlobalHydra
         from hydra.core.utils import setup_globals
 
-        from ..config import register_configs
+        from rmtprune.config.schema import register_configs
 
         register_configs()
         setup_globals()  # the ${now:...} resolver
@@ -149,7 +151,7 @@ def explain_compose_error(exc: BaseException) -> str:
 def known_keys() -> list[str]:
     """Every dotted key of the schemas: RunConfig (and the prune command's), with the keys of every
     model option (``config.MODEL_SCHEMAS``: ``RunConfig.model`` is one of them)."""
-    from ..config import MODEL_SCHEMAS, PruneCommandConfig
+    from rmtprune.config.schema import MODEL_SCHEMAS, PruneCommandConfig
 
     known: list[str] = []
 
@@ -174,7 +176,7 @@ def did_you_mean(key: str) -> str | None:
 
 def model_key_owners(key: str) -> list[str]:
     """For ``model.hidden``: the model options whose schema has that key (``["cnn"]``)."""
-    from ..config import MODEL_SCHEMAS
+    from rmtprune.config.schema import MODEL_SCHEMAS
 
     if not key.startswith("model."):
         return []

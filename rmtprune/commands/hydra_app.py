@@ -10,7 +10,7 @@
 - A sweep's folder is given to Hydra as an absolute path, so every launcher's processes write to the
   same place whatever their working folder; after the sweep each job's outcome is read back
   (:mod:`.outcomes`): ``N of M jobs failed`` and a non-zero exit, for every launcher.
-- Ctrl-C or SIGTERM to a sweep stops its jobs wherever they run on this machine (:mod:`rmtprune.signals`):
+- Ctrl-C or SIGTERM to a sweep stops its jobs wherever they run on this machine (:mod:`rmtprune.train.signals`):
   each records ``interrupted``, the job list is printed, and no process of the sweep outlives it.
 - Exit codes: 0 all done, 2 bad input, 1 a run that failed while running, 130 interrupted (Ctrl-C), 143
   (SIGTERM).
@@ -25,11 +25,11 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig
 
-from ..errors import UserError
-from ..signals import end_descendants, exit_code, stop_jobs_on_signal
-from . import jobs, outcomes
-from .compose import Composer, flags_first, hydra_args
-from .precheck import Plan, precheck, task_config
+from rmtprune.commands import jobs, outcomes
+from rmtprune.commands.compose import Composer, flags_first, hydra_args
+from rmtprune.commands.precheck import Plan, precheck, task_config
+from rmtprune.errors import UserError
+from rmtprune.train.signals import end_descendants, exit_code, stop_jobs_on_signal
 
 # Flags that print something and run no job: no checks, no folders.
 _NO_RUN = ("help", "hydra_help", "cfg", "info", "shell_completion")
@@ -85,7 +85,7 @@ def run_hydra(body: Callable[[DictConfig, Path], Any], config_name: str, args: l
 
 def _single(plan: Plan, task: Callable[[DictConfig], None], config_name: str, args: list[str], prog: str,
             claim: Callable[[DictConfig, Path], bool] | None) -> int:
-    from ..outputs import RunLock
+    from rmtprune.runs.folder import RunLock
 
     folder = plan.output_dir
     if plan.clock_named:
@@ -114,7 +114,7 @@ def _sweep(plan: Plan, task: Callable[[DictConfig], None], config_name: str, arg
            claim: Callable[[DictConfig, Path], bool] | None = None) -> int:
     import os
 
-    from ..outputs import RunLock
+    from rmtprune.runs.folder import RunLock
 
     folder = Path(os.path.abspath(claim_unique(plan.output_dir) if plan.clock_named else plan.output_dir))
     folder.mkdir(parents=True, exist_ok=True)
@@ -163,8 +163,8 @@ def _call_hydra(task: Callable[[DictConfig], None], config_name: str, args: list
     """``hydra.main`` on ``args``; Hydra's own exits (help, its errors) become the return code."""
     import hydra
 
-    from ..config import register_configs
-    from .compose import CONFIG_PATH
+    from rmtprune.commands.compose import CONFIG_PATH
+    from rmtprune.config.schema import register_configs
 
     register_configs()
     saved = sys.argv

@@ -1,5 +1,5 @@
 """``rmtprune inspect PATH [options] [pruning.KEY=VALUE ...]``: the MP fit of every layer of a saved
-model and what one pruning event would keep (rmtprune.inspection).
+model and what one pruning event would keep (rmtprune.report.inspection).
 
 The pruning settings are ``rmtprune/conf/pruning/rmt.yaml`` composed through Hydra, as ``rmtprune train
 pruning=rmt`` composes them: every key train accepts for pruning=rmt is accepted as
@@ -15,10 +15,10 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from ..errors import UserError
-from .common import Parser, formats
-from .compose import Composer
-from .precheck import check_unused_keys, parse_overrides
+from rmtprune.commands.common import Parser, formats
+from rmtprune.commands.compose import Composer
+from rmtprune.commands.precheck import check_unused_keys, parse_overrides
+from rmtprune.errors import UserError
 
 # shorthand flag -> pruning key
 FLAGS = {"tolerance": "tolerance", "conv_tolerance": "conv_tolerance", "alpha": "alpha", "beta": "beta",
@@ -27,7 +27,7 @@ FLAGS = {"tolerance": "tolerance", "conv_tolerance": "conv_tolerance", "alpha": 
 
 def pruning_config(overrides: list[str]) -> DictConfig:
     """``pruning=rmt`` as ``rmtprune train`` composes it, with ``pruning.KEY=VALUE`` overrides, checked."""
-    from ..config import validate_pruning
+    from rmtprune.config.validate import validate_pruning
 
     bad = [o for o in overrides if not o.lstrip("+").startswith("pruning.")]
     if bad:
@@ -68,15 +68,15 @@ def parser(defaults: DictConfig) -> Parser:
 
 def main(argv: list[str]) -> int:
     args = parser(pruning_config([])).parse_intermixed_args(argv)
-    from ..inspection import COLUMNS, inspect_rows
-    from ..inspection import markdown as inspect_markdown
-    from ..loading import load_model, resolve_model_file
-    from ..models import select_layers
-    from ..progress import StepProgress
-    from ..surgery import layer_matrix_shape
-    from ..outputs import write_csv
-    from ..config import RunConfig
-    from ..pruner import rmt_pruner_from_config
+    from rmtprune.config.build import rmt_pruner_from_config
+    from rmtprune.config.schema import RunConfig
+    from rmtprune.files import write_csv
+    from rmtprune.nn.geometry import layer_matrix_shape
+    from rmtprune.nn.select import select_layers
+    from rmtprune.report.inspection import COLUMNS, inspect_rows
+    from rmtprune.report.inspection import markdown as inspect_markdown
+    from rmtprune.train.loading import load_model, resolve_model_file
+    from rmtprune.train.progress import StepProgress
 
     fmts = formats(args.format, ("csv", "md"))
     overrides = list(args.overrides)
@@ -119,7 +119,7 @@ def main(argv: list[str]) -> int:
         if "md" in fmts:
             (out / "inspect.md").write_text(inspect_markdown(rows, f"RMT view of {path}"), encoding="utf-8")
         if args.plots:
-            from ..plots import inspect_figures
+            from rmtprune.report.plots import inspect_figures
 
             inspect_figures(rows, spectra, out)
     except OSError as exc:
@@ -137,7 +137,7 @@ SECONDS_PER_FLOP = 1e-10
 def fit_seconds(layers: list[tuple[str, Any]]) -> float:
     """A rough time for :func:`inspection.inspect_rows` on ``layers``: per layer of matrix (out, m), p = min,
     n = max, p^2 n + 9 p^3 floating-point operations at :data:`SECONDS_PER_FLOP`."""
-    from ..surgery import layer_matrix_shape
+    from rmtprune.nn.geometry import layer_matrix_shape
 
     total = 0.0
     for _, module in layers:
@@ -151,7 +151,7 @@ def print_table(rows: list[dict[str, Any]], title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from ..inspection import cells
+    from rmtprune.report.inspection import cells
 
     t = Table(title=f"RMT view of {title}", title_justify="left")
     for col in ("layer", "shape", "gamma", "sigma2", "lambda+", "threshold", "spikes", "fit err", "good", "rank",

@@ -3,7 +3,7 @@ its threads and GPU, and how it ends.
 
 A job never raises into Hydra: bad input becomes one ``rmtprune: error:`` line, a run that failed
 one line too, and either way the job records its outcome (:mod:`.outcomes`) and the sweep goes on.
-Only Ctrl-C / SIGTERM stop it (recorded as ``interrupted``, :mod:`rmtprune.signals`). In a sweep a job
+Only Ctrl-C / SIGTERM stop it (recorded as ``interrupted``, :mod:`rmtprune.train.signals`). In a sweep a job
 first records that it is running, in which process, so that the launching process can stop it.
 """
 
@@ -15,12 +15,12 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, open_dict
 
-from ..errors import RunFailed, UserError
-from ..outputs import resolve_redirect
-from ..signals import Terminated, interruptible, stopped
-from . import outcomes
-from .common import debugging, err, unexpected
-from .outcomes import Outcome
+from rmtprune.commands import outcomes
+from rmtprune.commands.common import debugging, err, unexpected
+from rmtprune.commands.outcomes import Outcome
+from rmtprune.errors import RunFailed, UserError
+from rmtprune.runs.folder import resolve_redirect
+from rmtprune.train.signals import Terminated, interruptible, stopped
 
 # The outcomes of the jobs this process ran (a single run, or a sweep under the basic launcher).
 FINISHED: list[Outcome] = []
@@ -75,7 +75,7 @@ def _mark_failed(run_dir: Path, message: str) -> None:
     """Say ``failed`` in a summary.json the run left at ``running`` (when it can still be written)."""
     import json
 
-    from ..outputs import read_json, write_json
+    from rmtprune.files import read_json, write_json
 
     path = resolve_redirect(run_dir) / "summary.json"
     try:
@@ -114,7 +114,7 @@ def place_job(cfg: DictConfig, hc: Any) -> None:
     if cfg.device == "auto" and torch.cuda.device_count() > 1:
         num = hc.job.get("num")
         if num is not None:
-            from ..placement import gpu_for_job, sweep_overrides_of
+            from rmtprune.commands.placement import gpu_for_job, sweep_overrides_of
 
             overrides = sweep_overrides_of(hc.sweep.dir) or list(hc.overrides.task)
             index = gpu_for_job(int(num), overrides, torch.cuda.device_count())

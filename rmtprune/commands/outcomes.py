@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .common import err
+from rmtprune.commands.common import err
 
 RECORDS = ".rmtprune-jobs"
 LAUNCH_ENV = "RMTPRUNE_LAUNCH"
@@ -57,7 +57,7 @@ def records_dir(sweep_dir: Path | str, launch: str | None = None) -> Path:
 def write(outcome: Outcome, sweep_dir: Path | str) -> None:
     """Record a job's outcome (called by the job); a record that cannot be written is reported by the
     launching process as a missing one."""
-    from ..outputs import atomic_write_text
+    from rmtprune.files import atomic_write_text
 
     folder = records_dir(sweep_dir)
     try:
@@ -77,7 +77,7 @@ def forget(sweep_dir: Path | str, launch: str) -> None:
 
 
 def _read(path: Path) -> dict[str, Any] | None:
-    from ..outputs import read_json
+    from rmtprune.files import read_json
 
     try:
         data = read_json(path)
@@ -88,7 +88,7 @@ def _read(path: Path) -> dict[str, Any] | None:
 
 def summary_status(folder: Path) -> tuple[str | None, str]:
     """(status, error) of the summary.json holding a job's results (following redirect.json)."""
-    from ..outputs import resolve_redirect
+    from rmtprune.runs.folder import resolve_redirect
 
     summary = _read(resolve_redirect(folder) / "summary.json")
     if summary is None:

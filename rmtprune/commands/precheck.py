@@ -20,9 +20,9 @@ from typing import Any, Callable
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from ..errors import UserError
-from .common import first_line
-from .compose import Composer
+from rmtprune.commands.common import first_line
+from rmtprune.commands.compose import Composer
+from rmtprune.errors import UserError
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
@@ -97,8 +97,14 @@ def check_unused_keys(parsed: list[Any], configs: list[DictConfig]) -> None:
     """A ``pruning.KEY`` / ``schedule.KEY`` given on the command line that no chosen option uses is
     refused (config.unused_key_error); keys that presets set are not checked. In a sweep over options
     (``pruning=none,rmt``) a key is accepted when one of them uses it."""
-    from ..config import (PRUNING_KEYS, SCHEDULE_KEYS, USES_SCHEDULE, PruningConfig, ScheduleConfig,
-                          unused_key_error)
+    from rmtprune.config.schema import (
+        PRUNING_KEYS,
+        SCHEDULE_KEYS,
+        USES_SCHEDULE,
+        PruningConfig,
+        ScheduleConfig,
+    )
+    from rmtprune.config.validate import unused_key_error
 
     prunings = list(dict.fromkeys(str(c.pruning.name) for c in configs if c.get("pruning") is not None))
     schedules = list(dict.fromkeys(str(c.schedule.name) for c in configs if c.get("schedule") is not None))
@@ -123,7 +129,7 @@ def check_unused_keys(parsed: list[Any], configs: list[DictConfig]) -> None:
 
 def _in_schema(key: str) -> bool:
     """Whether the dotted ``key`` is a setting of the run schema (``model.*``: of any model option's)."""
-    from ..config import MODEL_SCHEMAS, RunConfig
+    from rmtprune.config.schema import MODEL_SCHEMAS, RunConfig
 
     head, _, rest = key.partition(".")
     if head == "model":
@@ -138,8 +144,8 @@ def check_structure(parsed: list[Any], composer: Composer) -> None:
     "drop the '+'"); ``++KEY=V`` of an existing KEY is a plain override. Allowed: Hydra's own keys, the
     other config groups (``~experiment``) and the constructor arguments of ``model=custom`` (``model.*`` but
     ``model._target_`` / ``model.name``)."""
-    from ..config import RunConfig
-    from .compose import did_you_mean
+    from rmtprune.commands.compose import did_you_mean
+    from rmtprune.config.schema import RunConfig
 
     settings = {f.name for f in dataclasses.fields(RunConfig)}
     custom = any(o.key_or_group == "model" and "custom" in _choices(o) for o in parsed)

@@ -1,4 +1,4 @@
-"""``rmtprune prune MODEL [key=value ...]``: one RMT pruning event on a saved model (rmtprune.posthoc)."""
+"""``rmtprune prune MODEL [key=value ...]``: one RMT pruning event on a saved model (rmtprune.train.prune_saved)."""
 
 from __future__ import annotations
 
@@ -6,15 +6,15 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from ..errors import UserError
-from .hydra_app import quote, run_hydra
+from rmtprune.commands.hydra_app import quote, run_hydra
+from rmtprune.errors import UserError
 
 # Flags after which no model path is needed (they print and run nothing).
 _NO_MODEL = {"--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "--shell-completion", "-sc", "--version"}
 
 
 def main(args: list[str]) -> int:
-    from ..config import custom_model_overrides
+    from rmtprune.config.validate import custom_model_overrides
 
     return run_hydra(_prune, "prune", custom_model_overrides(model_path_override(args)), "rmtprune prune",
                      check=check, claim=claim)
@@ -35,8 +35,8 @@ def model_path_override(rest: list[str]) -> list[str]:
 
 
 def check(cfg: DictConfig) -> None:
-    from ..config import validate
-    from ..train import resolve_device
+    from rmtprune.config.validate import validate
+    from rmtprune.train.loop import resolve_device
 
     if not Path(str(cfg.model_path)).exists():
         raise UserError(f"{cfg.model_path}: no such file or folder")
@@ -61,7 +61,7 @@ def claim(cfg: DictConfig, folder: Path) -> bool:
 def _prune(cfg: DictConfig, run_dir: Path) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from ..posthoc import prune_saved
+    from rmtprune.train.prune_saved import prune_saved
 
     given = [str(o).split("=", 1)[0].lstrip("+") for o in HydraConfig.get().overrides.task]
     prune_saved(cfg, run_dir, finetune_lr=float(cfg.optimizer.lr) if "optimizer.lr" in given else None, given=given)

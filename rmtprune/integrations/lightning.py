@@ -46,10 +46,10 @@ except ImportError:  # the older package name
         raise ImportError('rmtprune.integrations.lightning needs PyTorch Lightning: pip install -e ".[lightning]" in '
                           "a checkout of rmtprune (or pip install lightning)") from None
 
-from ..batchnorm import recalibrate_bn
-from ..events import PruneEvent, rebuild_optimizer
-from ..models import factorise_to_match, factorised_ranks
-from ..pruner import RMTPruner
+from rmtprune.nn.models import factorise_to_match, factorised_ranks
+from rmtprune.prune.batchnorm import recalibrate_bn
+from rmtprune.prune.events import PruneEvent, rebuild_optimizer
+from rmtprune.prune.rmt import RMTPruner
 
 __all__ = ["RMTPruning"]
 

@@ -9,9 +9,9 @@ Pure functions on arrays and small immutable results; no torch.nn, no files, no 
 (0.01, True)
 """
 
-from .fit import MPFit, NoBulkError, as_matrix, fit_mp, singular_values
-from .mp import mp_cdf, mp_edges, mp_pdf, mp_quantile, window_quantiles
-from .tracy_widom import tw1_cdf, tw1_quantile
+from rmtprune.rmt.fit import MPFit, NoBulkError, as_matrix, fit_mp, singular_values
+from rmtprune.rmt.mp import mp_cdf, mp_edges, mp_pdf, mp_quantile, window_quantiles
+from rmtprune.rmt.tracy_widom import tw1_cdf, tw1_quantile
 
 __all__ = [
     "MPFit", "NoBulkError", "as_matrix", "fit_mp", "singular_values",

@@ -98,8 +98,8 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from .mp import mp_cdf, window_quantiles
-from .tracy_widom import tw1_quantile
+from rmtprune.rmt.mp import mp_cdf, window_quantiles
+from rmtprune.rmt.tracy_widom import tw1_quantile
 
 MIN_SINGULAR_VALUES = 10
 MIN_WINDOW = 5

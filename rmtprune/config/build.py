@@ -1,0 +1,133 @@
+"""The one place that turns a composed config into objects: the model spec, the pruner, the schedule."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from rmtprune.errors import UserError
+from rmtprune.nn.models import CUSTOM_RESERVED, ModelSpec
+from rmtprune.prune.base import Pruner
+from rmtprune.prune.lowrank import LowRankPruner
+from rmtprune.prune.magnitude import MagnitudePruner
+from rmtprune.prune.neuron import NeuronPruner
+from rmtprune.prune.rmt import RMTPruner
+
+if TYPE_CHECKING:  # importing rmtprune (the Python API) must not import the config machinery
+    from omegaconf import DictConfig
+from typing import TYPE_CHECKING
+
+from rmtprune.prune.control import ControlPruner, NoPruner
+from rmtprune.prune.schedules import SCHEDULES, Schedule, SpikeCut
+
+
+def baseline_from_config(pruning: Any, batch_size: int | None = None,
+                         input_shape: list[int] | None = None) -> Pruner:
+    """The pruner of a ``pruning=magnitude`` or ``pruning=lowrank`` config node (rmtprune/conf/pruning/*.yaml): its
+    keys (``config.PRUNING_KEYS``) are the keyword arguments. ``target_from``
+    must have been resolved into ``target_params`` (:func:`rmtprune.runs.targets.resolve_target`); it names the
+    target in error messages. ``batch_size`` and ``input_shape`` (one sample): what ``split=auto`` costs at."""
+    from rmtprune.config.schema import PRUNING_KEYS
+    pass
+
+    name = pruning.name
+    classes = {"magnitude": MagnitudePruner, "lowrank": LowRankPruner, "neuron": NeuronPruner}
+    if name not in classes:
+        raise ValueError(f"not a baseline pruning: {name!r}")
+    if pruning.target_params is None:
+        raise UserError(f"pruning={name} needs pruning.target_params=N, or pruning.target_from=RUN resolved into it "
+                        f"(rmtprune.runs.targets.resolve_target)")
+    kwargs = {k: pruning[k] for k in PRUNING_KEYS[name]
+              if k not in ("name", "target_params", "target_from", "split")}
+    if "split" in PRUNING_KEYS[name]:
+        kwargs.update(split_arguments(pruning, batch_size, input_shape))
+    target = int(pruning.target_params)
+    if pruning.get("target_from") is not None:
+        what = "counts after each event" if pruning.get("match") == "trajectory" else f"final count {target:,}"
+        key = f"pruning.target_from={pruning.target_from} ({what})"
+    else:
+        key = f"pruning.target_params={target}"
+    if kwargs.get("target_trajectory") is not None:
+        kwargs["target_trajectory"] = [int(n) for n in kwargs["target_trajectory"]]
+    return classes[name](target, target_key=key, **kwargs)
+
+
+def model_spec(cfg: DictConfig) -> ModelSpec:
+    """Plain-data description of the dense model the config asks for."""
+    from omegaconf import OmegaConf
+
+    from rmtprune.nn.models import parse_topology
+
+    ds = cfg.dataset
+    if cfg.model.name == "mlp":
+        return {"kind": "mlp", "widths": parse_topology(cfg.topology)}
+    if cfg.model.name == "custom":
+        data = OmegaConf.to_container(cfg.model, resolve=True)
+        assert isinstance(data, dict)
+        return {"kind": "custom", "target": str(data["_target_"]),
+                "kwargs": {str(k): v for k, v in data.items() if k not in CUSTOM_RESERVED}}
+    m = cfg.model
+    return {
+        "kind": "cnn", "input_shape": list(ds.input_shape), "num_classes": int(ds.num_classes),
+        "channels": list(m.channels), "kernel_size": int(m.kernel_size), "pool_after": list(m.pool_after),
+        "hidden": int(m.hidden), "conv_dropout": float(m.conv_dropout), "fc_dropout": float(m.fc_dropout),
+    }
+
+
+def split_arguments(pruning: Any, batch_size: int | None, input_shape: list[int] | None) -> dict[str, Any]:
+    """``split``, and for ``split=auto`` the ``batch_size`` and ``example_input`` (zeros of one sample of
+    ``input_shape``) its cost model compares at, as keyword arguments of a pruner."""
+    split = str(pruning.get("split", "always"))
+    if split != "auto":
+        return {"split": split}
+    shape = [int(d) for d in input_shape] if input_shape is not None else None
+    return {"split": split, "batch_size": None if batch_size is None else int(batch_size),
+            "example_input": None if shape is None else torch.zeros(1, *shape)}
+
+
+def rmt_pruner_from_config(pruning: Any, schedule: Schedule | SpikeCut | None = None, batch_size: int | None = None,
+                           input_shape: list[int] | None = None) -> RMTPruner:
+    """The RMTPruner of a ``pruning=rmt`` config node (rmtprune/conf/pruning/rmt.yaml): its keys are the keyword
+    arguments; ``schedule`` is the callable made from the schedule group
+    (schedules.make_schedule); ``batch_size`` and ``input_shape`` (one sample): what ``split=auto`` costs at."""
+    from rmtprune.config.schema import PRUNING_KEYS
+
+    kwargs = {k: pruning[k] for k in PRUNING_KEYS["rmt"] if k not in ("name", "split")}
+    return RMTPruner(schedule=schedule if schedule is not None else "linear", **kwargs,
+                     **split_arguments(pruning, batch_size, input_shape))
+
+
+def make_pruner(pruning: Any, schedule: Schedule | SpikeCut | None = None, batch_size: int | None = None,
+                input_shape: list[int] | None = None) -> Pruner:
+    """The pruner of a config's ``pruning`` node (and schedule callable, for rmt); ``batch_size`` and
+    ``input_shape`` (one sample): what ``split=auto`` compares costs at."""
+    from rmtprune.config.schema import PRUNING_KEYS
+
+    name = pruning.name
+    if name == "none":
+        return NoPruner()
+    calendar = {k: pruning[k] for k in PRUNING_KEYS["control"] if k != "name"}
+    if name == "control":
+        return ControlPruner(**calendar)
+    if name == "rmt":
+        return rmt_pruner_from_config(pruning, schedule, batch_size, input_shape)
+    if name in ("magnitude", "lowrank", "neuron"):
+        pass
+
+        return baseline_from_config(pruning, batch_size, input_shape)
+    raise ValueError(f"unknown pruning {name!r}")
+
+
+def make_schedule(cfg: DictConfig) -> Schedule | SpikeCut:
+    """The schedule named by ``cfg.name`` with its parameters from the config (config.SCHEDULE_KEYS): a
+    callable epoch -> keep fraction, or a :class:`SpikeCut`."""
+    from functools import partial
+
+    from rmtprune.config.schema import SCHEDULE_KEYS
+
+    name = cfg.name
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown schedule {name!r}")
+    kwargs = {k: cfg[k] for k in SCHEDULE_KEYS[name] if k != "name"}
+    return SCHEDULES[name](**kwargs) if isinstance(SCHEDULES[name], type) else partial(SCHEDULES[name], **kwargs)

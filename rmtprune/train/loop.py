@@ -1,0 +1,514 @@
+"""The training run: epochs of SGD, evaluation, pruning events between epochs, checkpoints, resume.
+
+``run(cfg, run_dir)`` is everything ``rmtprune train`` does for one job. The loop does not know how
+pruning works: at every event epoch of the pruner's calendar (never after the last epoch) it calls
+``pruner.step(model, epoch)``, recomputes the BatchNorm statistics of a changed model on
+``pruning.recalibrate_bn`` training batches (none without BatchNorm), evaluates the model right after the
+event (``test_acc_after_event``: the Pruning Theorem's prediction, measured), multiplies the lr by
+``pruning.lr_factor`` and rebuilds the optimizer with the momentum policy (``reset``: all momentum zeroed, as the reference does;
+``keep``: parameters the event did not touch keep theirs). This happens at every event epoch whether
+or not the event changed the model, so ``pruning=control`` (the same calendar, no pruning) has exactly
+the lr calendar of the pruned arm. ``optimizer.lr_decay`` multiplies the lr after every epoch, and
+``optimizer.anneal`` (cosine | linear) the lr of every step of the last ``optimizer.anneal_epochs`` epochs
+(events.anneal_scale): the same calendar in every arm, ending near 0.
+
+With a validation split (``dataset.val_size``) every epoch is also evaluated on it (``val_loss``,
+``val_acc``), and the summary's best epoch is chosen on validation, never on test.
+
+Loss: cross-entropy + l1 sum|theta| + l2 sum theta^2 over all parameters. The penalties enter as
+gradients (l1 sign(theta), and weight decay 2 l2 theta in SGD), so the reported train and test losses
+are the cross-entropy alone.
+
+A run folder belongs to one run: it is locked while the run writes to it, and a folder holding another
+run is refused. Ctrl-C and SIGTERM record ``interrupted`` in summary.json; an unexpected error records
+``failed``; either way continue with ``resume=true``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from rmtprune.config.build import make_pruner, make_schedule, model_spec
+from rmtprune.config.identity import config_key, identity_differences
+from rmtprune.config.validate import model_warnings, validate
+from rmtprune.data import Data, load_data
+from rmtprune.errors import RunFailed, UserError
+from rmtprune.files import read_json, write_csv, write_json
+from rmtprune.nn.evaluate import evaluate
+from rmtprune.nn.geometry import count_parameters
+from rmtprune.nn.models import factorised_ranks
+from rmtprune.prune.base import Pruner
+from rmtprune.prune.calendar import anneal_scale
+from rmtprune.prune.events import (
+    LEDGER_COLUMNS,
+    PRUNING_ACTIONS,
+    PruneEvent,
+    rebuild_optimizer,
+)
+from rmtprune.runs.folder import (
+    METRICS_COLUMNS,
+    RunLock,
+    append_spectra,
+    find_runs,
+    repair_spectra,
+)
+from rmtprune.train.environment import machine, versions
+from rmtprune.train.loggers import Logger, open_logger
+from rmtprune.train.progress import BatchProgress, show_event
+from rmtprune.train.signals import Terminated, interruptible
+from rmtprune.train.state import TrainingState, make_optimizer  # noqa: F401  (make_optimizer: the loop's optimizer)
+from rmtprune.train.step import train_epoch
+from rmtprune.train.sweep import COLUMNS as MAGNITUDE_COLUMNS
+from rmtprune.train.sweep import magnitude_sweep, sparsity_grid
+
+log = logging.getLogger("rmtprune")
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto -> cuda if available else cpu; cuda / cuda:N must exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"device={name}: no CUDA GPU is available here; use device=cpu or device=auto")
+        idx = int(name.split(":")[1]) if ":" in name else 0
+        if idx >= torch.cuda.device_count():
+            raise UserError(f"device={name}: only {torch.cuda.device_count()} CUDA device(s) (cuda:0..)")
+    return torch.device(name)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _same_config_or_refuse(old_config: Any, cfg: DictConfig, where: Path, what: str) -> None:
+    """Refuse to continue ``where`` with a config that computes something else (only epochs may grow)."""
+    changed = [k for k in identity_differences(old_config if isinstance(old_config, dict) else {}, cfg)
+               if k != "epochs"]
+    if changed:
+        shown = ", ".join(changed[:6]) + (", ..." if len(changed) > 6 else "")
+        raise UserError(f"{where}: {what} a different config ({shown} differ); resume it with the same settings "
+                        f"(only epochs may grow), or start a new run without resume=")
+
+
+def _own_run(run_dir: Path, key: str) -> dict[str, Any] | None:
+    """The summary of the run of config ``key`` that ``run_dir`` holds already (finished or not), else None."""
+    try:
+        summary = read_json(run_dir / "summary.json")
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) and summary.get("config_key") == key else None
+
+
+def _previous(cfg: DictConfig, key: str, run_dir: Path) -> tuple[Path | None, dict[str, Any] | None]:
+    """Where to continue from: (folder, its summary) or (None, None) for a fresh run.
+
+    The run folder itself comes first: a finished run of this config there is never trained again
+    (whatever ``resume``), and ``resume=true`` continues an unfinished one there. ``resume=true`` then
+    takes the newest run of this config under ``output_root`` that finished or has a checkpoint, else the
+    newest one stopped before its first checkpoint (it starts again in its own folder).
+    """
+    flag = str(cfg.resume).strip().lower()
+    own = _own_run(run_dir, key)
+    if own is not None and (own.get("status") == "completed" or flag in ("true", "1", "yes")):
+        return run_dir, own
+    if flag in ("false", "0", "none", "no", ""):
+        if cfg.skip_done:
+            for folder, summary in find_runs(Path(cfg.output_root), key):
+                if summary.get("status") == "completed":
+                    return folder, summary
+        return None, None
+    if flag in ("true", "1", "yes"):
+        found = find_runs(Path(cfg.output_root), key)
+        for folder, summary in found:
+            if summary.get("status") == "completed" or (folder / "checkpoint.pt").exists():
+                return folder, summary
+        if found:
+            return found[0]
+        log.info("resume=true: no earlier run with this config under %s; starting fresh", cfg.output_root)
+        return None, None
+    path = Path(str(cfg.resume))
+    folder = path if path.is_dir() else path.parent
+    if not (folder / "checkpoint.pt").exists() and not (folder / "summary.json").exists():
+        raise UserError(f"resume={cfg.resume}: no checkpoint.pt or summary.json there; give a run folder "
+                        f"of rmtprune train, or resume=true")
+    summary: dict[str, Any] = {}
+    if (folder / "summary.json").exists():
+        try:
+            summary = read_json(folder / "summary.json")
+        except (OSError, ValueError):
+            raise UserError(f"resume={cfg.resume}: its summary.json is unreadable") from None
+        if not isinstance(summary, dict):
+            raise UserError(f"resume={cfg.resume}: its summary.json is not a run summary")
+        if "config" in summary:
+            _same_config_or_refuse(summary["config"], cfg, folder, "it was made by")
+    return folder, summary
+
+
+def _claim_folder(run_dir: Path, key: str, resuming: bool) -> None:
+    """A run folder belongs to one run: refuse one that holds another run's files (unless this is the
+    same config being resumed there: _previous has compared the configs then)."""
+    if resuming:
+        return
+    summary_path = run_dir / "summary.json"
+    if not summary_path.exists():
+        leftovers = [n for n in ("metrics.csv", "layers.csv", "spectra.npz", "model.pt", "checkpoint.pt")
+                     if (run_dir / n).exists()]
+        if leftovers:
+            raise UserError(f"{run_dir} already holds files of another run ({', '.join(leftovers)}); choose "
+                            f"another folder (hydra.run.dir=...) or remove them")
+        return
+    try:
+        other = read_json(summary_path)
+    except (OSError, ValueError):
+        other = {}
+    if not isinstance(other, dict) or other.get("config_key") != key:
+        raise UserError(f"{run_dir} holds another run (config key {other.get('config_key', '?') if isinstance(other, dict) else '?'}, "
+                        f"this one {key}); choose another folder (hydra.run.dir=...)")
+    if other.get("status") != "completed" and (run_dir / "checkpoint.pt").exists():
+        raise UserError(f"{run_dir} holds an unfinished run of this config (status {other.get('status')}); "
+                        f"continue it with resume=true or resume={run_dir}, or choose another folder")
+
+
+def finished_here(run_dir: Path, key: str) -> bool:
+    """Whether ``run_dir`` holds the finished run of config ``key``: then nothing is written there again."""
+    own = _own_run(run_dir, key)
+    return own is not None and own.get("status") == "completed"
+
+
+def _restart(run_dir: Path) -> None:
+    """A run of this config stopped before its first checkpoint: nothing to continue, start it again there."""
+    for name in ("metrics.csv", "layers.csv", "spectra.npz"):
+        (run_dir / name).unlink(missing_ok=True)
+
+
+def _check_writable(folder: Path, hint: str) -> None:
+    """``folder`` exists (made if needed) and a file can be written there; else a UserError with ``hint``."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"output folder {folder} is not writable ({exc.strerror}); {hint}") from None
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Train (and prune) one configuration, writing everything into ``run_dir``; returns the summary."""
+    validate(cfg)
+    from rmtprune.runs.targets import resolve_target
+
+    resolve_target(cfg)
+    run_dir = Path(run_dir)
+    _check_writable(run_dir, "set hydra.run.dir (or hydra.sweep.dir) to a writable folder")
+    device = resolve_device(cfg.device)
+    key = config_key(cfg)
+    prev_dir, prev_summary = _previous(cfg, key, run_dir)
+    if (prev_dir is not None and prev_summary and prev_summary.get("status") == "completed"
+            and int(prev_summary.get("epochs_completed", 0)) >= int(cfg.epochs)):
+        if prev_dir.resolve() != run_dir.resolve():
+            write_json(run_dir / "redirect.json", {"run_dir": str(prev_dir.resolve()), "reason": "already completed"})
+        log.info("this config already finished in %s: not retrained (train it again in another folder: "
+                 "hydra.run.dir=...)", prev_dir)
+        return prev_summary
+    if (prev_dir is not None and prev_summary and prev_summary.get("status") == "completed"
+            and not (prev_dir / "checkpoint.pt").exists()):
+        raise UserError(f"resume: {prev_dir} holds a finished run of {prev_summary.get('epochs_completed')} epochs "
+                        f"without checkpoint.pt (checkpoint=false), so it cannot be continued to epochs={cfg.epochs}; "
+                        f"train the longer run in another folder (hydra.run.dir=...)")
+    out_dir = prev_dir if prev_dir is not None else run_dir
+    if out_dir != run_dir:
+        _check_writable(out_dir, "make it writable to continue that run there, or run without resume=")
+    with RunLock(out_dir):
+        _claim_folder(out_dir, key, resuming=prev_dir is not None)
+        if prev_dir is not None and prev_dir.resolve() != run_dir.resolve():
+            write_json(run_dir / "redirect.json", {"run_dir": str(prev_dir.resolve()), "reason": "resumed"})
+            log.info("resuming the run in %s", prev_dir)
+        with interruptible():
+            return _train(cfg, out_dir, key, device, resuming=prev_dir is not None)
+
+
+def _unless_damaged(read: Callable[[], Any], out_dir: Path) -> Any:
+    """``read()`` of a run's checkpoint; a damaged one (UserError) also says how to get past it."""
+    try:
+        return read()
+    except UserError as exc:
+        raise UserError(f"{exc}; the run in {out_dir} cannot be continued from it: move that folder aside "
+                        f"(resume=true then takes an older unfinished run or starts afresh), or run without "
+                        f"resume=") from None
+
+
+def _train(cfg: DictConfig, out_dir: Path, key: str, device: torch.device, resuming: bool) -> dict[str, Any]:
+    from rmtprune.train.step import configure_numerics
+
+    numerics = configure_numerics(cfg, device)
+    data = load_data(cfg.dataset, device)
+    pruner: Pruner = make_pruner(cfg.pruning, make_schedule(cfg.schedule), int(cfg.batch_size),
+                                 list(data.input_shape))
+    ckpt_path = out_dir / "checkpoint.pt"
+    old_epochs = None
+    if not ckpt_path.exists():
+        _restart(out_dir)
+    if resuming and ckpt_path.exists():
+        old_config = _unless_damaged(lambda: _checkpoint_config(ckpt_path), out_dir)
+        _same_config_or_refuse(old_config, cfg, ckpt_path, "it was made by")
+        state = _unless_damaged(lambda: TrainingState.restore(ckpt_path, cfg, device, pruner), out_dir)
+        old_epochs = int(old_config.get("epochs", state.epoch))
+        from rmtprune.prune.budget import TargetPruner
+
+        if isinstance(pruner, TargetPruner) and old_epochs != int(cfg.epochs):
+            raise UserError(f"epochs={cfg.epochs}: a pruning={cfg.pruning.name} run of {old_epochs} epochs cannot be "
+                            f"continued with another length: its schedule is spread over the events of its own")
+        if cfg.optimizer.anneal != "none" and old_epochs != int(cfg.epochs):
+            raise UserError(f"epochs={cfg.epochs}: a run with optimizer.anneal={cfg.optimizer.anneal} cannot be continued "
+                            f"with another length than its {old_epochs} epochs: its anneal ends with its last epoch")
+        (out_dir / "DONE").unlink(missing_ok=True)  # a finished run continued to more epochs is running again
+    else:
+        state = TrainingState.fresh(cfg, model_spec(cfg), data.num_classes, list(data.input_shape), device, pruner,
+                                    _now())
+    warnings = model_warnings(state.model, cfg)
+    damaged = repair_spectra(out_dir / "spectra.npz")
+    if damaged:
+        warnings.append(damaged)
+    for warning in warnings:
+        log.warning(warning)
+    if state.epoch:  # a continued run keeps what earlier sessions warned about (a repair among them)
+        earlier = (_own_run(out_dir, key) or {}).get("warnings")
+        warnings[:0] = [w for w in earlier if w not in warnings] if isinstance(earlier, list) else []
+    summary: dict[str, Any] = {
+        "status": "running", "warnings": warnings, "config_key": key, "started_at": state.started_at, "run_dir": str(out_dir.resolve()),
+        "seed": int(cfg.seed), "dataset": cfg.dataset.name, "model": cfg.model.name,
+        "topology": cfg.topology if cfg.model.name == "mlp" else None, "pruning": cfg.pruning.name,
+        "schedule": cfg.schedule.name, **machine(device), "numerics": numerics, "n_params_initial": state.n_params_initial,
+        "versions": versions(), "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    write_json(out_dir / "summary.json", _summarise(summary, state.metrics, state.wall_time_s))
+    write_csv(out_dir / "metrics.csv", state.metrics, METRICS_COLUMNS)
+    t_start = time.perf_counter() - state.wall_time_s
+    logger = open_logger(cfg, out_dir)
+    ended = "failed"  # what the logger records if the loop does not finish
+    try:
+        if old_epochs is not None and old_epochs < int(cfg.epochs) and state.epoch == old_epochs:
+            _grow(cfg, state, data, old_epochs, out_dir, logger)
+        with BatchProgress(cfg.progress) as progress:
+            for epoch in range(state.epoch + 1, int(cfg.epochs) + 1):
+                _epoch(cfg, state, data, epoch, out_dir, progress, logger)
+                state.epoch = epoch
+                state.wall_time_s = time.perf_counter() - t_start
+                if cfg.checkpoint:
+                    state.save(out_dir / "checkpoint.pt", cfg, key, device)
+                write_json(out_dir / "summary.json", _summarise(summary, state.metrics, state.wall_time_s))
+        ended = "completed"
+    except RunFailed as exc:
+        _record_end(out_dir, summary, state, t_start, "failed", str(exc))
+        raise
+    except Terminated:
+        ended = "interrupted"
+        _record_end(out_dir, summary, state, t_start, "interrupted", "terminated (SIGTERM); continue with resume=true")
+        raise
+    except KeyboardInterrupt:
+        ended = "interrupted"
+        _record_end(out_dir, summary, state, t_start, "interrupted", "interrupted (Ctrl-C); continue with resume=true")
+        raise
+    except UserError:
+        raise
+    except Exception as exc:  # a device error, out of memory, a bug: the run failed, say so in the summary
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        message = f"{type(exc).__name__}: {first}"
+        _record_end(out_dir, summary, state, t_start, "failed", message)
+        raise RunFailed(f"the run failed at epoch {state.epoch + 1}: {message}") from exc
+    finally:
+        logger.close(ended)
+
+    state.pruner.finalize(state.model)
+    save_atomic_model(state, out_dir / "model.pt")
+    if cfg.magnitude_sweep.enabled:
+        levels = len(sparsity_grid(int(cfg.magnitude_sweep.n_thresholds)))
+        log.info("magnitude sweep after training: %d sparsity levels, each a pass over the %s test images "
+                 "(magnitude_sweep.enabled=false skips it)", levels, f"{len(data.test_y):,}")
+        rows = magnitude_sweep(state.model, data.test_x, data.test_y, int(cfg.magnitude_sweep.n_thresholds),
+                               int(cfg.eval_batch_size), report=_sweep_progress)
+        write_csv(out_dir / "magnitude_sweep.csv", rows, MAGNITUDE_COLUMNS)
+    summary.update(status="completed", finished_at=_now(), ranks=factorised_ranks(state.model),
+                   **final_costs(cfg, state))
+    final = _summarise(summary, state.metrics, time.perf_counter() - t_start)
+    write_json(out_dir / "summary.json", final)
+    (out_dir / "DONE").write_text(final["finished_at"] + "\n")
+    log.info("done: test_acc %.2f%% (best epoch %d on %s: test_acc %.2f%%)%s, params %s -> %s, results in %s",
+             100 * final["final_test_acc"], final["best_epoch"], final["best_on"], 100 * final["best_test_acc"],
+             f", val_acc {100 * final['final_val_acc']:.2f}%" if "final_val_acc" in final else "",
+             f"{final['n_params_initial']:,}", f"{final['n_params_final']:,}", out_dir)
+    return final
+
+
+def _sweep_progress(done: int, total: int, seconds: float) -> None:
+    """The magnitude sweep's time left, said once after its first level (and its end)."""
+    if done == 1 and total > 1:
+        log.info("magnitude sweep: level 1 of %d took %.1f s, about %.0f s left", total, seconds, seconds * (total - 1))
+    elif done == total:
+        log.info("magnitude sweep: %d levels in %.1f s", total, seconds)
+
+
+def final_costs(cfg: DictConfig, state: TrainingState) -> dict[str, Any]:
+    """The final model's cost fields (:func:`rmtprune.nn.costs.model_costs`); a magnitude run's pruned layers
+    also as CSR. Latency only with ``cost.latency``."""
+    from rmtprune.nn.costs import model_costs
+    from rmtprune.prune.magnitude import MagnitudePruner
+
+    sparse = ([name for name, _, _ in state.pruner.eligible(state.model)]
+              if isinstance(state.pruner, MagnitudePruner) else None)
+    return model_costs(state.model, state.spec, state.input_shape, sparse_layers=sparse,
+                       latency=bool(cfg.cost.latency))
+
+
+def save_atomic_model(state: TrainingState, path: Path) -> None:
+    from rmtprune.train.checkpoint import save_atomic
+
+    save_atomic(state.model_payload(), path)
+
+
+def _checkpoint_config(path: Path) -> dict[str, Any]:
+    from rmtprune.train.checkpoint import load_file
+
+    config = load_file(path).get("config", {})
+    return config if isinstance(config, dict) else {}
+
+
+def _epoch(cfg: DictConfig, state: TrainingState, data: Data, epoch: int, out_dir: Path,
+           progress: BatchProgress, logger: Logger) -> None:
+    """Train one epoch, evaluate, and (at an event epoch before the last) prune, evaluate again, apply
+    the lr factor and rebuild the optimizer; append the epoch's row to metrics.csv."""
+    t0 = time.perf_counter()
+    for group in state.optimizer.param_groups:
+        group["lr"] = state.lr
+    opt = cfg.optimizer
+    lr_scale = anneal_scale(opt.anneal, opt.anneal_epochs, cfg.epochs, epoch,
+                            math.ceil(len(data.train_x) / int(cfg.batch_size)))
+    train_loss, train_acc = train_epoch(state.model, data, state.optimizer, state.gen, int(cfg.batch_size),
+                                        float(opt.l1), progress, epoch, precision=str(cfg.precision),
+                                        compile=bool(cfg.compile), lr_scale=lr_scale)
+    test_loss, test_acc = evaluate(state.model, data.test_x, data.test_y, int(cfg.eval_batch_size))
+    val_loss = val_acc = math.nan
+    if data.val_x is not None:
+        val_loss, val_acc = evaluate(state.model, data.val_x, data.val_y, int(cfg.eval_batch_size))
+    n_params = count_parameters(state.model)
+    lr_used = state.lr * (lr_scale(0) if lr_scale else 1.0)  # the lr of the epoch's first step
+    after_loss = after_acc = math.nan
+    event = None
+    if state.pruner.is_event(epoch) and epoch < int(cfg.epochs):
+        event, after_loss, after_acc = _event(cfg, state, data, epoch, out_dir, logger, test_loss, test_acc)
+    state.lr *= float(cfg.optimizer.lr_decay)
+    row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
+           "test_acc": test_acc, "n_params": n_params, "n_params_after": count_parameters(state.model),
+           "pruned_layers": sum(r["action"] in PRUNING_ACTIONS for r in (event.records if event else [])),
+           "lr": lr_used, "test_loss_after_event": after_loss, "test_acc_after_event": after_acc,
+           "seconds": time.perf_counter() - t0, "val_loss": val_loss, "val_acc": val_acc}
+    state.metrics.append(row)
+    logger.log_epoch(row)
+    log.info("epoch %d/%d  train_loss %.4f  train_acc %.2f%%  %stest_loss %.4f  test_acc %.2f%%%s  params %s  lr %.4g  "
+             "%.1fs", epoch, cfg.epochs, train_loss, 100 * train_acc,
+             "" if val_acc != val_acc else f"val_acc {100 * val_acc:.2f}%  ", test_loss, 100 * test_acc,
+             f" (after event {100 * after_acc:.2f}%)" if event is not None and event.changed else "",
+             f"{row['n_params_after']:,}", lr_used, row["seconds"])
+    write_csv(out_dir / "metrics.csv", state.metrics, METRICS_COLUMNS)
+    if state.ledger:
+        write_csv(out_dir / "layers.csv", state.ledger, LEDGER_COLUMNS)
+
+
+def _event(cfg: DictConfig, state: TrainingState, data: Data, epoch: int, out_dir: Path, logger: Logger,
+           test_loss: float, test_acc: float) -> tuple[PruneEvent, float, float]:
+    """The event after ``epoch``: prune, record, evaluate right after, lr x lr_factor, rebuild the optimizer.
+    Returns the event and the test loss and accuracy right after it."""
+    event = state.pruner.step(state.model, epoch)
+    state.ledger.extend(event.records)
+    if event.spectra:
+        append_spectra(out_dir / "spectra.npz", epoch, event.spectra)
+    if event.changed:
+        recalibrate_after_event(cfg, state.model, data, epoch, event, state.pruner.recalibrate_bn)
+    show_event(event.records, epoch, cfg.progress)
+    logger.log_event(epoch, event.records, event.spectra)
+    if event.changed:
+        after_loss, after_acc = evaluate(state.model, data.test_x, data.test_y, int(cfg.eval_batch_size))
+    else:  # nothing changed: the model evaluated after the event is the one evaluated before it
+        after_loss, after_acc = test_loss, test_acc
+    state.lr *= state.pruner.lr_factor
+    state.optimizer = rebuild_optimizer(state.optimizer, state.model, event, momentum=state.pruner.momentum,
+                                        lr=state.lr)
+    return event, after_loss, after_acc
+
+
+def recalibrate_after_event(cfg: DictConfig, model: torch.nn.Module, data: Data, epoch: int, event: PruneEvent,
+                            batches: int) -> None:
+    """``batches`` batches (the pruner's ``recalibrate_bn``) of ``batch_size`` training samples, in the order of a
+    generator seeded with the epoch (the same samples in every arm; the data-order generator untouched),
+    through :func:`rmtprune.prune.batchnorm.recalibrate_bn` (nothing for a model without BatchNorm)."""
+    from rmtprune.prune.batchnorm import recalibrate_bn
+    from rmtprune.train.step import autocast_for
+
+    size = int(cfg.batch_size)
+    order = torch.randperm(len(data.train_x), generator=torch.Generator().manual_seed(epoch))[: batches * size]
+    loader = (data.train_x[order[i : i + size].to(data.train_x.device)] for i in range(0, len(order), size))
+    with autocast_for(str(cfg.precision), data.train_x.device):
+        recalibrate_bn(model, loader, batches, event)
+
+
+def _grow(cfg: DictConfig, state: TrainingState, data: Data, old_epochs: int, out_dir: Path, logger: Logger) -> None:
+    """A finished run continued with more epochs: it skipped the event after its last epoch (no event
+    after a run's last epoch), which a run of the new length has. Replay that event now, so that the
+    continued run is the run of the new length (same model, lr calendar and optimizer state; its
+    metrics row gets the event's columns). Baselines matched to a count spread their cubic schedule over
+    the run's events: their epochs cannot grow."""
+    epoch = state.epoch
+    if not state.pruner.is_event(epoch) or not state.metrics or int(state.metrics[-1]["epoch"]) != epoch:
+        return
+    log.info("continuing a finished run of %d epochs to %d: the event after epoch %d happens now", old_epochs,
+             cfg.epochs, epoch)
+    row = state.metrics[-1]
+    event, after_loss, after_acc = _event(cfg, state, data, epoch, out_dir, logger, float(row["test_loss"]),
+                                          float(row["test_acc"]))
+    row.update(n_params_after=count_parameters(state.model), test_loss_after_event=after_loss,
+               test_acc_after_event=after_acc,
+               pruned_layers=sum(r["action"] in PRUNING_ACTIONS for r in event.records))
+    write_csv(out_dir / "metrics.csv", state.metrics, METRICS_COLUMNS)
+    if state.ledger:
+        write_csv(out_dir / "layers.csv", state.ledger, LEDGER_COLUMNS)
+
+
+def _record_end(out_dir: Path, summary: dict[str, Any], state: TrainingState, t_start: float, status: str,
+                error: str) -> None:
+    summary.update(status=status, error=error)
+    write_json(out_dir / "summary.json", _summarise(summary, state.metrics, time.perf_counter() - t_start))
+
+
+def _has_val(row: dict[str, Any]) -> bool:
+    v = row.get("val_acc")
+    return isinstance(v, float) and v == v
+
+
+def _summarise(summary: dict[str, Any], metrics: list[dict[str, Any]], wall: float) -> dict[str, Any]:
+    out = dict(summary)
+    out["epochs_completed"] = len(metrics)
+    out["wall_time_s"] = round(wall, 3)
+    if metrics:
+        last = metrics[-1]
+        # the best epoch is chosen on validation when there is a split; best_test_acc is the test accuracy there
+        on = "val" if _has_val(last) else "test"
+        best = max(metrics, key=lambda r: r[f"{on}_acc"])
+        out.update(final_test_acc=last["test_acc"], final_train_acc=last["train_acc"],
+                   final_test_loss=last["test_loss"], best_test_acc=best["test_acc"], best_epoch=best["epoch"],
+                   best_on=on, n_params_final=last["n_params_after"],
+                   param_reduction_pct=100.0 * (1 - last["n_params_after"] / out["n_params_initial"]))
+        if on == "val":
+            out.update(final_val_acc=last["val_acc"], final_val_loss=last["val_loss"], best_val_acc=best["val_acc"])
+    out["accuracy_unit"] = "fraction"
+    # keep the config last: the results are what a reader looks for first
+    out["config"] = out.pop("config")
+    return out
