@@ -158,8 +158,9 @@ def validate_pruning(pr: DictConfig) -> None:
     try:
         check_params(cls, **values)
     except ParamError as exc:
-        value = "null" if exc.value is None else exc.value
-        raise UserError(f"pruning.{exc.key}={value} must be {exc.text}") from None
+        key, value = f"pruning.{exc.key}", "null" if exc.value is None else exc.value
+        raise UserError(f"{key}={value!r} is not known; accepted: {', '.join(exc.choices)}" if exc.choices else
+                        f"{key}={value} must be {exc.text}") from None
     if "every" in used and pr.stop_epoch is not None and pr.stop_epoch < pr.start_epoch:
         raise UserError(f"pruning.stop_epoch={pr.stop_epoch} is before pruning.start_epoch={pr.start_epoch}: "
                         f"no event would happen; use null for no end")

@@ -21,9 +21,9 @@ from rmtprune.prune.events import is_count, is_real
 class ParamError(ValueError):
     """A pruner argument out of range; ``key`` names it, ``text`` says what it must be."""
 
-    def __init__(self, key: str, value: Any, text: str) -> None:
+    def __init__(self, key: str, value: Any, text: str, choices: tuple[str, ...] | None = None) -> None:
         super().__init__(f"{key} must be {text}, got {value!r}")
-        self.key, self.value, self.text = key, value, text
+        self.key, self.value, self.text, self.choices = key, value, text, choices
 
 
 class Constraint:
@@ -82,4 +82,4 @@ def check_params(cls: type, **values: Any) -> None:
     table = constraints(cls)
     for key, value in values.items():
         if key in table and not table[key].ok(value):
-            raise ParamError(key, value, table[key].text)
+            raise ParamError(key, value, table[key].text, getattr(table[key], "values", None))
