@@ -128,7 +128,7 @@ class RankPruner(LayerPruner):
                  split: str = "always", batch_size: int | None = None, example_input: torch.Tensor | None = None,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        check_params(type(self), min_rank=min_rank, output_min_rank=output_min_rank, truncate=truncate)
+        check_params(type(self), min_rank=min_rank, output_min_rank=output_min_rank, truncate=truncate, split=split)
         self.min_rank, self.output_min_rank, self.truncate = int(min_rank), output_min_rank, bool(truncate)
         self.split_rule = SplitRule(split, batch_size, example_input)
         self.ranks: dict[str, int] = {}  # rank of the layers truncated in place
