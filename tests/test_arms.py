@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
-from torch import nn
 
 from rmtprune.config.build import make_pruner
 from rmtprune.config.schema import PRUNING_KEYS, PRUNINGS, USES_SCHEDULE, PruningConfig

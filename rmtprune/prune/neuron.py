@@ -18,8 +18,8 @@ from rmtprune.nn.select import prunable_layers, too_small
 from rmtprune.nn.surgery import keep_units
 from rmtprune.prune.base import CALENDAR_KEYS, LAYER_KEYS
 from rmtprune.prune.budget import SCOPES, TARGET_KEYS, TargetPruner, _bisect
-from rmtprune.prune.params import OneOf, check_params
 from rmtprune.prune.events import PruneEvent, ledger_row, record_replacement
+from rmtprune.prune.params import OneOf, check_params
 
 
 class NeuronPruner(TargetPruner):

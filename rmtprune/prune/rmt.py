@@ -40,10 +40,8 @@ and events without growth (``state_dict``).
 from __future__ import annotations
 
 import math
-import time
 from typing import Any, Callable, Union
 
-import numpy as np
 import torch
 from torch import nn
 
