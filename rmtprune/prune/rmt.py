@@ -233,7 +233,7 @@ class RMTPruner(RankPruner):
             if name in self.known_spikes:
                 continue
             if isinstance(module, LOW_RANK_TYPES):
-                rank = module.rank * getattr(module, "groups", 1)
+                rank = self.current_rank(name, module)
             else:
                 rank = int(torch.linalg.matrix_rank(module.weight.detach().reshape(out, -1).float()))
                 if rank < min(out, m):
