@@ -382,7 +382,7 @@ def test_bad_targets_are_one_line_naming_the_key_before_any_training(cli, tmp_pa
     assert "not finished" in messages[3] and "no finished run" in messages[4]
     assert "topology=784-64-10" in messages[5] and "dataset=fashion_mnist" in messages[6]
     assert "different final counts" in messages[7]
-    assert "must be positive" in messages[8] and "no event of pruning=lowrank" in messages[9]
+    assert "must be a positive integer" in messages[8] and "no event of pruning=lowrank" in messages[9]
     assert "not before the last event (after epoch 2)" in messages[10]  # epochs=3: events after 1 and 2
 
 

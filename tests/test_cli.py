@@ -60,7 +60,7 @@ def test_train_help_and_cfg_job_run_nothing(cli, tmp_path):
     ("+pruning.tolerence=0.1", "not a setting"), ("model=cnn_schema", "available: cnn, custom, mlp"),
     ("pruning=rmt schedule=step schedule.at=-1", "schedule.at=-1 must be positive"),
     ("optimizer.lr=inf", "optimizer.lr=inf must be positive and finite"),
-    ("pruning=rmt pruning.lr_factor=inf", "pruning.lr_factor=inf must be positive and finite"),
+    ("pruning=rmt pruning.lr_factor=inf", "pruning.lr_factor=inf must be a positive finite number"),
     ("pruning=rmt schedule.horizon=inf", "schedule.horizon=inf"),
 ])
 def test_bad_input_is_one_line_and_exit_2(cli, tmp_path, override, needle):

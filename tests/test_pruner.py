@@ -140,17 +140,18 @@ def test_optimizer_rebuilt_after_an_event_trains_the_new_factors_and_keeps_momen
 
 
 def test_an_svd_that_fails_skips_the_layer_with_a_ledger_entry(monkeypatch):
-    import rmtprune.prune.rmt as pruner_mod
+    import rmtprune.prune.base as base_mod
+    import rmtprune.prune.rank as rank_mod  # the rank arms' loop: one SVD per layer, then the cut
 
     def broken(*a, **kw):
         raise torch.linalg.LinAlgError("did not converge")
 
     model = mlp_with([planted(400, 300, 5), planted(10, 400, 2, seed=1)])
-    monkeypatch.setattr(pruner_mod, "layer_svd", broken)
+    monkeypatch.setattr(rank_mod, "layer_svd", broken)
     rows = pruner_with(lambda e: 0.0, min_size=1000).step(model, 1).records
     assert rows[0]["action"] == "skip_bad_fit" and "did not converge" in rows[0]["note"]
     monkeypatch.undo()
-    monkeypatch.setattr(pruner_mod, "apply_rank", broken)
+    monkeypatch.setattr(base_mod, "apply_rank", broken)
     rows = pruner_with(lambda e: 0.0, min_size=1000).step(model, 1).records
     assert rows[0]["action"] == "skip_svd_failed"
     assert isinstance(model.layers[0], nn.Linear)

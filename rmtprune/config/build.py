@@ -9,48 +9,43 @@ import torch
 from rmtprune.errors import UserError
 from rmtprune.nn.models import CUSTOM_RESERVED, ModelSpec
 from rmtprune.prune.base import Pruner
-from rmtprune.prune.lowrank import LowRankPruner
-from rmtprune.prune.magnitude import MagnitudePruner
-from rmtprune.prune.neuron import NeuronPruner
+from rmtprune.prune.budget import TargetPruner
+from rmtprune.prune.registry import pruner_class
 from rmtprune.prune.rmt import RMTPruner
 
 if TYPE_CHECKING:  # importing rmtprune (the Python API) must not import the config machinery
     from omegaconf import DictConfig
 from typing import TYPE_CHECKING
 
-from rmtprune.prune.control import ControlPruner, NoPruner
 from rmtprune.prune.schedules import SCHEDULES, Schedule, SpikeCut
 
 
 def baseline_from_config(pruning: Any, batch_size: int | None = None,
                          input_shape: list[int] | None = None) -> Pruner:
-    """The pruner of a ``pruning=magnitude`` or ``pruning=lowrank`` config node (rmtprune/conf/pruning/*.yaml): its
-    keys (``config.PRUNING_KEYS``) are the keyword arguments. ``target_from``
-    must have been resolved into ``target_params`` (:func:`rmtprune.runs.targets.resolve_target`); it names the
-    target in error messages. ``batch_size`` and ``input_shape`` (one sample): what ``split=auto`` costs at."""
-    from rmtprune.config.schema import PRUNING_KEYS
-    pass
+    """The pruner of a config node of an arm matched to a parameter count (``pruning=magnitude``, ``lowrank``,
+    ``neuron``): :func:`make_pruner`, refusing the other arms (ValueError)."""
+    if not issubclass(pruner_class(pruning.name), TargetPruner):
+        raise ValueError(f"not a baseline pruning: {pruning.name!r}")
+    return make_pruner(pruning, batch_size=batch_size, input_shape=input_shape)
 
+
+def _target_arguments(pruning: Any) -> dict[str, Any]:
+    """``target_params`` (and ``target_trajectory``) as ints, and ``target_key``: how error messages name the
+    target (``target_from`` when it came from a run, which must have been resolved into ``target_params``:
+    :func:`rmtprune.runs.targets.resolve_target`)."""
     name = pruning.name
-    classes = {"magnitude": MagnitudePruner, "lowrank": LowRankPruner, "neuron": NeuronPruner}
-    if name not in classes:
-        raise ValueError(f"not a baseline pruning: {name!r}")
     if pruning.target_params is None:
         raise UserError(f"pruning={name} needs pruning.target_params=N, or pruning.target_from=RUN resolved into it "
                         f"(rmtprune.runs.targets.resolve_target)")
-    kwargs = {k: pruning[k] for k in PRUNING_KEYS[name]
-              if k not in ("name", "target_params", "target_from", "split")}
-    if "split" in PRUNING_KEYS[name]:
-        kwargs.update(split_arguments(pruning, batch_size, input_shape))
     target = int(pruning.target_params)
     if pruning.get("target_from") is not None:
         what = "counts after each event" if pruning.get("match") == "trajectory" else f"final count {target:,}"
         key = f"pruning.target_from={pruning.target_from} ({what})"
     else:
         key = f"pruning.target_params={target}"
-    if kwargs.get("target_trajectory") is not None:
-        kwargs["target_trajectory"] = [int(n) for n in kwargs["target_trajectory"]]
-    return classes[name](target, target_key=key, **kwargs)
+    trajectory = pruning.get("target_trajectory")
+    return {"target_params": target, "target_key": key,
+            "target_trajectory": None if trajectory is None else [int(n) for n in trajectory]}
 
 
 def model_spec(cfg: DictConfig) -> ModelSpec:
@@ -88,35 +83,34 @@ def split_arguments(pruning: Any, batch_size: int | None, input_shape: list[int]
 
 def rmt_pruner_from_config(pruning: Any, schedule: Schedule | SpikeCut | None = None, batch_size: int | None = None,
                            input_shape: list[int] | None = None) -> RMTPruner:
-    """The RMTPruner of a ``pruning=rmt`` config node (rmtprune/conf/pruning/rmt.yaml): its keys are the keyword
-    arguments; ``schedule`` is the callable made from the schedule group
-    (schedules.make_schedule); ``batch_size`` and ``input_shape`` (one sample): what ``split=auto`` costs at."""
-    from rmtprune.config.schema import PRUNING_KEYS
-
-    kwargs = {k: pruning[k] for k in PRUNING_KEYS["rmt"] if k not in ("name", "split")}
-    return RMTPruner(schedule=schedule if schedule is not None else "linear", **kwargs,
-                     **split_arguments(pruning, batch_size, input_shape))
+    """The RMTPruner of a ``pruning=rmt`` config node (rmtprune/conf/pruning/rmt.yaml), whatever its ``name``
+    (``rmtprune prune`` and ``inspect`` cut with rmt): as :func:`make_pruner`."""
+    pruner = _build(RMTPruner, pruning, schedule, batch_size, input_shape)
+    assert isinstance(pruner, RMTPruner)
+    return pruner
 
 
 def make_pruner(pruning: Any, schedule: Schedule | SpikeCut | None = None, batch_size: int | None = None,
                 input_shape: list[int] | None = None) -> Pruner:
-    """The pruner of a config's ``pruning`` node (and schedule callable, for rmt); ``batch_size`` and
-    ``input_shape`` (one sample): what ``split=auto`` compares costs at."""
-    from rmtprune.config.schema import PRUNING_KEYS
+    """The pruner of a config's ``pruning`` node, built through the registry (``rmtprune.prune.registry``):
+    the keys its class declares (``config_keys``) are the keyword arguments; ``schedule``: the callable made
+    from the schedule group (:func:`make_schedule`), for an arm that ``uses_schedule``; ``batch_size`` and
+    ``input_shape`` (one sample): what ``split=auto`` compares costs at. Raises ValueError (an unknown name,
+    an argument out of range: :class:`rmtprune.prune.params.ParamError` names it) or UserError (no target)."""
+    return _build(pruner_class(pruning.name), pruning, schedule, batch_size, input_shape)
 
-    name = pruning.name
-    if name == "none":
-        return NoPruner()
-    calendar = {k: pruning[k] for k in PRUNING_KEYS["control"] if k != "name"}
-    if name == "control":
-        return ControlPruner(**calendar)
-    if name == "rmt":
-        return rmt_pruner_from_config(pruning, schedule, batch_size, input_shape)
-    if name in ("magnitude", "lowrank", "neuron"):
-        pass
 
-        return baseline_from_config(pruning, batch_size, input_shape)
-    raise ValueError(f"unknown pruning {name!r}")
+def _build(cls: type[Pruner], pruning: Any, schedule: Schedule | SpikeCut | None, batch_size: int | None,
+           input_shape: list[int] | None) -> Pruner:
+    config_only = ("name", "split", "target_params", "target_from", "target_trajectory")
+    kwargs = {k: pruning[k] for k in cls.config_keys if k not in config_only}
+    if "split" in cls.config_keys:
+        kwargs.update(split_arguments(pruning, batch_size, input_shape))
+    if cls.uses_schedule:
+        kwargs["schedule"] = schedule if schedule is not None else "linear"
+    if issubclass(cls, TargetPruner):
+        kwargs.update(_target_arguments(pruning))
+    return cls(**kwargs)
 
 
 def make_schedule(cfg: DictConfig) -> Schedule | SpikeCut:

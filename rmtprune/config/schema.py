@@ -12,6 +12,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from rmtprune.prune.registry import PRUNERS
 from rmtprune.prune.schedules import SCHEDULES as _SCHEDULE_FUNCTIONS
 from rmtprune.prune.schedules import SpikeCut
 
@@ -21,7 +22,7 @@ DATASETS = ("mnist", "fashion_mnist", "cifar10", "synthetic")
 MODELS = ("mlp", "cnn", "custom")
 
 
-PRUNINGS = ("none", "control", "rmt", "magnitude", "lowrank", "neuron")
+PRUNINGS = tuple(PRUNERS)  # declared once, in rmtprune/prune/registry.py
 
 
 SCHEDULES = tuple(_SCHEDULE_FUNCTIONS)  # declared once, in rmtprune/schedules.py
@@ -154,29 +155,12 @@ class PruningConfig:
     rank_rule: str = "energy"      # lowrank: energy | uniform
 
 
-_CALENDAR = ("name", "every", "start_epoch", "stop_epoch", "lr_factor", "momentum")
-
-
-_TARGET = ("target_params", "target_from", "target_epoch", "match", "target_trajectory")
-
-
-_LAYERS = ("include", "exclude", "recalibrate_bn")
-
-
-PRUNING_KEYS: dict[str, tuple[str, ...]] = {
-    "none": ("name",),
-    "control": _CALENDAR,
-    "rmt": (*_CALENDAR, "min_size", "include_output_layer", "min_rank", "output_min_rank", "truncate",
-            "alpha", "beta", "tolerance", "conv_tolerance", "margin", *_LAYERS, "split"),
-    "magnitude": (*_CALENDAR, "min_size", "include_output_layer", *_TARGET, "scope", *_LAYERS),
-    "lowrank": (*_CALENDAR, "min_size", "include_output_layer", "min_rank", "output_min_rank", "truncate",
-                *_TARGET, "rank_rule", *_LAYERS, "split"),
-    "neuron": (*_CALENDAR, "min_size", *_TARGET, "scope", *_LAYERS),
-}
+# The keys each pruning option uses, in order (identity and config_key depend on it): read from the classes.
+PRUNING_KEYS: dict[str, tuple[str, ...]] = {name: cls.config_keys for name, cls in PRUNERS.items()}
 
 
 # Only rmt's keep fraction comes from the schedule group; the baselines follow a cubic schedule of their own.
-USES_SCHEDULE = ("rmt",)
+USES_SCHEDULE = tuple(name for name, cls in PRUNERS.items() if cls.uses_schedule)
 
 
 @dataclass

@@ -30,7 +30,9 @@ from rmtprune.config.schema import (
 from rmtprune.errors import UserError
 from rmtprune.nn.models import build_custom, check_model_output, parse_topology
 from rmtprune.nn.select import eligible_layers, name_patterns, prunable_layers, selected
-from rmtprune.prune.schedules import MIN_MARGIN, SpikeCut, check_margin
+from rmtprune.prune.params import ParamError, check_params
+from rmtprune.prune.registry import pruner_class
+from rmtprune.prune.schedules import SpikeCut
 
 if TYPE_CHECKING:  # importing rmtprune (the Python API) must not import the config machinery
     from omegaconf import DictConfig
@@ -143,53 +145,26 @@ def validate(cfg: DictConfig) -> None:
 
 
 def validate_pruning(pr: DictConfig) -> None:
-    """Check the keys the chosen pruning option uses (``PRUNING_KEYS``); raise UserError naming the key."""
+    """Check the keys the chosen pruning option uses (its class's ``config_keys``) against the valid values its
+    class declares (``_parameter_constraints``, what its constructor checks), and what only a config can get
+    wrong (how the target is given); raise UserError naming the key."""
     _choice("pruning", pr.name, PRUNINGS)
-    used = PRUNING_KEYS[pr.name]
-    if "every" in used:
-        _choice("pruning.momentum", pr.momentum, ("reset", "keep"))
-        _positive("pruning.every", pr.every)
-        _positive("pruning.start_epoch", pr.start_epoch)
-        _positive("pruning.lr_factor", pr.lr_factor)
-        if pr.stop_epoch is not None and pr.stop_epoch < pr.start_epoch:
-            raise UserError(f"pruning.stop_epoch={pr.stop_epoch} is before pruning.start_epoch={pr.start_epoch}: "
-                            f"no event would happen; use null for no end")
-    if "min_size" in used:
-        _positive("pruning.min_size", pr.min_size, allow_zero=True)
-    if "recalibrate_bn" in used:
-        _positive("pruning.recalibrate_bn", pr.recalibrate_bn, allow_zero=True)
-    if "split" in used:
-        from rmtprune.nn.split_cost import SPLITS
-
-        _choice("pruning.split", pr.split, SPLITS)
-    if "min_rank" in used:
-        _positive("pruning.min_rank", pr.min_rank)
-        if pr.output_min_rank is not None:
-            _positive("pruning.output_min_rank", pr.output_min_rank)
-    if pr.name == "rmt":
-        if not 0 < pr.alpha < 0.5:
-            raise UserError(f"pruning.alpha={pr.alpha} must be in (0, 0.5)")
-        if not 0 < pr.beta < 1:
-            raise UserError(f"pruning.beta={pr.beta} must be in (0, 1)")
-        for key in ("tolerance", "conv_tolerance"):
-            if pr[key] is not None and not 0 <= pr[key] <= 1:
-                raise UserError(f"pruning.{key}={pr[key]} must be in [0, 1] (1 always passes, 0 never)")
-        try:
-            check_margin(pr.margin)
-        except ValueError:
-            raise UserError(f"pruning.margin={pr.margin} must be >= {MIN_MARGIN} (a cut to the spikes keeps "
-                            f"ceil(margin * k) values) or null (k)") from None
+    cls = pruner_class(pr.name)
+    used = cls.config_keys
+    if "target_params" in used and (pr.target_params is None) == (pr.target_from is None):
+        raise UserError(f"pruning={pr.name} needs exactly one of pruning.target_params=N (the final parameter "
+                        f"count) or pruning.target_from=RUN_OR_SWEEP_FOLDER (match that run's final count)")
+    values = {k: pr[k] for k in used if k != "name" and not (k == "target_params" and pr[k] is None)}
+    try:
+        check_params(cls, **values)
+    except ParamError as exc:
+        key, value = f"pruning.{exc.key}", "null" if exc.value is None else exc.value
+        raise UserError(f"{key}={value!r} is not known; accepted: {', '.join(exc.choices)}" if exc.choices else
+                        f"{key}={value} must be {exc.text}") from None
+    if "every" in used and pr.stop_epoch is not None and pr.stop_epoch < pr.start_epoch:
+        raise UserError(f"pruning.stop_epoch={pr.stop_epoch} is before pruning.start_epoch={pr.start_epoch}: "
+                        f"no event would happen; use null for no end")
     if "target_params" in used:
-        if (pr.target_params is None) == (pr.target_from is None):
-            raise UserError(f"pruning={pr.name} needs exactly one of pruning.target_params=N (the final parameter "
-                            f"count) or pruning.target_from=RUN_OR_SWEEP_FOLDER (match that run's final count)")
-        if pr.target_params is not None:
-            _positive("pruning.target_params", pr.target_params)
-        if pr.target_epoch is not None:
-            _positive("pruning.target_epoch", pr.target_epoch)
-        from rmtprune.prune.budget import MATCHES
-
-        _choice("pruning.match", pr.match, MATCHES)
         if pr.target_trajectory is not None:
             raise UserError("pruning.target_trajectory is filled in from pruning.target_from with "
                             "pruning.match=trajectory; leave it null")
@@ -199,10 +174,6 @@ def validate_pruning(pr: DictConfig) -> None:
         if pr.match == "trajectory" and pr.target_epoch is not None:
             raise UserError(f"pruning.target_epoch={pr.target_epoch} with pruning.match=trajectory: the matched run's "
                             f"counts set when each count is reached; leave pruning.target_epoch null")
-    if pr.name in ("magnitude", "neuron"):
-        _choice("pruning.scope", pr.scope, ("global", "layer"))
-    if pr.name == "lowrank":
-        _choice("pruning.rank_rule", pr.rank_rule, ("energy", "uniform"))
 
 
 _MODEL_KEY = re.compile(r"^model\.([A-Za-z_][A-Za-z0-9_]*)(\.[^=]*)?=")

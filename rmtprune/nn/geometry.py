@@ -59,7 +59,12 @@ def param_count(module: nn.Module) -> int:
 def split_weight_count(module: nn.Module, rank: int) -> int:
     """Weights of the split form at ``rank``: r (groups * m + out)."""
     out, m = layer_matrix_shape(module)
-    return rank * (layer_groups(module) * m + out)
+    return split_params(out, m, rank, layer_groups(module))
+
+
+def split_params(out: int, m: int, rank: int, groups: int = 1, bias: int = 0) -> int:
+    """Parameters of a layer (out, m) split at ``rank``, from its shape alone: r (groups m + out) + bias."""
+    return rank * (groups * m + out) + bias
 
 
 def layer_matrix_shape(module: nn.Module) -> tuple[int, int]:

@@ -1,20 +1,19 @@
 """Which layers a pruner may touch: the one rule of eligibility.
 
-A layer is eligible when it is a Linear / Conv2d (or a factorised one) that is not the network's output
-layer, whose smaller matrix side reaches ``min_size``, and whose name passes ``include``/``exclude`` (glob
-patterns on module names).
+A layer is eligible when it is a Linear / Conv2d (dense or factorised) whose name passes ``include`` /
+``exclude`` (glob patterns on module names; the output layer, the last one, only if ``include_output_layer``:
+:func:`select_layers`), whose matrix (out, m) has at least ``min_size`` entries and at least ``min_values``
+singular values (:func:`too_small`; a method that fits a spectrum needs a few).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import nn
 
+from rmtprune.nn.geometry import layer_matrix_shape
 from rmtprune.nn.layers import LOW_RANK_TYPES, PRUNABLE_TYPES
-
-if TYPE_CHECKING:  # importing rmtprune (the Python API) must not import the config machinery
-    pass
 
 
 def name_patterns(key: str, value: Any) -> tuple[str, ...] | None:
@@ -58,18 +57,23 @@ def select_layers(model: nn.Module, include: tuple[str, ...] | None = None, excl
 
 
 def eligible_layers(model: nn.Module, min_size: int, include_output_layer: bool = True,
-                    include: tuple[str, ...] | None = None, exclude: tuple[str, ...] | None = None) -> list[str]:
-    """Names of the layers a pruning event looks at: Linear / Conv2d (dense or split) whose weight matrix
-    (out, m) has at least ``min_size`` entries and min(out, m) >= 10 singular values, selected by the
-    ``include`` / ``exclude`` patterns; the last one (the output layer) only if ``include_output_layer``."""
-    from rmtprune.nn.geometry import layer_matrix_shape
+                    include: tuple[str, ...] | None = None, exclude: tuple[str, ...] | None = None,
+                    min_values: int = 10) -> list[str]:
+    """Names of the eligible layers (:func:`select_layers`, then :func:`too_small`) of an arm that needs
+    ``min_values`` singular values (rmt: 10), in module order."""
+    return [name for name, m, _ in select_layers(model, include, exclude, include_output_layer)
+            if not too_small(m, min_size, min_values)]
 
-    out = []
-    for name, m, _ in select_layers(model, include, exclude, include_output_layer):
-        rows, cols = layer_matrix_shape(m)
-        if rows * cols >= min_size and min(rows, cols) >= 10:
-            out.append(name)
-    return out
+
+def too_small(module: nn.Module, min_size: int, min_values: int = 1) -> str:
+    """Why a selected layer is not eligible ("" when it is): fewer than ``min_values`` singular values
+    (min(out, m)), or fewer than ``min_size`` weights (out m)."""
+    out, m = layer_matrix_shape(module)
+    if min(out, m) < min_values:
+        return f"fewer than {min_values} singular values"
+    if out * m < min_size:
+        return f"{out * m} weights < min_size {min_size}"
+    return ""
 
 
 def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -1,4 +1,6 @@
-"""The base of every pruning method: the event calendar, the per-event loop, the cut of one layer."""
+"""The base of every pruning method (the event calendar, the lr factor and momentum policy), the base of those
+that look at a model's layers (:class:`LayerPruner`: which layers, by the one rule of ``nn.select``), and the
+cut of one layer."""
 
 from __future__ import annotations
 
@@ -8,16 +10,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from rmtprune.nn.select import name_patterns, select_layers, too_small
 from rmtprune.nn.split_cost import SplitRule
 from rmtprune.nn.surgery import apply_rank
 from rmtprune.prune.calendar import EventCalendar
-from rmtprune.prune.events import (
-    MOMENTUM_POLICIES,
-    PruneEvent,
-    check_state,
-    is_real,
-    record_replacement,
-)
+from rmtprune.prune.events import MOMENTUM_POLICIES, PruneEvent, check_state, record_replacement
+from rmtprune.prune.params import Constraint, Flag, Integer, Interval, OneOf, check_params
+
+# the config keys (rmtprune/conf/pruning/*.yaml) of the event calendar, of which layers, and of what follows a cut
+CALENDAR_KEYS = ("name", "every", "start_epoch", "stop_epoch", "lr_factor", "momentum")
+SELECT_KEYS = ("min_size", "include_output_layer")
+LAYER_KEYS = ("include", "exclude", "recalibrate_bn")
 
 
 class Pruner:
@@ -30,17 +33,20 @@ class Pruner:
     """
 
     name = "pruner"
+    config_keys: tuple[str, ...] = CALENDAR_KEYS  # its keys in a config's pruning group, in the config's order
+    uses_schedule = False  # whether its keep fraction comes from the config's schedule group
+    _parameter_constraints: dict[str, Constraint] = {
+        "every": Integer(1), "start_epoch": Integer(1), "stop_epoch": Integer(1, none=True),
+        "lr_factor": Interval(0, ends="()", text="a positive finite number"),
+        "momentum": OneOf(MOMENTUM_POLICIES), "recalibrate_bn": Integer(0, text="a number of batches >= 0"),
+    }
 
     def __init__(self, *, every: int = 1, start_epoch: int = 1, stop_epoch: int | None = None,
                  lr_factor: float = 0.96, momentum: str = "reset", recalibrate_bn: int = 0) -> None:
+        check_params(type(self), every=every, start_epoch=start_epoch, stop_epoch=stop_epoch)
         self.calendar = EventCalendar(every, start_epoch, stop_epoch)
-        if isinstance(recalibrate_bn, bool) or not isinstance(recalibrate_bn, (int, np.integer)) or recalibrate_bn < 0:
-            raise ValueError(f"recalibrate_bn must be a number of batches >= 0, got {recalibrate_bn!r}")
+        check_params(type(self), recalibrate_bn=recalibrate_bn, lr_factor=lr_factor, momentum=momentum)
         self.recalibrate_bn = int(recalibrate_bn)
-        if not (is_real(lr_factor) and lr_factor > 0):
-            raise ValueError(f"lr_factor must be a positive finite number, got {lr_factor!r}")
-        if momentum not in MOMENTUM_POLICIES:
-            raise ValueError(f"momentum must be one of {', '.join(MOMENTUM_POLICIES)}, got {momentum!r}")
         self.lr_factor = float(lr_factor)
         self.momentum = momentum
         self.epochs: int | None = None
@@ -68,6 +74,42 @@ class Pruner:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         check_state(state)
+
+
+class LayerPruner(Pruner):
+    """Base of the methods that prune layers: which ones, by the one rule of :func:`rmtprune.nn.select.too_small`
+    (a Linear / Conv2d, dense or split, of at least ``min_size`` weights and ``min_values`` singular values,
+    selected by ``include`` / ``exclude``; the output layer only with ``include_output_layer``).
+
+    Args:
+        min_size: eligible layers have at least this many weight entries (out x in x kh x kw).
+        include_output_layer: whether the last prunable layer (in module order) is pruned.
+        include, exclude: ``fnmatch`` patterns of module names: only layers matching a pattern of ``include``
+            (None: all) and none of ``exclude`` are pruned.
+        every, start_epoch, stop_epoch, lr_factor, momentum, recalibrate_bn: as :class:`Pruner`.
+    """
+
+    min_values = 1  # the singular values a layer needs to be eligible (rmt: 10, for the MP fit)
+    _parameter_constraints = {"min_size": Integer(0), "include_output_layer": Flag()}
+
+    def __init__(self, *, min_size: int = 10000, include_output_layer: bool = True,
+                 include: list[str] | None = None, exclude: list[str] | None = None, recalibrate_bn: int = 20,
+                 **calendar: Any) -> None:
+        super().__init__(recalibrate_bn=recalibrate_bn, **calendar)
+        check_params(type(self), min_size=min_size, include_output_layer=include_output_layer)
+        self.min_size, self.include_output_layer = int(min_size), bool(include_output_layer)
+        self.include, self.exclude = name_patterns("include", include), name_patterns("exclude", exclude)
+
+    def candidates(self, model: nn.Module) -> list[tuple[str, nn.Module, bool, str]]:
+        """(name, module, is_output, why not eligible: "" when eligible) of the layers this pruner looks at, in
+        module order."""
+        return [(name, module, is_output, too_small(module, self.min_size, self.min_values))
+                for name, module, is_output in select_layers(model, self.include, self.exclude,
+                                                             self.include_output_layer)]
+
+    def eligible(self, model: nn.Module) -> list[tuple[str, nn.Module, bool]]:
+        """(name, module, is_output) of the layers this pruner cuts, in module order."""
+        return [(name, module, is_output) for name, module, is_output, why in self.candidates(model) if not why]
 
 
 # Failures of the linear algebra on one layer (no convergence, a NaN matrix): logged in the ledger and the

@@ -53,24 +53,24 @@ training) or from :func:`rmtprune.runs.targets.check_target` (before any job sta
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
-import numpy as np
 from torch import nn
 
 from rmtprune.errors import UserError
 from rmtprune.nn.geometry import layer_matrix_shape, weight_count
 from rmtprune.nn.layers import LOW_RANK_TYPES
-from rmtprune.nn.select import name_patterns, prunable_layers, select_layers
-from rmtprune.prune.base import Pruner
+from rmtprune.nn.select import prunable_layers
+from rmtprune.prune.base import LayerPruner
+from rmtprune.prune.params import Integer, OneOf, check_params
 
-SCOPES = ("global", "layer")
-
-
-RANK_RULES = ("energy", "uniform")
+SCOPES = ("global", "layer")  # pruning.scope (magnitude, neuron)
 
 
 MATCHES = ("final", "trajectory")  # pruning.match
+
+
+TARGET_KEYS = ("target_params", "target_from", "target_epoch", "match", "target_trajectory")  # config keys
 
 
 BISECTION_STEPS = 60
@@ -108,42 +108,29 @@ def _bisect(count: Callable[[float], int], goal: int) -> float:
     return lo if goal - count(lo) < count(hi) - goal else hi
 
 
-class TargetPruner(Pruner):
-    """The part the baselines share: a target count, eligibility, the event index and the bound checks.
+class TargetPruner(LayerPruner):
+    """The budget mix-in of the arms matched to a parameter count (lowrank, magnitude, neuron): the target, the
+    cubic progress of the event count, and the bound checks; an arm plans each event's cut to :meth:`budget`.
+    Cooperative: ``class LowRankPruner(TargetPruner, RankPruner)`` passes the other arguments on.
 
     Args:
         target_params: the final parameter count T (> 0).
         target_key: how the target is named in error messages (the config key it came from).
-        min_size: eligible layers have at least this many weight entries (out x in x kh x kw).
-        include_output_layer: whether the last prunable layer (in module order) is pruned.
         target_epoch: the schedule reaches the target at the last event after an epoch <= target_epoch
             (None: the calendar's last event); later events keep the count.
         match: ``"final"`` (the cubic schedule to ``target_params``) or ``"trajectory"``: the count after the
             j-th event is ``target_trajectory[j - 1]`` (the matched run's count after the same event).
-        include, exclude: ``fnmatch`` patterns of module names: only layers matching a pattern of ``include``
-            (None: all) and none of ``exclude`` are pruned.
-        every, start_epoch, stop_epoch, lr_factor, momentum, recalibrate_bn: the event calendar and what the loop
-            applies at an event (``events.Pruner``).
+        other arguments: as :class:`rmtprune.prune.base.LayerPruner` (which layers, the calendar).
     """
 
-    def __init__(self, target_params: int, *, target_key: str | None = None, min_size: int = 10000,
-                 include_output_layer: bool = True, target_epoch: int | None = None, match: str = "final",
-                 target_trajectory: list[int] | None = None, every: int = 1, start_epoch: int = 1,
-                 stop_epoch: int | None = None, lr_factor: float = 0.96, momentum: str = "reset",
-                 recalibrate_bn: int = 20, include: list[str] | None = None,
-                 exclude: list[str] | None = None) -> None:
-        super().__init__(every=every, start_epoch=start_epoch, stop_epoch=stop_epoch, lr_factor=lr_factor,
-                         momentum=momentum, recalibrate_bn=recalibrate_bn)
-        self.include, self.exclude = name_patterns("include", include), name_patterns("exclude", exclude)
-        if not isinstance(target_params, (int, np.integer)) or isinstance(target_params, bool) or target_params < 1:
-            raise ValueError(f"target_params must be a positive integer, got {target_params!r}")
-        if not isinstance(min_size, (int, np.integer)) or min_size < 0:
-            raise ValueError(f"min_size must be an integer >= 0, got {min_size!r}")
-        if target_epoch is not None and (not isinstance(target_epoch, (int, np.integer))
-                                         or isinstance(target_epoch, bool) or target_epoch < 1):
-            raise ValueError(f"target_epoch must be a positive integer or None, got {target_epoch!r}")
-        if match not in MATCHES:
-            raise ValueError(f"match must be one of {', '.join(MATCHES)}, got {match!r}")
+    _parameter_constraints = {"target_params": Integer(1, text="a positive integer"),
+                              "target_epoch": Integer(1, none=True, text="a positive integer"),
+                              "match": OneOf(MATCHES)}
+
+    def __init__(self, target_params: int, *, target_key: str | None = None, target_epoch: int | None = None,
+                 match: str = "final", target_trajectory: list[int] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        check_params(type(self), target_params=target_params, target_epoch=target_epoch, match=match)
         if (match == "trajectory") != (target_trajectory is not None):
             raise ValueError("match='trajectory' needs target_trajectory (the count after each event), and only it")
         if match == "trajectory" and target_epoch is not None:
@@ -152,18 +139,8 @@ class TargetPruner(Pruner):
         self.target_epoch = None if target_epoch is None else int(target_epoch)
         self.target_trajectory = None if target_trajectory is None else [int(n) for n in target_trajectory]
         self.target_key = target_key or f"pruning.target_params={self.target_params}"
-        self.min_size, self.include_output_layer = int(min_size), bool(include_output_layer)
         self.events: list[int] = []
         self.dense_params = 0
-
-    def eligible(self, model: nn.Module) -> list[tuple[str, nn.Module, bool]]:
-        """(name, module, is_output) of the layers this pruner cuts, in module order."""
-        out = []
-        for name, module, is_output in select_layers(model, self.include, self.exclude, self.include_output_layer):
-            o, m = layer_matrix_shape(module)
-            if o * m >= self.min_size:
-                out.append((name, module, is_output))
-        return out
 
     def bounds(self, model: nn.Module) -> tuple[int, int]:
         """(smallest reachable count, dense count) of ``model``'s network under this pruner's settings."""

@@ -14,6 +14,7 @@ class NoPruner(Pruner):
     """``pruning=none``: never an event, so a constant lr calendar."""
 
     name = "none"
+    config_keys = ("name",)
 
     def __init__(self) -> None:
         super().__init__(lr_factor=1.0, momentum="keep")

@@ -9,10 +9,12 @@ import numpy as np
 from torch import nn
 from torch.nn.utils import prune
 
-from rmtprune.nn.geometry import count_parameters, layer_matrix_shape, weight_count
+from rmtprune.nn.geometry import count_parameters, weight_count
 from rmtprune.nn.layers import LOW_RANK_TYPES
-from rmtprune.nn.select import select_layers
-from rmtprune.prune.budget import SCOPES, TargetPruner, _bisect, dense_param_count
+from rmtprune.nn.select import select_layers, too_small
+from rmtprune.prune.base import CALENDAR_KEYS, LAYER_KEYS, SELECT_KEYS
+from rmtprune.prune.budget import SCOPES, TARGET_KEYS, TargetPruner, _bisect, dense_param_count
+from rmtprune.prune.params import OneOf, check_params
 from rmtprune.prune.events import PruneEvent, ledger_row
 
 
@@ -34,11 +36,12 @@ class MagnitudePruner(TargetPruner):
     """
 
     name = "magnitude"
+    config_keys = (*CALENDAR_KEYS, *SELECT_KEYS, *TARGET_KEYS, "scope", *LAYER_KEYS)
+    _parameter_constraints = {"scope": OneOf(SCOPES)}
 
     def __init__(self, target_params: int, *, scope: str = "global", **kwargs: Any) -> None:
         super().__init__(target_params, **kwargs)
-        if scope not in SCOPES:
-            raise ValueError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
+        check_params(type(self), scope=scope)
         self.scope = scope
         self.final_sparsity = 0.0
 
@@ -77,13 +80,10 @@ class MagnitudePruner(TargetPruner):
         """s_j = s_f c_j, the sparsity of the eligible weights after an event after ``epoch``."""
         return self.final_sparsity * self.progress(epoch)[2]
 
-    def step(self, model: nn.Module, epoch: int) -> PruneEvent:
-        """Zero the smallest-magnitude weights until the eligible weights have sparsity s_j (the masks only
-        grow: a pruned weight stays pruned). Ledger rows with action ``mask`` (``keep`` for a layer whose
-        mask did not change), counts of non-zero parameters, keep_fraction = the layer's share of
-        weights kept."""
-        event = PruneEvent(epoch)
-        t0 = time.perf_counter()
+    def plan_zeros(self, layers: list[tuple[str, nn.Module, bool]], epoch: int) -> tuple[float, int | np.ndarray]:
+        """(s, amount) of the event after ``epoch``, side-effect free: the sparsity s_j of the eligible weights and
+        the weights to zero now (masks only grow): one number for ``scope=global`` (by one threshold over all
+        ``layers``), one per layer for ``scope=layer``."""
         _, _, c = self.progress(epoch)
         s = self.sparsity(epoch)
         to_zero = int(round(self._to_zero * c))
@@ -92,30 +92,40 @@ class MagnitudePruner(TargetPruner):
             total = int(self._sizes.sum())
             s = (to_zero / total if total else 0.0) if self.scope == "global" else \
                 _bisect(lambda x: int(self._layer_zeros(x).sum()), to_zero)
+        zeros_now = np.array([int((m.weight_mask == 0).sum()) for _, m, _ in layers], dtype=np.int64)
+        if self.scope == "global":
+            return s, to_zero - int(zeros_now.sum())
+        return s, self._layer_zeros(s) - zeros_now
+
+    def step(self, model: nn.Module, epoch: int) -> PruneEvent:
+        """Zero the smallest-magnitude weights until the eligible weights have sparsity s_j (:meth:`plan_zeros`;
+        the masks only grow: a pruned weight stays pruned). Ledger rows with action ``mask`` (``keep`` for a
+        layer whose mask did not change), counts of non-zero parameters, keep_fraction = the layer's share of
+        weights kept."""
+        event = PruneEvent(epoch)
+        t0 = time.perf_counter()
         layers = self.eligible(model)
         names = {id(m) for _, m, _ in layers}
         before = {name: count_parameters(m) for name, m, _ in layers}
-        zeros_now = np.array([int((m.weight_mask == 0).sum()) for _, m, _ in layers], dtype=np.int64)
+        s, amount = self.plan_zeros(layers, epoch)
         if self.scope == "global":
-            extra = to_zero - int(zeros_now.sum())
-            if extra > 0:
+            if amount > 0:
                 params = [(m, "weight") for _, m, _ in layers]
-                prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=extra,
+                prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=int(amount),
                                           importance_scores={(m, "weight"): m.weight_orig.detach() for m, _ in params})
         else:
-            goal = self._layer_zeros(s)
-            for (_, module, _), want, have in zip(layers, goal, zeros_now):
-                if want > have:
-                    prune.l1_unstructured(module, "weight", amount=int(want - have),
+            for (_, module, _), extra in zip(layers, amount):
+                if extra > 0:
+                    prune.l1_unstructured(module, "weight", amount=int(extra),
                                           importance_scores=module.weight_orig.detach())
         seconds = (time.perf_counter() - t0) / max(len(layers), 1)
         budget = "" if self.target_trajectory is None else f"; budget {self.budget(epoch):,} (match=trajectory)"
         for lname, module, _ in select_layers(model, self.include, self.exclude):
             if id(module) not in names:
-                o, m = layer_matrix_shape(module)
-                if o * m < self.min_size:
+                why_not = too_small(module, self.min_size, self.min_values)
+                if why_not:
                     event.records.append(ledger_row(lname, module, epoch=epoch, action="skip_small", seconds=0.0,
-                                                    note=f"{o * m} weights < min_size {self.min_size}"))
+                                                    note=why_not))
                 continue
             after = count_parameters(module)
             kept = int(module.weight_mask.count_nonzero())

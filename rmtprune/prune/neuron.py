@@ -14,10 +14,12 @@ from torch import nn
 from rmtprune.errors import UserError
 from rmtprune.nn.geometry import count_parameters, param_count
 from rmtprune.nn.layers import ShrunkLinear
-from rmtprune.nn.select import prunable_layers
+from rmtprune.nn.select import prunable_layers, too_small
 from rmtprune.nn.surgery import keep_units
-from rmtprune.prune.budget import SCOPES, TargetPruner, _bisect
+from rmtprune.prune.base import CALENDAR_KEYS, LAYER_KEYS
+from rmtprune.prune.budget import SCOPES, TARGET_KEYS, TargetPruner, _bisect
 from rmtprune.prune.events import PruneEvent, ledger_row, record_replacement
+from rmtprune.prune.params import OneOf, check_params
 
 
 class NeuronPruner(TargetPruner):
@@ -45,11 +47,12 @@ class NeuronPruner(TargetPruner):
     """
 
     name = "neuron"
+    config_keys = (*CALENDAR_KEYS, "min_size", *TARGET_KEYS, "scope", *LAYER_KEYS)
+    _parameter_constraints = {"scope": OneOf(SCOPES)}
 
     def __init__(self, target_params: int, *, scope: str = "global", **kwargs: Any) -> None:
         super().__init__(target_params, include_output_layer=False, **kwargs)
-        if scope not in SCOPES:
-            raise ValueError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
+        check_params(type(self), scope=scope)
         self.scope = scope
         self.widths: list[int] = []    # n_0 .. n_L of the dense chain
         self.biases: list[int] = []    # b_l of each layer
@@ -103,43 +106,49 @@ class NeuronPruner(TargetPruner):
         self.widths, self.biases, self.prunable = self._dense(model)
         super().setup(model, epochs)
 
-    def step(self, model: nn.Module, epoch: int) -> PruneEvent:
-        """Remove the lowest-scoring units until the count is nearest the event's budget; ledger rows with
-        action ``shrink`` (the layer lost rows or columns), ``keep`` or ``skip_small``."""
-        event = PruneEvent(epoch)
-        t0 = time.perf_counter()
+    def plan_units(self, model: nn.Module, epoch: int) -> tuple[dict[int, np.ndarray], str]:
+        """The units each eligible layer keeps after the event after ``epoch`` (``{layer index: sorted row
+        indices}``, only layers that lose units) and the ledger note; side-effect free (the model's scores,
+        theta by bisection on the chain count P(n), nearest the event's budget)."""
         layers = self.chain(model)
+        if self.reached(epoch):
+            return {}, f"target reached (pruning.target_epoch={self.target_epoch})"
         goal = self.budget(epoch)
         j, n_events, _ = self.progress(epoch)
         widths = [layers[0][1].in_features] + [m.out_features for _, m in layers]
-        keep: dict[int, np.ndarray] = {}
-        note = f"target reached (pruning.target_epoch={self.target_epoch})"
-        if not self.reached(epoch):
-            order, z = {}, {}
-            for i in self.prunable:
-                norms = layers[i][1].weight.detach().double().norm(dim=1).cpu().numpy()
-                rms = math.sqrt(float(np.mean(norms ** 2)))
-                z[i] = norms / rms if rms > 0 else norms
-                order[i] = np.argsort(-z[i], kind="stable")
-            pooled = np.concatenate([z[i] for i in self.prunable]) if self.prunable else np.zeros(0)
-            owner = np.concatenate([np.full(len(z[i]), i) for i in self.prunable]) if self.prunable else pooled
-            ranked = owner[np.argsort(-pooled, kind="stable")]
-            others = count_parameters(model) - sum(param_count(m) for _, m in layers)
+        order, z = {}, {}
+        for i in self.prunable:
+            norms = layers[i][1].weight.detach().double().norm(dim=1).cpu().numpy()
+            rms = math.sqrt(float(np.mean(norms ** 2)))
+            z[i] = norms / rms if rms > 0 else norms
+            order[i] = np.argsort(-z[i], kind="stable")
+        pooled = np.concatenate([z[i] for i in self.prunable]) if self.prunable else np.zeros(0)
+        owner = np.concatenate([np.full(len(z[i]), i) for i in self.prunable]) if self.prunable else pooled
+        ranked = owner[np.argsort(-pooled, kind="stable")]
+        others = count_parameters(model) - sum(param_count(m) for _, m in layers)
 
-            def units(theta: float) -> dict[int, int]:
-                if self.scope == "global":
-                    top = ranked[: math.ceil(theta * len(ranked) - 1e-12)]
-                    return {i: max(1, int((top == i).sum())) for i in self.prunable}
-                return {i: max(1, math.ceil(theta * widths[i + 1] - 1e-12)) for i in self.prunable}
+        def units(theta: float) -> dict[int, int]:
+            if self.scope == "global":
+                top = ranked[: math.ceil(theta * len(ranked) - 1e-12)]
+                return {i: max(1, int((top == i).sum())) for i in self.prunable}
+            return {i: max(1, math.ceil(theta * widths[i + 1] - 1e-12)) for i in self.prunable}
 
-            def count(theta: float) -> int:
-                n = units(theta)
-                return others + self.chain_count([n.get(i - 1, w) for i, w in enumerate(widths)], self.biases)
+        def count(theta: float) -> int:
+            n = units(theta)
+            return others + self.chain_count([n.get(i - 1, w) for i, w in enumerate(widths)], self.biases)
 
-            theta = _bisect(count, goal)
-            keep = {i: np.sort(order[i][:n]) for i, n in units(theta).items() if n < widths[i + 1]}
-            note = (f"{self.scope} unit share {theta:.6f}; budget {goal:,} (event {j} of {n_events}), "
-                    f"reached {count(theta):,}")
+        theta = _bisect(count, goal)
+        keep = {i: np.sort(order[i][:n]) for i, n in units(theta).items() if n < widths[i + 1]}
+        return keep, (f"{self.scope} unit share {theta:.6f}; budget {goal:,} (event {j} of {n_events}), "
+                      f"reached {count(theta):,}")
+
+    def step(self, model: nn.Module, epoch: int) -> PruneEvent:
+        """Remove the lowest-scoring units until the count is nearest the event's budget (:meth:`plan_units`);
+        ledger rows with action ``shrink`` (the layer lost rows or columns), ``keep`` or ``skip_small``."""
+        event = PruneEvent(epoch)
+        t0 = time.perf_counter()
+        keep, note = self.plan_units(model, epoch)
+        layers = self.chain(model)
         seconds = (time.perf_counter() - t0) / max(len(layers), 1)
         for i, (name, module) in enumerate(layers):
             rows, cols = keep.get(i), keep.get(i - 1)
@@ -147,8 +156,8 @@ class NeuronPruner(TargetPruner):
                              keep_fraction=1.0 if rows is None else len(rows) / module.out_features)
             if rows is None and cols is None:
                 small = i not in self.prunable and i < len(layers) - 1
-                row.update(action="skip_small" if small else "keep",
-                           note=f"{module.weight.numel()} weights < min_size {self.min_size}" if small else note)
+                row.update(action="skip_small" if small else "keep", note=(too_small(module, self.min_size) or
+                                                                           "not selected") if small else note)
             else:
                 new = keep_units(module, rows, cols)
                 model.set_submodule(name, new)

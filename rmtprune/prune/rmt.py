@@ -40,34 +40,26 @@ and events without growth (``state_dict``).
 from __future__ import annotations
 
 import math
-import time
 from typing import Any, Callable, Union
 
-import numpy as np
 import torch
 from torch import nn
 
-from rmtprune.nn.geometry import is_conv, layer_matrix_shape, planned_params
+from rmtprune.nn.geometry import is_conv, layer_matrix_shape
 from rmtprune.nn.layers import LOW_RANK_TYPES
-from rmtprune.nn.select import name_patterns, select_layers
-from rmtprune.nn.split_cost import SplitRule
-from rmtprune.nn.surgery import layer_matrix, layer_svd, rank_action
-from rmtprune.prune.base import LINALG_ERRORS, Pruner, cut_layer, split_allowed
-from rmtprune.prune.events import PruneEvent, check_state, is_count, is_real, ledger_row
-from rmtprune.prune.schedules import (
-    SCHEDULES,
-    Schedule,
-    SpikeCut,
-    check_margin,
-    target_rank,
-)
-from rmtprune.rmt import NoBulkError, fit_mp, singular_values
+from rmtprune.prune.base import CALENDAR_KEYS, LAYER_KEYS, LINALG_ERRORS, SELECT_KEYS
+from rmtprune.prune.events import PruneEvent, is_real
+from rmtprune.prune.params import Interval, check_params
+from rmtprune.prune.rank import RANK_KEYS, Layer, Plan, RankPruner
+from rmtprune.prune.schedules import MARGIN, SCHEDULES, Schedule, SpikeCut, target_rank
+from rmtprune.rmt import NoBulkError, fit_mp
+from rmtprune.rmt.fit import ALPHA_RANGE, BETA_RANGE, MIN_SINGULAR_VALUES
 
 # the schedules RMTPruner takes by name (others: a callable epoch -> keep fraction, rmtprune.prune.schedules)
 NAMED_SCHEDULES = ("linear", "oneshot", "spikes")
 
 
-class RMTPruner(Pruner):
+class RMTPruner(RankPruner):
     """Marchenko-Pastur pruning between epochs (see the module docstring for what one event does).
 
     Args:
@@ -105,7 +97,17 @@ class RMTPruner(Pruner):
     """
 
     name = "rmt"
+    config_keys = (*CALENDAR_KEYS, *SELECT_KEYS, *RANK_KEYS, "alpha", "beta", "tolerance", "conv_tolerance", "margin",
+                   *LAYER_KEYS, "split")
+    uses_schedule = True
+    min_values = MIN_SINGULAR_VALUES  # the MP fit needs a spectrum
     _STATE = ("ranks", "known_spikes", "spike_counts", "stalls")  # what state_dict holds
+    _TOLERANCE = Interval(0, 1, text="in [0, 1] (1 always passes, 0 never)")
+    _parameter_constraints = {
+        "tolerance": _TOLERANCE, "conv_tolerance": Interval(0, 1, none=True, text=_TOLERANCE.text),
+        "alpha": Interval(*ALPHA_RANGE, "()"), "beta": Interval(*BETA_RANGE, "()"), "margin": MARGIN,
+        "horizon": Interval(0, ends="()", none=True, text="a positive finite number of epochs"),
+    }
 
     def __init__(self, tolerance: float = 0.05, conv_tolerance: float | None = None, alpha: float = 0.25,
                  beta: float = 0.1, schedule: Union[str, Schedule, SpikeCut] = "linear",
@@ -116,17 +118,8 @@ class RMTPruner(Pruner):
                  patience: int | None = None, margin: float | None = None, recalibrate_bn: int = 20,
                  include: list[str] | None = None, exclude: list[str] | None = None, split: str = "always",
                  batch_size: int | None = None, example_input: torch.Tensor | None = None) -> None:
-        super().__init__(every=every, start_epoch=start_epoch, stop_epoch=stop_epoch, lr_factor=lr_factor,
-                         momentum=momentum, recalibrate_bn=recalibrate_bn)
-        for key, value in (("tolerance", tolerance), ("conv_tolerance", conv_tolerance)):
-            if value is not None and not (is_real(value) and 0 <= value <= 1):
-                raise ValueError(f"{key} must be in [0, 1] (1 always passes, 0 never), got {value!r}")
-        if not (is_real(alpha) and 0 < alpha < 0.5):
-            raise ValueError(f"alpha must be in (0, 0.5), got {alpha!r}")
-        if not (is_real(beta) and 0 < beta < 1):
-            raise ValueError(f"beta must be in (0, 1), got {beta!r}")
-        if horizon is not None and not (is_real(horizon) and horizon > 0):
-            raise ValueError(f"horizon must be a positive finite number of epochs, got {horizon!r}")
+        check_params(type(self), tolerance=tolerance, conv_tolerance=conv_tolerance, alpha=alpha, beta=beta,
+                     horizon=horizon)
         if not (callable(schedule) or isinstance(schedule, SpikeCut) or schedule in NAMED_SCHEDULES):
             raise ValueError(f"schedule must be one of {', '.join(map(repr, NAMED_SCHEDULES))} or a callable epoch -> "
                              f"keep fraction, got {schedule!r} (step, exponential, constant: rmtprune.prune.schedules)")
@@ -134,25 +127,16 @@ class RMTPruner(Pruner):
             schedule = SpikeCut() if patience is None else SpikeCut(patience)
         elif patience is not None:
             raise ValueError(f"patience applies to schedule='spikes' only, got schedule={schedule!r}")
-        check_margin(margin)
-        for key, value in (("min_size", min_size), ("min_rank", min_rank)):
-            if not is_count(value, 0 if key == "min_size" else 1):
-                raise ValueError(f"{key} must be an integer >= {0 if key == 'min_size' else 1}, got {value!r}")
-        if output_min_rank is not None and not is_count(output_min_rank, 1):
-            raise ValueError(f"output_min_rank must be a positive integer or None, got {output_min_rank!r}")
-        for key, value in (("include_output_layer", include_output_layer), ("truncate", truncate)):
-            if not isinstance(value, (bool, np.bool_)):
-                raise ValueError(f"{key} must be True or False, got {value!r}")
+        check_params(type(self), margin=margin)
+        super().__init__(every=every, start_epoch=start_epoch, stop_epoch=stop_epoch, lr_factor=lr_factor,
+                         momentum=momentum, recalibrate_bn=recalibrate_bn, min_size=min_size,
+                         include_output_layer=include_output_layer, include=include, exclude=exclude,
+                         min_rank=min_rank, output_min_rank=output_min_rank, truncate=truncate, split=split,
+                         batch_size=batch_size, example_input=example_input)
         self.tolerance, self.conv_tolerance = float(tolerance), conv_tolerance
         self.alpha, self.beta = float(alpha), float(beta)
         self.schedule, self.horizon = schedule, horizon
-        self.min_size, self.min_rank = int(min_size), int(min_rank)
-        self.include_output_layer, self.output_min_rank = bool(include_output_layer), output_min_rank
-        self.truncate = bool(truncate)
         self.margin = None if margin is None else float(margin)
-        self.include, self.exclude = name_patterns("include", include), name_patterns("exclude", exclude)
-        self.split_rule = SplitRule(split, batch_size, example_input)
-        self.ranks: dict[str, int] = {}         # rank of the layers truncated in place
         self.known_spikes: dict[str, int] = {}  # values above the edge at an earlier good fit, per layer
         self.spike_counts: dict[str, int] = {}  # schedule="spikes": spike count at the layer's last good fit
         self.stalls: dict[str, int] = {}        # schedule="spikes": good fits since the count last grew
@@ -177,38 +161,8 @@ class RMTPruner(Pruner):
             raise ValueError(f"the schedule gave keep fraction {f} at epoch {epoch}; it must be in [0, 1]")
         return round(f, 12)
 
-    # --- state ----------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        """What the pruner learned about the model, for a checkpoint: ``{"ranks": {layer: rank of a layer
-        truncated in place}, "known_spikes": {layer: values above the edge at an earlier good fit},
-        "spike_counts": {layer: spike count at its last good fit}, "stalls": {layer: good fits since that
-        count last grew}}`` (the last two for ``schedule="spikes"``; plain ints, ``torch.save`` /
-        ``weights_only`` safe). The constructor arguments are not included."""
-        return {key: dict(getattr(self, key)) for key in self._STATE}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` (a missing entry: empty); replaces what this pruner learned (the model is
-        not touched)."""
-        check_state(state)
-        for key in self._STATE:
-            setattr(self, key, {str(k): int(v) for k, v in state.get(key, {}).items()})
 
     # --- the event ------------------------------------------------------------------------------
-    def step(self, model: nn.Module, epoch: int) -> PruneEvent:
-        """Fit and cut every eligible layer of ``model``; returns the event (ledger rows, replaced and
-        added parameters, spectra). Does not check the calendar: call it at the epochs for which
-        :meth:`is_event` is true (or at any epoch, for a one-off cut).
-
-        Modifies ``model`` in place: a layer cut to a rank that saves parameters is replaced by a
-        ``LowRankLinear`` / ``LowRankConv2d`` module of two factors (``model.set_submodule``: its old
-        parameters leave the model, new ones enter); a layer truncated in place keeps its module and
-        parameters but gets new weight values. Either way the optimizer state of those parameters is
-        stale: rebuild the optimizer (:func:`rmtprune.rebuild_optimizer`) after an event that
-        ``changed`` the model. Also updates this pruner's :meth:`state_dict`. Records no autograd graph
-        and draws no random numbers (``split="auto"`` runs one forward pass of ``example_input`` per pruner,
-        its graph discarded, in a fork of the RNG)."""
-        return self._event(model, epoch, apply=True)
-
     def plan(self, model: nn.Module, epoch: int,
              each: Callable[[str, nn.Module], None] | None = None) -> PruneEvent:
         """What :meth:`step` would do, without doing it: the same ledger rows (fit, rank, action, parameters
@@ -216,84 +170,57 @@ class RMTPruner(Pruner):
         p x p Gram matrix where n >= 2p, else ``svdvals``; no singular vectors, no surgery), so a large model
         is read in a fraction of the time. ``model`` is not modified (this pruner's state is, as by step).
         ``each(name, module)`` is called before each layer (a progress display)."""
-        return self._event(model, epoch, apply=False, each=each)
+        return self.preview(model, epoch, each)
 
-    def _event(self, model: nn.Module, epoch: int, apply: bool,
-               each: Callable[[str, nn.Module], None] | None = None) -> PruneEvent:
-        event = PruneEvent(epoch)
-        f = self.keep_fraction(epoch)
-        for name, module, is_output in select_layers(model, self.include, self.exclude, self.include_output_layer):
-            if each is not None:
-                each(name, module)
-            t0 = time.perf_counter()
-            row = self._prune_one(model, name, module, is_output, f, event, apply)
-            row.update(seconds=time.perf_counter() - t0, epoch=epoch)
-            event.records.append(row)
-        return event
+    def event_context(self, model: nn.Module, epoch: int) -> float | None:
+        return self.keep_fraction(epoch)
+
+    def row_fields(self, module: nn.Module, rank: int, f: float | None) -> dict[str, Any]:
+        return dict(tolerance=self.tolerance_for(module), keep_fraction=math.nan if f is None else f,
+                    rank_before=rank, rank_after=rank)
 
     def tolerance_for(self, module: nn.Module) -> float:
         if is_conv(module) and self.conv_tolerance is not None:
             return float(self.conv_tolerance)
         return self.tolerance
 
-    def _prune_one(self, model: nn.Module, name: str, module: nn.Module, is_output: bool, f: float | None,
-                   event: PruneEvent, apply: bool = True) -> dict[str, Any]:
-        out, m = layer_matrix_shape(module)
-        p = min(out, m)
-        tol = self.tolerance_for(module)
-        rank_now = min(module.rank * getattr(module, "groups", 1) if isinstance(module, LOW_RANK_TYPES)
-                       else self.ranks.get(name, p), p)
-        known = min(self.known_spikes.get(name, 0), rank_now)
-        row = ledger_row(name, module, tolerance=tol, keep_fraction=math.nan if f is None else f,
-                         rank_before=rank_now, rank_after=rank_now)
-        if out * m < self.min_size or p < 10:
-            row.update(action="skip_small", note=f"{out * m} weights < min_size {self.min_size}"
-                       if p >= 10 else "fewer than 10 singular values")
-            return row
+
+    def plan_ranks(self, layers: list[Layer], f: float | None) -> list[Plan]:
+        """Per layer: the MP fit of its spectrum (the zeros of earlier cuts censored, its known spikes never
+        fitted as bulk) and the target rank of the schedule's keep fraction ``f`` (None: schedule=spikes)."""
+        return [self._plan_one(layer, f) for layer in layers]
+
+    def _plan_one(self, layer: Layer, f: float | None) -> Plan:
+        name, (out, m), p = layer.name, layer.shape, layer.p
+        known = min(self.known_spikes.get(name, 0), layer.rank)
         if f is None and self.stalls.get(name, 0) >= self.schedule.patience:
-            row.update(action="keep_cut", keep_fraction=0.0, n_known_spikes=known,
-                       note="cut to its spikes at an earlier event (schedule=spikes): keeps its rank")
-            return row
-        censored = p - rank_now
-        row.update(n_censored=censored, n_known_spikes=known)
+            return Plan(row=dict(action="keep_cut", keep_fraction=0.0, n_known_spikes=known,
+                                 note="cut to its spikes at an earlier event (schedule=spikes): keeps its rank"))
+        censored = p - layer.rank
+        row: dict[str, Any] = dict(n_censored=censored, n_known_spikes=known)
+        tol = self.tolerance_for(layer.module)
         try:
-            # a split layer's SVD goes through QR of its thin factors: as cheap as its singular values
-            svd = layer_svd(module) if apply or isinstance(module, LOW_RANK_TYPES) else None
-            s = np.zeros(p)
-            vals = (svd[1].double().cpu().numpy() if svd is not None else singular_values(layer_matrix(module)))[:p]
-            s[: vals.size] = vals
-            fit = fit_mp(singular_values=s, shape=(out, m), alpha=self.alpha, beta=self.beta,
+            fit = fit_mp(singular_values=layer.spectrum(), shape=(out, m), alpha=self.alpha, beta=self.beta,
                          n_censored=censored, n_known_spikes=known)
         except NoBulkError as exc:
-            row.update(action="keep_no_bulk", note=f"no bulk left to fit: {exc}")
-            return row
+            return Plan(row={**row, "action": "keep_no_bulk", "note": f"no bulk left to fit: {exc}"})
         except LINALG_ERRORS as exc:
-            row.update(action="skip_bad_fit", note=f"fit failed: {exc}")
-            return row
-        event.spectra[name] = np.asarray(fit.singular_values, dtype=np.float32)
+            return Plan(row={**row, "action": "skip_bad_fit", "note": f"fit failed: {exc}"})
         row.update(gamma=fit.gamma, sigma2=fit.sigma2, lambda_plus=fit.lambda_plus, threshold=fit.threshold,
                    n_spikes=fit.n_spikes, fit_error=fit.fit_error, good_fit=fit.good(tol), n_bulk=fit.n_bulk)
         if not fit.good(tol):
             row.update(action="skip_bad_fit", note=f"fit error {fit.fit_error:.4f} >= tolerance {tol}")
-            return row
+            return Plan(row=row, spectrum=fit.singular_values)
         # a value above the edge at an earlier fit stays a spike: the rank never creeps down below them
         spikes = max(known, fit.n_spikes)
-        self.known_spikes[name] = spikes
+        state = {"known_spikes": spikes}
         if f is None:
-            f = self._spike_cut(name, spikes)
+            stalls = self._stalls(name, spikes)
+            state.update(spike_counts=spikes, stalls=stalls)
+            f = 0.0 if stalls >= self.schedule.patience else 1.0
             row.update(keep_fraction=f)
-        floor = self.min_rank
-        if is_output:
-            floor = max(floor, int(self.output_min_rank if self.output_min_rank is not None else out))
-        rank = target_rank(p, spikes, f, floor, self.margin)
-        if apply:
-            cut_layer(model, name, module, rank, rank_now, svd, self.truncate, self.ranks, event, row, self.split_rule)
-        else:
-            action = rank_action(module, rank, rank_now, truncate=self.truncate,
-                                 split_ok=split_allowed(model, name, module, rank, rank_now, self.split_rule, row))
-            row.update(action=action, rank_after=rank if action in ("split", "truncate") else rank_now,
-                       params_after=planned_params(module, rank, action))
-        return row
+        rank = target_rank(p, spikes, f, layer.floor, self.margin)
+        return Plan(rank, row, state, fit.singular_values)
 
     def adopt_ranks(self, model: nn.Module) -> None:
         """Take a model cut before (by another pruner, run or session) as this pruner would have left it: every
@@ -301,12 +228,12 @@ class RMTPruner(Pruner):
         numerical rank, ``torch.linalg.matrix_rank``, after a truncation in place) gets r known spikes (and,
         dense, r as its rank). The next event then censors its p - r zeros and never fits its r survivors as
         bulk: a layer cut to its values keeps its rank (``keep_no_bulk``). Does not modify ``model``."""
-        for name, module, _ in select_layers(model, self.include, self.exclude, self.include_output_layer):
+        for name, module, _ in self.eligible(model):
             out, m = layer_matrix_shape(module)
-            if name in self.known_spikes or out * m < self.min_size:
+            if name in self.known_spikes:
                 continue
             if isinstance(module, LOW_RANK_TYPES):
-                rank = module.rank * getattr(module, "groups", 1)
+                rank = self.current_rank(name, module)
             else:
                 rank = int(torch.linalg.matrix_rank(module.weight.detach().reshape(out, -1).float()))
                 if rank < min(out, m):
@@ -314,14 +241,12 @@ class RMTPruner(Pruner):
             if rank < min(out, m):
                 self.known_spikes[name] = rank
 
-    def _spike_cut(self, name: str, spikes: int) -> float:
-        """schedule="spikes": record this good fit's spike count; f = 0 once the count has not grown for
-        ``patience`` good fits in a row (the first fit of a layer is growth from nothing), else f = 1. A
-        layer without spikes never stalls: there is nothing yet to cut to."""
+    def _stalls(self, name: str, spikes: int) -> int:
+        """schedule="spikes": the good fits in a row, this one included, since layer ``name``'s spike count last
+        grew (0 when it grew now: the first fit of a layer is growth from nothing; a layer without spikes never
+        stalls, there is nothing yet to cut to). f = 0 once it reaches ``patience``, else 1."""
         last = self.spike_counts.get(name)
-        self.stalls[name] = 0 if last is None or spikes > last or spikes == 0 else self.stalls.get(name, 0) + 1
-        self.spike_counts[name] = spikes
-        return 0.0 if self.stalls[name] >= self.schedule.patience else 1.0
+        return 0 if last is None or spikes > last or spikes == 0 else self.stalls.get(name, 0) + 1
 
 
 def prune_model(model: nn.Module, keep_fraction: float = 0.0, **kwargs: Any) -> PruneEvent:

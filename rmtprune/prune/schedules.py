@@ -14,6 +14,8 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
+from rmtprune.prune.params import Interval, ParamError
+
 if TYPE_CHECKING:  # importing rmtprune (the Python API) must not import the config machinery
     pass
 
@@ -70,12 +72,14 @@ class SpikeCut:
                              f"the cut), got {self.patience!r}")
 
 
+MARGIN = Interval(MIN_MARGIN, none=True,
+                  text=f"a number >= {MIN_MARGIN} (a cut to the spikes keeps ceil(margin * k) values)")
+
+
 def check_margin(margin: float | None) -> None:
-    """Raise ValueError unless ``margin`` is None or a number >= MIN_MARGIN."""
-    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))
-                               or not margin >= MIN_MARGIN):
-        raise ValueError(f"margin must be a number >= {MIN_MARGIN} (a cut to the spikes keeps ceil(margin * k) "
-                         f"values) or None (k), got {margin!r}")
+    """Raise ValueError (:class:`rmtprune.prune.params.ParamError`) unless ``margin`` is None or a number >= MIN_MARGIN."""
+    if not MARGIN.ok(margin):
+        raise ParamError("margin", margin, MARGIN.text)
 
 
 SCHEDULES: dict[str, Callable[..., Any]] = {

@@ -102,6 +102,8 @@ from rmtprune.rmt.mp import mp_cdf, window_quantiles
 from rmtprune.rmt.tracy_widom import tw1_quantile
 
 MIN_SINGULAR_VALUES = 10
+ALPHA_RANGE = (0.0, 0.5)  # alpha, the BEMA trimming: an open interval
+BETA_RANGE = (0.0, 1.0)   # beta, the Tracy-Widom confidence level: an open interval
 MIN_WINDOW = 5
 MAX_REFITS = 10
 MAX_DEFLATION = 0.25
@@ -238,10 +240,10 @@ def fit_mp(
             range, an all-zero matrix, negative censoring counts or more than p in all, or a
             window of exact zeros.
     """
-    if not (0.0 < alpha < 0.5):
-        raise ValueError(f"alpha must be in (0, 0.5), got {alpha!r}")
-    if not (0.0 < beta < 1.0):
-        raise ValueError(f"beta must be in (0, 1), got {beta!r}")
+    if not (ALPHA_RANGE[0] < alpha < ALPHA_RANGE[1]):
+        raise ValueError(f"alpha must be in ({ALPHA_RANGE[0]:g}, {ALPHA_RANGE[1]:g}), got {alpha!r}")
+    if not (BETA_RANGE[0] < beta < BETA_RANGE[1]):
+        raise ValueError(f"beta must be in ({BETA_RANGE[0]:g}, {BETA_RANGE[1]:g}), got {beta!r}")
     if singular_values is None:
         if W is None:
             raise ValueError("fit_mp needs W or singular_values with shape")
