@@ -18,7 +18,13 @@ from typing import Any, Collection
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from rmtprune.config.build import data_settings, make_schedule, model_spec, rmt_pruner_from_config, run_settings
+from rmtprune.config.build import (
+    data_settings,
+    make_schedule,
+    model_spec,
+    rmt_pruner_from_config,
+    run_settings,
+)
 from rmtprune.config.identity import DATASET_NOT_IDENTITY
 from rmtprune.config.validate import validate
 from rmtprune.data import load_data
