@@ -84,7 +84,7 @@ class DataSettings:
     test_size: int | None = None
     val_size: int = 0
     val_seed: int = 0
-    raw_md5: Mapping[str, str] = field(default_factory=dict)
+    raw_md5: Mapping[str, str] = field(default_factory=dict, hash=False)
     synthetic: SyntheticSettings = field(default_factory=SyntheticSettings)
 
     @classmethod

@@ -110,3 +110,12 @@ def test_a_resumed_job_also_prepares_once(cli, tmp_path, calls):
     # the model comes from the checkpoint (rebuilt once), not from a fresh build; on the meta device, the checks'
     # skeleton and the checkpoint's own architecture, sized before anything is allocated (_refuse_oversized)
     assert dict(calls) == {"validate": 1, "config_key": 1, "build_model": 1, "build_model on meta": 2}
+
+
+def test_one_prune_job_validates_once(cli, tmp_path, calls):
+    assert cli("train", *TINY, "epochs=1", "hydra.run.dir=base")[0] == 0
+    calls.clear()
+    code, _, err = cli("prune", "base", "pruning=rmt", "pruning.min_size=100", "progress=none", "cost.latency=false",
+                       "hydra.run.dir=cut")
+    assert code == 0, err
+    assert (tmp_path / "cut" / "model.pt").exists() and calls["validate"] == 1

@@ -177,12 +177,12 @@ class RunSettings:
     latency: bool = True
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Job:
-    """One run's config turned into objects, once (:func:`job`): the key, the model spec, the data settings,
-    the run settings, and the pruning and schedule nodes its pruner is made of (:meth:`make_pruner`, one per
-    run: pruners keep state). ``cfg`` is the resolved config itself, for what records it (summary.json,
-    checkpoint.pt, the loggers) and the config-level checks of the built model (``validate.model_warnings``)."""
+    """One run's config turned into objects, once (:func:`make_job`): the key, the model spec, the data settings
+    and the run settings; its pruner (with its schedule) is made by :meth:`make_pruner`, once per run (pruners keep
+    state). ``cfg`` is the resolved config itself, for what records it (summary.json, checkpoint.pt, the loggers,
+    the folder's identity checks) and the config-level checks of the built model (``validate.model_warnings``)."""
 
     cfg: DictConfig
     key: str

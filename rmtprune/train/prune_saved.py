@@ -120,14 +120,16 @@ def n_params(model: torch.nn.Module) -> int:
 
 
 def prune_saved(cfg: DictConfig, run_dir: Path, finetune_lr: float | None = None,
-                given: Collection[str] = ()) -> dict[str, Any]:
+                given: Collection[str] = (), validated: bool = False) -> dict[str, Any]:
     """Prune the model at ``cfg.model_path`` once and write the results into ``run_dir``.
 
     ``finetune_lr``: the fine-tuning learning rate; None: the saved run's next lr (``cfg.optimizer.lr``
     for a plain state_dict). ``given``: the keys set on the command line (``dataset`` ones override the data
     set the run recorded: :func:`data_config`). ``cfg.dataset`` becomes the data set used (summary.json).
+    ``validated``: the caller has validated ``cfg`` already (the command's check before the job).
     """
-    validate(cfg)
+    if not validated:
+        validate(cfg)
     if cfg.pruning.name != "rmt":
         raise UserError(f"pruning={cfg.pruning.name}: rmtprune prune makes one RMT event; use pruning=rmt")
     if cfg.finetune_epochs < 0:
