@@ -287,8 +287,8 @@ def _train(job: Job, out_dir: Path, device: torch.device, resuming: bool) -> dic
             raise UserError(f"epochs={settings.epochs}: a pruning={cfg.pruning.name} run of {old_epochs} epochs cannot "
                             f"be continued with another length: its schedule is spread over the events of its own")
         if settings.optimizer.anneal != "none" and old_epochs != settings.epochs:
-            raise UserError(f"epochs={settings.epochs}: a run with optimizer.anneal={settings.optimizer.anneal} cannot be continued "
-                            f"with another length than its {old_epochs} epochs: its anneal ends with its last epoch")
+            raise UserError(f"epochs={settings.epochs}: a run with optimizer.anneal={settings.optimizer.anneal} cannot "
+                            f"be continued with another length than its {old_epochs} epochs: its anneal ends with its last epoch")
         (out_dir / "DONE").unlink(missing_ok=True)  # a finished run continued to more epochs is running again
     else:
         state = TrainingState.fresh(settings, job.spec, data.num_classes, list(data.input_shape), device, pruner,
@@ -479,7 +479,8 @@ def recalibrate_after_event(settings: RunSettings, model: torch.nn.Module, data:
         recalibrate_bn(model, loader, batches, event)
 
 
-def _grow(settings: RunSettings, state: TrainingState, data: Data, old_epochs: int, out_dir: Path, logger: Logger) -> None:
+def _grow(settings: RunSettings, state: TrainingState, data: Data, old_epochs: int, out_dir: Path,
+          logger: Logger) -> None:
     """A finished run continued with more epochs: it skipped the event after its last epoch (no event
     after a run's last epoch), which a run of the new length has. Replay that event now, so that the
     continued run is the run of the new length (same model, lr calendar and optimizer state; its

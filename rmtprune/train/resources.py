@@ -167,6 +167,7 @@ def check_fits(job: Job, fp: Footprint | None, device: torch.device, in_job: boo
     for where, name, have in checks:
         if have is not None and need[where] > have:
             size = f"{fp.params:,} parameters, " if fp else ""
-            raise UserError(f"this run needs at least {_gib(need[where])} of {name} ({size}{data_values(job.data):,} data "
+            values = data_values(job.data)
+            raise UserError(f"this run needs at least {_gib(need[where])} of {name} ({size}{values:,} data "
                             f"values), more than the {_gib(have)} available; use a smaller topology / model, "
                             f"dataset.train_size or batch_size")
