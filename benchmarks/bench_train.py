@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+from rmtprune.config.build import data_settings, optimizer_settings, run_settings
 from rmtprune.config.schema import DatasetConfig, OptimizerConfig, RunConfig
 from rmtprune.data import Data, load_data
 from rmtprune.nn.geometry import count_parameters
@@ -90,7 +91,7 @@ def matmul_tflops(device: torch.device, dtype: torch.dtype = torch.float32, tf32
 
 def _tf32(on: bool) -> None:
     cfg = OmegaConf.merge(OmegaConf.structured(RunConfig), {"precision": "tf32" if on else "fp32"})
-    configure_numerics(cfg, torch.device("cuda"))
+    configure_numerics(run_settings(cfg), torch.device("cuda"))
 
 
 def gemm_shapes_seconds(widths: list[int], device: torch.device, batch: int = BATCH) -> float:
@@ -113,7 +114,7 @@ def gemm_shapes_seconds(widths: list[int], device: torch.device, batch: int = BA
 
 def step_breakdown(model: torch.nn.Module, data: Data, l1: float, device: torch.device) -> dict[str, float]:
     """Seconds per step of its parts (the model is trained a little on the way)."""
-    opt = make_optimizer(model, OmegaConf.structured(OptimizerConfig), 0.01)
+    opt = make_optimizer(model, optimizer_settings(OmegaConf.structured(OptimizerConfig)), 0.01)
     params = list(model.parameters())
     idx = torch.randperm(len(data.train_x), device=device)[:BATCH]
     x, y = data.train_x[idx], data.train_y[idx]
@@ -157,7 +158,7 @@ def epoch_seconds(spec: dict[str, Any], data: Data, device: torch.device, l1: fl
     torch.manual_seed(0)
     model = build_model(spec).to(device)
     opt_cfg = OmegaConf.structured(OptimizerConfig)
-    opt = make_optimizer(model, opt_cfg, opt_cfg.lr)
+    opt = make_optimizer(model, optimizer_settings(opt_cfg), opt_cfg.lr)
     gen = torch.Generator().manual_seed(0)
     with BatchProgress("none") as progress:
         train_epoch(model, data, opt, gen, BATCH, l1, progress, 1, precision=precision, compile=compile)
@@ -230,7 +231,7 @@ def decomposition_drivers(widths: list[int], device: torch.device) -> dict[str, 
 
 
 def checkpoint_seconds(model: torch.nn.Module, spec: dict[str, Any]) -> float:
-    opt = make_optimizer(model, OmegaConf.structured(OptimizerConfig), 0.01)
+    opt = make_optimizer(model, optimizer_settings(OmegaConf.structured(OptimizerConfig)), 0.01)
     for p in model.parameters():
         opt.state[p]["momentum_buffer"] = torch.zeros_like(p)
     with tempfile.TemporaryDirectory() as tmp:
@@ -256,12 +257,12 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    configure_numerics(OmegaConf.structured(RunConfig), device)
+    configure_numerics(run_settings(OmegaConf.structured(RunConfig)), device)
     name = "synthetic" if args.synthetic else "mnist"
     ds = OmegaConf.merge(OmegaConf.structured(DatasetConfig),
                          OmegaConf.load(os.path.join(ROOT, "rmtprune", "conf", "dataset", f"{name}.yaml")))
     ds.train_size, ds.test_size = args.train_size, 10000
-    data = load_data(ds, device)
+    data = load_data(data_settings(ds), device)
     widths = parse_topology(args.topology)
     spec = {"kind": "mlp", "widths": widths}
     l1 = float(OmegaConf.structured(OptimizerConfig).l1)
@@ -289,12 +290,12 @@ def main() -> None:
     r["breakdown_per_step_s"] = step_breakdown(build_model(spec).to(device), data, l1, device)
     if device.type == "cuda":
         for precision in ("tf32", "bf16"):
-            configure_numerics(OmegaConf.merge(OmegaConf.structured(RunConfig), {"precision": precision}), device)
+            configure_numerics(run_settings(OmegaConf.merge(OmegaConf.structured(RunConfig), {"precision": precision})), device)
             r[f"epoch_s_{precision}"] = epoch_seconds(spec, data, device, l1, precision=precision)[0]
-        configure_numerics(OmegaConf.structured(RunConfig), device)
+        configure_numerics(run_settings(OmegaConf.structured(RunConfig)), device)
         r["matmul_bound_s_bf16"] = flops / (r["matmul_tflops_bf16"] * 1e12)
     if args.compile:
-        configure_numerics(OmegaConf.merge(OmegaConf.structured(RunConfig), {"compile": True}), device)
+        configure_numerics(run_settings(OmegaConf.merge(OmegaConf.structured(RunConfig), {"compile": True})), device)
         t = time.perf_counter()
         r["epoch_s_compile"] = epoch_seconds(spec, data, device, l1, compile=True)[0]
         r["compile_total_s"] = time.perf_counter() - t
@@ -326,7 +327,7 @@ def main() -> None:
 def compile_only(r: dict[str, Any], spec: dict[str, Any], data: Data, device: torch.device, l1: float,
                  json_path: str | None) -> None:
     r["epoch_s"] = epoch_seconds(spec, data, device, l1)[0]
-    configure_numerics(OmegaConf.merge(OmegaConf.structured(RunConfig), {"compile": True}), device)
+    configure_numerics(run_settings(OmegaConf.merge(OmegaConf.structured(RunConfig), {"compile": True})), device)
     t = time.perf_counter()
     r["epoch_s_compile"] = epoch_seconds(spec, data, device, l1, compile=True)[0]
     r["compile_total_s"] = time.perf_counter() - t  # two epochs, compilation included

@@ -33,12 +33,11 @@ import os
 import pickle
 import shutil
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
-from omegaconf import DictConfig
 
 from rmtprune.errors import UserError
 from rmtprune.files import mkstemp_beside
@@ -59,6 +58,48 @@ _CIFAR_FIX = (
 )
 
 
+@dataclass(frozen=True)
+class SyntheticSettings:
+    """The synthetic set's generator (:func:`make_synthetic`)."""
+
+    data_seed: int = 1234
+    latent_dim: int = 16
+    noise: float = 1.5
+    separation: float = 0.9
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """What :func:`load_data` loads: the ``dataset`` node of a run's config as plain values
+    (``rmtprune.config.build.data_settings`` makes it; the keys are described in rmtprune/conf/dataset/)."""
+
+    name: str
+    input_shape: tuple[int, ...] = (1, 28, 28)
+    num_classes: int = 10
+    root: str = "~/.cache/rmtprune"
+    offline_dir: str | None = None
+    download: bool = True
+    verify_md5: bool = True
+    train_size: int | None = None
+    test_size: int | None = None
+    val_size: int = 0
+    val_seed: int = 0
+    raw_md5: Mapping[str, str] = field(default_factory=dict, hash=False)
+    synthetic: SyntheticSettings = field(default_factory=SyntheticSettings)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "DataSettings":
+        """From plain values (a resolved ``dataset`` node); keys not listed above are ignored."""
+        known = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in values.items() if k in known}
+        kw["input_shape"] = tuple(int(d) for d in kw.get("input_shape", cls.input_shape))
+        kw["raw_md5"] = dict(kw.get("raw_md5") or {})
+        kw["synthetic"] = SyntheticSettings(**dict(kw.get("synthetic") or {}))
+        for key in ("val_size", "val_seed"):
+            kw[key] = int(kw.get(key) or 0)
+        return cls(**kw)
+
+
 @dataclass
 class Data:
     """Train and test tensors on one device: x (N, C, H, W) float32 in [-1, 1], y (N,) int64."""
@@ -77,18 +118,17 @@ class Data:
         return tuple(self.train_x.shape[1:])
 
 
-def load_data(cfg: DictConfig, device: torch.device) -> Data:
-    """Load ``cfg.dataset`` (mnist | fashion_mnist | synthetic) onto ``device``."""
-    ds = cfg
+def load_data(ds: DataSettings, device: torch.device) -> Data:
+    """Load the data set ``ds`` (mnist | fashion_mnist | cifar10 | synthetic) onto ``device``."""
     if ds.name == "synthetic":
         tx, ty, vx, vy = make_synthetic(ds)
     else:
         tx, ty, vx, vy = _load_cifar10(ds) if ds.name == "cifar10" else _load_torchvision(ds)
         tx, vx = _scale(tx), _scale(vx)
-    val_size = int(ds.get("val_size") or 0)
+    val_size = ds.val_size
     held_out = None
     if val_size:
-        train_idx, val_idx = split_validation(len(tx), val_size, int(ds.get("val_seed") or 0), ds.name)
+        train_idx, val_idx = split_validation(len(tx), val_size, ds.val_seed, ds.name)
         held_out = (tx[val_idx].to(device), ty[val_idx].to(device))
         tx, ty = tx[train_idx], ty[train_idx]
     tx, ty = _subset(tx, ty, ds.train_size, "train_size", ds.name, val_size)
@@ -130,7 +170,7 @@ def _subset(x: torch.Tensor, y: torch.Tensor, size: int | None, key: str = "trai
     return x[:size].contiguous(), y[:size].contiguous()
 
 
-def make_synthetic(ds: DictConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def make_synthetic(ds: DataSettings) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """A learnable MNIST-shaped set: x = tanh(P z_y + noise * e) / scale, fixed by its own seed.
 
     Class prototypes z_c ~ N(0, I_k) in a k-dimensional latent space are mapped to the
@@ -141,7 +181,7 @@ def make_synthetic(ds: DictConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     shape = tuple(int(d) for d in ds.input_shape)
     d = math.prod(shape)
     k, c = int(ds.synthetic.latent_dim), int(ds.num_classes)
-    n_train = int(ds.train_size or 2000) + int(ds.get("val_size") or 0)
+    n_train = int(ds.train_size or 2000) + ds.val_size
     n_test = int(ds.test_size or 1000)
     proj = torch.randn(d, k, generator=gen) / math.sqrt(k)
     protos = torch.randn(c, k, generator=gen) * float(ds.synthetic.separation)
@@ -165,7 +205,7 @@ def _md5(path: Path) -> str:
     return h.hexdigest()
 
 
-def prepare_offline(ds: DictConfig, root: Path) -> None:
+def prepare_offline(ds: DataSettings, root: Path) -> None:
     """Decompress ``offline_dir/<name>/*.gz`` into ``root/<TorchvisionName>/raw`` and verify md5s.
 
     Files already in place with the right md5 are kept; a wrong one is rewritten from the
@@ -177,7 +217,7 @@ def prepare_offline(ds: DictConfig, root: Path) -> None:
         raise UserError(f"dataset={ds.name}: offline folder {src} does not exist; {_FIX}")
     raw.mkdir(parents=True, exist_ok=True)
     verify = bool(ds.verify_md5)
-    for stem, md5 in ds.raw_md5.items():
+    for stem, md5 in dict(ds.raw_md5).items():
         dest = raw / stem
         if dest.exists() and (not verify or _md5(dest) == md5):
             continue
@@ -213,7 +253,7 @@ def _cache_write_error(exc: BaseException, tmp: Path) -> bool:
     return isinstance(exc, OSError) and (exc.errno in full or exc.filename == str(tmp))
 
 
-def _data_root(ds: DictConfig) -> Path:
+def _data_root(ds: DataSettings) -> Path:
     """``dataset.root`` (the decompressed data cache), created if needed."""
     root = Path(os.path.expanduser(str(ds.root)))
     try:
@@ -223,7 +263,7 @@ def _data_root(ds: DictConfig) -> Path:
     return root
 
 
-def _load_torchvision(ds: DictConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _load_torchvision(ds: DataSettings) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     from torchvision import datasets
 
     cls = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST}[ds.name]
@@ -256,7 +296,7 @@ def _cifar_complete(folder: Path, verify: bool) -> list[str]:
             if not (folder / name).is_file() or (verify and _md5(folder / name) != md5)]
 
 
-def prepare_offline_cifar10(ds: DictConfig, root: Path) -> None:
+def prepare_offline_cifar10(ds: DataSettings, root: Path) -> None:
     """Put the CIFAR-10 batches of ``offline_dir/cifar10/`` into ``root/cifar-10-batches-py``.
 
     The mirror holds the official ``cifar-10-python.tar.gz`` (its md5 checked against
@@ -314,7 +354,7 @@ def _extract_cifar(archive: Path, dest: Path) -> None:
         raise UserError(f"dataset=cifar10: {archive} is not a readable .tar.gz archive ({exc}); {_CIFAR_FIX}") from None
 
 
-def _load_cifar10(ds: DictConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _load_cifar10(ds: DataSettings) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """CIFAR-10 through torchvision's loader: (N, 3, 32, 32) uint8 images, (N,) int64 labels."""
     from torchvision import datasets
 

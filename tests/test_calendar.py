@@ -12,6 +12,7 @@ import torch
 from conftest import FAST
 from torch import nn
 
+from rmtprune.config.build import data_settings
 from rmtprune.prune.calendar import EventCalendar
 from rmtprune.prune.control import ControlPruner
 from rmtprune.prune.events import PruneEvent, rebuild_optimizer
@@ -99,7 +100,7 @@ def test_accuracy_right_after_each_event_is_that_of_the_cut_model(cli, tmp_path)
     model = rebuild_model(load_file(tmp_path / "two" / "model.pt"))
     prune_model(model, keep_fraction=0.0, min_size=100)
     config = json.loads((tmp_path / "two" / "summary.json").read_text())["config"]
-    data = load_data(OmegaConf.create(config["dataset"]), torch.device("cpu"))
+    data = load_data(data_settings(OmegaConf.create(config["dataset"])), torch.device("cpu"))
     loss, acc = evaluate(model, data.test_x, data.test_y)
     assert float(rows[1]["test_acc_after_event"]) == pytest.approx(acc, abs=1e-12)
     assert float(rows[1]["test_loss_after_event"]) == pytest.approx(loss, rel=1e-6)

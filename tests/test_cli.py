@@ -304,7 +304,7 @@ def test_output_folder_unwritable_mid_run_is_one_line(cli, tmp_path, monkeypatch
     (nothing writable): one line and exit 1 either way, never a traceback."""
     import errno
 
-    import rmtprune.runs.folder as outputs
+    import rmtprune.files as outputs
 
     original = outputs.atomic_write_text
     calls = {"metrics": 0}

@@ -15,6 +15,8 @@ import pytest
 import torch
 from conftest import FAST, REPO, interrupted_at
 
+from rmtprune.config.build import data_settings, optimizer_settings, run_settings
+
 pytestmark = pytest.mark.cuda
 
 GPU = [*FAST, "device=cuda", "dataset.train_size=1024", "dataset.test_size=512"]
@@ -145,12 +147,12 @@ def test_tf32_setting_changes_gpu_matmuls():
     b = torch.randn(1024, 1024, device="cuda", generator=gen)
     exact = (a.double() @ b.double())
     try:
-        configure_numerics(OmegaConf.merge(OmegaConf.structured(RunConfig), {"precision": "fp32"}), torch.device("cuda"))
+        configure_numerics(run_settings(OmegaConf.merge(OmegaConf.structured(RunConfig), {"precision": "fp32"})), torch.device("cuda"))
         err32 = (a @ b - exact).abs().max().item()
-        configure_numerics(OmegaConf.merge(OmegaConf.structured(RunConfig), {"precision": "tf32"}), torch.device("cuda"))
+        configure_numerics(run_settings(OmegaConf.merge(OmegaConf.structured(RunConfig), {"precision": "tf32"})), torch.device("cuda"))
         err_tf32 = (a @ b - exact).abs().max().item()
     finally:
-        configure_numerics(OmegaConf.structured(RunConfig), torch.device("cuda"))
+        configure_numerics(run_settings(OmegaConf.structured(RunConfig)), torch.device("cuda"))
     # TF32 keeps 10 mantissa bits (relative error ~5e-4 per product), fp32 23
     assert err_tf32 > 10 * err32
 
@@ -177,9 +179,9 @@ def test_an_epoch_waits_for_the_gpu_only_at_logging_points():
     from rmtprune.train.step import train_epoch
 
     ds = OmegaConf.merge(OmegaConf.structured(DatasetConfig), {"name": "synthetic", "train_size": 45 * 32})
-    data = load_data(ds, torch.device("cuda"))
+    data = load_data(data_settings(ds), torch.device("cuda"))
     model = build_model({"kind": "mlp", "widths": [784, 64, 10]}).cuda()
-    opt = make_optimizer(model, OmegaConf.structured(OptimizerConfig), 0.05)
+    opt = make_optimizer(model, optimizer_settings(OmegaConf.structured(OptimizerConfig)), 0.05)
     gen = torch.Generator().manual_seed(0)
     with BatchProgress("none") as progress:
         train_epoch(model, data, opt, gen, 32, 1e-5, progress, 1)  # warm-up: first-step allocations

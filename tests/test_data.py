@@ -10,6 +10,7 @@ import torch
 from conftest import OFFLINE, REPO, needs_real_data
 from omegaconf import OmegaConf
 
+from rmtprune.config.build import data_settings
 from rmtprune.config.schema import DatasetConfig
 from rmtprune.data import load_data, make_synthetic
 from rmtprune.errors import UserError
@@ -22,20 +23,20 @@ def dataset_cfg(name, **kw):
 
 def test_synthetic_is_mnist_shaped_fixed_and_independent_of_the_training_seed():
     cfg = dataset_cfg("synthetic")
-    a = load_data(cfg, torch.device("cpu"))
-    b = load_data(cfg, torch.device("cpu"))
+    a = load_data(data_settings(cfg), torch.device("cpu"))
+    b = load_data(data_settings(cfg), torch.device("cpu"))
     assert a.train_x.shape == (2000, 1, 28, 28) and a.test_x.shape == (1000, 1, 28, 28)
     assert torch.equal(a.train_x, b.train_x) and torch.equal(a.test_y, b.test_y)
     assert a.train_x.min() >= -1 and a.train_x.max() <= 1 and a.num_classes == 10
     assert set(a.train_y.tolist()) == set(range(10))
-    other = make_synthetic(dataset_cfg("synthetic", synthetic={"data_seed": 5}))
+    other = make_synthetic(data_settings(dataset_cfg("synthetic", synthetic={"data_seed": 5})))
     assert not torch.equal(other[0], a.train_x)
 
 
 @needs_real_data
 def test_offline_mirror_is_decompressed_checked_and_scaled(tmp_path):
     cfg = dataset_cfg("mnist", root=str(tmp_path / "cache"), offline_dir=str(OFFLINE), test_size=500)
-    d = load_data(cfg, torch.device("cpu"))
+    d = load_data(data_settings(cfg), torch.device("cpu"))
     assert d.train_x.shape == (60000, 1, 28, 28) and d.test_x.shape == (500, 1, 28, 28)
     assert float(d.train_x.min()) == -1.0 and float(d.train_x.max()) == 1.0
     assert torch.bincount(d.train_y).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
@@ -54,19 +55,19 @@ def test_corrupt_or_missing_mirror_files_are_clear_errors(tmp_path):
         f.write(bytes(data))
     cfg = dataset_cfg("mnist", root=str(tmp_path / "cache"), offline_dir=str(tmp_path / "mirror"))
     with pytest.raises(UserError, match="corrupt"):
-        load_data(cfg, torch.device("cpu"))
+        load_data(data_settings(cfg), torch.device("cpu"))
     (mirror / "t10k-labels-idx1-ubyte.gz").unlink()
     with pytest.raises(UserError, match="missing"):
-        load_data(cfg, torch.device("cpu"))
+        load_data(data_settings(cfg), torch.device("cpu"))
     with pytest.raises(UserError, match="RMTPRUNE_OFFLINE_DATA"):
-        load_data(dataset_cfg("mnist", root=str(tmp_path / "c2"), offline_dir=str(tmp_path / "nowhere")),
+        load_data(data_settings(dataset_cfg("mnist", root=str(tmp_path / "c2"), offline_dir=str(tmp_path / "nowhere"))),
                   torch.device("cpu"))
 
 
 def test_no_mirror_and_no_network_is_a_clear_error(tmp_path):
     cfg = dataset_cfg("fashion_mnist", root=str(tmp_path / "cache"), offline_dir=None, download=False)
     with pytest.raises(UserError, match="RMTPRUNE_OFFLINE_DATA"):
-        load_data(cfg, torch.device("cpu"))
+        load_data(data_settings(cfg), torch.device("cpu"))
 
 
 # --- CIFAR-10: a tiny archive in the official format --------------------------------------------------
@@ -113,7 +114,7 @@ def test_cifar10_from_an_offline_archive_or_folder_in_the_official_format(tmp_pa
 
     batches = make_cifar_mirror(tmp_path / "mirror", archive=archive)
     cfg = dataset_cfg("cifar10", root=str(tmp_path / "cache"), offline_dir=str(tmp_path / "mirror"), verify_md5=False)
-    d = load_data(cfg, torch.device("cpu"))
+    d = load_data(data_settings(cfg), torch.device("cpu"))
     assert d.train_x.shape == (30, 3, 32, 32) and d.test_x.shape == (6, 3, 32, 32) and d.input_shape == (3, 32, 32)
     # pixel (c, h, w) of image i is byte c * 1024 + h * 32 + w of its row, scaled by (x / 255 - 0.5) / 0.5
     raw = np.concatenate([batches[f"data_batch_{i}"]["data"] for i in range(1, 6)])
@@ -131,7 +132,7 @@ def test_cifar10_md5_check_refuses_an_archive_that_is_not_the_official_one(tmp_p
     cfg = dataset_cfg("cifar10", root=str(tmp_path / "cache"), offline_dir=str(tmp_path / "mirror"))
     assert cfg.verify_md5 is True and cfg.raw_md5["cifar-10-python.tar.gz"] == "c58f30108f718f92721af3b95e74349a"
     with pytest.raises(UserError, match="not the official archive.*c58f30108f718f92721af3b95e74349a"):
-        load_data(cfg, torch.device("cpu"))
+        load_data(data_settings(cfg), torch.device("cpu"))
     assert not (tmp_path / "cache" / "cifar-10-batches-py" / "test_batch").exists()
 
 
@@ -139,30 +140,30 @@ def test_cifar10_extracted_batches_are_checked_against_the_official_md5(tmp_path
     make_cifar_mirror(tmp_path / "mirror", archive=False)
     cfg = dataset_cfg("cifar10", root=str(tmp_path / "cache"), offline_dir=str(tmp_path / "mirror"))
     with pytest.raises(UserError, match="corrupt batch files .*data_batch_1"):
-        load_data(cfg, torch.device("cpu"))
+        load_data(data_settings(cfg), torch.device("cpu"))
 
 
 def test_cifar10_missing_or_broken_mirror_is_a_clear_error(tmp_path):
     (tmp_path / "mirror" / "cifar10").mkdir(parents=True)
     cfg = dataset_cfg("cifar10", root=str(tmp_path / "cache"), offline_dir=str(tmp_path / "mirror"), verify_md5=False)
     with pytest.raises(UserError, match="cifar-10-python.tar.gz"):
-        load_data(cfg, torch.device("cpu"))
+        load_data(data_settings(cfg), torch.device("cpu"))
     (tmp_path / "mirror" / "cifar10" / "cifar-10-python.tar.gz").write_bytes(b"not gzip")
     with pytest.raises(UserError, match="not a readable .tar.gz"):
-        load_data(cfg, torch.device("cpu"))
+        load_data(data_settings(cfg), torch.device("cpu"))
     cfg = dataset_cfg("cifar10", root=str(tmp_path / "c2"), offline_dir=None, download=False)
     with pytest.raises(UserError, match="RMTPRUNE_OFFLINE_DATA"):
-        load_data(cfg, torch.device("cpu"))
+        load_data(data_settings(cfg), torch.device("cpu"))
 
 
 def test_a_train_size_larger_than_the_data_set_is_an_error_naming_the_key(tmp_path):
     make_cifar_mirror(tmp_path / "mirror")
     cfg = dataset_cfg("cifar10", root=str(tmp_path / "cache"), offline_dir=str(tmp_path / "mirror"), verify_md5=False)
-    assert len(load_data(OmegaConf.merge(cfg, {"train_size": 30}), torch.device("cpu")).train_x) == 30
+    assert len(load_data(data_settings(OmegaConf.merge(cfg, {"train_size": 30})), torch.device("cpu")).train_x) == 30
     with pytest.raises(UserError, match=r"dataset.train_size=31 exceeds the 30 training examples"):
-        load_data(OmegaConf.merge(cfg, {"train_size": 31}), torch.device("cpu"))
+        load_data(data_settings(OmegaConf.merge(cfg, {"train_size": 31})), torch.device("cpu"))
     with pytest.raises(UserError, match=r"dataset.test_size=7 exceeds the 6 test examples"):
-        load_data(OmegaConf.merge(cfg, {"test_size": 7}), torch.device("cpu"))
+        load_data(data_settings(OmegaConf.merge(cfg, {"test_size": 7})), torch.device("cpu"))
 
 
 def test_reference_cnn_adapts_to_the_channels_and_size_of_cifar_images():
@@ -221,7 +222,7 @@ def test_a_full_or_read_only_data_cache_is_blamed_not_the_good_mirror(tmp_path, 
         monkeypatch.setattr("builtins.open", read_only)
     cfg = dataset_cfg("mnist", root=str(tmp_path / "cache"), offline_dir=str(OFFLINE))
     with pytest.raises(UserError) as info:
-        load_data(cfg, torch.device("cpu"))
+        load_data(data_settings(cfg), torch.device("cpu"))
     message = str(info.value)
     assert "cannot write the decompressed" in message and "RMTPRUNE_DATA_DIR" in message
     assert "not a readable gzip file" not in message

@@ -16,6 +16,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from rmtprune.config.build import data_settings
 from rmtprune.config.schema import DatasetConfig
 from rmtprune.data import load_data
 from rmtprune.nn.masks import count_nonzero, prune_to_count
@@ -49,7 +50,7 @@ def small_model(seed: int = 0, zero_biases: bool = True) -> torch.nn.Module:
 @functools.lru_cache(maxsize=None)
 def _trained(seed: int, zero_biases: bool) -> dict[str, torch.Tensor]:
     model = small_model(seed, zero_biases)
-    data = load_data(_dataset(), torch.device("cpu"))
+    data = load_data(data_settings(_dataset()), torch.device("cpu"))
     opt = torch.optim.SGD(model.parameters(), lr=0.2)
     for _ in range(60):
         opt.zero_grad()
@@ -140,7 +141,7 @@ def independent_accuracy(folder: Path, target: int) -> float:
     for k in names:
         weights[k][np.abs(weights[k]) <= cut] = 0.0
     assert sum(np.count_nonzero(v) for v in weights.values()) == target
-    data = load_data(_dataset(), torch.device("cpu"))
+    data = load_data(data_settings(_dataset()), torch.device("cpu"))
     x = data.test_x.flatten(1).numpy().astype(np.float64)
     for i in range(len(WIDTHS) - 1):
         x = x @ weights[f"layers.{i}.weight"].T + weights[f"layers.{i}.bias"]

@@ -7,7 +7,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from rmtprune.config.build import make_pruner, make_schedule
+from rmtprune.config.build import make_pruner, make_schedule, optimizer_settings
 from rmtprune.config.schema import PruningConfig
 from rmtprune.nn.layers import LowRankLinear
 from rmtprune.nn.models import MLP
@@ -119,7 +119,7 @@ def test_optimizer_rebuilt_after_an_event_trains_the_new_factors_and_keeps_momen
 
     model = mlp_with([planted(400, 300, 5), planted(10, 400, 2, seed=1)])
     ocfg = OmegaConf.structured(OptimizerConfig)
-    opt = make_optimizer(model, ocfg, 0.1)
+    opt = make_optimizer(model, optimizer_settings(ocfg), 0.1)
     model(torch.randn(8, 300)).sum().backward()
     opt.step()
     untouched = model.layers[1].weight

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 import rmtprune.train.step as step_mod
+from rmtprune.config.build import data_settings, optimizer_settings, run_settings
 from rmtprune.config.schema import DatasetConfig, RunConfig
 from rmtprune.data import Data, load_data
 from rmtprune.errors import RunFailed
@@ -61,7 +62,7 @@ def reference_train_epoch(model, data, opt, gen, batch_size, l1, epoch):
 def synthetic(train_size=600, test_size=100) -> Data:
     ds = OmegaConf.merge(OmegaConf.structured(DatasetConfig),
                          {"name": "synthetic", "train_size": train_size, "test_size": test_size})
-    return load_data(ds, CPU)
+    return load_data(data_settings(ds), CPU)
 
 
 def opt_cfg(**kw):
@@ -78,7 +79,7 @@ def train(spec, data, epochs, *, reference=False, lrs=(0.05, 0.03, 0.02), l1=1e-
     torch.manual_seed(0)
     model = build_model(spec)
     cfg = opt_cfg(l2=l2)
-    opt = make_optimizer(model, cfg, lrs[0])
+    opt = make_optimizer(model, optimizer_settings(cfg), lrs[0])
     gen = torch.Generator().manual_seed(0)
     out = []
     for e in range(1, epochs + 1):
@@ -176,7 +177,7 @@ def numerics(**kw):
 def restore_numerics(monkeypatch):
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     yield
-    configure_numerics(numerics(), CPU)
+    configure_numerics(run_settings(numerics()), CPU)
 
 
 def tf32_flag() -> bool:
@@ -184,21 +185,21 @@ def tf32_flag() -> bool:
 
 
 def test_deterministic_switches_torch_cudnn_and_cublas_and_back(restore_numerics):
-    info = configure_numerics(numerics(deterministic=True), CPU)
+    info = configure_numerics(run_settings(numerics(deterministic=True)), CPU)
     assert info["deterministic"] is True
     assert torch.are_deterministic_algorithms_enabled()
     assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
-    configure_numerics(numerics(deterministic=False), CPU)
+    configure_numerics(run_settings(numerics(deterministic=False)), CPU)
     assert not torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.deterministic
 
 
 def test_tf32_sets_the_cuda_flags_and_reports_it_unused_on_the_cpu(restore_numerics):
-    configure_numerics(numerics(precision="fp32"), CPU)
+    configure_numerics(run_settings(numerics(precision="fp32")), CPU)
     assert not tf32_flag()
-    info = configure_numerics(numerics(precision="tf32"), CPU)
+    info = configure_numerics(run_settings(numerics(precision="tf32")), CPU)
     assert tf32_flag() and info["tf32"] is False  # requested, but TF32 does not exist on the CPU
-    configure_numerics(numerics(precision="bf16"), CPU)
+    configure_numerics(run_settings(numerics(precision="bf16")), CPU)
     assert not tf32_flag()
 
 
@@ -208,7 +209,7 @@ def test_bf16_autocasts_the_forward_pass_and_still_learns():
     torch.manual_seed(0)
     model = build_model(MLP)
     model.layers[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
-    opt = make_optimizer(model, opt_cfg(), 0.05)
+    opt = make_optimizer(model, optimizer_settings(opt_cfg()), 0.05)
     gen = torch.Generator().manual_seed(0)
     with BatchProgress("none") as progress:
         bf16 = [train_epoch(model, data, opt, gen, 64, 1e-4, progress, e, precision="bf16") for e in (1, 2)]
@@ -225,7 +226,7 @@ def test_compiled_step_matches_the_eager_step(restore_numerics):
     """torch.compile (Inductor on the CPU) fuses the update into one kernel: the same arithmetic up
     to rounding, so the losses agree to ~1e-5 relative, and the momentum lives in the optimizer."""
     pytest.importorskip("torch._inductor")
-    configure_numerics(numerics(compile=True), CPU)
+    configure_numerics(run_settings(numerics(compile=True)), CPU)
     data = synthetic(256, 64)
     spec = {"kind": "mlp", "widths": [784, 32, 10]}
     compiled, m_c, o_c = train(spec, data, 2, compile=True)

@@ -14,6 +14,7 @@ import torch
 from conftest import TINY, needs_real_data
 from omegaconf import OmegaConf
 
+from rmtprune.config.build import data_settings
 from rmtprune.data import load_data, split_validation
 from rmtprune.errors import UserError
 
@@ -56,7 +57,7 @@ def test_validation_images_never_reach_the_training_loader():
     from rmtprune.train.progress import BatchProgress
     from rmtprune.train.step import train_epoch
 
-    data = load_data(synthetic(), CPU)
+    data = load_data(data_settings(synthetic()), CPU)
     assert len(data.train_x) == 300 and len(data.val_x) == 80 and len(data.val_y) == 80
     held = rows(data.val_x)
     assert len(held) == 80 and held.isdisjoint(rows(data.train_x))
@@ -91,11 +92,11 @@ def test_the_split_does_not_depend_on_train_size_and_train_size_keeps_the_first_
 
     ds = OmegaConf.merge(OmegaConf.structured(DatasetConfig), OmegaConf.load(REPO / "rmtprune/conf/dataset/mnist.yaml"),
                          {"test_size": 10, "val_size": 5000, "val_seed": 3})
-    full = load_data(ds, CPU)
-    part = load_data(OmegaConf.merge(ds, {"train_size": 1000}), CPU)
+    full = load_data(data_settings(ds), CPU)
+    part = load_data(data_settings(OmegaConf.merge(ds, {"train_size": 1000})), CPU)
     assert torch.equal(full.val_x, part.val_x) and torch.equal(full.val_y, part.val_y)
     assert len(full.train_x) == 55000 and torch.equal(part.train_x, full.train_x[:1000])
-    raw = load_data(OmegaConf.merge(ds, {"val_size": 0}), CPU)
+    raw = load_data(data_settings(OmegaConf.merge(ds, {"val_size": 0})), CPU)
     train_idx, val_idx = split_validation(60000, 5000, 3)
     assert torch.equal(full.val_x, raw.train_x[val_idx]) and torch.equal(full.train_y, raw.train_y[train_idx])
     assert raw.val_x is None

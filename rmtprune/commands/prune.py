@@ -64,4 +64,6 @@ def _prune(cfg: DictConfig, run_dir: Path) -> None:
     from rmtprune.train.prune_saved import prune_saved
 
     given = [str(o).split("=", 1)[0].lstrip("+") for o in HydraConfig.get().overrides.task]
-    prune_saved(cfg, run_dir, finetune_lr=float(cfg.optimizer.lr) if "optimizer.lr" in given else None, given=given)
+    # validated by check(), before the job: the same composed config
+    prune_saved(cfg, run_dir, finetune_lr=float(cfg.optimizer.lr) if "optimizer.lr" in given else None, given=given,
+                validated=True)

@@ -1,11 +1,15 @@
-"""The one place that turns a composed config into objects: the model spec, the pruner, the schedule."""
+"""The one place that turns a composed config into objects: the model spec, the pruner, the schedule, the data
+settings, the optimizer and run settings, and all of them together for one run (:class:`Job`). Below this module
+(``nn``, ``data``, ``prune``, the training step) no function receives a config node."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from rmtprune.data import DataSettings
 from rmtprune.errors import UserError
 from rmtprune.nn.models import CUSTOM_RESERVED, ModelSpec
 from rmtprune.prune.base import Pruner
@@ -125,3 +129,110 @@ def make_schedule(cfg: DictConfig) -> Schedule | SpikeCut:
         raise ValueError(f"unknown schedule {name!r}")
     kwargs = {k: cfg[k] for k in SCHEDULE_KEYS[name] if k != "name"}
     return SCHEDULES[name](**kwargs) if isinstance(SCHEDULES[name], type) else partial(SCHEDULES[name], **kwargs)
+
+
+@dataclass(frozen=True)
+class OptimizerSettings:
+    """The ``optimizer`` node: SGD with momentum (``train.state.make_optimizer``), the L1 strength of the step,
+    the per-epoch lr decay and the final anneal (``prune.calendar.anneal_scale``)."""
+
+    lr: float = 0.02
+    momentum: float = 0.9
+    l1: float = 5e-6
+    l2: float = 5e-6
+    lr_decay: float = 1.0
+    anneal: str = "none"
+    anneal_epochs: int = 3
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What the run loop needs of a config besides the model, the data and the pruner (keys of rmtprune/conf/
+    config.yaml): length and seed, where and how it computes, batch sizes, the optimizer, what it records."""
+
+    epochs: int = 10
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = None
+    deterministic: bool = False
+    precision: str = "fp32"
+    compile: bool = False
+    batch_size: int = 128
+    eval_batch_size: int = 4096
+    optimizer: OptimizerSettings = field(default_factory=OptimizerSettings)
+    resume: str = "false"
+    skip_done: bool = False
+    output_root: str = "outputs"
+    checkpoint: bool = True
+    progress: str = "auto"
+    logger: str = "csv"
+    magnitude_sweep: bool = True
+    magnitude_thresholds: int = 25
+    latency: bool = True
+
+
+@dataclass(frozen=True, eq=False)
+class Job:
+    """One run's config turned into objects, once (:func:`make_job`): the key, the model spec, the data settings
+    and the run settings; its pruner (with its schedule) is made by :meth:`make_pruner`, once per run (pruners keep
+    state). ``cfg`` is the resolved config itself, for what records it (summary.json, checkpoint.pt, the loggers,
+    the folder's identity checks) and the config-level checks of the built model (``validate.model_warnings``)."""
+
+    cfg: DictConfig
+    key: str
+    spec: ModelSpec
+    data: DataSettings
+    run: RunSettings
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The resolved config as plain data (summary.json's and checkpoint.pt's ``config``)."""
+        from omegaconf import OmegaConf
+
+        data = OmegaConf.to_container(self.cfg, resolve=True)
+        assert isinstance(data, dict)
+        return data
+
+    def make_pruner(self, input_shape: list[int] | None = None) -> Pruner:
+        """A fresh pruner of this run (and its schedule); ``input_shape``: one sample, for ``split=auto``."""
+        return make_pruner(self.cfg.pruning, make_schedule(self.cfg.schedule), self.run.batch_size,
+                           None if input_shape is None else list(input_shape))
+
+
+def optimizer_settings(node: Any) -> OptimizerSettings:
+    """The :class:`OptimizerSettings` of an ``optimizer`` config node."""
+    return OptimizerSettings(lr=float(node.lr), momentum=float(node.momentum), l1=float(node.l1), l2=float(node.l2),
+                             lr_decay=float(node.lr_decay), anneal=str(node.anneal),
+                             anneal_epochs=int(node.anneal_epochs))
+
+
+def data_settings(node: Any) -> DataSettings:
+    """The :class:`rmtprune.data.DataSettings` of a ``dataset`` config node (interpolations resolved)."""
+    from omegaconf import OmegaConf
+
+    values = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
+    assert isinstance(values, dict)
+    return DataSettings.from_dict({str(k): v for k, v in values.items()})
+
+
+def run_settings(cfg: DictConfig) -> RunSettings:
+    """The :class:`RunSettings` of a composed config."""
+    return RunSettings(
+        epochs=int(cfg.epochs), seed=int(cfg.seed), device=str(cfg.device),
+        threads=None if cfg.get("threads") is None else int(cfg.threads),
+        deterministic=bool(cfg.get("deterministic", False)), precision=str(cfg.get("precision", "fp32")),
+        compile=bool(cfg.get("compile", False)), batch_size=int(cfg.batch_size),
+        eval_batch_size=int(cfg.eval_batch_size), optimizer=optimizer_settings(cfg.optimizer),
+        resume=str(cfg.resume), skip_done=bool(cfg.skip_done), output_root=str(cfg.output_root),
+        checkpoint=bool(cfg.checkpoint), progress=str(cfg.progress), logger=str(cfg.get("logger", "csv")),
+        magnitude_sweep=bool(cfg.magnitude_sweep.enabled), magnitude_thresholds=int(cfg.magnitude_sweep.n_thresholds),
+        latency=bool(cfg.cost.latency))
+
+
+def make_job(cfg: DictConfig) -> Job:
+    """A validated config whose ``pruning.target_from`` is resolved (``rmtprune.runs.targets.resolve_target``)
+    turned into a :class:`Job`: its :func:`~rmtprune.config.identity.config_key` computed once, here."""
+    from rmtprune.config.identity import config_key
+
+    return Job(cfg=cfg, key=config_key(cfg), spec=model_spec(cfg), data=data_settings(cfg.dataset),
+               run=run_settings(cfg))

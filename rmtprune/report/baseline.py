@@ -141,6 +141,7 @@ class MagnitudeBaseline:
         import torch
         from omegaconf import OmegaConf
 
+        from rmtprune.config.build import data_settings
         from rmtprune.config.schema import DatasetConfig
         from rmtprune.data import load_data
 
@@ -154,7 +155,7 @@ class MagnitudeBaseline:
                 cfg = OmegaConf.merge(OmegaConf.structured(DatasetConfig), ds)
             except Exception as exc:  # omegaconf's validation errors have no common base worth naming
                 raise UserError(f"the run's dataset settings are not valid here ({type(exc).__name__})") from None
-            self._data[key] = load_data(cfg, torch.device("cpu"))
+            self._data[key] = load_data(data_settings(cfg), torch.device("cpu"))
         return self._data[key]
 
     def _compute(self, run: Run, target: int, finetune: int | None) -> dict[str, Any] | None:
@@ -202,6 +203,7 @@ def _finetune(model: Any, data: Any, run: Run, epochs: int) -> None:
     import torch
     from omegaconf import OmegaConf
 
+    from rmtprune.config.build import optimizer_settings
     from rmtprune.config.schema import OptimizerConfig
     from rmtprune.train.progress import BatchProgress
     from rmtprune.train.state import make_optimizer
@@ -218,7 +220,7 @@ def _finetune(model: Any, data: Any, run: Run, epochs: int) -> None:
     lr = float(last) if last == last else float(opt_cfg.lr)
     torch.manual_seed(run.seed)
     gen = torch.Generator().manual_seed(run.seed)
-    opt = make_optimizer(model, opt_cfg, lr)
+    opt = make_optimizer(model, optimizer_settings(opt_cfg), lr)
     with BatchProgress("none") as progress:
         for e in range(1, epochs + 1):
             train_epoch(model, data, opt, gen, int(cfg["batch_size"]), float(opt_cfg.l1), progress, e)

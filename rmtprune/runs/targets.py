@@ -54,9 +54,10 @@ CALENDAR_KEYS = tuple(f"pruning.{k}" for k in PRUNING_KEYS["control"] if k != "n
 _ABSENT = object()
 
 
-def resolve_target(cfg: DictConfig) -> None:
+def resolve_target(cfg: DictConfig, model: Any = None) -> None:
     """Set ``pruning.target_params`` from ``pruning.target_from`` (a no-op for other prunings or without
-    target_from), then check the target against the network (:func:`check_target`). Raises UserError."""
+    target_from), then check the target against the network (:func:`check_target`; ``model``: the config's
+    network on the meta device when the caller has it, else built here). Raises UserError."""
     pr = cfg.pruning
     if pr.name not in BASELINES:
         return
@@ -67,10 +68,10 @@ def resolve_target(cfg: DictConfig) -> None:
             cfg.pruning.target_params = int(summary["n_params_final"])
             cfg.pruning.target_trajectory = trajectory
     if cfg.pruning.target_params is not None:
-        _check_against_network(cfg, int(cfg.pruning.target_params), cfg.pruning.target_trajectory)
+        _check_against_network(cfg, int(cfg.pruning.target_params), cfg.pruning.target_trajectory, model)
 
 
-def check_target(cfg: DictConfig) -> None:
+def check_target(cfg: DictConfig, model: Any = None) -> None:
     """Check ``pruning.target_params`` / ``pruning.target_from`` of a composed, validated config without
     training or loading data (the CLI's pre-check calls it before any job starts): the target_from folder
     and its run, then the count against the network's dense count and smallest reachable count (from the
@@ -85,13 +86,13 @@ def check_target(cfg: DictConfig) -> None:
         target = int(summary["n_params_final"])
         trajectory = trajectory_from_run(cfg, folder) if pr.match == "trajectory" else None
     if target is not None:  # None: validate() has refused this already
-        _check_against_network(cfg, int(target), trajectory)
+        _check_against_network(cfg, int(target), trajectory, model)
 
 
-def _check_against_network(cfg: DictConfig, target: int, trajectory: Any = None) -> None:
+def _check_against_network(cfg: DictConfig, target: int, trajectory: Any = None, model: Any = None) -> None:
     """The pruner's own check (``TargetPruner.check``) of ``target`` (and the per-event ``trajectory``) on the
-    config's network, built on the meta device."""
-    model = _meta_model(cfg)
+    config's network on the meta device (``model``, or built here)."""
+    model = model if model is not None else _meta_model(cfg)
     if model is None:
         return  # a custom model: checked in the pruner's setup, before epoch 1
     from rmtprune.config.build import baseline_from_config

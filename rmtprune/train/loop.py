@@ -1,6 +1,8 @@
 """The training run: epochs of SGD, evaluation, pruning events between epochs, checkpoints, resume.
 
-``run(cfg, run_dir)`` is everything ``rmtprune train`` does for one job. The loop does not know how
+``run(cfg, run_dir)`` is everything ``rmtprune train`` does for one job: the config is validated and turned into
+objects once (:func:`prepare`, a :class:`rmtprune.config.build.Job`), and the loop (:func:`run_job`) sees only
+those objects. The loop does not know how
 pruning works: at every event epoch of the pruner's calendar (never after the last epoch) it calls
 ``pruner.step(model, epoch)``, recomputes the BatchNorm statistics of a changed model on
 ``pruning.recalibrate_bn`` training batches (none without BatchNorm), evaluates the model right after the
@@ -34,10 +36,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from rmtprune.config.build import make_pruner, make_schedule, model_spec
-from rmtprune.config.identity import config_key, identity_differences
+from rmtprune.config.build import Job, RunSettings, make_job
+from rmtprune.config.identity import identity_differences
 from rmtprune.config.validate import model_warnings, validate
 from rmtprune.data import Data, load_data
 from rmtprune.errors import RunFailed, UserError
@@ -201,19 +203,36 @@ def _check_writable(folder: Path, hint: str) -> None:
         raise UserError(f"output folder {folder} is not writable ({exc.strerror}); {hint}") from None
 
 
+def prepare(cfg: DictConfig) -> tuple[Job, torch.nn.Module | None]:
+    """A composed config validated, its ``pruning.target_from`` resolved (``cfg`` is modified: see
+    :func:`rmtprune.runs.targets.resolve_target`) and turned into a :class:`~rmtprune.config.build.Job`: the one
+    time a run reads its config. Also its built-in network on the meta device (shapes only, no random numbers
+    drawn; None for ``model=custom``), built once for the checks of the target and of the memory it needs."""
+    from rmtprune.config.build import data_settings, model_spec
+    from rmtprune.runs.targets import resolve_target
+    from rmtprune.train.resources import skeleton
+
+    validate(cfg)
+    model = skeleton(model_spec(cfg), data_settings(cfg.dataset))
+    resolve_target(cfg, model)
+    return make_job(cfg), model
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train (and prune) one configuration, writing everything into ``run_dir``; returns the summary."""
-    validate(cfg)
-    from rmtprune.runs.targets import resolve_target
+    return run_job(prepare(cfg)[0], run_dir)
 
-    resolve_target(cfg)
+
+def run_job(job: Job, run_dir: Path) -> dict[str, Any]:
+    """Train (and prune) the run ``job`` (:func:`prepare`), writing everything into ``run_dir``; returns the
+    summary."""
+    cfg, key, settings = job.cfg, job.key, job.run
     run_dir = Path(run_dir)
     _check_writable(run_dir, "set hydra.run.dir (or hydra.sweep.dir) to a writable folder")
-    device = resolve_device(cfg.device)
-    key = config_key(cfg)
+    device = resolve_device(settings.device)
     prev_dir, prev_summary = _previous(cfg, key, run_dir)
     if (prev_dir is not None and prev_summary and prev_summary.get("status") == "completed"
-            and int(prev_summary.get("epochs_completed", 0)) >= int(cfg.epochs)):
+            and int(prev_summary.get("epochs_completed", 0)) >= settings.epochs):
         if prev_dir.resolve() != run_dir.resolve():
             write_json(run_dir / "redirect.json", {"run_dir": str(prev_dir.resolve()), "reason": "already completed"})
         log.info("this config already finished in %s: not retrained (train it again in another folder: "
@@ -222,7 +241,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if (prev_dir is not None and prev_summary and prev_summary.get("status") == "completed"
             and not (prev_dir / "checkpoint.pt").exists()):
         raise UserError(f"resume: {prev_dir} holds a finished run of {prev_summary.get('epochs_completed')} epochs "
-                        f"without checkpoint.pt (checkpoint=false), so it cannot be continued to epochs={cfg.epochs}; "
+                        f"without checkpoint.pt (checkpoint=false), so it cannot be continued to epochs={settings.epochs}; "
                         f"train the longer run in another folder (hydra.run.dir=...)")
     out_dir = prev_dir if prev_dir is not None else run_dir
     if out_dir != run_dir:
@@ -233,7 +252,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             write_json(run_dir / "redirect.json", {"run_dir": str(prev_dir.resolve()), "reason": "resumed"})
             log.info("resuming the run in %s", prev_dir)
         with interruptible():
-            return _train(cfg, out_dir, key, device, resuming=prev_dir is not None)
+            return _train(job, out_dir, device, resuming=prev_dir is not None)
 
 
 def _unless_damaged(read: Callable[[], Any], out_dir: Path) -> Any:
@@ -246,13 +265,13 @@ def _unless_damaged(read: Callable[[], Any], out_dir: Path) -> Any:
                         f"resume=") from None
 
 
-def _train(cfg: DictConfig, out_dir: Path, key: str, device: torch.device, resuming: bool) -> dict[str, Any]:
+def _train(job: Job, out_dir: Path, device: torch.device, resuming: bool) -> dict[str, Any]:
     from rmtprune.train.step import configure_numerics
 
-    numerics = configure_numerics(cfg, device)
-    data = load_data(cfg.dataset, device)
-    pruner: Pruner = make_pruner(cfg.pruning, make_schedule(cfg.schedule), int(cfg.batch_size),
-                                 list(data.input_shape))
+    cfg, key, settings, config = job.cfg, job.key, job.run, job.config
+    numerics = configure_numerics(settings, device)
+    data = load_data(job.data, device)
+    pruner: Pruner = job.make_pruner(list(data.input_shape))
     ckpt_path = out_dir / "checkpoint.pt"
     old_epochs = None
     if not ckpt_path.exists():
@@ -260,19 +279,19 @@ def _train(cfg: DictConfig, out_dir: Path, key: str, device: torch.device, resum
     if resuming and ckpt_path.exists():
         old_config = _unless_damaged(lambda: _checkpoint_config(ckpt_path), out_dir)
         _same_config_or_refuse(old_config, cfg, ckpt_path, "it was made by")
-        state = _unless_damaged(lambda: TrainingState.restore(ckpt_path, cfg, device, pruner), out_dir)
+        state = _unless_damaged(lambda: TrainingState.restore(ckpt_path, settings, job.spec, device, pruner), out_dir)
         old_epochs = int(old_config.get("epochs", state.epoch))
         from rmtprune.prune.budget import TargetPruner
 
-        if isinstance(pruner, TargetPruner) and old_epochs != int(cfg.epochs):
-            raise UserError(f"epochs={cfg.epochs}: a pruning={cfg.pruning.name} run of {old_epochs} epochs cannot be "
-                            f"continued with another length: its schedule is spread over the events of its own")
-        if cfg.optimizer.anneal != "none" and old_epochs != int(cfg.epochs):
-            raise UserError(f"epochs={cfg.epochs}: a run with optimizer.anneal={cfg.optimizer.anneal} cannot be continued "
-                            f"with another length than its {old_epochs} epochs: its anneal ends with its last epoch")
+        if isinstance(pruner, TargetPruner) and old_epochs != settings.epochs:
+            raise UserError(f"epochs={settings.epochs}: a pruning={cfg.pruning.name} run of {old_epochs} epochs cannot "
+                            f"be continued with another length: its schedule is spread over the events of its own")
+        if settings.optimizer.anneal != "none" and old_epochs != settings.epochs:
+            raise UserError(f"epochs={settings.epochs}: a run with optimizer.anneal={settings.optimizer.anneal} cannot "
+                            f"be continued with another length than its {old_epochs} epochs: its anneal ends with its last epoch")
         (out_dir / "DONE").unlink(missing_ok=True)  # a finished run continued to more epochs is running again
     else:
-        state = TrainingState.fresh(cfg, model_spec(cfg), data.num_classes, list(data.input_shape), device, pruner,
+        state = TrainingState.fresh(settings, job.spec, data.num_classes, list(data.input_shape), device, pruner,
                                     _now())
     warnings = model_warnings(state.model, cfg)
     damaged = repair_spectra(out_dir / "spectra.npz")
@@ -285,10 +304,10 @@ def _train(cfg: DictConfig, out_dir: Path, key: str, device: torch.device, resum
         warnings[:0] = [w for w in earlier if w not in warnings] if isinstance(earlier, list) else []
     summary: dict[str, Any] = {
         "status": "running", "warnings": warnings, "config_key": key, "started_at": state.started_at, "run_dir": str(out_dir.resolve()),
-        "seed": int(cfg.seed), "dataset": cfg.dataset.name, "model": cfg.model.name,
+        "seed": settings.seed, "dataset": cfg.dataset.name, "model": cfg.model.name,
         "topology": cfg.topology if cfg.model.name == "mlp" else None, "pruning": cfg.pruning.name,
         "schedule": cfg.schedule.name, **machine(device), "numerics": numerics, "n_params_initial": state.n_params_initial,
-        "versions": versions(), "config": OmegaConf.to_container(cfg, resolve=True),
+        "versions": versions(), "config": config,
     }
     write_json(out_dir / "summary.json", _summarise(summary, state.metrics, state.wall_time_s))
     write_csv(out_dir / "metrics.csv", state.metrics, METRICS_COLUMNS)
@@ -296,15 +315,15 @@ def _train(cfg: DictConfig, out_dir: Path, key: str, device: torch.device, resum
     logger = open_logger(cfg, out_dir)
     ended = "failed"  # what the logger records if the loop does not finish
     try:
-        if old_epochs is not None and old_epochs < int(cfg.epochs) and state.epoch == old_epochs:
-            _grow(cfg, state, data, old_epochs, out_dir, logger)
-        with BatchProgress(cfg.progress) as progress:
-            for epoch in range(state.epoch + 1, int(cfg.epochs) + 1):
-                _epoch(cfg, state, data, epoch, out_dir, progress, logger)
+        if old_epochs is not None and old_epochs < settings.epochs and state.epoch == old_epochs:
+            _grow(settings, state, data, old_epochs, out_dir, logger)
+        with BatchProgress(settings.progress) as progress:
+            for epoch in range(state.epoch + 1, settings.epochs + 1):
+                _epoch(settings, state, data, epoch, out_dir, progress, logger)
                 state.epoch = epoch
                 state.wall_time_s = time.perf_counter() - t_start
-                if cfg.checkpoint:
-                    state.save(out_dir / "checkpoint.pt", cfg, key, device)
+                if settings.checkpoint:
+                    state.save(out_dir / "checkpoint.pt", config, key, device)
                 write_json(out_dir / "summary.json", _summarise(summary, state.metrics, state.wall_time_s))
         ended = "completed"
     except RunFailed as exc:
@@ -330,15 +349,15 @@ def _train(cfg: DictConfig, out_dir: Path, key: str, device: torch.device, resum
 
     state.pruner.finalize(state.model)
     save_atomic_model(state, out_dir / "model.pt")
-    if cfg.magnitude_sweep.enabled:
-        levels = len(sparsity_grid(int(cfg.magnitude_sweep.n_thresholds)))
+    if settings.magnitude_sweep:
+        levels = len(sparsity_grid(settings.magnitude_thresholds))
         log.info("magnitude sweep after training: %d sparsity levels, each a pass over the %s test images "
                  "(magnitude_sweep.enabled=false skips it)", levels, f"{len(data.test_y):,}")
-        rows = magnitude_sweep(state.model, data.test_x, data.test_y, int(cfg.magnitude_sweep.n_thresholds),
-                               int(cfg.eval_batch_size), report=_sweep_progress)
+        rows = magnitude_sweep(state.model, data.test_x, data.test_y, settings.magnitude_thresholds,
+                               settings.eval_batch_size, report=_sweep_progress)
         write_csv(out_dir / "magnitude_sweep.csv", rows, MAGNITUDE_COLUMNS)
     summary.update(status="completed", finished_at=_now(), ranks=factorised_ranks(state.model),
-                   **final_costs(cfg, state))
+                   **final_costs(settings, state))
     final = _summarise(summary, state.metrics, time.perf_counter() - t_start)
     write_json(out_dir / "summary.json", final)
     (out_dir / "DONE").write_text(final["finished_at"] + "\n")
@@ -357,7 +376,7 @@ def _sweep_progress(done: int, total: int, seconds: float) -> None:
         log.info("magnitude sweep: %d levels in %.1f s", total, seconds)
 
 
-def final_costs(cfg: DictConfig, state: TrainingState) -> dict[str, Any]:
+def final_costs(settings: RunSettings, state: TrainingState) -> dict[str, Any]:
     """The final model's cost fields (:func:`rmtprune.nn.costs.model_costs`); a magnitude run's pruned layers
     also as CSR. Latency only with ``cost.latency``."""
     from rmtprune.nn.costs import model_costs
@@ -366,7 +385,7 @@ def final_costs(cfg: DictConfig, state: TrainingState) -> dict[str, Any]:
     sparse = ([name for name, _, _ in state.pruner.eligible(state.model)]
               if isinstance(state.pruner, MagnitudePruner) else None)
     return model_costs(state.model, state.spec, state.input_shape, sparse_layers=sparse,
-                       latency=bool(cfg.cost.latency))
+                       latency=settings.latency)
 
 
 def save_atomic_model(state: TrainingState, path: Path) -> None:
@@ -382,30 +401,30 @@ def _checkpoint_config(path: Path) -> dict[str, Any]:
     return config if isinstance(config, dict) else {}
 
 
-def _epoch(cfg: DictConfig, state: TrainingState, data: Data, epoch: int, out_dir: Path,
+def _epoch(settings: RunSettings, state: TrainingState, data: Data, epoch: int, out_dir: Path,
            progress: BatchProgress, logger: Logger) -> None:
     """Train one epoch, evaluate, and (at an event epoch before the last) prune, evaluate again, apply
     the lr factor and rebuild the optimizer; append the epoch's row to metrics.csv."""
     t0 = time.perf_counter()
     for group in state.optimizer.param_groups:
         group["lr"] = state.lr
-    opt = cfg.optimizer
-    lr_scale = anneal_scale(opt.anneal, opt.anneal_epochs, cfg.epochs, epoch,
-                            math.ceil(len(data.train_x) / int(cfg.batch_size)))
-    train_loss, train_acc = train_epoch(state.model, data, state.optimizer, state.gen, int(cfg.batch_size),
-                                        float(opt.l1), progress, epoch, precision=str(cfg.precision),
-                                        compile=bool(cfg.compile), lr_scale=lr_scale)
-    test_loss, test_acc = evaluate(state.model, data.test_x, data.test_y, int(cfg.eval_batch_size))
+    opt = settings.optimizer
+    lr_scale = anneal_scale(opt.anneal, opt.anneal_epochs, settings.epochs, epoch,
+                            math.ceil(len(data.train_x) / settings.batch_size))
+    train_loss, train_acc = train_epoch(state.model, data, state.optimizer, state.gen, settings.batch_size,
+                                        opt.l1, progress, epoch, precision=settings.precision,
+                                        compile=settings.compile, lr_scale=lr_scale)
+    test_loss, test_acc = evaluate(state.model, data.test_x, data.test_y, settings.eval_batch_size)
     val_loss = val_acc = math.nan
     if data.val_x is not None:
-        val_loss, val_acc = evaluate(state.model, data.val_x, data.val_y, int(cfg.eval_batch_size))
+        val_loss, val_acc = evaluate(state.model, data.val_x, data.val_y, settings.eval_batch_size)
     n_params = count_parameters(state.model)
     lr_used = state.lr * (lr_scale(0) if lr_scale else 1.0)  # the lr of the epoch's first step
     after_loss = after_acc = math.nan
     event = None
-    if state.pruner.is_event(epoch) and epoch < int(cfg.epochs):
-        event, after_loss, after_acc = _event(cfg, state, data, epoch, out_dir, logger, test_loss, test_acc)
-    state.lr *= float(cfg.optimizer.lr_decay)
+    if state.pruner.is_event(epoch) and epoch < settings.epochs:
+        event, after_loss, after_acc = _event(settings, state, data, epoch, out_dir, logger, test_loss, test_acc)
+    state.lr *= opt.lr_decay
     row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
            "test_acc": test_acc, "n_params": n_params, "n_params_after": count_parameters(state.model),
            "pruned_layers": sum(r["action"] in PRUNING_ACTIONS for r in (event.records if event else [])),
@@ -414,7 +433,7 @@ def _epoch(cfg: DictConfig, state: TrainingState, data: Data, epoch: int, out_di
     state.metrics.append(row)
     logger.log_epoch(row)
     log.info("epoch %d/%d  train_loss %.4f  train_acc %.2f%%  %stest_loss %.4f  test_acc %.2f%%%s  params %s  lr %.4g  "
-             "%.1fs", epoch, cfg.epochs, train_loss, 100 * train_acc,
+             "%.1fs", epoch, settings.epochs, train_loss, 100 * train_acc,
              "" if val_acc != val_acc else f"val_acc {100 * val_acc:.2f}%  ", test_loss, 100 * test_acc,
              f" (after event {100 * after_acc:.2f}%)" if event is not None and event.changed else "",
              f"{row['n_params_after']:,}", lr_used, row["seconds"])
@@ -423,7 +442,7 @@ def _epoch(cfg: DictConfig, state: TrainingState, data: Data, epoch: int, out_di
         write_csv(out_dir / "layers.csv", state.ledger, LEDGER_COLUMNS)
 
 
-def _event(cfg: DictConfig, state: TrainingState, data: Data, epoch: int, out_dir: Path, logger: Logger,
+def _event(settings: RunSettings, state: TrainingState, data: Data, epoch: int, out_dir: Path, logger: Logger,
            test_loss: float, test_acc: float) -> tuple[PruneEvent, float, float]:
     """The event after ``epoch``: prune, record, evaluate right after, lr x lr_factor, rebuild the optimizer.
     Returns the event and the test loss and accuracy right after it."""
@@ -432,11 +451,11 @@ def _event(cfg: DictConfig, state: TrainingState, data: Data, epoch: int, out_di
     if event.spectra:
         append_spectra(out_dir / "spectra.npz", epoch, event.spectra)
     if event.changed:
-        recalibrate_after_event(cfg, state.model, data, epoch, event, state.pruner.recalibrate_bn)
-    show_event(event.records, epoch, cfg.progress)
+        recalibrate_after_event(settings, state.model, data, epoch, event, state.pruner.recalibrate_bn)
+    show_event(event.records, epoch, settings.progress)
     logger.log_event(epoch, event.records, event.spectra)
     if event.changed:
-        after_loss, after_acc = evaluate(state.model, data.test_x, data.test_y, int(cfg.eval_batch_size))
+        after_loss, after_acc = evaluate(state.model, data.test_x, data.test_y, settings.eval_batch_size)
     else:  # nothing changed: the model evaluated after the event is the one evaluated before it
         after_loss, after_acc = test_loss, test_acc
     state.lr *= state.pruner.lr_factor
@@ -445,7 +464,7 @@ def _event(cfg: DictConfig, state: TrainingState, data: Data, epoch: int, out_di
     return event, after_loss, after_acc
 
 
-def recalibrate_after_event(cfg: DictConfig, model: torch.nn.Module, data: Data, epoch: int, event: PruneEvent,
+def recalibrate_after_event(settings: RunSettings, model: torch.nn.Module, data: Data, epoch: int, event: PruneEvent,
                             batches: int) -> None:
     """``batches`` batches (the pruner's ``recalibrate_bn``) of ``batch_size`` training samples, in the order of a
     generator seeded with the epoch (the same samples in every arm; the data-order generator untouched),
@@ -453,14 +472,15 @@ def recalibrate_after_event(cfg: DictConfig, model: torch.nn.Module, data: Data,
     from rmtprune.prune.batchnorm import recalibrate_bn
     from rmtprune.train.step import autocast_for
 
-    size = int(cfg.batch_size)
+    size = settings.batch_size
     order = torch.randperm(len(data.train_x), generator=torch.Generator().manual_seed(epoch))[: batches * size]
     loader = (data.train_x[order[i : i + size].to(data.train_x.device)] for i in range(0, len(order), size))
-    with autocast_for(str(cfg.precision), data.train_x.device):
+    with autocast_for(settings.precision, data.train_x.device):
         recalibrate_bn(model, loader, batches, event)
 
 
-def _grow(cfg: DictConfig, state: TrainingState, data: Data, old_epochs: int, out_dir: Path, logger: Logger) -> None:
+def _grow(settings: RunSettings, state: TrainingState, data: Data, old_epochs: int, out_dir: Path,
+          logger: Logger) -> None:
     """A finished run continued with more epochs: it skipped the event after its last epoch (no event
     after a run's last epoch), which a run of the new length has. Replay that event now, so that the
     continued run is the run of the new length (same model, lr calendar and optimizer state; its
@@ -470,9 +490,9 @@ def _grow(cfg: DictConfig, state: TrainingState, data: Data, old_epochs: int, ou
     if not state.pruner.is_event(epoch) or not state.metrics or int(state.metrics[-1]["epoch"]) != epoch:
         return
     log.info("continuing a finished run of %d epochs to %d: the event after epoch %d happens now", old_epochs,
-             cfg.epochs, epoch)
+             settings.epochs, epoch)
     row = state.metrics[-1]
-    event, after_loss, after_acc = _event(cfg, state, data, epoch, out_dir, logger, float(row["test_loss"]),
+    event, after_loss, after_acc = _event(settings, state, data, epoch, out_dir, logger, float(row["test_loss"]),
                                           float(row["test_acc"]))
     row.update(n_params_after=count_parameters(state.model), test_loss_after_event=after_loss,
                test_acc_after_event=after_acc,

@@ -18,7 +18,13 @@ from typing import Any, Collection
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from rmtprune.config.build import make_schedule, model_spec, rmt_pruner_from_config
+from rmtprune.config.build import (
+    data_settings,
+    make_schedule,
+    model_spec,
+    rmt_pruner_from_config,
+    run_settings,
+)
 from rmtprune.config.identity import DATASET_NOT_IDENTITY
 from rmtprune.config.validate import validate
 from rmtprune.data import load_data
@@ -114,14 +120,16 @@ def n_params(model: torch.nn.Module) -> int:
 
 
 def prune_saved(cfg: DictConfig, run_dir: Path, finetune_lr: float | None = None,
-                given: Collection[str] = ()) -> dict[str, Any]:
+                given: Collection[str] = (), validated: bool = False) -> dict[str, Any]:
     """Prune the model at ``cfg.model_path`` once and write the results into ``run_dir``.
 
     ``finetune_lr``: the fine-tuning learning rate; None: the saved run's next lr (``cfg.optimizer.lr``
     for a plain state_dict). ``given``: the keys set on the command line (``dataset`` ones override the data
     set the run recorded: :func:`data_config`). ``cfg.dataset`` becomes the data set used (summary.json).
+    ``validated``: the caller has validated ``cfg`` already (the command's check before the job).
     """
-    validate(cfg)
+    if not validated:
+        validate(cfg)
     if cfg.pruning.name != "rmt":
         raise UserError(f"pruning={cfg.pruning.name}: rmtprune prune makes one RMT event; use pruning=rmt")
     if cfg.finetune_epochs < 0:
@@ -130,12 +138,13 @@ def prune_saved(cfg: DictConfig, run_dir: Path, finetune_lr: float | None = None
         raise UserError(f"optimizer.anneal={cfg.optimizer.anneal}: rmtprune prune fine-tunes at one lr (the run's "
                         f"last, or optimizer.lr for a state_dict) and anneals nothing; leave optimizer.anneal=none")
     device = resolve_device(cfg.device)
-    configure_numerics(cfg, device)
+    settings = run_settings(cfg)
+    configure_numerics(settings, device)
     model, info = load_model(Path(str(cfg.model_path)), model_spec(cfg) if cfg.model.name == "custom" else None)
     cfg.dataset = data_config(cfg, info, given)
     model, num_classes = _model_for(cfg, model, info)
     model = model.to(device)
-    data = load_data(cfg.dataset, device)
+    data = load_data(data_settings(cfg.dataset), device)
     loss0, acc0 = evaluate(model, data.test_x, data.test_y, int(cfg.eval_batch_size))
     params0 = n_params(model)
     epoch = int(info["epoch"] or cfg.epochs)
@@ -149,7 +158,7 @@ def prune_saved(cfg: DictConfig, run_dir: Path, finetune_lr: float | None = None
     pruner.adopt_ranks(model)  # layers cut before that the saved state does not know (a plain state_dict)
     event = pruner.step(model, epoch)
     if event.changed:
-        recalibrate_after_event(cfg, model, data, epoch, event, pruner.recalibrate_bn)
+        recalibrate_after_event(settings, model, data, epoch, event, pruner.recalibrate_bn)
     show_event(event.records, epoch, cfg.progress)
     write_csv(run_dir / "layers.csv", event.records, LEDGER_COLUMNS)
     if event.spectra:
@@ -166,7 +175,7 @@ def prune_saved(cfg: DictConfig, run_dir: Path, finetune_lr: float | None = None
     if cfg.finetune_epochs:
         torch.manual_seed(int(cfg.seed))
         gen = torch.Generator().manual_seed(int(cfg.seed))
-        opt = make_optimizer(model, cfg.optimizer, lr)
+        opt = make_optimizer(model, settings.optimizer, lr)
         pruned = {k: v.clone() for k, v in model.state_dict().items()}
         try:
             _finetune(cfg, model, data, opt, gen, lr, params1, metrics, run_dir)

@@ -22,9 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from torch import nn
 
+from rmtprune.config.build import Job
+from rmtprune.data import DataSettings
 from rmtprune.errors import UserError
+from rmtprune.nn.models import ModelSpec
 
 FLOAT_BYTES = 4
 
@@ -45,61 +48,72 @@ class Footprint:
     largest: int
 
 
-def model_footprint(cfg: DictConfig) -> Footprint | None:
-    """Build the model of ``cfg`` on the meta device and run one batch of 2 through it (eval mode).
-
-    None for ``model=custom`` (its constructor is the user's). A model that cannot be built for the data
-    set's input (``model.kernel_size=20`` on 28 x 28 images) is a UserError.
-    """
-    from rmtprune.config.build import model_spec
+def skeleton(spec: ModelSpec, data: DataSettings) -> nn.Module | None:
+    """The built-in model of ``spec`` with its parameters on the meta device (shapes, no memory, no random
+    numbers drawn), or None for ``model=custom`` (its constructor is the user's). A model that cannot be built
+    for the data set's input (``model.kernel_size=20`` on 28 x 28 images) is a UserError."""
     from rmtprune.nn.models import build_model
 
-    if cfg.model.name not in ("mlp", "cnn"):
+    if spec["kind"] not in ("mlp", "cnn"):
         return None
-    spec = model_spec(cfg)
-    shape = [int(d) for d in cfg.dataset.input_shape]
-    outputs: list[int] = []
     try:
         with warnings.catch_warnings(), torch.device("meta"):
             warnings.simplefilter("ignore")  # "initializing zero-element tensors is a no-op": meta tensors
-            model = build_model(spec).eval()
-            for module in model.modules():
-                if not list(module.children()):
-                    module.register_forward_hook(lambda m, i, o: outputs.append(o[0].numel()))
-            logits = model(torch.empty(2, *shape))
+            return build_model(spec).eval()
     except (ValueError, RuntimeError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        what = (f"model=cnn with model.kernel_size={cfg.model.kernel_size}, model.channels={list(cfg.model.channels)}, "
-                f"model.pool_after={list(cfg.model.pool_after)}" if spec["kind"] == "cnn" else f"topology={cfg.topology}")
-        raise UserError(f"{what} cannot be built for dataset={cfg.dataset.name} (input {shape}): {first}; each "
-                        f"k x k convolution (no padding) takes k - 1 pixels off each side length, each pool halves it") \
-            from None
-    if tuple(logits.shape) != (2, int(cfg.dataset.num_classes)):
-        raise UserError(f"model={cfg.model.name} gives {tuple(logits.shape[1:])} outputs per sample, dataset="
-                        f"{cfg.dataset.name} has {cfg.dataset.num_classes} classes")
+        raise _unbuildable(spec, data, exc) from None
+
+
+def _unbuildable(spec: ModelSpec, data: DataSettings, exc: BaseException) -> UserError:
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    what = (f"model=cnn with model.kernel_size={spec['kernel_size']}, model.channels={list(spec['channels'])}, "
+            f"model.pool_after={list(spec['pool_after'])}" if spec["kind"] == "cnn"
+            else f"topology={'-'.join(str(w) for w in spec['widths'])}")
+    return UserError(f"{what} cannot be built for dataset={data.name} (input {list(data.input_shape)}): {first}; each "
+                     f"k x k convolution (no padding) takes k - 1 pixels off each side length, each pool halves it")
+
+
+def model_footprint(model: nn.Module | None, spec: ModelSpec, data: DataSettings) -> Footprint | None:
+    """The sizes of ``model`` (its :func:`skeleton`; None: nothing to measure) from one batch of 2 (eval mode)."""
+    if model is None:
+        return None
+    outputs: list[int] = []
+    hooks = [m.register_forward_hook(lambda m, i, o: outputs.append(o[0].numel()))
+             for m in model.modules() if not list(m.children())]
+    try:
+        with warnings.catch_warnings(), torch.device("meta"):
+            warnings.simplefilter("ignore")
+            logits = model(torch.empty(2, *data.input_shape))
+    except (ValueError, RuntimeError) as exc:
+        raise _unbuildable(spec, data, exc) from None
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if tuple(logits.shape) != (2, data.num_classes):
+        raise UserError(f"model={spec['kind']} gives {tuple(logits.shape[1:])} outputs per sample, dataset="
+                        f"{data.name} has {data.num_classes} classes")
     params = sum(p.numel() for p in model.parameters())
     return Footprint(params, sum(outputs), max(outputs, default=0))
 
 
-def data_values(cfg: DictConfig) -> int:
+def data_values(data: DataSettings) -> int:
     """Float32 values of the train and test sets as loaded (before subsets for the real data sets)."""
-    ds = cfg.dataset
-    per_sample = math.prod(int(d) for d in ds.input_shape)
-    if ds.name in REAL_SIZES:
-        n_train, n_test = REAL_SIZES[ds.name]
-    elif ds.name == "synthetic":
-        n_train = int(ds.train_size or SYNTHETIC_DEFAULTS[0])
-        n_test = int(ds.test_size or SYNTHETIC_DEFAULTS[1])
+    per_sample = math.prod(data.input_shape)
+    if data.name in REAL_SIZES:
+        n_train, n_test = REAL_SIZES[data.name]
+    elif data.name == "synthetic":
+        n_train = int(data.train_size or SYNTHETIC_DEFAULTS[0])
+        n_test = int(data.test_size or SYNTHETIC_DEFAULTS[1])
     else:
-        n_train, n_test = int(ds.train_size or 0), int(ds.test_size or 0)
+        n_train, n_test = int(data.train_size or 0), int(data.test_size or 0)
     return (n_train + n_test) * per_sample
 
 
-def needed_bytes(cfg: DictConfig, fp: Footprint | None, device: torch.device) -> dict[str, int]:
+def needed_bytes(job: Job, fp: Footprint | None, device: torch.device) -> dict[str, int]:
     """The lower bounds of the module docstring: ``{"device": ..., "host": ...}`` (one entry on the CPU)."""
-    data = data_values(cfg)
+    data = data_values(job.data)
     params = fp.params if fp else 0
-    acts = max(int(cfg.batch_size) * fp.activations, int(cfg.eval_batch_size) * fp.largest) if fp else 0
+    acts = max(job.run.batch_size * fp.activations, job.run.eval_batch_size * fp.largest) if fp else 0
     on_device = FLOAT_BYTES * (3 * params + data + acts)
     if device.type == "cpu":
         return {"host": on_device}
@@ -142,18 +156,18 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:,.1f} GiB"
 
 
-def check_fits(cfg: DictConfig, device: torch.device, in_job: bool = False) -> None:
-    """Refuse (UserError) a model that cannot be built for the data, or a run whose lower bound exceeds
-    the memory available. Before the jobs start (``in_job=False``) only the host is checked (no CUDA
-    context in the launching process); in the job the GPU too."""
-    fp = model_footprint(cfg)
-    need = needed_bytes(cfg, fp, device)
+def check_fits(job: Job, fp: Footprint | None, device: torch.device, in_job: bool = False) -> None:
+    """Refuse (UserError) a run whose lower bound (``fp``: its model's :func:`model_footprint`) exceeds the
+    memory available. Before the jobs start (``in_job=False``) only the host is checked (no CUDA context in
+    the launching process); in the job the GPU too."""
+    need = needed_bytes(job, fp, device)
     checks = [("host", "memory", available_host_bytes())]
     if in_job and "device" in need:
         checks.append(("device", f"{device} memory", available_device_bytes(device)))
     for where, name, have in checks:
         if have is not None and need[where] > have:
             size = f"{fp.params:,} parameters, " if fp else ""
-            raise UserError(f"this run needs at least {_gib(need[where])} of {name} ({size}{data_values(cfg):,} data "
+            values = data_values(job.data)
+            raise UserError(f"this run needs at least {_gib(need[where])} of {name} ({size}{values:,} data "
                             f"values), more than the {_gib(have)} available; use a smaller topology / model, "
                             f"dataset.train_size or batch_size")

@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from rmtprune.config.build import model_spec
+from rmtprune.config.build import OptimizerSettings, RunSettings
 from rmtprune.errors import UserError
 from rmtprune.nn.geometry import count_parameters
 from rmtprune.nn.models import build_model
@@ -26,10 +25,10 @@ from rmtprune.train.checkpoint import (
 )
 
 
-def make_optimizer(model: nn.Module, cfg: DictConfig, lr: float) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, settings: OptimizerSettings, lr: float) -> torch.optim.Optimizer:
     """SGD with momentum over ``model``'s parameters; the L2 penalty l2 sum theta^2 as weight decay 2 l2."""
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=float(cfg.momentum),
-                           weight_decay=2.0 * float(cfg.l2))
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=float(settings.momentum),
+                           weight_decay=2.0 * float(settings.l2))
 
 
 def rng_state(gen: torch.Generator, device: torch.device) -> dict[str, Any]:
@@ -70,29 +69,31 @@ class TrainingState:
     wall_time_s: float = 0.0
 
     @classmethod
-    def fresh(cls, cfg: DictConfig, spec: dict[str, Any], num_classes: int, input_shape: list[int],
+    def fresh(cls, settings: RunSettings, spec: dict[str, Any], num_classes: int, input_shape: list[int],
               device: torch.device, pruner: Pruner, started_at: str) -> "TrainingState":
         """The state before epoch 1: the model built under ``torch.manual_seed(seed)`` (the same initial
         weights in every arm), the data-order generator seeded with the seed."""
-        torch.manual_seed(int(cfg.seed))
+        torch.manual_seed(settings.seed)
         model = build_model(spec).to(device)
-        pruner.setup(model, int(cfg.epochs))
-        lr = float(cfg.optimizer.lr)
-        return cls(model=model, optimizer=make_optimizer(model, cfg.optimizer, lr), pruner=pruner,
-                   gen=torch.Generator().manual_seed(int(cfg.seed)), lr=lr, spec=spec, num_classes=num_classes,
+        pruner.setup(model, settings.epochs)
+        lr = settings.optimizer.lr
+        return cls(model=model, optimizer=make_optimizer(model, settings.optimizer, lr), pruner=pruner,
+                   gen=torch.Generator().manual_seed(settings.seed), lr=lr, spec=spec, num_classes=num_classes,
                    input_shape=list(input_shape), n_params_initial=count_parameters(model), started_at=started_at)
 
     @classmethod
-    def restore(cls, path: Path, cfg: DictConfig, device: torch.device, pruner: Pruner) -> "TrainingState":
-        """The state saved in ``path`` (checkpoint.pt). The caller has checked the config matches."""
+    def restore(cls, path: Path, settings: RunSettings, spec: dict[str, Any], device: torch.device,
+                pruner: Pruner) -> "TrainingState":
+        """The state saved in ``path`` (checkpoint.pt). The caller has checked the config matches; ``spec``
+        (the config's model spec) is what a custom model class may be imported from."""
         ckpt = load_file(path)
         if not is_checkpoint(ckpt) or "optimizer" not in ckpt:
             raise UserError(f"{path}: not a training checkpoint of rmtprune")
-        model = rebuild_model(ckpt, path, model_spec(cfg)).to(device)  # a custom class from the config only
+        model = rebuild_model(ckpt, path, spec).to(device)  # a custom class from the config only
         pruner.load_state_dict(ckpt.get("pruner", {}))  # first: setup may need it (neuron's dense widths)
-        pruner.setup(model, int(cfg.epochs))
+        pruner.setup(model, settings.epochs)
         lr = float(ckpt["lr"])
-        opt = make_optimizer(model, cfg.optimizer, lr)
+        opt = make_optimizer(model, settings.optimizer, lr)
         try:
             opt.load_state_dict(ckpt["optimizer"])  # moves the CPU tensors to the parameters' device
         except (ValueError, KeyError, RuntimeError) as exc:
@@ -111,11 +112,12 @@ class TrainingState:
         payload.update(epoch=self.epoch, lr=self.lr, pruner=self.pruner.state_dict())
         return payload
 
-    def save(self, path: Path, cfg: DictConfig, key: str, device: torch.device) -> None:
-        """checkpoint.pt, atomically: everything :meth:`restore` needs to continue bit for bit."""
+    def save(self, path: Path, config: dict[str, Any], key: str, device: torch.device) -> None:
+        """checkpoint.pt, atomically: everything :meth:`restore` needs to continue bit for bit; ``config`` is
+        the run's resolved config (plain data) and ``key`` its config key."""
         ckpt = self.model_payload()
         ckpt.update(optimizer=to_cpu(self.optimizer.state_dict()), rng=rng_state(self.gen, device),
                     metrics=self.metrics, ledger=self.ledger, config_key=key,
-                    config=OmegaConf.to_container(cfg, resolve=True), n_params_initial=self.n_params_initial,
+                    config=config, n_params_initial=self.n_params_initial,
                     started_at=self.started_at, wall_time_s=self.wall_time_s)
         save_atomic(ckpt, path)

@@ -26,7 +26,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +35,9 @@ from torch import nn
 from rmtprune.data import Data
 from rmtprune.errors import RunFailed
 from rmtprune.train.progress import BatchProgress
+
+if TYPE_CHECKING:
+    from rmtprune.config.build import RunSettings
 
 LOG_EVERY = 20  # batches between logging points (progress bar, NaN check): the only host syncs
 
@@ -50,8 +53,8 @@ CUBLAS_DETERMINISTIC = ":4096:8"  # cuBLAS workspace setting required for determ
 COMPILE_RECOMPILE_LIMIT = 64  # pruning changes shapes at every event; each shape is one (re)compile
 
 
-def configure_numerics(cfg: Any, device: torch.device) -> dict[str, Any]:
-    """Apply ``cfg.deterministic``, ``cfg.precision`` and ``cfg.compile`` process-wide, once per run.
+def configure_numerics(settings: RunSettings, device: torch.device) -> dict[str, Any]:
+    """Apply the run's ``deterministic``, ``precision`` and ``compile`` process-wide, once per run.
 
     * deterministic=true: ``torch.use_deterministic_algorithms(True)`` (an op without a deterministic
       kernel raises), ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (unless already set), cuDNN deterministic
@@ -63,9 +66,7 @@ def configure_numerics(cfg: Any, device: torch.device) -> dict[str, Any]:
 
     Returns what was set, for the run's summary.
     """
-    deterministic = bool(cfg.get("deterministic", False))
-    precision = str(cfg.get("precision", "fp32"))
-    compile_step = bool(cfg.get("compile", False))
+    deterministic, precision, compile_step = settings.deterministic, settings.precision, settings.compile
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC)
     torch.use_deterministic_algorithms(deterministic)
