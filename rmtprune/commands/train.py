@@ -35,15 +35,16 @@ def claim(cfg: DictConfig, folder: Path) -> bool:
     is checked by the run itself). Returns True when the folder holds the finished run of this config:
     nothing is to be done, nor written there."""
     from rmtprune.config.identity import config_key
+    from rmtprune.runs.folder import RunFolder
     from rmtprune.runs.targets import resolve_target
-    from rmtprune.train.loop import _claim_folder, finished_here
 
     resolve_target(cfg)
     key = config_key(cfg)
-    if finished_here(folder, key):
+    run = RunFolder(folder)
+    if run.finished(key):
         return True
     if str(cfg.resume).strip().lower() in _NOT_RESUMING:
-        _claim_folder(folder, key, resuming=False)
+        run.claim(key)
     return False
 
 
