@@ -18,6 +18,7 @@ from conftest import (
     rmtprune_command,
     run_subprocess,
 )
+from tests_support.runs import fake_run
 
 
 def test_top_level_help_lists_the_commands(cli):
@@ -283,8 +284,7 @@ def test_two_launches_into_one_sweep_folder_keep_their_own_job_records(tmp_path,
 
     sweep = tmp_path / "sweep"
     for name, status in (("done", "completed"), ("broken", "failed")):
-        (sweep / name).mkdir(parents=True)
-        (sweep / name / "summary.json").write_text(json.dumps({"status": status, "error": "nan loss"}))
+        fake_run(sweep / name, summary={"status": status, "error": "nan loss"})
     first, second = outcomes.new_launch(), outcomes.new_launch()
     assert first != second
     for launch, folder, status in ((first, "done", "completed"), (second, "broken", "failed")):
@@ -304,7 +304,7 @@ def test_output_folder_unwritable_mid_run_is_one_line(cli, tmp_path, monkeypatch
     (nothing writable): one line and exit 1 either way, never a traceback."""
     import errno
 
-    import rmtprune.runs.folder as outputs
+    import rmtprune.files as outputs  # every file of a run folder is written through files.atomic_write_text
 
     original = outputs.atomic_write_text
     calls = {"metrics": 0}
