@@ -138,6 +138,15 @@ def prune_saved(cfg: DictConfig, run_dir: Path, finetune_lr: float | None = None
         raise UserError(f"optimizer.anneal={cfg.optimizer.anneal}: rmtprune prune fine-tunes at one lr (the run's "
                         f"last, or optimizer.lr for a state_dict) and anneals nothing; leave optimizer.anneal=none")
     device = resolve_device(cfg.device)
+    out = RunFolder(run_dir)
+    out.check_writable("set hydra.run.dir (or hydra.sweep.dir) to a writable folder")
+    with out.lock():  # the folder claim of train: a folder belongs to one run
+        out.claim(None)
+        return _prune(cfg, out, device, finetune_lr, given)
+
+
+def _prune(cfg: DictConfig, out: RunFolder, device: torch.device, finetune_lr: float | None,
+           given: Collection[str]) -> dict[str, Any]:
     started_at, t_start = _now(), time.perf_counter()
     numerics = configure_numerics(cfg, device)
     model, info = load_model(Path(str(cfg.model_path)), model_spec(cfg) if cfg.model.name == "custom" else None)
@@ -160,7 +169,6 @@ def prune_saved(cfg: DictConfig, run_dir: Path, finetune_lr: float | None = None
     if event.changed:
         recalibrate_after_event(cfg, model, data, epoch, event, pruner.recalibrate_bn)
     show_event(event.records, epoch, cfg.progress)
-    out = RunFolder(run_dir)
     out.write_ledger(event.records)
     if event.spectra:
         out.append_spectra(epoch, event.spectra)
@@ -172,7 +180,7 @@ def prune_saved(cfg: DictConfig, run_dir: Path, finetune_lr: float | None = None
     acc_ft = loss_ft = None
     saved_lr = info["raw"].get("lr") if info["kind"] == "rmtprune" else None
     lr = float(finetune_lr if finetune_lr is not None else saved_lr if saved_lr is not None else cfg.optimizer.lr)
-    summary = run_record(cfg, config_key(cfg), run_dir, device, numerics, params0, started_at, [])
+    summary = run_record(cfg, config_key(cfg), out.path, device, numerics, params0, started_at, [])
     source = source_config(info)
     summary.update({
         "source": str(info["path"]), "source_kind": info["kind"], **({"source_config": source} if source else {}),
@@ -216,9 +224,9 @@ def prune_saved(cfg: DictConfig, run_dir: Path, finetune_lr: float | None = None
     out.write_summary(summary)
     if not failure:
         out.mark_done(summary["finished_at"])
-    log.info("saved the pruned model and its ledger in %s", run_dir)
+    log.info("saved the pruned model and its ledger in %s", out.path)
     if failure:
-        raise RunFailed(f"{failure}; the pruned model before fine-tuning is saved in {run_dir}")
+        raise RunFailed(f"{failure}; the pruned model before fine-tuning is saved in {out.path}")
     return summary
 
 
