@@ -346,3 +346,12 @@ def test_a_pruned_model_without_fine_tuning_records_the_cut_as_its_result(cli, t
     from rmtprune.runs.walk import load_run
 
     assert load_run(tmp_path / "p").summary["n_params_initial"] == s["n_params_before"]  # read, not damaged
+
+
+def test_prune_into_a_folder_holding_a_run_is_refused_and_writes_nothing(cli, tmp_path):
+    assert cli("train", *TINY, "epochs=1", "hydra.run.dir=run")[0] == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()}
+    code, _, err = cli("prune", "run", *PRUNE, "hydra.run.dir=run")
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and "already holds the results of another run (summary.json" in lines[0], err
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()} == before
