@@ -24,7 +24,7 @@ from rmtprune.buildinfo import git_commit
 def code_version() -> str:
     """``rmtprune <version>`` plus the git commit (``+g<hash>``, ``.dirty`` with uncommitted changes): of the
     source tree when it is a checkout, else the one recorded when this copy was built (``pip install .``)."""
-    commit = git_commit(Path(__file__).resolve().parents[1])
+    commit = git_commit(Path(__file__).resolve().parents[2])  # rmtprune/train/environment.py: the checkout
     if commit is None:
         try:
             from rmtprune._version import commit  # type: ignore[no-redef]
