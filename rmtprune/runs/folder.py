@@ -97,7 +97,6 @@ def exclusive(path: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-
 class RunFolder:
     """One run folder: the name of every file in it (declared here once), reading and writing them (atomically:
     a temporary file beside the target, then a rename), the redirect a job leaves, the lock and the claim.
