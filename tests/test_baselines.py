@@ -20,6 +20,7 @@ from rmtprune.nn.geometry import count_parameters
 from rmtprune.nn.layers import LowRankLinear
 from rmtprune.nn.models import MLP
 from rmtprune.train.checkpoint import load_file, rebuild_model
+from tests_support.runs import fake_run as write_fake_run
 
 register_configs()
 
@@ -266,15 +267,13 @@ def test_interrupted_magnitude_run_resumes_to_identical_metrics(cli, tmp_path, m
 
 def fake_run(source: Path | None, folder: Path, **changes) -> None:
     """A finished run folder: a real run's summary.json (or a minimal one of the FAST network), some fields changed."""
-    folder.mkdir(parents=True)
     if source is not None:
         summary = summary_of(source)
     else:
         summary = {"status": "completed", "seed": 0, "dataset": "synthetic", "model": "mlp",
                    "topology": "784-256-128-10", "pruning": "rmt", "n_params_initial": P0, "n_params_final": 70000,
                    "config": {"model": {"name": "mlp"}, "topology": "784-256-128-10", "seed": 0}}
-    summary.update(changes)
-    (folder / "summary.json").write_text(json.dumps(summary))
+    write_fake_run(folder, summary={**summary, **changes})
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from conftest import (
     rmtprune_command,
     run_subprocess,
 )
+from tests_support.runs import fake_run
 
 
 def test_top_level_help_lists_the_commands(cli):
@@ -60,7 +61,7 @@ def test_train_help_and_cfg_job_run_nothing(cli, tmp_path):
     ("+pruning.tolerence=0.1", "not a setting"), ("model=cnn_schema", "available: cnn, custom, mlp"),
     ("pruning=rmt schedule=step schedule.at=-1", "schedule.at=-1 must be positive"),
     ("optimizer.lr=inf", "optimizer.lr=inf must be positive and finite"),
-    ("pruning=rmt pruning.lr_factor=inf", "pruning.lr_factor=inf must be a positive finite number"),
+    ("pruning=rmt pruning.lr_factor=inf", "pruning.lr_factor=inf must be positive and finite"),
     ("pruning=rmt schedule.horizon=inf", "schedule.horizon=inf"),
 ])
 def test_bad_input_is_one_line_and_exit_2(cli, tmp_path, override, needle):
@@ -283,8 +284,7 @@ def test_two_launches_into_one_sweep_folder_keep_their_own_job_records(tmp_path,
 
     sweep = tmp_path / "sweep"
     for name, status in (("done", "completed"), ("broken", "failed")):
-        (sweep / name).mkdir(parents=True)
-        (sweep / name / "summary.json").write_text(json.dumps({"status": status, "error": "nan loss"}))
+        fake_run(sweep / name, summary={"status": status, "error": "nan loss"})
     first, second = outcomes.new_launch(), outcomes.new_launch()
     assert first != second
     for launch, folder, status in ((first, "done", "completed"), (second, "broken", "failed")):
@@ -304,7 +304,7 @@ def test_output_folder_unwritable_mid_run_is_one_line(cli, tmp_path, monkeypatch
     (nothing writable): one line and exit 1 either way, never a traceback."""
     import errno
 
-    import rmtprune.files as outputs
+    import rmtprune.files as outputs  # every file of a run folder is written through files.atomic_write_text
 
     original = outputs.atomic_write_text
     calls = {"metrics": 0}

@@ -15,10 +15,10 @@ import pytest
 from scipy import stats as st
 
 from rmtprune.report.compare import COLUMNS, FRONTIER_COLUMNS, compare
+from rmtprune.runs.folder import METRICS_COLUMNS
+from tests_support.runs import edit_summary, fake_run
 
 INITIAL = 100_000
-METRICS_HEADER = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "n_params", "n_params_after",
-                  "pruned_layers", "lr", "seconds", "test_acc_after_event", "test_loss_after_event"]
 
 
 def write_run(folder: Path, seed: int, pruning: str = "none", final: float = 0.9, params: int = INITIAL,
@@ -26,28 +26,22 @@ def write_run(folder: Path, seed: int, pruning: str = "none", final: float = 0.9
               summary: dict[str, Any] | None = None, old_columns: bool = False) -> Path:
     """A finished run folder: test accuracy final - 0.01 * (epochs - epoch) per epoch, ``after``
     {epoch: test accuracy right after that epoch's event}, ``params`` parameters at the end."""
-    folder.mkdir(parents=True)
     cfg = {"topology": "784-100-10", "seed": seed, "epochs": epochs,
            "dataset": {"name": "synthetic", "train_size": 200, "test_size": 100},
            "model": {"name": "mlp"}, "pruning": {"name": pruning, **(pruning_cfg or {})},
            "schedule": {"name": "linear", "horizon": 3.0}}
-    header = METRICS_HEADER[:-2] if old_columns else METRICS_HEADER
-    lines = [",".join(header)]
     after = after or {}
+    rows = []
     for e in range(1, epochs + 1):
         acc = final - 0.01 * (epochs - e)
         n = params if e == epochs else INITIAL
-        row = [e, 0.5, acc + 0.05, 1 - acc, acc, n, n, 0, 0.02, 1.0]
-        if not old_columns:
-            row += [after.get(e, ""), (1 - after[e]) if e in after else ""]
-        lines.append(",".join(str(v) for v in row))
-    (folder / "metrics.csv").write_text("\n".join(lines) + "\n")
-    data = {"status": "completed", "started_at": "2026-01-01T00:00:00+00:00",
-            "finished_at": "2026-01-01T01:00:00+00:00", "seed": seed, "pruning": pruning, "device": "cpu",
-            "n_params_initial": INITIAL, "n_params_final": params, "epochs_completed": epochs,
-            "wall_time_s": 1.0, "final_test_acc": final, **(summary or {}), "config": cfg}
-    (folder / "summary.json").write_text(json.dumps(data))
-    return folder
+        rows.append({"epoch": e, "train_loss": 0.5, "train_acc": acc + 0.05, "test_loss": 1 - acc, "test_acc": acc,
+                     "n_params": n, "n_params_after": n, "pruned_layers": 0, "lr": 0.02, "seconds": 1.0,
+                     "test_acc_after_event": after.get(e), "test_loss_after_event": (1 - after[e]) if e in after else None})
+    columns = METRICS_COLUMNS if not old_columns else [c for c in METRICS_COLUMNS if "after_event" not in c]
+    head = {"started_at": "2026-01-01T00:00:00+00:00", "finished_at": "2026-01-01T01:00:00+00:00", "seed": seed,
+            "pruning": pruning, "device": "cpu", "final_test_acc": final}
+    return fake_run(folder, cfg, rows, {**head, **(summary or {})}, columns, n_params_initial=INITIAL).path
 
 
 RMT = {"lr_factor": 0.96, "every": 1, "tolerance": 0.05}
@@ -63,9 +57,7 @@ def test_the_control_arm_is_its_own_arm_and_every_pruned_arm_is_tested_against_i
     for seed in range(3):  # a second rmt setting: only the schedule differs
         f = write_run(tmp_path / f"rmt9_{seed}", seed, "rmt", values["rmt (horizon=9.0)"][seed], params=20_000,
                       pruning_cfg=RMT)
-        data = json.loads((f / "summary.json").read_text())
-        data["config"]["schedule"]["horizon"] = 9.0
-        (f / "summary.json").write_text(json.dumps(data))
+        edit_summary(f, lambda d: {**d, "config": {**d["config"], "schedule": {"name": "linear", "horizon": 9.0}}})
     code, stdout, err = cli("compare", str(tmp_path), "--no-plots")
     assert code == 0, err
     table = pd.read_csv(tmp_path / "comparison.csv").set_index("arm")
@@ -127,25 +119,20 @@ def _non_numeric_accuracy(f: Path) -> None:
     (f / "metrics.csv").write_text("\n".join(lines) + "\n")
 
 
-def _summary(f: Path, edit: Any) -> None:
-    data = json.loads((f / "summary.json").read_text())
-    (f / "summary.json").write_text(json.dumps(edit(data)))
-
-
 DAMAGE = {
     "metrics cut mid-row": (_cut_mid_row, "cut mid-row"),
     "metrics row with extra fields": (_extra_field, "fields"),
     "metrics non-numeric accuracy": (_non_numeric_accuracy, "test_acc='high' is not a number"),
     "metrics rows missing": (lambda f: (f / "metrics.csv").write_text(
         "\n".join((f / "metrics.csv").read_text().splitlines()[:-1]) + "\n"), "epoch rows"),
-    "summary null": (lambda f: (f / "summary.json").write_text("null"), "holds null"),
-    "summary list": (lambda f: (f / "summary.json").write_text("[1, 2]"), "holds a list"),
-    "config a string": (lambda f: _summary(f, lambda d: {**d, "config": "seed=2"}), "config is a str"),
-    "summary non-numeric accuracy": (lambda f: _summary(f, lambda d: {**d, "final_test_acc": "high"}),
+    "summary null": (lambda f: edit_summary(f, lambda d: None), "holds null"),
+    "summary list": (lambda f: edit_summary(f, lambda d: [1, 2]), "holds a list"),
+    "config a string": (lambda f: edit_summary(f, lambda d: {**d, "config": "seed=2"}), "config is a str"),
+    "summary non-numeric accuracy": (lambda f: edit_summary(f, lambda d: {**d, "final_test_acc": "high"}),
                                      "final_test_acc='high' is not a number"),
-    "summary non-numeric params": (lambda f: _summary(f, lambda d: {**d, "n_params_final": "many"}),
+    "summary non-numeric params": (lambda f: edit_summary(f, lambda d: {**d, "n_params_final": "many"}),
                                    "n_params_final"),
-    "seed a string": (lambda f: _summary(f, lambda d: {**d, "config": {**d["config"], "seed": "two"}}), "seed"),
+    "seed a string": (lambda f: edit_summary(f, lambda d: {**d, "config": {**d["config"], "seed": "two"}}), "seed"),
 }
 
 
@@ -249,7 +236,7 @@ def test_the_frontier_table_and_figure_hold_the_per_arm_statistics(tmp_path, cli
             f = write_run(tmp_path / f"{tag}{seed}", seed, name, 0.8 + 0.02 * seed + 0.001 * len(tag),
                           params=params + 100 * seed, pruning_cfg=RMT if name in ("rmt", "control") else {})
             if horizon is not None:
-                _summary(f, lambda d: {**d, "config": {**d["config"], "schedule": {"name": "linear",
+                edit_summary(f, lambda d: {**d, "config": {**d["config"], "schedule": {"name": "linear",
                                                                                     "horizon": horizon}}})
     code, stdout, err = cli("compare", str(tmp_path), "--out", str(tmp_path / "out"))
     assert code == 0, err
@@ -350,7 +337,7 @@ def test_a_matched_baseline_is_tested_against_the_arm_it_was_matched_to(tmp_path
                 write_run(tmp_path / sweep / f"none_seed{seed}", seed, "none", 0.9)
             f = write_run(tmp_path / sweep / f"rmt_seed{seed}", seed, "rmt", values[sweep]["rmt"][seed],
                           params=params, pruning_cfg=RMT)
-            _summary(f, lambda d: {**d, "config": {**d["config"], "schedule": {"name": "linear", "horizon": horizon}}})
+            edit_summary(f, lambda d: {**d, "config": {**d["config"], "schedule": {"name": "linear", "horizon": horizon}}})
             write_run(tmp_path / sweep / f"magnitude_seed{seed}", seed, "magnitude", values[sweep]["magnitude"][seed],
                       params=params, pruning_cfg={**RMT, "target_from": f"outputs/paper/{sweep}/",
                                                   "target_params": params})
@@ -418,7 +405,7 @@ def test_a_baseline_is_not_tested_against_a_guess_when_two_arms_fit(tmp_path):
         for seed in range(2):
             f = write_run(tmp_path / parent / "main" / f"rmt_seed{seed}", seed, "rmt", 0.88, params=30_000,
                           pruning_cfg=RMT)
-            _summary(f, lambda d: {**d, "config": {**d["config"], "schedule": {"name": "linear", "horizon": horizon}}})
+            edit_summary(f, lambda d: {**d, "config": {**d["config"], "schedule": {"name": "linear", "horizon": horizon}}})
     for seed in range(2):
         write_run(tmp_path / "a" / "main" / f"magnitude_seed{seed}", seed, "magnitude", 0.89, params=30_000,
                   pruning_cfg={**RMT, "target_from": "outputs/main", "target_params": 30_000})
@@ -457,10 +444,8 @@ def test_group_labels_name_the_data_set_not_the_checksums_of_its_files(tmp_path,
     for seed in range(2):
         write_run(tmp_path / f"syn{seed}", seed)
         run = write_run(tmp_path / f"mnist{seed}", seed)
-        summary = json.loads((run / "summary.json").read_text())
-        summary["config"]["dataset"].update(name="mnist", raw_md5={"train-images-idx3-ubyte": "6bbc9ace",
-                                                                   "t10k-images-idx3-ubyte": "2646ac64"})
-        (run / "summary.json").write_text(json.dumps(summary))
+        mnist = {"name": "mnist", "raw_md5": {"train-images-idx3-ubyte": "6bbc9ace", "t10k-images-idx3-ubyte": "2646ac64"}}
+        edit_summary(run, lambda d: {**d, "config": {**d["config"], "dataset": {**d["config"]["dataset"], **mnist}}})
     cmp = compare([tmp_path])
     assert sorted(sorted(label.split(", ")) for label in cmp.groups) == [
         ["dataset.name=mnist", "model.name=mlp", "topology=784-100-10"],

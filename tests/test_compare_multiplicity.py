@@ -12,7 +12,8 @@ import pytest
 from scipy import stats as st
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.weightstats import ttost_ind, ttost_paired
-from test_compare_arms import RMT, _summary, write_run
+from test_compare_arms import RMT, write_run
+from tests_support.runs import edit_summary
 
 from rmtprune.report.compare import P_COLUMNS, compare, markdown
 
@@ -31,7 +32,7 @@ def _write_group(root, values: dict[str, list[float]], topology: str) -> None:
             f = write_run(root / f"{topology}_{name}{len(arm)}_{seed}", seed, name, v, params=PARAMS[name],
                           pruning_cfg=None if name == "none" else RMT)
             horizon = 9.0 if "horizon=9.0" in arm else 3.0
-            _summary(f, lambda d: {**d, "config": {**d["config"], "topology": topology,
+            edit_summary(f, lambda d: {**d, "config": {**d["config"], "topology": topology,
                                                     "schedule": {"name": "linear", "horizon": horizon}}})
 
 

@@ -295,3 +295,63 @@ def test_a_nan_loss_while_fine_tuning_keeps_the_pruned_model(cli, tmp_path):
     assert all(torch.isfinite(p).all() for p in saved.parameters())
     assert sum(p.numel() for p in saved.parameters()) == s["n_params_after"]
     assert (tmp_path / "p" / "layers.csv").exists()
+
+
+PRUNE = ["pruning=rmt", "schedule=oneshot", "pruning.tolerance=1.0", "pruning.min_size=100", "progress=none",
+         "cost.latency=false"]
+
+
+def test_a_pruned_model_folder_is_a_run_that_compare_and_inspect_read(cli, tmp_path):
+    """``rmtprune prune`` writes the run record ``train`` writes (every field of it, plus its own), so compare
+    lists the pruned models beside the runs that trained them (one arm, paired by seed), never as damaged."""
+    from rmtprune.report.compare import compare
+
+    for seed in (0, 1):
+        assert cli("train", *TINY, "epochs=2", f"seed={seed}", f"hydra.run.dir=runs/none{seed}")[0] == 0
+        code, _, err = cli("prune", f"runs/none{seed}", *PRUNE, "finetune_epochs=1", f"hydra.run.dir=runs/pruned{seed}")
+        assert code == 0, err
+    trained = json.loads((tmp_path / "runs" / "none0" / "summary.json").read_text())
+    s = json.loads((tmp_path / "runs" / "pruned0" / "summary.json").read_text())
+    assert set(trained) <= set(s) and list(s)[-1] == "config"
+    assert s["status"] == "completed" and (tmp_path / "runs" / "pruned0" / "DONE").exists()
+    assert (s["n_params_initial"], s["n_params_final"]) == (s["n_params_before"], s["n_params_after"])
+    assert s["n_params_final"] < s["n_params_initial"] == trained["n_params_final"]
+    assert s["final_test_acc"] == s["test_acc_finetuned"] and s["epochs_completed"] == 1
+    assert s["source_config"]["seed"] == 0 and s["source_config"]["pruning"]["name"] == "none"
+
+    code, out, err = cli("compare", "runs", "--no-plots")
+    assert code == 0, err
+    cmp = compare([tmp_path / "runs"])
+    assert not [p for p in cmp.problems if "damaged" in p["reason"]], cmp.problems
+    table = cmp.table.set_index("arm")
+    assert list(table.index) == ["none", "rmt"] and list(table["seeds"]) == ["0 1", "0 1"]
+    pruned = [json.loads((tmp_path / "runs" / f"pruned{k}" / "summary.json").read_text()) for k in (0, 1)]
+    assert table.loc["rmt", "n_pairs"] == 2
+    assert table.loc["rmt", "params_end"] == pytest.approx(sum(p["n_params_final"] for p in pruned) / 2)
+    assert table.loc["rmt", "final_mean"] == pytest.approx(sum(p["test_acc_finetuned"] for p in pruned) / 2)
+
+    code, _, err = cli("inspect", "runs/pruned0", "--out", "view")
+    assert code == 0, err
+    assert len(pd.read_csv(tmp_path / "view" / "inspect.csv")) >= 2
+
+
+def test_a_pruned_model_without_fine_tuning_records_the_cut_as_its_result(cli, tmp_path):
+    assert cli("train", *TINY, "epochs=1", "hydra.run.dir=run")[0] == 0
+    code, _, err = cli("prune", "run", *PRUNE, "hydra.run.dir=p")
+    assert code == 0, err
+    s = json.loads((tmp_path / "p" / "summary.json").read_text())
+    assert (s["final_test_acc"], s["best_test_acc"], s["best_epoch"], s["epochs_completed"]) == \
+        (s["test_acc_after"], s["test_acc_after"], 0, 0)
+    assert s["n_params_final"] == s["n_params_after"] and s["config_key"] and s["versions"]
+    from rmtprune.runs.walk import load_run
+
+    assert load_run(tmp_path / "p").summary["n_params_initial"] == s["n_params_before"]  # read, not damaged
+
+
+def test_prune_into_a_folder_holding_a_run_is_refused_and_writes_nothing(cli, tmp_path):
+    assert cli("train", *TINY, "epochs=1", "hydra.run.dir=run")[0] == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()}
+    code, _, err = cli("prune", "run", *PRUNE, "hydra.run.dir=run")
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and "already holds the results of another run (summary.json" in lines[0], err
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()} == before

@@ -5,7 +5,6 @@ folder stands in for a model.pt that is gone."""
 from __future__ import annotations
 
 import functools
-import json
 import math
 import shutil
 from pathlib import Path
@@ -29,6 +28,7 @@ from rmtprune.report.baseline import (
 )
 from rmtprune.runs.walk import load_run
 from rmtprune.train.checkpoint import model_payload, save_atomic
+from tests_support.runs import fake_run
 
 WIDTHS = [784, 64, 32, 10]
 DATASET = {"name": "synthetic", "input_shape": [1, 28, 28], "num_classes": 10, "train_size": 300,
@@ -123,9 +123,8 @@ def normal_run_folder(folder: Path, seed: int = 3, zero_biases: bool = True) -> 
     cfg = {"topology": "-".join(map(str, WIDTHS)), "seed": seed, "batch_size": 64, "eval_batch_size": 128,
            "dataset": DATASET, "model": {"name": "mlp"}, "pruning": {"name": "none"},
            "optimizer": {"name": "sgd", "lr": 0.5, "momentum": 0.9, "l1": 0.0, "l2": 0.0, "lr_decay": 1.0}}
-    (folder / "metrics.csv").write_text("epoch,train_loss,train_acc,test_loss,test_acc,lr\n1,1,0.5,1,0.5,0.01\n")
-    (folder / "summary.json").write_text(json.dumps({"status": "completed", "n_params_initial": 1,
-                                                     "n_params_final": 1, "epochs_completed": 1, "config": cfg}))
+    fake_run(folder, cfg, [{"epoch": 1, "train_loss": 1, "train_acc": 0.5, "test_loss": 1, "test_acc": 0.5, "n_params": 1,
+                            "n_params_after": 1, "lr": 0.01}])
     return folder
 
 

@@ -4,7 +4,6 @@ prune, resume and compare, never import or call what they name (a sentinel file 
 from __future__ import annotations
 
 import builtins
-import json
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ from rmtprune.nn.models import build_model
 from rmtprune.report.baseline import MagnitudeBaseline
 from rmtprune.runs.walk import load_run
 from rmtprune.train.checkpoint import model_payload, save_atomic
+from tests_support.runs import fake_run
 
 NET = "tests_support.nets.Net"
 CUSTOM = ["model=custom", f"model._target_={NET}", "model.hidden=32"]
@@ -105,9 +105,8 @@ def custom_normal_run(tmp_path, target: str, kwargs: dict):
                "test_size": 100}
     cfg = {"seed": 0, "batch_size": 64, "eval_batch_size": 128, "dataset": dataset, "pruning": {"name": "none"},
            "model": {"name": "custom", "_target_": target}}
-    (folder / "metrics.csv").write_text("epoch,train_loss,train_acc,test_loss,test_acc,lr\n1,1,0.5,1,0.5,0.01\n")
-    (folder / "summary.json").write_text(json.dumps({"status": "completed", "n_params_initial": 1,
-                                                     "n_params_final": 1, "epochs_completed": 1, "config": cfg}))
+    fake_run(folder, cfg, [{"epoch": 1, "train_loss": 1, "train_acc": 0.5, "test_loss": 1, "test_acc": 0.5, "n_params": 1,
+                            "n_params_after": 1, "lr": 0.01}])
     return load_run(folder)
 
 

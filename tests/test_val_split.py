@@ -164,14 +164,14 @@ def test_val_columns_are_written_every_epoch(val_sweep):
 
 
 def test_the_summary_best_is_chosen_on_validation():
-    from rmtprune.train.loop import _summarise
+    from rmtprune.runs.folder import summarise
 
     metrics = [{"epoch": e, "train_acc": 0.5, "test_loss": 1.0, "n_params_after": 10, "test_acc": t, "val_acc": v,
                 "val_loss": 1.0} for e, t, v in ((1, 0.9, 0.2), (2, 0.5, 0.8), (3, 0.6, 0.3))]
-    out = _summarise({"n_params_initial": 10, "config": {}}, metrics, 1.0)
+    out = summarise({"n_params_initial": 10, "config": {}}, metrics, 1.0)
     assert (out["best_epoch"], out["best_test_acc"], out["best_val_acc"], out["best_on"]) == (2, 0.5, 0.8, "val")
     without = [{**r, "val_acc": math.nan, "val_loss": math.nan} for r in metrics]
-    out = _summarise({"n_params_initial": 10, "config": {}}, without, 1.0)
+    out = summarise({"n_params_initial": 10, "config": {}}, without, 1.0)
     assert (out["best_epoch"], out["best_on"]) == (1, "test") and "final_val_acc" not in out
 
 

@@ -4,7 +4,7 @@
 - Folders named by the clock (the default ``outputs/DATE/HH-MM-SS``) are made unique before Hydra
   starts: the folder is created here, and when it exists already (another run started in the same
   second) ``-2``, ``-3``, ... is appended. A folder you name is yours: a single run locks it
-  (outputs.RunLock) before Hydra writes into it, and the command refuses one that holds another run.
+  (runs.folder.RunLock) before Hydra writes into it, and the command refuses one that holds another run.
   A sweep checks every job's folder the same way before Hydra starts (Hydra writes ``.hydra/`` into
   each job's folder before the job runs), and refuses two jobs that resolve to one folder (:mod:`.precheck`).
 - A sweep's folder is given to Hydra as an absolute path, so every launcher's processes write to the
@@ -85,7 +85,7 @@ def run_hydra(body: Callable[[DictConfig, Path], Any], config_name: str, args: l
 
 def _single(plan: Plan, task: Callable[[DictConfig], None], config_name: str, args: list[str], prog: str,
             claim: Callable[[DictConfig, Path], bool] | None) -> int:
-    from rmtprune.runs.folder import RunLock
+    from rmtprune.runs.folder import RunFolder
 
     folder = plan.output_dir
     if plan.clock_named:
@@ -95,7 +95,7 @@ def _single(plan: Plan, task: Callable[[DictConfig], None], config_name: str, ar
         folder.mkdir(parents=True, exist_ok=True)
     jobs.FINISHED.clear()
     # Held while Hydra writes .hydra/ and the job runs (the job's own RunLock re-enters it).
-    with RunLock(folder) if claim is not None else nullcontext():
+    with RunFolder(folder).lock() if claim is not None else nullcontext():
         if claim is not None and claim(task_config(plan.configs[0]), folder):
             print(f"rmtprune: {folder} holds the finished run of this config: nothing to do, nothing written (to "
                   f"train it again choose another folder, hydra.run.dir=...; to train longer, resume={folder} "
@@ -114,7 +114,7 @@ def _sweep(plan: Plan, task: Callable[[DictConfig], None], config_name: str, arg
            claim: Callable[[DictConfig, Path], bool] | None = None) -> int:
     import os
 
-    from rmtprune.runs.folder import RunLock
+    from rmtprune.runs.folder import RunFolder, RunLock
 
     folder = Path(os.path.abspath(claim_unique(plan.output_dir) if plan.clock_named else plan.output_dir))
     folder.mkdir(parents=True, exist_ok=True)
@@ -125,7 +125,7 @@ def _sweep(plan: Plan, task: Callable[[DictConfig], None], config_name: str, arg
     # One sweep at a time in a sweep folder, from before its job folders are checked and Hydra writes
     # multirun.yaml and the jobs' .hydra/ until its last job ended.
     interrupted: KeyboardInterrupt | None = None
-    with RunLock(folder, ".sweep.lock"):
+    with RunLock(folder, RunFolder.SWEEP_LOCK):
         if claim is not None and not plan.clock_named and plan.job_configs is not None and plan.job_subdirs is not None:
             for cfg, subdir in zip(plan.job_configs, plan.job_subdirs):
                 claim(cfg, folder / subdir)

@@ -19,7 +19,7 @@ from rmtprune.commands import outcomes
 from rmtprune.commands.common import debugging, err, unexpected
 from rmtprune.commands.outcomes import Outcome
 from rmtprune.errors import RunFailed, UserError
-from rmtprune.runs.folder import resolve_redirect
+from rmtprune.runs.folder import RunFolder
 from rmtprune.train.signals import Terminated, interruptible, stopped
 
 # The outcomes of the jobs this process ran (a single run, or a sweep under the basic launcher).
@@ -50,7 +50,7 @@ def job_task(body: Callable[[DictConfig, Path], Any]) -> Callable[[DictConfig], 
                 err(str(exc))
                 outcome.status, outcome.error = outcomes.REFUSED, str(exc)
             except RunFailed as exc:
-                err(f"{exc} (metrics so far are in {resolve_redirect(run_dir)})")  # a resumed run: its own folder
+                err(f"{exc} (metrics so far are in {RunFolder(run_dir).resolve().path})")  # a resumed run: its own folder
                 outcome.status, outcome.error = outcomes.FAILED, str(exc)
             except KeyboardInterrupt as exc:
                 how = "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C"
@@ -59,7 +59,7 @@ def job_task(body: Callable[[DictConfig, Path], Any]) -> Callable[[DictConfig], 
             except Exception as exc:  # a full disk, a folder made read-only mid-run, a bug: one line, the run failed
                 if debugging():
                     raise
-                message = unexpected(exc, f"the job in {resolve_redirect(run_dir)} failed")
+                message = unexpected(exc, f"the job in {RunFolder(run_dir).resolve().path} failed")
                 err(message)
                 outcome.status, outcome.error = outcomes.FAILED, message
                 _mark_failed(run_dir, message)
@@ -73,18 +73,14 @@ def job_task(body: Callable[[DictConfig, Path], Any]) -> Callable[[DictConfig], 
 
 def _mark_failed(run_dir: Path, message: str) -> None:
     """Say ``failed`` in a summary.json the run left at ``running`` (when it can still be written)."""
-    import json
-
-    from rmtprune.files import read_json, write_json
-
-    path = resolve_redirect(run_dir) / "summary.json"
-    try:
-        summary = read_json(path)
-        if isinstance(summary, dict) and summary.get("status") == "running":
-            summary.update(status="failed", error=message)
-            write_json(path, summary)
-    except (OSError, ValueError, json.JSONDecodeError):
-        pass
+    folder = RunFolder(run_dir).resolve()
+    summary = folder.read_summary()
+    if summary is not None and summary.get("status") == "running":
+        summary.update(status="failed", error=message)
+        try:
+            folder.write_summary(summary)
+        except OSError:
+            pass
 
 
 def threads_per_job(launcher: Any, cpu_count: int) -> int | None:

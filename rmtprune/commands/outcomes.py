@@ -88,9 +88,9 @@ def _read(path: Path) -> dict[str, Any] | None:
 
 def summary_status(folder: Path) -> tuple[str | None, str]:
     """(status, error) of the summary.json holding a job's results (following redirect.json)."""
-    from rmtprune.runs.folder import resolve_redirect
+    from rmtprune.runs.folder import RunFolder
 
-    summary = _read(resolve_redirect(folder) / "summary.json")
+    summary = RunFolder(folder).resolve().read_summary()
     if summary is None:
         return None, ""
     return str(summary.get("status")), str(summary.get("error") or "")

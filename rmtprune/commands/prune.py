@@ -51,10 +51,9 @@ def check(cfg: DictConfig) -> None:
 def claim(cfg: DictConfig, folder: Path) -> bool:
     """A named folder that holds results already is refused: a run folder belongs to one run (so it is
     never "the finished run of this config": returns False)."""
-    taken = [n for n in ("summary.json", "model.pt", "layers.csv", "metrics.csv", "checkpoint.pt") if (folder / n).exists()]
-    if taken:
-        raise UserError(f"{folder} already holds the results of another run ({', '.join(taken)}); choose another "
-                        f"folder (hydra.run.dir=...)")
+    from rmtprune.runs.folder import RunFolder
+
+    RunFolder(folder).claim(None)
     return False
 
 

@@ -62,13 +62,14 @@ def claim(cfg: DictConfig, folder: Path) -> bool:
     """A named run folder that holds another run is refused before Hydra writes into it (``resume=``
     is checked by the run itself). Returns True when the folder holds the finished run of this config:
     nothing is to be done, nor written there."""
-    from rmtprune.train.loop import _claim_folder, finished_here
+    from rmtprune.runs.folder import RunFolder
 
     job, _ = _prepared(cfg)
-    if finished_here(folder, job.key):
+    run = RunFolder(folder)
+    if run.finished(job.key):
         return True
     if job.run.resume.strip().lower() in _NOT_RESUMING:
-        _claim_folder(folder, job.key, resuming=False)
+        run.claim(job.key)
     return False
 
 

@@ -33,9 +33,10 @@ import pandas as pd
 from rmtprune import __version__
 from rmtprune.errors import RunFailed, UserError
 from rmtprune.files import write_csv
+from rmtprune.runs.folder import RunFolder
 from rmtprune.runs.walk import Run
 
-CACHE = "posthoc_magnitude.csv"
+CACHE = RunFolder.POSTHOC_MAGNITUDE
 
 
 CACHE_COLUMNS = ["target_params", "n_nonzero", "test_acc", "test_loss", "finetune_epochs", "finetuned_n_nonzero",
@@ -88,7 +89,7 @@ class MagnitudeBaseline:
         """The baseline of normal ``run`` at ``target`` non-zero parameters; with ``finetune`` (epochs)
         also after fine-tuning. None when neither model.pt nor a cached row can give it."""
         cache = self._read_cache(run.folder)
-        has_model = (run.folder / "model.pt").is_file()
+        has_model = RunFolder(run.folder).model_pt.is_file()
         base = _cached(cache, target, None, current_only=has_model)
         tuned = _cached(cache, target, finetune, current_only=has_model) if finetune is not None else None
         if base is not None and (finetune is None or tuned is not None):
@@ -101,7 +102,7 @@ class MagnitudeBaseline:
                 computed = None
             if computed is not None:
                 self._write_cache(run, cache, computed)
-                return _value(computed, computed if finetune is not None else None, "model.pt")
+                return _value(computed, computed if finetune is not None else None, RunFolder.MODEL)
         if base is not None:
             self._warn(run, f"no model.pt and no cached fine-tuned value at {target:,} parameters "
                             f"({finetune} epochs): the magnitude baseline is given without fine-tuning")
@@ -164,12 +165,13 @@ class MagnitudeBaseline:
         from rmtprune.nn.masks import count_nonzero, prune_to_count, remove_masks
         from rmtprune.train.checkpoint import is_custom, load_file, rebuild_model
 
-        ckpt = load_file(run.folder / "model.pt")
+        model_pt = RunFolder(run.folder).model_pt
+        ckpt = load_file(model_pt)
         if is_custom(ckpt) and not self.trust_model_code:
             raise UserError(f"model.pt holds a custom model ({ckpt['spec'].get('target')!r}), whose class rmtprune "
                             f"imports only when asked: pass --trust-model-code for runs you trust")
         trusted = ckpt.get("spec") if self.trust_model_code else None
-        model = rebuild_model(ckpt, run.folder / "model.pt", trusted)
+        model = rebuild_model(ckpt, model_pt, trusted)
         data = self._dataset(run)
         cfg = run.summary["config"]
         batch = int(cfg.get("eval_batch_size") or len(data.test_x))

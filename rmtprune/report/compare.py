@@ -101,7 +101,8 @@ class Comparison:
 
 
 def _arm_keys(k: str) -> bool:
-    return k.startswith("pruning.") or k.startswith("schedule.")
+    # finetune_epochs: a model pruned after training (rmtprune prune) differs from its trained run in the arm
+    return k.startswith("pruning.") or k.startswith("schedule.") or k == "finetune_epochs"
 
 
 def _varying(runs: list[Run]) -> list[str]:

@@ -34,9 +34,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from rmtprune.config.schema import PRUNING_KEYS
 from rmtprune.errors import UserError
-from rmtprune.files import read_json
 from rmtprune.nn.models import parse_topology
-from rmtprune.runs.folder import resolve_redirect
+from rmtprune.runs.folder import RunFolder, walk
 
 BASELINES = ("magnitude", "lowrank", "neuron")
 
@@ -130,8 +129,9 @@ def trajectory_from_run(cfg: DictConfig, folder: Path) -> list[int]:
     pr = cfg.pruning
     events = EventCalendar(pr.every, pr.start_epoch, pr.stop_epoch).events(int(cfg.epochs))
     counts: dict[int, int] = {}
+    metrics = RunFolder(folder).metrics_csv
     try:
-        with open(folder / "metrics.csv", newline="") as f:
+        with open(metrics, newline="") as f:
             for row in csv.DictReader(f):
                 if row.get("epoch") and row.get("n_params_after"):
                     counts[int(row["epoch"])] = int(float(row["n_params_after"]))
@@ -139,7 +139,7 @@ def trajectory_from_run(cfg: DictConfig, folder: Path) -> list[int]:
         pass
     missing = [e for e in events if e not in counts]
     if missing:
-        raise UserError(f"pruning.match=trajectory: {folder / 'metrics.csv'} has no count after the event after epoch "
+        raise UserError(f"pruning.match=trajectory: {metrics} has no count after the event after epoch "
                         f"{missing[0]} (events after epochs {', '.join(map(str, events))}); match a run that "
                         f"finished with its metrics.csv, or use pruning.match=final")
     return [counts[e] for e in events]
@@ -150,13 +150,14 @@ def matched_run(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
     raw = str(cfg.pruning.target_from)
     key = f"pruning.target_from={raw}"
     path = Path(raw).expanduser()
-    if path.is_file() and path.name == "summary.json":
+    if path.is_file() and path.name == RunFolder.SUMMARY:
         path = path.parent
     if not path.is_dir():
         raise UserError(f"{key}: no such folder; give a finished run folder of rmtprune train, or a sweep folder")
-    if (path / "summary.json").exists() or (path / "redirect.json").exists():
-        folder = resolve_redirect(path)
-        summary = _summary(folder / "summary.json")
+    given = RunFolder(path)
+    if given.summary_json.exists() or given.redirect_json.exists():
+        found = given.resolve()
+        folder, summary = found.path, found.read_summary()
         if summary is None or summary.get("status") != "completed":
             status = "no readable summary.json" if summary is None else f"status {summary.get('status')}"
             raise UserError(f"{key}: the run there has not finished ({status}); finish it (resume=true) or give "
@@ -220,11 +221,10 @@ def _mismatches(summary: dict[str, Any], cfg: DictConfig) -> list[tuple[str, str
 
 def _finished_runs(root: Path) -> list[tuple[Path, dict[str, Any]]]:
     """(folder, summary) of the completed runs under ``root`` and of the folders its redirect.json files name."""
-    folders = {p.parent.resolve() for p in root.rglob("summary.json")}
-    folders |= {resolve_redirect(p.parent).resolve() for p in root.rglob("redirect.json")}
     out = []
+    folders = {g.path.resolve() for f in walk(root) for g in (f, f.resolve())}
     for folder in sorted(folders):
-        summary = _summary(folder / "summary.json")
+        summary = RunFolder(folder).read_summary()
         if summary and summary.get("status") == "completed":
             out.append((folder, summary))
     return out
@@ -236,14 +236,6 @@ def _is_count(value: Any, required: bool) -> bool:
     if value is None:
         return not required
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
-
-def _summary(path: Path) -> dict[str, Any] | None:
-    try:
-        data = read_json(path)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _other_network(summary: dict[str, Any], cfg: DictConfig) -> str:

@@ -18,6 +18,7 @@ import pandas as pd
 
 from rmtprune.config.identity import flatten, identity
 from rmtprune.files import read_json
+from rmtprune.runs.folder import RunFolder, walk
 
 
 @dataclass
@@ -42,7 +43,7 @@ class Run:
 
     @property
     def spectra_path(self) -> Path | None:
-        p = self.folder / "spectra.npz"
+        p = RunFolder(self.folder).spectra_npz
         return p if p.exists() and self.spectra_problem is None else None
 
     @property
@@ -95,29 +96,34 @@ def run_config(config: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def _follow_redirect(folder: Path) -> tuple[Path | None, str | None]:
+def grouping_config(summary: dict[str, Any]) -> dict[str, Any]:
+    """The config compare groups a run by: its own; for a model pruned after training (``rmtprune prune``: its
+    config has ``model_path``) the config of the run that trained it (summary.json's ``source_config``, when
+    recorded) with prune's ``pruning``, ``schedule`` and ``finetune_epochs``, so that the pruned models of a
+    sweep's seeds are one arm beside the runs that trained them, paired by seed. ``model_path`` names a file,
+    not a setting: it is left out."""
+    config = summary["config"]
+    if "model_path" not in config:
+        return config
+    source = summary.get("source_config")
+    base = dict(source) if isinstance(source, dict) else {k: v for k, v in config.items() if k != "model_path"}
+    base.update({k: config.get(k) for k in ("pruning", "schedule", "finetune_epochs")})
+    return base
+
+
+def _follow_redirect(folder: RunFolder) -> tuple[RunFolder | None, str | None]:
     """The folder holding the results of ``folder`` and a problem, if any.
 
     A job that resumed or skipped to an earlier run leaves ``redirect.json`` ({"run_dir": path}).
     A redirect that cannot be read or names no folder is a problem; the folder's own summary.json
     is then read if it has one, else the job is left out.
     """
-    red = folder / "redirect.json"
-    if not red.exists():
+    target, reason = folder.redirect()
+    if target is not None:
+        return RunFolder(target), None
+    if reason is None:
         return folder, None
-    try:
-        data = read_json(red)
-    except (OSError, ValueError) as exc:
-        reason = f"redirect.json unreadable ({type(exc).__name__})"
-    else:
-        target = data.get("run_dir") if isinstance(data, dict) else None
-        if not isinstance(target, str) or not target:
-            reason = "redirect.json names no run folder (no \"run_dir\" text)"
-        elif not Path(target).is_dir():
-            reason = f"redirect.json points to {target}, which is not a folder here"
-        else:
-            return Path(target), None
-    return (folder if (folder / "summary.json").exists() else None), reason
+    return (folder if folder.summary_json.exists() else None), reason
 
 
 def discover(paths: list[Path]) -> tuple[list[Path], list[dict[str, str]]]:
@@ -133,19 +139,17 @@ def discover(paths: list[Path]) -> tuple[list[Path], list[dict[str, str]]]:
         if not path.exists():
             problems.append({"folder": str(path), "reason": "does not exist"})
             continue
-        candidates = [path] if (path / "summary.json").exists() or (path / "redirect.json").exists() else []
-        candidates += sorted({p.parent for pat in ("summary.json", "redirect.json") for p in path.rglob(pat)})
-        for hydra_dir in sorted(path.rglob(".hydra")) if path.is_dir() else []:
-            job = hydra_dir.parent
-            if not (job / "summary.json").exists() and not (job / "redirect.json").exists():
-                problems.append({"folder": str(job), "reason": "no summary.json: the job failed before training "
+        for hydra_dir in sorted(path.rglob(RunFolder.HYDRA)) if path.is_dir() else []:
+            job = RunFolder(hydra_dir.parent)
+            if not job.summary_json.exists() and not job.redirect_json.exists():
+                problems.append({"folder": str(job.path), "reason": "no summary.json: the job failed before training "
                                  "(see its log)"})
-        for c in dict.fromkeys(candidates):
-            target, reason = _follow_redirect(c)
+        for candidate in walk(path):
+            target, reason = _follow_redirect(candidate)
             if reason:
-                problems.append({"folder": str(c), "reason": reason})
+                problems.append({"folder": str(candidate.path), "reason": reason})
             if target is not None:
-                folders[target.resolve()] = None
+                folders[target.path.resolve()] = None
     return list(folders), problems
 
 
@@ -252,23 +256,24 @@ def load_run(folder: Path) -> Run:
     """Read one run folder; raises ValueError with the reason when it cannot be read or is damaged.
 
     A damaged spectra.npz only feeds figures: the run is read, with the damage in ``spectra_problem``."""
+    files = RunFolder(folder)
     try:
-        summary = read_json(folder / "summary.json")
+        summary = read_json(files.summary_json)
     except (OSError, ValueError) as exc:
         raise ValueError(f"summary.json unreadable ({type(exc).__name__})") from None
     summary = check_summary(summary)
-    metrics = read_metrics(folder / "metrics.csv")
+    metrics = read_metrics(files.metrics_csv)
     done = summary.get("epochs_completed")
     if summary.get("status") == "completed" and done is not None and len(metrics) != int(done):
         raise ValueError(f"metrics.csv has {len(metrics)} epoch rows, summary.json says {int(done)} completed")
     try:
-        check_spectra(folder / "spectra.npz")
+        check_spectra(files.spectra_npz)
         spectra_problem = None
     except ValueError as exc:
         spectra_problem = str(exc)
-    ledger = _optional_csv(folder / "layers.csv")
-    magnitude = _optional_csv(folder / "magnitude_sweep.csv", ("n_nonzero", "test_acc", "test_loss"))
-    return Run(folder, summary, run_config(summary["config"]), metrics, ledger, magnitude, spectra_problem)
+    ledger = _optional_csv(files.layers_csv)
+    magnitude = _optional_csv(files.magnitude_csv, ("n_nonzero", "test_acc", "test_loss"))
+    return Run(folder, summary, run_config(grouping_config(summary)), metrics, ledger, magnitude, spectra_problem)
 
 
 def _optional_csv(path: Path, numeric: tuple[str, ...] = ()) -> pd.DataFrame | None:

@@ -10,6 +10,7 @@ from torch import nn
 
 from rmtprune.errors import UserError
 from rmtprune.nn.layers import LowRankConv2d, LowRankLinear
+from rmtprune.runs.folder import RunFolder
 from rmtprune.train.checkpoint import is_checkpoint, is_custom, load_file, rebuild_model
 
 
@@ -17,9 +18,10 @@ def resolve_model_file(path: Path) -> Path:
     """A run folder -> its model.pt (or checkpoint.pt); a file -> itself."""
     path = Path(path)
     if path.is_dir():
-        for name in ("model.pt", "checkpoint.pt"):
-            if (path / name).exists():
-                return path / name
+        folder = RunFolder(path)
+        for file in (folder.model_pt, folder.checkpoint_pt):
+            if file.exists():
+                return file
         raise UserError(f"{path}: no model.pt or checkpoint.pt in this folder (is it a run folder of rmtprune train?)")
     if not path.exists():
         raise UserError(f"{path}: no such file or folder")

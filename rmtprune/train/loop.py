@@ -36,39 +36,27 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from rmtprune.config.build import Job, RunSettings, make_job
 from rmtprune.config.identity import identity_differences
 from rmtprune.config.validate import model_warnings, validate
 from rmtprune.data import Data, load_data
 from rmtprune.errors import RunFailed, UserError
-from rmtprune.files import read_json, write_csv, write_json
+from rmtprune.files import read_json
 from rmtprune.nn.evaluate import evaluate
 from rmtprune.nn.geometry import count_parameters
 from rmtprune.nn.models import factorised_ranks
 from rmtprune.prune.base import Pruner
 from rmtprune.prune.calendar import anneal_scale
-from rmtprune.prune.events import (
-    LEDGER_COLUMNS,
-    PRUNING_ACTIONS,
-    PruneEvent,
-    rebuild_optimizer,
-)
-from rmtprune.runs.folder import (
-    METRICS_COLUMNS,
-    RunLock,
-    append_spectra,
-    find_runs,
-    repair_spectra,
-)
+from rmtprune.prune.events import PRUNING_ACTIONS, PruneEvent, rebuild_optimizer
+from rmtprune.runs.folder import RunFolder, find_runs, summarise
 from rmtprune.train.environment import machine, versions
 from rmtprune.train.loggers import Logger, open_logger
 from rmtprune.train.progress import BatchProgress, show_event
 from rmtprune.train.signals import Terminated, interruptible
 from rmtprune.train.state import TrainingState, make_optimizer  # noqa: F401  (make_optimizer: the loop's optimizer)
 from rmtprune.train.step import train_epoch
-from rmtprune.train.sweep import COLUMNS as MAGNITUDE_COLUMNS
 from rmtprune.train.sweep import magnitude_sweep, sparsity_grid
 
 log = logging.getLogger("rmtprune")
@@ -101,15 +89,6 @@ def _same_config_or_refuse(old_config: Any, cfg: DictConfig, where: Path, what: 
                         f"(only epochs may grow), or start a new run without resume=")
 
 
-def _own_run(run_dir: Path, key: str) -> dict[str, Any] | None:
-    """The summary of the run of config ``key`` that ``run_dir`` holds already (finished or not), else None."""
-    try:
-        summary = read_json(run_dir / "summary.json")
-    except (OSError, ValueError):
-        return None
-    return summary if isinstance(summary, dict) and summary.get("config_key") == key else None
-
-
 def _previous(cfg: DictConfig, key: str, run_dir: Path) -> tuple[Path | None, dict[str, Any] | None]:
     """Where to continue from: (folder, its summary) or (None, None) for a fresh run.
 
@@ -119,7 +98,7 @@ def _previous(cfg: DictConfig, key: str, run_dir: Path) -> tuple[Path | None, di
     newest one stopped before its first checkpoint (it starts again in its own folder).
     """
     flag = str(cfg.resume).strip().lower()
-    own = _own_run(run_dir, key)
+    own = RunFolder(run_dir).own_run(key)
     if own is not None and (own.get("status") == "completed" or flag in ("true", "1", "yes")):
         return run_dir, own
     if flag in ("false", "0", "none", "no", ""):
@@ -131,7 +110,7 @@ def _previous(cfg: DictConfig, key: str, run_dir: Path) -> tuple[Path | None, di
     if flag in ("true", "1", "yes"):
         found = find_runs(Path(cfg.output_root), key)
         for folder, summary in found:
-            if summary.get("status") == "completed" or (folder / "checkpoint.pt").exists():
+            if summary.get("status") == "completed" or RunFolder(folder).checkpoint_pt.exists():
                 return folder, summary
         if found:
             return found[0]
@@ -139,13 +118,14 @@ def _previous(cfg: DictConfig, key: str, run_dir: Path) -> tuple[Path | None, di
         return None, None
     path = Path(str(cfg.resume))
     folder = path if path.is_dir() else path.parent
-    if not (folder / "checkpoint.pt").exists() and not (folder / "summary.json").exists():
+    files = RunFolder(folder)
+    if not files.checkpoint_pt.exists() and not files.summary_json.exists():
         raise UserError(f"resume={cfg.resume}: no checkpoint.pt or summary.json there; give a run folder "
                         f"of rmtprune train, or resume=true")
     summary: dict[str, Any] = {}
-    if (folder / "summary.json").exists():
+    if files.summary_json.exists():
         try:
-            summary = read_json(folder / "summary.json")
+            summary = read_json(files.summary_json)
         except (OSError, ValueError):
             raise UserError(f"resume={cfg.resume}: its summary.json is unreadable") from None
         if not isinstance(summary, dict):
@@ -153,54 +133,6 @@ def _previous(cfg: DictConfig, key: str, run_dir: Path) -> tuple[Path | None, di
         if "config" in summary:
             _same_config_or_refuse(summary["config"], cfg, folder, "it was made by")
     return folder, summary
-
-
-def _claim_folder(run_dir: Path, key: str, resuming: bool) -> None:
-    """A run folder belongs to one run: refuse one that holds another run's files (unless this is the
-    same config being resumed there: _previous has compared the configs then)."""
-    if resuming:
-        return
-    summary_path = run_dir / "summary.json"
-    if not summary_path.exists():
-        leftovers = [n for n in ("metrics.csv", "layers.csv", "spectra.npz", "model.pt", "checkpoint.pt")
-                     if (run_dir / n).exists()]
-        if leftovers:
-            raise UserError(f"{run_dir} already holds files of another run ({', '.join(leftovers)}); choose "
-                            f"another folder (hydra.run.dir=...) or remove them")
-        return
-    try:
-        other = read_json(summary_path)
-    except (OSError, ValueError):
-        other = {}
-    if not isinstance(other, dict) or other.get("config_key") != key:
-        raise UserError(f"{run_dir} holds another run (config key {other.get('config_key', '?') if isinstance(other, dict) else '?'}, "
-                        f"this one {key}); choose another folder (hydra.run.dir=...)")
-    if other.get("status") != "completed" and (run_dir / "checkpoint.pt").exists():
-        raise UserError(f"{run_dir} holds an unfinished run of this config (status {other.get('status')}); "
-                        f"continue it with resume=true or resume={run_dir}, or choose another folder")
-
-
-def finished_here(run_dir: Path, key: str) -> bool:
-    """Whether ``run_dir`` holds the finished run of config ``key``: then nothing is written there again."""
-    own = _own_run(run_dir, key)
-    return own is not None and own.get("status") == "completed"
-
-
-def _restart(run_dir: Path) -> None:
-    """A run of this config stopped before its first checkpoint: nothing to continue, start it again there."""
-    for name in ("metrics.csv", "layers.csv", "spectra.npz"):
-        (run_dir / name).unlink(missing_ok=True)
-
-
-def _check_writable(folder: Path, hint: str) -> None:
-    """``folder`` exists (made if needed) and a file can be written there; else a UserError with ``hint``."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".write_test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(f"output folder {folder} is not writable ({exc.strerror}); {hint}") from None
 
 
 def prepare(cfg: DictConfig) -> tuple[Job, torch.nn.Module | None]:
@@ -228,31 +160,47 @@ def run_job(job: Job, run_dir: Path) -> dict[str, Any]:
     summary."""
     cfg, key, settings = job.cfg, job.key, job.run
     run_dir = Path(run_dir)
-    _check_writable(run_dir, "set hydra.run.dir (or hydra.sweep.dir) to a writable folder")
+    RunFolder(run_dir).check_writable("set hydra.run.dir (or hydra.sweep.dir) to a writable folder")
     device = resolve_device(settings.device)
     prev_dir, prev_summary = _previous(cfg, key, run_dir)
     if (prev_dir is not None and prev_summary and prev_summary.get("status") == "completed"
             and int(prev_summary.get("epochs_completed", 0)) >= settings.epochs):
         if prev_dir.resolve() != run_dir.resolve():
-            write_json(run_dir / "redirect.json", {"run_dir": str(prev_dir.resolve()), "reason": "already completed"})
+            RunFolder(run_dir).write_redirect(prev_dir, "already completed")
         log.info("this config already finished in %s: not retrained (train it again in another folder: "
                  "hydra.run.dir=...)", prev_dir)
         return prev_summary
     if (prev_dir is not None and prev_summary and prev_summary.get("status") == "completed"
-            and not (prev_dir / "checkpoint.pt").exists()):
+            and not RunFolder(prev_dir).checkpoint_pt.exists()):
         raise UserError(f"resume: {prev_dir} holds a finished run of {prev_summary.get('epochs_completed')} epochs "
                         f"without checkpoint.pt (checkpoint=false), so it cannot be continued to epochs={settings.epochs}; "
                         f"train the longer run in another folder (hydra.run.dir=...)")
     out_dir = prev_dir if prev_dir is not None else run_dir
+    out = RunFolder(out_dir)
     if out_dir != run_dir:
-        _check_writable(out_dir, "make it writable to continue that run there, or run without resume=")
-    with RunLock(out_dir):
-        _claim_folder(out_dir, key, resuming=prev_dir is not None)
+        out.check_writable("make it writable to continue that run there, or run without resume=")
+    with out.lock():
+        if prev_dir is None:  # a run resumed there has had its config compared (_previous)
+            out.claim(key)
         if prev_dir is not None and prev_dir.resolve() != run_dir.resolve():
-            write_json(run_dir / "redirect.json", {"run_dir": str(prev_dir.resolve()), "reason": "resumed"})
+            RunFolder(run_dir).write_redirect(prev_dir, "resumed")
             log.info("resuming the run in %s", prev_dir)
         with interruptible():
             return _train(job, out_dir, device, resuming=prev_dir is not None)
+
+
+def run_record(cfg: DictConfig, key: str, out_dir: Path, device: torch.device, numerics: Any, n_params_initial: int,
+               started_at: str, warnings: list[str], status: str = "running") -> dict[str, Any]:
+    """The head of a run's summary.json, the same for ``rmtprune train`` and ``rmtprune prune``: status, warnings,
+    config key, start, folder, seed, data set, network, pruning, schedule, machine, numerics, initial count,
+    versions and the resolved config; :func:`rmtprune.runs.folder.summarise` adds the results."""
+    return {
+        "status": status, "warnings": warnings, "config_key": key, "started_at": started_at,
+        "run_dir": str(Path(out_dir).resolve()), "seed": int(cfg.seed), "dataset": cfg.dataset.name,
+        "model": cfg.model.name, "topology": cfg.topology if cfg.model.name == "mlp" else None,
+        "pruning": cfg.pruning.name, "schedule": cfg.schedule.name, **machine(device), "numerics": numerics,
+        "n_params_initial": n_params_initial, "versions": versions(), "config": OmegaConf.to_container(cfg, resolve=True),
+    }
 
 
 def _unless_damaged(read: Callable[[], Any], out_dir: Path) -> Any:
@@ -272,10 +220,11 @@ def _train(job: Job, out_dir: Path, device: torch.device, resuming: bool) -> dic
     numerics = configure_numerics(settings, device)
     data = load_data(job.data, device)
     pruner: Pruner = job.make_pruner(list(data.input_shape))
-    ckpt_path = out_dir / "checkpoint.pt"
+    out = RunFolder(out_dir)
+    ckpt_path = out.checkpoint_pt
     old_epochs = None
     if not ckpt_path.exists():
-        _restart(out_dir)
+        out.remove_partial()
     if resuming and ckpt_path.exists():
         old_config = _unless_damaged(lambda: _checkpoint_config(ckpt_path), out_dir)
         _same_config_or_refuse(old_config, cfg, ckpt_path, "it was made by")
@@ -289,28 +238,22 @@ def _train(job: Job, out_dir: Path, device: torch.device, resuming: bool) -> dic
         if settings.optimizer.anneal != "none" and old_epochs != settings.epochs:
             raise UserError(f"epochs={settings.epochs}: a run with optimizer.anneal={settings.optimizer.anneal} cannot "
                             f"be continued with another length than its {old_epochs} epochs: its anneal ends with its last epoch")
-        (out_dir / "DONE").unlink(missing_ok=True)  # a finished run continued to more epochs is running again
+        out.clear_done()  # a finished run continued to more epochs is running again
     else:
         state = TrainingState.fresh(settings, job.spec, data.num_classes, list(data.input_shape), device, pruner,
                                     _now())
     warnings = model_warnings(state.model, cfg)
-    damaged = repair_spectra(out_dir / "spectra.npz")
+    damaged = out.repair_spectra()
     if damaged:
         warnings.append(damaged)
     for warning in warnings:
         log.warning(warning)
     if state.epoch:  # a continued run keeps what earlier sessions warned about (a repair among them)
-        earlier = (_own_run(out_dir, key) or {}).get("warnings")
+        earlier = (out.own_run(key) or {}).get("warnings")
         warnings[:0] = [w for w in earlier if w not in warnings] if isinstance(earlier, list) else []
-    summary: dict[str, Any] = {
-        "status": "running", "warnings": warnings, "config_key": key, "started_at": state.started_at, "run_dir": str(out_dir.resolve()),
-        "seed": settings.seed, "dataset": cfg.dataset.name, "model": cfg.model.name,
-        "topology": cfg.topology if cfg.model.name == "mlp" else None, "pruning": cfg.pruning.name,
-        "schedule": cfg.schedule.name, **machine(device), "numerics": numerics, "n_params_initial": state.n_params_initial,
-        "versions": versions(), "config": config,
-    }
-    write_json(out_dir / "summary.json", _summarise(summary, state.metrics, state.wall_time_s))
-    write_csv(out_dir / "metrics.csv", state.metrics, METRICS_COLUMNS)
+    summary = run_record(cfg, key, out_dir, device, numerics, state.n_params_initial, state.started_at, warnings)
+    out.write_summary(summarise(summary, state.metrics, state.wall_time_s))
+    out.write_metrics(state.metrics)
     t_start = time.perf_counter() - state.wall_time_s
     logger = open_logger(cfg, out_dir)
     ended = "failed"  # what the logger records if the loop does not finish
@@ -323,8 +266,8 @@ def _train(job: Job, out_dir: Path, device: torch.device, resuming: bool) -> dic
                 state.epoch = epoch
                 state.wall_time_s = time.perf_counter() - t_start
                 if settings.checkpoint:
-                    state.save(out_dir / "checkpoint.pt", config, key, device)
-                write_json(out_dir / "summary.json", _summarise(summary, state.metrics, state.wall_time_s))
+                    state.save(out.checkpoint_pt, config, key, device)
+                out.write_summary(summarise(summary, state.metrics, state.wall_time_s))
         ended = "completed"
     except RunFailed as exc:
         _record_end(out_dir, summary, state, t_start, "failed", str(exc))
@@ -348,19 +291,19 @@ def _train(job: Job, out_dir: Path, device: torch.device, resuming: bool) -> dic
         logger.close(ended)
 
     state.pruner.finalize(state.model)
-    save_atomic_model(state, out_dir / "model.pt")
+    save_atomic_model(state, out.model_pt)
     if settings.magnitude_sweep:
         levels = len(sparsity_grid(settings.magnitude_thresholds))
         log.info("magnitude sweep after training: %d sparsity levels, each a pass over the %s test images "
                  "(magnitude_sweep.enabled=false skips it)", levels, f"{len(data.test_y):,}")
         rows = magnitude_sweep(state.model, data.test_x, data.test_y, settings.magnitude_thresholds,
                                settings.eval_batch_size, report=_sweep_progress)
-        write_csv(out_dir / "magnitude_sweep.csv", rows, MAGNITUDE_COLUMNS)
+        out.write_magnitude(rows)
     summary.update(status="completed", finished_at=_now(), ranks=factorised_ranks(state.model),
                    **final_costs(settings, state))
-    final = _summarise(summary, state.metrics, time.perf_counter() - t_start)
-    write_json(out_dir / "summary.json", final)
-    (out_dir / "DONE").write_text(final["finished_at"] + "\n")
+    final = summarise(summary, state.metrics, time.perf_counter() - t_start)
+    out.write_summary(final)
+    out.mark_done(final["finished_at"])
     log.info("done: test_acc %.2f%% (best epoch %d on %s: test_acc %.2f%%)%s, params %s -> %s, results in %s",
              100 * final["final_test_acc"], final["best_epoch"], final["best_on"], 100 * final["best_test_acc"],
              f", val_acc {100 * final['final_val_acc']:.2f}%" if "final_val_acc" in final else "",
@@ -437,9 +380,10 @@ def _epoch(settings: RunSettings, state: TrainingState, data: Data, epoch: int, 
              "" if val_acc != val_acc else f"val_acc {100 * val_acc:.2f}%  ", test_loss, 100 * test_acc,
              f" (after event {100 * after_acc:.2f}%)" if event is not None and event.changed else "",
              f"{row['n_params_after']:,}", lr_used, row["seconds"])
-    write_csv(out_dir / "metrics.csv", state.metrics, METRICS_COLUMNS)
+    out = RunFolder(out_dir)
+    out.write_metrics(state.metrics)
     if state.ledger:
-        write_csv(out_dir / "layers.csv", state.ledger, LEDGER_COLUMNS)
+        out.write_ledger(state.ledger)
 
 
 def _event(settings: RunSettings, state: TrainingState, data: Data, epoch: int, out_dir: Path, logger: Logger,
@@ -449,7 +393,7 @@ def _event(settings: RunSettings, state: TrainingState, data: Data, epoch: int, 
     event = state.pruner.step(state.model, epoch)
     state.ledger.extend(event.records)
     if event.spectra:
-        append_spectra(out_dir / "spectra.npz", epoch, event.spectra)
+        RunFolder(out_dir).append_spectra(epoch, event.spectra)
     if event.changed:
         recalibrate_after_event(settings, state.model, data, epoch, event, state.pruner.recalibrate_bn)
     show_event(event.records, epoch, settings.progress)
@@ -497,38 +441,13 @@ def _grow(settings: RunSettings, state: TrainingState, data: Data, old_epochs: i
     row.update(n_params_after=count_parameters(state.model), test_loss_after_event=after_loss,
                test_acc_after_event=after_acc,
                pruned_layers=sum(r["action"] in PRUNING_ACTIONS for r in event.records))
-    write_csv(out_dir / "metrics.csv", state.metrics, METRICS_COLUMNS)
+    out = RunFolder(out_dir)
+    out.write_metrics(state.metrics)
     if state.ledger:
-        write_csv(out_dir / "layers.csv", state.ledger, LEDGER_COLUMNS)
+        out.write_ledger(state.ledger)
 
 
 def _record_end(out_dir: Path, summary: dict[str, Any], state: TrainingState, t_start: float, status: str,
                 error: str) -> None:
     summary.update(status=status, error=error)
-    write_json(out_dir / "summary.json", _summarise(summary, state.metrics, time.perf_counter() - t_start))
-
-
-def _has_val(row: dict[str, Any]) -> bool:
-    v = row.get("val_acc")
-    return isinstance(v, float) and v == v
-
-
-def _summarise(summary: dict[str, Any], metrics: list[dict[str, Any]], wall: float) -> dict[str, Any]:
-    out = dict(summary)
-    out["epochs_completed"] = len(metrics)
-    out["wall_time_s"] = round(wall, 3)
-    if metrics:
-        last = metrics[-1]
-        # the best epoch is chosen on validation when there is a split; best_test_acc is the test accuracy there
-        on = "val" if _has_val(last) else "test"
-        best = max(metrics, key=lambda r: r[f"{on}_acc"])
-        out.update(final_test_acc=last["test_acc"], final_train_acc=last["train_acc"],
-                   final_test_loss=last["test_loss"], best_test_acc=best["test_acc"], best_epoch=best["epoch"],
-                   best_on=on, n_params_final=last["n_params_after"],
-                   param_reduction_pct=100.0 * (1 - last["n_params_after"] / out["n_params_initial"]))
-        if on == "val":
-            out.update(final_val_acc=last["val_acc"], final_val_loss=last["val_loss"], best_val_acc=best["val_acc"])
-    out["accuracy_unit"] = "fraction"
-    # keep the config last: the results are what a reader looks for first
-    out["config"] = out.pop("config")
-    return out
+    RunFolder(out_dir).write_summary(summarise(summary, state.metrics, time.perf_counter() - t_start))

@@ -6,14 +6,22 @@ rate: the event uses the schedule's keep fraction at that epoch (a 3-epoch run w
 ``schedule=linear schedule.horizon=6`` gets f = 1 - 3/6 = 0.5), and fine-tuning continues at that
 learning rate, where training stopped. ``optimizer.lr=`` given on the command line sets the fine-tuning
 rate instead; a plain state_dict has neither, so it is pruned at epoch ``epochs`` and fine-tuned at
-``optimizer.lr``."""
+``optimizer.lr``.
+
+Its summary.json is the run record ``rmtprune train`` writes (:func:`rmtprune.train.loop.run_record` and
+:func:`rmtprune.runs.folder.summarise`: ``n_params_initial`` is the count before the cut, ``n_params_final``
+after it; the final and best accuracies are those of the fine-tuning epochs, or right after the cut without
+fine-tuning: ``best_epoch`` 0), plus prune's own fields: the source model and the config of the run that
+trained it (``source_config``, when recorded), the accuracies before, after the cut and fine-tuned, and
+``n_params_before`` / ``n_params_after`` (the same counts as ``n_params_initial`` / ``n_params_final``, kept for
+one release). ``rmtprune compare`` and ``inspect`` read the folder as any run's."""
 
 from __future__ import annotations
 
 import logging
 import time
 from pathlib import Path
-from typing import Any, Collection
+from typing import Any, Callable, Collection
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -25,21 +33,19 @@ from rmtprune.config.build import (
     rmt_pruner_from_config,
     run_settings,
 )
-from rmtprune.config.identity import DATASET_NOT_IDENTITY
+from rmtprune.config.identity import DATASET_NOT_IDENTITY, config_key
 from rmtprune.config.validate import validate
 from rmtprune.data import load_data
 from rmtprune.errors import RunFailed, UserError
-from rmtprune.files import read_json, write_csv, write_json
 from rmtprune.nn.costs import model_costs
 from rmtprune.nn.evaluate import evaluate
 from rmtprune.nn.geometry import count_parameters
-from rmtprune.nn.models import build_model, factorise_to_match
-from rmtprune.prune.events import LEDGER_COLUMNS
+from rmtprune.nn.models import build_model, factorise_to_match, factorised_ranks
 from rmtprune.prune.schedules import SpikeCut
-from rmtprune.runs.folder import METRICS_COLUMNS, append_spectra
+from rmtprune.runs.folder import RunFolder, summarise
 from rmtprune.train.checkpoint import model_payload, save_atomic
 from rmtprune.train.loading import load_model
-from rmtprune.train.loop import recalibrate_after_event, resolve_device
+from rmtprune.train.loop import _now, recalibrate_after_event, resolve_device, run_record
 from rmtprune.train.progress import BatchProgress, show_event
 from rmtprune.train.state import make_optimizer
 from rmtprune.train.step import configure_numerics, train_epoch
@@ -47,20 +53,22 @@ from rmtprune.train.step import configure_numerics, train_epoch
 log = logging.getLogger("rmtprune")
 
 
-def run_dataset(info: dict[str, Any]) -> dict[str, Any] | None:
-    """The ``dataset`` node the model was trained on, as its run recorded it: the checkpoint's ``config``
+def source_config(info: dict[str, Any]) -> dict[str, Any] | None:
+    """The config of the run that trained the model, as it recorded it: the checkpoint's ``config``
     (checkpoint.pt), else the ``summary.json`` of the run folder that holds the rmtprune model file. None for a
     plain state_dict (nothing records it) or a model file away from its run folder."""
     if info["kind"] != "rmtprune":
         return None
     config = info["raw"].get("config")
-    summary = Path(info["path"]).parent / "summary.json"
-    if not isinstance(config, dict) and summary.is_file():
-        try:
-            config = read_json(summary).get("config")
-        except (OSError, ValueError):
-            config = None
-    dataset = config.get("dataset") if isinstance(config, dict) else None
+    if not isinstance(config, dict):
+        config = (RunFolder(Path(info["path"]).parent).read_summary() or {}).get("config")
+    return config if isinstance(config, dict) else None
+
+
+def run_dataset(info: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``dataset`` node the model was trained on, as its run recorded it (:func:`source_config`); None when
+    nothing records it."""
+    dataset = (source_config(info) or {}).get("dataset")
     return dataset if isinstance(dataset, dict) and "name" in dataset else None
 
 
@@ -138,8 +146,18 @@ def prune_saved(cfg: DictConfig, run_dir: Path, finetune_lr: float | None = None
         raise UserError(f"optimizer.anneal={cfg.optimizer.anneal}: rmtprune prune fine-tunes at one lr (the run's "
                         f"last, or optimizer.lr for a state_dict) and anneals nothing; leave optimizer.anneal=none")
     device = resolve_device(cfg.device)
+    out = RunFolder(run_dir)
+    out.check_writable("set hydra.run.dir (or hydra.sweep.dir) to a writable folder")
+    with out.lock():  # the folder claim of train: a folder belongs to one run
+        out.claim(None)
+        return _prune(cfg, out, device, finetune_lr, given)
+
+
+def _prune(cfg: DictConfig, out: RunFolder, device: torch.device, finetune_lr: float | None,
+           given: Collection[str]) -> dict[str, Any]:
+    started_at, t_start = _now(), time.perf_counter()
     settings = run_settings(cfg)
-    configure_numerics(settings, device)
+    numerics = configure_numerics(settings, device)
     model, info = load_model(Path(str(cfg.model_path)), model_spec(cfg) if cfg.model.name == "custom" else None)
     cfg.dataset = data_config(cfg, info, given)
     model, num_classes = _model_for(cfg, model, info)
@@ -160,17 +178,33 @@ def prune_saved(cfg: DictConfig, run_dir: Path, finetune_lr: float | None = None
     if event.changed:
         recalibrate_after_event(settings, model, data, epoch, event, pruner.recalibrate_bn)
     show_event(event.records, epoch, cfg.progress)
-    write_csv(run_dir / "layers.csv", event.records, LEDGER_COLUMNS)
+    out.write_ledger(event.records)
     if event.spectra:
-        append_spectra(run_dir / "spectra.npz", epoch, event.spectra)
+        out.append_spectra(epoch, event.spectra)
     loss1, acc1 = evaluate(model, data.test_x, data.test_y, int(cfg.eval_batch_size))
     params1 = n_params(model)
     log.info("pruned: test_acc %.2f%% -> %.2f%%, params %s -> %s", 100 * acc0, 100 * acc1, f"{params0:,}",
              f"{params1:,}")
-    metrics = []
+    metrics: list[dict[str, Any]] = []
     acc_ft = loss_ft = None
     saved_lr = info["raw"].get("lr") if info["kind"] == "rmtprune" else None
     lr = float(finetune_lr if finetune_lr is not None else saved_lr if saved_lr is not None else cfg.optimizer.lr)
+    summary = run_record(cfg, config_key(cfg), out.path, device, numerics, params0, started_at, [])
+    source = source_config(info)
+    summary.update({
+        "source": str(info["path"]), "source_kind": info["kind"], **({"source_config": source} if source else {}),
+        "prune_epoch": epoch,
+        "keep_fraction": pruner.keep_fraction(epoch),  # None for schedule=spikes (per layer: layers.csv)
+        "test_acc_before": acc0, "test_loss_before": loss0, "test_acc_after": acc1, "test_loss_after": loss1,
+        "test_acc_finetuned": None, "test_loss_finetuned": None, "finetune_epochs": int(cfg.finetune_epochs),
+        "finetune_lr": lr if cfg.finetune_epochs else None,
+        "n_params_before": params0, "n_params_after": params1,
+        "actions": {a: sum(r["action"] == a for r in event.records) for a in {r["action"] for r in event.records}},
+        # the pruned model before any fine-tuning epoch (epoch 0); the fine-tuning epochs replace these
+        "final_test_acc": acc1, "final_test_loss": loss1, "best_test_acc": acc1, "best_epoch": 0, "best_on": "test",
+        "n_params_final": params1, "param_reduction_pct": 100.0 * (1 - params1 / params0),
+    })
+    out.write_summary(summarise(summary, metrics, time.perf_counter() - t_start))
     failure = None
     if cfg.finetune_epochs:
         torch.manual_seed(int(cfg.seed))
@@ -178,7 +212,8 @@ def prune_saved(cfg: DictConfig, run_dir: Path, finetune_lr: float | None = None
         opt = make_optimizer(model, settings.optimizer, lr)
         pruned = {k: v.clone() for k, v in model.state_dict().items()}
         try:
-            _finetune(cfg, model, data, opt, gen, lr, params1, metrics, run_dir)
+            _finetune(cfg, model, data, opt, gen, lr, params1, metrics, out,
+                      lambda: out.write_summary(summarise(summary, metrics, time.perf_counter() - t_start)))
         except RunFailed as exc:  # a NaN loss: the pruned model before fine-tuning is still worth saving
             failure = str(exc)
             model.load_state_dict(pruned)
@@ -188,33 +223,27 @@ def prune_saved(cfg: DictConfig, run_dir: Path, finetune_lr: float | None = None
     spec = info["raw"]["spec"] if info["kind"] == "rmtprune" else model_spec(cfg)
     payload = model_payload(model, spec, num_classes, list(data.input_shape))
     payload["pruner"] = pruner.state_dict()
-    save_atomic(payload, run_dir / "model.pt")
-    summary = {
-        "status": "failed" if failure else "completed", "source": str(info["path"]), "source_kind": info["kind"],
-        "prune_epoch": epoch,
-        "keep_fraction": pruner.keep_fraction(epoch),  # None for schedule=spikes (per layer: layers.csv)
-        "test_acc_before": acc0, "test_loss_before": loss0, "test_acc_after": acc1, "test_loss_after": loss1,
-        "test_acc_finetuned": acc_ft, "test_loss_finetuned": loss_ft, "finetune_epochs": int(cfg.finetune_epochs),
-        "finetune_lr": lr if cfg.finetune_epochs else None,
-        "n_params_before": params0, "n_params_after": params1,
-        "param_reduction_pct": 100.0 * (1 - params1 / params0), "accuracy_unit": "fraction",
-        "actions": {a: sum(r["action"] == a for r in event.records) for a in {r["action"] for r in event.records}},
-        **model_costs(model, spec, list(data.input_shape), latency=bool(cfg.cost.latency)),
-        "config": OmegaConf.to_container(cfg, resolve=True),
-    }
+    save_atomic(payload, out.model_pt)
+    summary.update(status="failed" if failure else "completed", finished_at=_now(), test_acc_finetuned=acc_ft,
+                   test_loss_finetuned=loss_ft, ranks=factorised_ranks(model),
+                   **model_costs(model, spec, list(data.input_shape), latency=bool(cfg.cost.latency)))
     if failure:
         summary["error"] = f"fine-tuning failed: {failure}; model.pt is the pruned model before fine-tuning"
-    write_json(run_dir / "summary.json", summary)
-    log.info("saved the pruned model and its ledger in %s", run_dir)
+    summary = summarise(summary, metrics, time.perf_counter() - t_start)
+    out.write_summary(summary)
+    if not failure:
+        out.mark_done(summary["finished_at"])
+    log.info("saved the pruned model and its ledger in %s", out.path)
     if failure:
-        raise RunFailed(f"{failure}; the pruned model before fine-tuning is saved in {run_dir}")
+        raise RunFailed(f"{failure}; the pruned model before fine-tuning is saved in {out.path}")
     return summary
 
 
 def _finetune(cfg: DictConfig, model: torch.nn.Module, data: Any, opt: torch.optim.Optimizer, gen: torch.Generator,
-              lr: float, params: int, metrics: list[dict[str, Any]], run_dir: Path) -> None:
-    """``cfg.finetune_epochs`` epochs of training at ``lr``, a metrics.csv row each (appended to ``metrics``).
-    Raises RunFailed on a NaN loss."""
+              lr: float, params: int, metrics: list[dict[str, Any]], out: RunFolder,
+              record: Callable[[], None]) -> None:
+    """``cfg.finetune_epochs`` epochs of training at ``lr``, a metrics.csv row each (appended to ``metrics``),
+    the summary recorded (``record()``) after each. Raises RunFailed on a NaN loss."""
     with BatchProgress(cfg.progress) as progress:
         for e in range(1, int(cfg.finetune_epochs) + 1):
             t0 = time.perf_counter()
@@ -224,5 +253,6 @@ def _finetune(cfg: DictConfig, model: torch.nn.Module, data: Any, opt: torch.opt
             metrics.append({"epoch": e, "train_loss": tl, "train_acc": ta, "test_loss": loss_ft, "test_acc": acc_ft,
                             "n_params": params, "n_params_after": params, "pruned_layers": 0,
                             "lr": lr, "seconds": time.perf_counter() - t0})
-            write_csv(run_dir / "metrics.csv", metrics, METRICS_COLUMNS)
+            out.write_metrics(metrics)
+            record()
             log.info("fine-tune epoch %d/%d  test_acc %.2f%%", e, cfg.finetune_epochs, 100 * acc_ft)

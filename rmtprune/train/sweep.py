@@ -16,8 +16,9 @@ from torch.nn.utils import prune
 from rmtprune.nn.evaluate import evaluate
 from rmtprune.nn.geometry import count_parameters
 from rmtprune.nn.masks import weight_params
+from rmtprune.runs.folder import MAGNITUDE_COLUMNS
 
-COLUMNS = ["sparsity", "tau", "n_nonzero", "n_params", "test_loss", "test_acc"]
+COLUMNS = MAGNITUDE_COLUMNS  # magnitude_sweep.csv
 
 
 def sparsity_grid(n: int) -> list[float]:
