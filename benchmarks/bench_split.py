@@ -1,4 +1,4 @@
-"""The split=auto cost model (rmtprune/cost.py) against measured CPU times, one thread.
+"""The split=auto cost model (rmtprune/nn/split_cost.py) against measured CPU times, one thread.
 
 For the prunable layers of torchvision's resnet18 and mobilenet_v3_small (weights=None, every Linear /
 Conv2d with at least 10 singular values) and the paper's MLP 784-1000-1000-1000-500-10, at ranks
@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if args.repeats:
         mu, nu, kappa = fit_constants([r for r in rows if not np.isnan(r["measured_ratio"])], args.batch)
         print(f"least-squares constants from these timings: MU={mu:.3g} NU={nu:.3g} KAPPA={kappa:.3g} "
-              f"(rmtprune/cost.py: {MU:g}, {NU:g}, {KAPPA:g})")
+              f"(rmtprune/nn/split_cost.py: {MU:g}, {NU:g}, {KAPPA:g})")
     return rows
 
 

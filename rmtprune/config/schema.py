@@ -25,7 +25,7 @@ MODELS = ("mlp", "cnn", "custom")
 PRUNINGS = tuple(PRUNERS)  # declared once, in rmtprune/prune/registry.py
 
 
-SCHEDULES = tuple(_SCHEDULE_FUNCTIONS)  # declared once, in rmtprune/schedules.py
+SCHEDULES = tuple(_SCHEDULE_FUNCTIONS)  # declared once, in rmtprune/prune/schedules.py
 
 
 PRECISIONS = ("fp32", "tf32", "bf16")

@@ -1,4 +1,8 @@
-"""The event calendar (which epochs end with a pruning event) and the final lr anneal on top of it."""
+"""The event calendar (which epochs end with a pruning event) and the final lr anneal on top of it.
+
+The final anneal (``optimizer.anneal``, :func:`anneal_scale`) multiplies the calendar's lr step by step
+over the last epochs of a run; it depends on the epoch and the batch only, so it is the same in every arm.
+"""
 
 from __future__ import annotations
 

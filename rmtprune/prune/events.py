@@ -1,16 +1,13 @@
-"""What every pruning method shares: the event calendar, the event record, the optimizer rebuild.
+"""What every pruning event leaves: the event record (:class:`PruneEvent`), the ledger schema
+(``LEDGER_COLUMNS``, one row per layer), and the optimizer rebuilt around a changed model
+(:func:`rebuild_optimizer`).
 
 A *pruner* acts between epochs, at the epochs of its calendar (``every``, ``start_epoch``,
-``stop_epoch``), and never after the last epoch of a run. At every event epoch the training loop
-multiplies the learning rate by ``lr_factor`` and rebuilds the optimizer with the ``momentum``
-policy, whether or not the event changed the model: the learning-rate calendar is the same for
-every arm that shares the calendar (``pruning=control`` is that calendar without pruning).
-
-:class:`Pruner` is the base of all of them (:class:`NoPruner`, :class:`ControlPruner`, and the
-pruning methods in ``pruner.py`` and ``baselines.py``).
-
-The final anneal (``optimizer.anneal``, :func:`anneal_scale`) multiplies the calendar's lr step by step
-over the last epochs of a run; it depends on the epoch and the batch only, so it is the same in every arm.
+``stop_epoch``: :mod:`rmtprune.prune.calendar`), and never after the last epoch of a run. At every event
+epoch the training loop multiplies the learning rate by ``lr_factor`` and rebuilds the optimizer with the
+``momentum`` policy, whether or not the event changed the model: the learning-rate calendar is the same for
+every arm that shares the calendar (``pruning=control`` is that calendar without pruning). The base of all
+pruners is :class:`rmtprune.prune.base.Pruner`.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ For a normal run (seed s) and a target count P (the pruned arm's final ``n_param
 1. ``model.pt`` is loaded (``checkpoint.load_file`` + ``rebuild_model``; a custom model only with
    ``trust_model_code``, since its file names the class to import) and pruned with global
    unstructured L1 magnitude pruning until exactly P parameters are non-zero
-   (:func:`rmtprune.nn.masks.prune_to_count`; the count includes biases, as ``magnitude.py`` counts);
+   (:func:`rmtprune.nn.masks.prune_to_count`; the count includes biases, as ``nn/masks.py`` counts);
 2. it is evaluated on the run's test set (``data.load_data`` with the run's own data set settings,
    on the CPU);
 3. with fine-tuning asked for, it is trained for ``finetune_epochs`` more epochs with its masks kept

@@ -1,5 +1,5 @@
 """The training state: what one run carries from epoch to epoch, and the one place that writes and reads
-checkpoint.pt (the format is described in checkpoint.py)."""
+checkpoint.pt (the format is described in train/checkpoint.py)."""
 
 from __future__ import annotations
 
