@@ -3,8 +3,19 @@ reached as ``rmtprune.schedules`` after ``import rmtprune`` (no warning)."""
 
 import warnings
 
-from rmtprune.prune.schedules import (MIN_MARGIN, MIN_PATIENCE, SCHEDULES, Schedule, SpikeCut, constant, exponential,
-                                      linear, oneshot, step, target_rank)
+from rmtprune.prune.schedules import (
+                                      MIN_MARGIN,
+                                      MIN_PATIENCE,
+                                      SCHEDULES,
+                                      Schedule,
+                                      SpikeCut,
+                                      constant,
+                                      exponential,
+                                      linear,
+                                      oneshot,
+                                      step,
+                                      target_rank,
+)
 
 __all__ = ["MIN_MARGIN", "MIN_PATIENCE", "SCHEDULES", "Schedule", "SpikeCut", "constant", "exponential", "linear",
            "oneshot", "step", "target_rank"]

@@ -9,9 +9,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from rmtprune.config.identity import config_key
+from rmtprune.config.schema import SCHEDULE_KEYS
 from rmtprune.data import DataSettings
 from rmtprune.errors import UserError
-from rmtprune.nn.models import CUSTOM_RESERVED, ModelSpec
+from rmtprune.nn.models import CUSTOM_RESERVED, ModelSpec, parse_topology
 from rmtprune.prune.base import Pruner
 from rmtprune.prune.budget import TargetPruner
 from rmtprune.prune.registry import pruner_class
@@ -55,8 +57,6 @@ def _target_arguments(pruning: Any) -> dict[str, Any]:
 def model_spec(cfg: DictConfig) -> ModelSpec:
     """Plain-data description of the dense model the config asks for."""
     from omegaconf import OmegaConf
-
-    from rmtprune.nn.models import parse_topology
 
     ds = cfg.dataset
     if cfg.model.name == "mlp":
@@ -121,8 +121,6 @@ def make_schedule(cfg: DictConfig) -> Schedule | SpikeCut:
     """The schedule named by ``cfg.name`` with its parameters from the config (config.SCHEDULE_KEYS): a
     callable epoch -> keep fraction, or a :class:`SpikeCut`."""
     from functools import partial
-
-    from rmtprune.config.schema import SCHEDULE_KEYS
 
     name = cfg.name
     if name not in SCHEDULES:
@@ -232,7 +230,6 @@ def run_settings(cfg: DictConfig) -> RunSettings:
 def make_job(cfg: DictConfig) -> Job:
     """A validated config whose ``pruning.target_from`` is resolved (``rmtprune.runs.targets.resolve_target``)
     turned into a :class:`Job`: its :func:`~rmtprune.config.identity.config_key` computed once, here."""
-    from rmtprune.config.identity import config_key
 
     return Job(cfg=cfg, key=config_key(cfg), spec=model_spec(cfg), data=data_settings(cfg.dataset),
                run=run_settings(cfg))

@@ -11,6 +11,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from rmtprune.config.schema import PRUNING_KEYS, SCHEDULE_KEYS, USES_SCHEDULE
+
 # Keys that do not change what a run computes (where it runs, how it reports, how it was launched, what is
 # measured after training).
 NOT_IDENTITY = {"resume", "skip_done", "device", "progress", "output_root", "checkpoint", "eval_batch_size",
@@ -59,7 +61,6 @@ def identity(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     validation split, ``optimizer.anneal_epochs`` without an anneal). ``cfg`` is a DictConfig or the plain
     ``config`` dict of a summary.json.
     """
-    from rmtprune.config.schema import PRUNING_KEYS, SCHEDULE_KEYS, USES_SCHEDULE
 
     data = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False) if isinstance(cfg, DictConfig) \
         else json.loads(json.dumps(cfg, default=str))

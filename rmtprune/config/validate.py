@@ -239,7 +239,6 @@ def model_warnings(model: nn.Module, cfg: DictConfig) -> list[str]:
     * a model whose last registered Linear / Conv2d (the one pruning treats as the output layer:
       ``include_output_layer``, ``output_min_rank``) is not the last to run in the forward pass.
     """
-    from rmtprune.config.schema import PRUNING_KEYS
 
     warnings: list[str] = []
     pr = cfg.pruning

@@ -31,10 +31,19 @@ from typing import Any
 import pandas as pd
 
 from rmtprune import __version__
+from rmtprune.config.build import data_settings, optimizer_settings
+from rmtprune.config.schema import DatasetConfig, OptimizerConfig
+from rmtprune.data import load_data
 from rmtprune.errors import RunFailed, UserError
 from rmtprune.files import write_csv
+from rmtprune.nn.evaluate import evaluate
+from rmtprune.nn.masks import count_nonzero, prune_to_count, remove_masks
 from rmtprune.runs.folder import RunFolder
 from rmtprune.runs.walk import Run
+from rmtprune.train.checkpoint import is_custom, load_file, rebuild_model
+from rmtprune.train.progress import BatchProgress
+from rmtprune.train.state import make_optimizer
+from rmtprune.train.step import train_epoch
 
 CACHE = RunFolder.POSTHOC_MAGNITUDE
 
@@ -142,10 +151,6 @@ class MagnitudeBaseline:
         import torch
         from omegaconf import OmegaConf
 
-        from rmtprune.config.build import data_settings
-        from rmtprune.config.schema import DatasetConfig
-        from rmtprune.data import load_data
-
         ds = dict(run.summary["config"].get("dataset") or {})
         # where the data lives is this machine's business: root / offline_dir / download from here
         for key in ("root", "offline_dir", "download"):
@@ -160,10 +165,6 @@ class MagnitudeBaseline:
         return self._data[key]
 
     def _compute(self, run: Run, target: int, finetune: int | None) -> dict[str, Any] | None:
-
-        from rmtprune.nn.evaluate import evaluate
-        from rmtprune.nn.masks import count_nonzero, prune_to_count, remove_masks
-        from rmtprune.train.checkpoint import is_custom, load_file, rebuild_model
 
         model_pt = RunFolder(run.folder).model_pt
         ckpt = load_file(model_pt)
@@ -204,12 +205,6 @@ def _finetune(model: Any, data: Any, run: Run, epochs: int) -> None:
     """``epochs`` of the run's own SGD at its last lr, masks kept (see the module doc)."""
     import torch
     from omegaconf import OmegaConf
-
-    from rmtprune.config.build import optimizer_settings
-    from rmtprune.config.schema import OptimizerConfig
-    from rmtprune.train.progress import BatchProgress
-    from rmtprune.train.state import make_optimizer
-    from rmtprune.train.step import train_epoch
 
     cfg = run.summary["config"]
     if cfg.get("batch_size") is None:

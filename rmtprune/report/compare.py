@@ -50,6 +50,7 @@ import pandas as pd
 from rmtprune.config.schema import PRUNING_KEYS
 from rmtprune.errors import UserError
 from rmtprune.files import write_csv
+from rmtprune.report.baseline import MagnitudeBaseline, finetune_epochs
 from rmtprune.report.stats import (
     ALPHA,
     MIN_VARIANCE_TEST,
@@ -266,7 +267,6 @@ def _magnitude(arm_runs: list[Run], normal: dict[int, Run], metric: str, baselin
     """The post-training magnitude baseline of one pruned arm, seed by seed: the same seed's normal
     run pruned exactly to this arm's final count (model.pt or its cache), else interpolated in its
     magnitude_sweep.csv; the columns ``magnitude_*``."""
-    from rmtprune.report.baseline import finetune_epochs
 
     col = "test_loss" if metric == "test_loss" else "test_acc"
     exact, tuned, sources = [], [], Counter()
@@ -304,7 +304,6 @@ def compare(paths: list[Path], by: list[str] | None = None, metric: str = "test_
     the margin δ of the two one-sided tests, in points (:func:`per_point`); ``trust_model_code``: rebuild a
     custom model.pt for that baseline from the class its file names (else its baseline is left out with a
     warning)."""
-    from rmtprune.report.baseline import MagnitudeBaseline
 
     runs, problems = load_runs(paths)
     finished = []

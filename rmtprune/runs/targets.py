@@ -32,9 +32,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from rmtprune.config.build import baseline_from_config, model_spec
 from rmtprune.config.schema import PRUNING_KEYS
 from rmtprune.errors import UserError
-from rmtprune.nn.models import parse_topology
+from rmtprune.nn.models import build_model, parse_topology
+from rmtprune.prune.calendar import EventCalendar
 from rmtprune.runs.folder import RunFolder, walk
 
 BASELINES = ("magnitude", "lowrank", "neuron")
@@ -94,7 +96,6 @@ def _check_against_network(cfg: DictConfig, target: int, trajectory: Any = None,
     model = model if model is not None else _meta_model(cfg)
     if model is None:
         return  # a custom model: checked in the pruner's setup, before epoch 1
-    from rmtprune.config.build import baseline_from_config
 
     node = OmegaConf.to_container(cfg.pruning, resolve=True)
     node["target_params"] = target
@@ -106,9 +107,6 @@ def _check_against_network(cfg: DictConfig, target: int, trajectory: Any = None,
 def _meta_model(cfg: DictConfig) -> Any:
     """The dense network of ``cfg`` with its parameters on the meta device (shapes, no memory), or None."""
     import torch
-
-    from rmtprune.config.build import model_spec
-    from rmtprune.nn.models import build_model
 
     if cfg.model.name not in ("mlp", "cnn"):
         return None
@@ -124,7 +122,6 @@ def target_from_run(cfg: DictConfig) -> int:
 def trajectory_from_run(cfg: DictConfig, folder: Path) -> list[int]:
     """The count after each event of ``cfg``'s calendar (``n_params_after`` of the run in ``folder`` at the
     event epochs, in order). Raises UserError when its metrics.csv lacks one of them."""
-    from rmtprune.prune.calendar import EventCalendar
 
     pr = cfg.pruning
     events = EventCalendar(pr.every, pr.start_epoch, pr.stop_epoch).events(int(cfg.epochs))

@@ -38,7 +38,9 @@ from typing import Any
 
 import numpy as np
 
+from rmtprune.config.identity import config_key, flatten
 from rmtprune.config.validate import check_logger
+from rmtprune.runs.folder import exclusive
 
 LEDGER_SCALARS = ("n_spikes", "fit_error", "rank_before", "rank_after", "params_after")
 
@@ -130,8 +132,6 @@ class TensorBoardLogger(Logger):
         from omegaconf import OmegaConf
         from torch.utils.tensorboard.summary import hparams
 
-        from rmtprune.config.identity import flatten
-
         config = OmegaConf.to_container(cfg, resolve=True)
         values = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
                   for k, v in flatten(config if isinstance(config, dict) else {}).items()}
@@ -173,8 +173,6 @@ class MLflowLogger(Logger):
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         from mlflow.tracking import MlflowClient
 
-        from rmtprune.config.identity import config_key, flatten
-
         store = (Path(str(cfg.output_root)) / "mlruns").resolve()
         store.mkdir(parents=True, exist_ok=True)
         self.client = MlflowClient(tracking_uri=store.as_uri())
@@ -199,7 +197,6 @@ class MLflowLogger(Logger):
     def _experiment(self, store: Path, name: str) -> str:
         """The id of experiment ``name``, created by the first job of a sweep that needs it: the jobs take
         turns (a lock file in the store), and one that loses a race with another machine reads the winner's."""
-        from rmtprune.runs.folder import exclusive
 
         with exclusive(store / ".rmtprune-experiment.lock"):
             experiment = self.client.get_experiment_by_name(name)

@@ -38,25 +38,31 @@ from typing import Any, Callable
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from rmtprune.config.build import Job, RunSettings, make_job
+from rmtprune.config.build import Job, RunSettings, data_settings, make_job, model_spec
 from rmtprune.config.identity import identity_differences
 from rmtprune.config.validate import model_warnings, validate
 from rmtprune.data import Data, load_data
 from rmtprune.errors import RunFailed, UserError
 from rmtprune.files import read_json
+from rmtprune.nn.costs import model_costs
 from rmtprune.nn.evaluate import evaluate
 from rmtprune.nn.geometry import count_parameters
 from rmtprune.nn.models import factorised_ranks
 from rmtprune.prune.base import Pruner
+from rmtprune.prune.batchnorm import recalibrate_bn
 from rmtprune.prune.calendar import anneal_scale
 from rmtprune.prune.events import PRUNING_ACTIONS, PruneEvent, rebuild_optimizer
+from rmtprune.prune.magnitude import MagnitudePruner
 from rmtprune.runs.folder import RunFolder, find_runs, summarise
+from rmtprune.runs.targets import resolve_target
+from rmtprune.train.checkpoint import load_file, save_atomic
 from rmtprune.train.environment import machine, versions
 from rmtprune.train.loggers import Logger, open_logger
 from rmtprune.train.progress import BatchProgress, show_event
+from rmtprune.train.resources import skeleton
 from rmtprune.train.signals import Terminated, interruptible
 from rmtprune.train.state import TrainingState, make_optimizer  # noqa: F401  (make_optimizer: the loop's optimizer)
-from rmtprune.train.step import train_epoch
+from rmtprune.train.step import autocast_for, configure_numerics, train_epoch
 from rmtprune.train.sweep import magnitude_sweep, sparsity_grid
 
 log = logging.getLogger("rmtprune")
@@ -140,9 +146,6 @@ def prepare(cfg: DictConfig) -> tuple[Job, torch.nn.Module | None]:
     :func:`rmtprune.runs.targets.resolve_target`) and turned into a :class:`~rmtprune.config.build.Job`: the one
     time a run reads its config. Also its built-in network on the meta device (shapes only, no random numbers
     drawn; None for ``model=custom``), built once for the checks of the target and of the memory it needs."""
-    from rmtprune.config.build import data_settings, model_spec
-    from rmtprune.runs.targets import resolve_target
-    from rmtprune.train.resources import skeleton
 
     validate(cfg)
     model = skeleton(model_spec(cfg), data_settings(cfg.dataset))
@@ -214,7 +217,6 @@ def _unless_damaged(read: Callable[[], Any], out_dir: Path) -> Any:
 
 
 def _train(job: Job, out_dir: Path, device: torch.device, resuming: bool) -> dict[str, Any]:
-    from rmtprune.train.step import configure_numerics
 
     cfg, key, settings, config = job.cfg, job.key, job.run, job.config
     numerics = configure_numerics(settings, device)
@@ -322,8 +324,6 @@ def _sweep_progress(done: int, total: int, seconds: float) -> None:
 def final_costs(settings: RunSettings, state: TrainingState) -> dict[str, Any]:
     """The final model's cost fields (:func:`rmtprune.nn.costs.model_costs`); a magnitude run's pruned layers
     also as CSR. Latency only with ``cost.latency``."""
-    from rmtprune.nn.costs import model_costs
-    from rmtprune.prune.magnitude import MagnitudePruner
 
     sparse = ([name for name, _, _ in state.pruner.eligible(state.model)]
               if isinstance(state.pruner, MagnitudePruner) else None)
@@ -332,13 +332,11 @@ def final_costs(settings: RunSettings, state: TrainingState) -> dict[str, Any]:
 
 
 def save_atomic_model(state: TrainingState, path: Path) -> None:
-    from rmtprune.train.checkpoint import save_atomic
 
     save_atomic(state.model_payload(), path)
 
 
 def _checkpoint_config(path: Path) -> dict[str, Any]:
-    from rmtprune.train.checkpoint import load_file
 
     config = load_file(path).get("config", {})
     return config if isinstance(config, dict) else {}
@@ -413,8 +411,6 @@ def recalibrate_after_event(settings: RunSettings, model: torch.nn.Module, data:
     """``batches`` batches (the pruner's ``recalibrate_bn``) of ``batch_size`` training samples, in the order of a
     generator seeded with the epoch (the same samples in every arm; the data-order generator untouched),
     through :func:`rmtprune.prune.batchnorm.recalibrate_bn` (nothing for a model without BatchNorm)."""
-    from rmtprune.prune.batchnorm import recalibrate_bn
-    from rmtprune.train.step import autocast_for
 
     size = settings.batch_size
     order = torch.randperm(len(data.train_x), generator=torch.Generator().manual_seed(epoch))[: batches * size]

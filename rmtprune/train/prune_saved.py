@@ -45,7 +45,12 @@ from rmtprune.prune.schedules import SpikeCut
 from rmtprune.runs.folder import RunFolder, summarise
 from rmtprune.train.checkpoint import model_payload, save_atomic
 from rmtprune.train.loading import load_model
-from rmtprune.train.loop import _now, recalibrate_after_event, resolve_device, run_record
+from rmtprune.train.loop import (
+    _now,
+    recalibrate_after_event,
+    resolve_device,
+    run_record,
+)
 from rmtprune.train.progress import BatchProgress, show_event
 from rmtprune.train.state import make_optimizer
 from rmtprune.train.step import configure_numerics, train_epoch

@@ -27,7 +27,7 @@ from torch import nn
 from rmtprune.config.build import Job
 from rmtprune.data import DataSettings
 from rmtprune.errors import UserError
-from rmtprune.nn.models import ModelSpec
+from rmtprune.nn.models import ModelSpec, build_model
 
 FLOAT_BYTES = 4
 
@@ -52,7 +52,6 @@ def skeleton(spec: ModelSpec, data: DataSettings) -> nn.Module | None:
     """The built-in model of ``spec`` with its parameters on the meta device (shapes, no memory, no random
     numbers drawn), or None for ``model=custom`` (its constructor is the user's). A model that cannot be built
     for the data set's input (``model.kernel_size=20`` on 28 x 28 images) is a UserError."""
-    from rmtprune.nn.models import build_model
 
     if spec["kind"] not in ("mlp", "cnn"):
         return None
