@@ -80,11 +80,13 @@ def test_force_adding_an_existing_key_is_a_plain_override(cli, tmp_path):
     assert (tmp_path / "r" / "metrics.csv").read_text().count("\n") == 3  # a header and 2 epochs
 
 
+@pytest.mark.slow
 def test_help_lists_no_internal_schema(cli):
     code, out, _ = cli("train", "--help")
     assert code == 0 and "model: cnn, custom, mlp\n" in out and "_schema" not in out
 
 
+@pytest.mark.slow
 def test_a_bad_value_in_a_sweep_fails_before_any_job_runs(cli, tmp_path):
     code, _, err = cli("train", "-m", *FAST, "epochs=1", "seed=0,1", "topology=784-32-10,784-x-10",
                        "hydra.sweep.dir=sweep")
@@ -97,12 +99,14 @@ def test_unknown_command(cli):
     assert code == 2 and "unknown command" in err
 
 
+@pytest.mark.slow
 def test_missing_offline_data_is_a_clear_error(cli, tmp_path, monkeypatch):
     monkeypatch.setenv("RMTPRUNE_OFFLINE_DATA", str(tmp_path / "nowhere"))
     code, _, err = cli("train", "dataset=mnist", "epochs=1", "progress=none", "hydra.run.dir=r")
     assert code == 2 and "RMTPRUNE_OFFLINE_DATA" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_console_script_from_another_directory(tmp_path):
     """The installed `rmtprune` finds its configs (package data) when run from anywhere."""
     exe = Path(sys.executable).parent / "rmtprune"
@@ -112,6 +116,7 @@ def test_console_script_from_another_directory(tmp_path):
     assert (tmp_path / "elsewhere" / "summary.json").exists()
 
 
+@pytest.mark.slow
 def test_plain_pip_install_into_a_fresh_virtualenv(tmp_path):
     """`pip install .` (not editable) ships the configs: `rmtprune train --cfg job` works from elsewhere.
 
@@ -178,6 +183,7 @@ def test_threads_per_job_split_the_cores_between_parallel_jobs():
     assert threads_per_job({"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}, 8) is None
 
 
+@pytest.mark.slow
 def test_default_run_folders_are_unique_within_one_second(cli, tmp_path, monkeypatch):
     """Two runs started in the same second (here: one process, a frozen clock) get two folders."""
     import datetime as dt
@@ -198,6 +204,7 @@ def test_default_run_folders_are_unique_within_one_second(cli, tmp_path, monkeyp
     assert [json.loads((f / "summary.json").read_text())["seed"] for f in folders] == [0, 1]
 
 
+@pytest.mark.slow
 def test_two_processes_into_one_named_folder_one_is_refused(tmp_path):
     """Started at once into the same hydra.run.dir: one trains, the other gets one line and exit 2, and the
     folder holds the files of one run only."""
@@ -232,6 +239,7 @@ def test_sweep_values_are_refused_before_any_job_starts(cli, tmp_path, sweep):
     assert not (tmp_path / "sweep").exists()
 
 
+@pytest.mark.slow
 def test_a_user_config_directory_is_checked_before_any_job(cli, tmp_path):
     mine = tmp_path / "myconf" / "dataset"
     mine.mkdir(parents=True)
@@ -243,6 +251,7 @@ def test_a_user_config_directory_is_checked_before_any_job(cli, tmp_path):
         assert not (tmp_path / "sweep").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher,lrs,failed", [
     ([], "0.05,1e30", {"1": "nan", "2": "offline folder", "3": "offline folder"}),
     (["hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2"], "0.05,1e30",
@@ -266,6 +275,7 @@ def test_a_sweep_with_failed_jobs_says_which_and_exits_non_zero(cli, tmp_path, l
     assert json.loads((tmp_path / "sweep" / "0" / "summary.json").read_text())["status"] == "completed"
 
 
+@pytest.mark.slow
 def test_a_job_that_died_without_a_word_counts_as_failed(cli, tmp_path, monkeypatch):
     """A job whose process died before recording anything (here: its record is never written)."""
     from rmtprune.commands import outcomes
@@ -337,6 +347,7 @@ def test_output_folder_unwritable_mid_run_is_one_line(cli, tmp_path, monkeypatch
     assert code == 1 and len(lines) == 1 and "Permission denied" in lines[0] and "Traceback" not in err, err
 
 
+@pytest.mark.slow
 def test_temporary_files_of_a_killed_write_are_removed_at_start(cli, tmp_path):
     folder = tmp_path / "run"
     folder.mkdir()
@@ -348,6 +359,7 @@ def test_temporary_files_of_a_killed_write_are_removed_at_start(cli, tmp_path):
     assert not any(p.exists() for p in stale) and (folder / "summary.json").exists()
 
 
+@pytest.mark.slow
 @needs_real_data
 def test_a_relative_offline_data_path_means_the_folder_where_the_command_started(cli, tmp_path, monkeypatch):
     """With hydra.job.chdir=true the job runs in its run folder; RMTPRUNE_OFFLINE_DATA=<relative> still
@@ -361,6 +373,7 @@ def test_a_relative_offline_data_path_means_the_folder_where_the_command_started
 
 
 
+@pytest.mark.slow
 def test_only_command_line_keys_are_checked_against_the_chosen_option():
     """A preset's pruning.* / schedule.* keys never block pruning=none; a command-line key is accepted when
     one option of a sweep uses it, refused when none does."""
@@ -380,6 +393,7 @@ def test_only_command_line_keys_are_checked_against_the_chosen_option():
         check_unused_keys(parse_overrides([*preset, "pruning.tolerance=0.1"]), [none])
 
 
+@pytest.mark.slow
 def test_tab_completion_as_the_help_installs_it(tmp_path):
     """`eval "$(rmtprune train -sc install=bash)"` in bash, then TAB: the command name, then the overrides."""
     import shutil

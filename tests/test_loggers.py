@@ -49,6 +49,7 @@ def test_csv_logger_writes_nothing(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_tensorboard_event_file_holds_the_scalars_and_histograms(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -91,6 +92,7 @@ def test_tensorboard_event_file_holds_the_scalars_and_histograms(tmp_path):
     assert sum(h.bucket) == values.size
 
 
+@pytest.mark.slow
 def test_mlflow_run_holds_metrics_params_and_spectra(tmp_path):
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
