@@ -69,6 +69,7 @@ def test_every_step_lr_is_the_closed_form_and_control_gets_rmts(cli, tmp_path, r
     assert 0 < last <= 1 / (ANNEAL * N_BATCHES)  # the run ends near 0
 
 
+@pytest.mark.slow
 def test_without_anneal_the_calendar_is_untouched(cli, record_lr):
     assert cli("train", *ARGS, "pruning=control", "hydra.run.dir=plain")[0] == 0
     assert record_lr == pytest.approx([LR * FACTOR ** (e - 1) for e in range(1, EPOCHS + 1) for _ in range(N_BATCHES)],
@@ -98,6 +99,7 @@ def test_an_annealed_run_cannot_grow_its_epochs(cli, tmp_path):
     assert code == 2 and "optimizer.anneal=linear" in err and err.startswith("rmtprune: error:")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("over, needle", [(["optimizer.anneal=step"], "optimizer.anneal='step'"),
                                           (["optimizer.anneal=cosine", "optimizer.anneal_epochs=5"], "anneal_epochs=5"),
                                           (["optimizer.anneal=linear", "optimizer.anneal_epochs=0"], "anneal_epochs=0")])

@@ -307,6 +307,7 @@ def test_target_from_a_run_folder_and_from_a_sweep_seed_by_seed(cli, tmp_path, r
         assert abs(found[seed]["n_params_final"] - target) <= 0.01 * target
 
 
+@pytest.mark.slow
 def test_check_target_resolves_without_training_and_leaves_the_config(tmp_path):
     from rmtprune.runs.targets import check_target
 

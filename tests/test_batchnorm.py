@@ -98,6 +98,7 @@ def test_the_training_loop_recalibrates_after_each_event_and_records_it(cli, tmp
     assert m_on[0]["test_loss_after_event"] != m_off[0]["test_loss_after_event"]  # measured on recalibrated BN
 
 
+@pytest.mark.slow
 def test_recalibrate_bn_is_out_of_the_identity_of_mlp_runs_only():
     mlp = compose_config("pruning=rmt")
     assert config_key(mlp) == config_key(compose_config("pruning=rmt", "pruning.recalibrate_bn=0"))

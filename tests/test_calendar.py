@@ -73,6 +73,7 @@ def test_the_control_arm_has_the_lr_calendar_of_the_rmt_arm_and_the_normal_arm_a
     assert all(int(r["n_params_after"]) == int(normal[0]["n_params"]) for r in control)
 
 
+@pytest.mark.slow
 def test_the_lr_factor_applies_at_event_epochs_where_nothing_changed(cli, tmp_path):
     # tolerance 0: every fit is "bad", no layer changes, yet the calendar still decays the lr
     rows = _run(cli, tmp_path, "tol0", "pruning=rmt", "pruning.tolerance=0", "pruning.min_size=100",

@@ -31,7 +31,7 @@ def test_train_help_and_cfg_job_run_nothing(cli, tmp_path):
     assert not (tmp_path / "outputs").exists()
 
 
-@pytest.mark.parametrize("override,needle", [
+BAD_INPUT = [
     ("topology=784-abc-10", "topology"), ("topology=784", "topology"), ("topology=784--10", "topology"),
     ("topology=784-0-10", "topology"), ("topology=784--3-10", "topology"), ("topology=100-10", "input size"),
     ("topology=784-7", "number of classes"), ("dataset=imagenet", "dataset/imagenet"), ("model=resnet", "model/resnet"),
@@ -62,7 +62,11 @@ def test_train_help_and_cfg_job_run_nothing(cli, tmp_path):
     ("optimizer.lr=inf", "optimizer.lr=inf must be positive and finite"),
     ("pruning=rmt pruning.lr_factor=inf", "pruning.lr_factor=inf must be positive and finite"),
     ("pruning=rmt schedule.horizon=inf", "schedule.horizon=inf"),
-])
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("override,needle", BAD_INPUT)
 def test_bad_input_is_one_line_and_exit_2(cli, tmp_path, override, needle):
     import torch
     if override.startswith("device") and torch.cuda.is_available():
@@ -74,6 +78,13 @@ def test_bad_input_is_one_line_and_exit_2(cli, tmp_path, override, needle):
     assert "Traceback" not in out + err
 
 
+@pytest.mark.parametrize("override,needle", BAD_INPUT[::8])
+def test_a_sample_of_bad_input_is_one_line_and_exit_2(cli, tmp_path, override, needle):
+    """The fast path's share of the cases above (every eighth)."""
+    test_bad_input_is_one_line_and_exit_2(cli, tmp_path, override, needle)
+
+
+@pytest.mark.slow
 def test_force_adding_an_existing_key_is_a_plain_override(cli, tmp_path):
     code, _, err = cli("train", *TINY, "epochs=1", "++epochs=2", "hydra.run.dir=r")
     assert code == 0, err
@@ -160,6 +171,7 @@ def test_plain_pip_install_into_a_fresh_virtualenv(tmp_path):
     assert "+g" in installed.stdout or not (REPO / ".git").exists()
 
 
+@pytest.mark.slow
 def test_a_user_config_directory_adds_options(cli, tmp_path):
     mine = tmp_path / "myconf" / "dataset"
     mine.mkdir(parents=True)
@@ -225,6 +237,7 @@ def test_two_processes_into_one_named_folder_one_is_refused(tmp_path):
     assert f"seed: {winner}" in (folder / ".hydra" / "config.yaml").read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sweep", [
     ["device=cpu,cuda:7"], ["threads=-1,1"], ["topology=784-32-10,784-1000000000-10"],
     ["experiment=mnist_fc_1000_1000_1000_500,nope"], ["pruning=none,control", "pruning.tolerance=0.1"],

@@ -19,6 +19,7 @@ def groups():
             yield folder.name, option.stem
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("group,option", list(groups()))
 def test_every_group_option_composes_and_validates(group, option):
     extra = {("pruning", "magnitude"): ["pruning.target_params=100000"], ("pruning", "lowrank"): ["pruning.target_params=100000"],
@@ -31,6 +32,12 @@ def test_every_group_option_composes_and_validates(group, option):
     elif group in ("model", "pruning", "schedule"):
         assert cfg[group].name == option
     validate(cfg)
+
+
+@pytest.mark.parametrize("group,option", sorted(dict(groups()).items()))
+def test_the_last_option_of_each_group_composes_and_validates(group, option):
+    """The fast path's share of the test above."""
+    test_every_group_option_composes_and_validates(group, option)
 
 
 @pytest.mark.parametrize("launcher,key", [("local_parallel", "n_jobs"), ("slurm", "partition")])

@@ -148,6 +148,7 @@ def test_inspect_refuses_bad_pruning_settings_in_one_line(cli, tmp_path, args, n
     assert code == 2 and len(lines) == 1 and needle in lines[0], err
 
 
+@pytest.mark.slow
 def test_inspect_refuses_a_state_dict_key_that_is_no_module_path(cli, tmp_path):
     torch.save({"a..b.weight": torch.zeros(20, 30), "fc.weight": torch.zeros(10, 20)}, tmp_path / "odd.pt")
     code, out, err = cli("inspect", str(tmp_path / "odd.pt"))

@@ -141,6 +141,7 @@ def test_tensorboard_shows_the_resolved_config_and_overlays_the_splits(tmp_path)
     assert charts["loss"] == ["train/loss", "val/loss", "test/loss"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("status, mlflow_status", [("failed", "FAILED"), ("interrupted", "KILLED")])
 def test_mlflow_closes_a_run_that_did_not_complete_as_failed_or_killed(tmp_path, status, mlflow_status):
     pytest.importorskip("mlflow")
