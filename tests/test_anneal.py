@@ -50,6 +50,7 @@ def metrics(folder) -> list[dict[str, str]]:
         return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", ["cosine", "linear"])
 def test_every_step_lr_is_the_closed_form_and_control_gets_rmts(cli, tmp_path, record_lr, shape):
     sequences = {}
@@ -68,12 +69,14 @@ def test_every_step_lr_is_the_closed_form_and_control_gets_rmts(cli, tmp_path, r
     assert 0 < last <= 1 / (ANNEAL * N_BATCHES)  # the run ends near 0
 
 
+@pytest.mark.slow
 def test_without_anneal_the_calendar_is_untouched(cli, record_lr):
     assert cli("train", *ARGS, "pruning=control", "hydra.run.dir=plain")[0] == 0
     assert record_lr == pytest.approx([LR * FACTOR ** (e - 1) for e in range(1, EPOCHS + 1) for _ in range(N_BATCHES)],
                                       rel=1e-12)
 
 
+@pytest.mark.slow
 def test_a_run_interrupted_mid_anneal_resumes_bit_identically(cli, tmp_path, monkeypatch):
     args = [*ARGS, "epochs=5", "optimizer.anneal=cosine", "optimizer.anneal_epochs=3", "pruning=rmt"]
     assert cli("train", *args, "hydra.run.dir=full")[0] == 0
@@ -88,6 +91,7 @@ def test_a_run_interrupted_mid_anneal_resumes_bit_identically(cli, tmp_path, mon
     assert full.keys() == resumed.keys() and all(torch.equal(full[k], resumed[k]) for k in full)
 
 
+@pytest.mark.slow
 def test_an_annealed_run_cannot_grow_its_epochs(cli, tmp_path):
     args = [*ARGS, "optimizer.anneal=linear", "pruning=none"]
     assert cli("train", *args, "hydra.run.dir=base")[0] == 0
@@ -95,6 +99,7 @@ def test_an_annealed_run_cannot_grow_its_epochs(cli, tmp_path):
     assert code == 2 and "optimizer.anneal=linear" in err and err.startswith("rmtprune: error:")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("over, needle", [(["optimizer.anneal=step"], "optimizer.anneal='step'"),
                                           (["optimizer.anneal=cosine", "optimizer.anneal_epochs=5"], "anneal_epochs=5"),
                                           (["optimizer.anneal=linear", "optimizer.anneal_epochs=0"], "anneal_epochs=0")])

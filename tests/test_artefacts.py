@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import zipfile
 
+import pytest
 from conftest import REPO, TINY
 
 from rmtprune.train.checkpoint import load_file, save_atomic
@@ -16,6 +17,7 @@ def sha256(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_identical_runs_write_identical_model_files(cli, tmp_path):
     for name in ("a", "b"):
         assert cli("train", *TINY, *RMT, "epochs=2", f"hydra.run.dir={name}", f"output_root={name}")[0] == 0

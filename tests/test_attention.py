@@ -58,6 +58,7 @@ def pruner(**kwargs) -> RMTPruner:
     return RMTPruner(tolerance=1.0, schedule=lambda e: 0.25, min_size=1000, **kwargs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch_first", [True, False])
 def test_a_transformer_encoder_trains_prunes_and_evaluates(batch_first):
     torch.manual_seed(0)
@@ -141,6 +142,7 @@ def test_the_baselines_take_include_and_exclude():
     assert not hasattr(model.encoder.layers[0].linear1, "weight_mask")
 
 
+@pytest.mark.slow
 def test_a_custom_transformer_trains_and_prunes_from_the_command_line(cli, tmp_path):
     args = [a for a in TINY if not a.startswith(("topology=", "pruning="))] + [
         "model=custom", "model._target_=tests_support.nets.Encoder", "model.d_model=32", "epochs=2",
@@ -166,11 +168,11 @@ def test_a_split_conv_exposes_its_product_as_a_conv_weight():
 
 
 def test_a_pattern_that_matches_no_layer_is_warned_about():
-    from test_batchnorm import compose_config
+    from tests_support.configs import compose_config
 
     from rmtprune.config.validate import model_warnings
 
-    cfg = compose_config(custom_model_overrides(["model=custom", "model._target_=tests_support.nets.Encoder", "pruning=rmt",
-                                                 "pruning.min_size=1000", "pruning.exclude=[encoder.layer.*]"]))
+    cfg = compose_config(*custom_model_overrides(["model=custom", "model._target_=tests_support.nets.Encoder", "pruning=rmt",
+                                                  "pruning.min_size=1000", "pruning.exclude=[encoder.layer.*]"]))
     warnings = model_warnings(Encoder(), cfg)
     assert len(warnings) == 1 and "pruning.exclude: the pattern 'encoder.layer.*' matches no Linear" in warnings[0]

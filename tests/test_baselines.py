@@ -11,18 +11,16 @@ import numpy as np
 import pytest
 import torch
 from conftest import FAST, interrupted_at
-from hydra import compose, initialize_config_module
+from tests_support.configs import compose_config
+from tests_support.spikes import planted_exact
 from torch import nn
 
-from rmtprune.config.schema import register_configs
 from rmtprune.errors import UserError
 from rmtprune.nn.geometry import count_parameters
 from rmtprune.nn.layers import LowRankLinear
 from rmtprune.nn.models import MLP
 from rmtprune.train.checkpoint import load_file, rebuild_model
 from tests_support.runs import fake_run as write_fake_run
-
-register_configs()
 
 P0 = 784 * 256 + 256 + 256 * 128 + 128 + 128 * 10 + 10  # the dense FAST network
 TARGET = 100000  # 1% of it is more than one rank step of layer 0 (784 + 256 parameters)
@@ -121,14 +119,6 @@ def test_masks_keep_pruned_weights_zero_while_training_and_finalize_makes_them_p
 # --- low rank: the rules --------------------------------------------------------------------------
 
 
-def planted_exact(out, inp, rank, seed):
-    """A matrix of exactly ``rank`` equal singular values (2.0) plus noise far below them."""
-    g = torch.Generator().manual_seed(seed)
-    u = torch.linalg.qr(torch.randn(out, rank, generator=g))[0]
-    v = torch.linalg.qr(torch.randn(inp, rank, generator=g))[0]
-    return 2.0 * u @ v.T + 1e-5 * torch.randn(out, inp, generator=g)
-
-
 def planted_model():
     model = mlp([80, 60, 50, 10])
     with torch.no_grad():
@@ -183,6 +173,7 @@ ARMS = [("magnitude", "pruning.scope=global"), ("magnitude", "pruning.scope=laye
         ("lowrank", "pruning.rank_rule=energy"), ("lowrank", "pruning.rank_rule=uniform")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arm,setting", ARMS)
 def test_both_arms_reach_the_target_on_the_cubic_schedule(cli, tmp_path, arm, setting):
     code, out, err = cli("train", *FAST, "epochs=4", "device=cpu", f"pruning={arm}", setting, *SMALL,
@@ -223,6 +214,7 @@ def test_both_arms_reach_the_target_on_the_cubic_schedule(cli, tmp_path, arm, se
         assert sum(p.numel() for p in model.parameters()) == summary["n_params_final"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arm", ["magnitude", "lowrank"])
 def test_target_epoch_reaches_the_count_early_and_later_events_keep_it(cli, tmp_path, arm):
     code, out, err = cli("train", *FAST, "epochs=5", "device=cpu", f"pruning={arm}", *SMALL,
@@ -243,6 +235,7 @@ def test_target_epoch_reaches_the_count_early_and_later_events_keep_it(cli, tmp_
     assert {int(r["epoch"]) for r in late} == {3, 4} and {r["action"] for r in late} == {"keep"}
 
 
+@pytest.mark.slow
 def test_interrupted_magnitude_run_resumes_to_identical_metrics(cli, tmp_path, monkeypatch):
     args = [*FAST, "epochs=4", "device=cpu", "pruning=magnitude", *SMALL, f"pruning.target_params={TARGET}"]
     assert cli("train", *args, "hydra.run.dir=full")[0] == 0
@@ -286,6 +279,7 @@ def rmt_run(cli, tmp_path):
     return tmp_path / "rmt"
 
 
+@pytest.mark.slow
 def test_target_from_a_run_folder_and_from_a_sweep_seed_by_seed(cli, tmp_path, rmt_run):
     rmt_count = summary_of(rmt_run)["n_params_final"]
     code, _, err = cli("train", *FAST, "epochs=2", "device=cpu", "pruning=magnitude", *SMALL,
@@ -312,12 +306,12 @@ def test_target_from_a_run_folder_and_from_a_sweep_seed_by_seed(cli, tmp_path, r
         assert abs(found[seed]["n_params_final"] - target) <= 0.01 * target
 
 
+@pytest.mark.slow
 def test_check_target_resolves_without_training_and_leaves_the_config(tmp_path):
     from rmtprune.runs.targets import check_target
 
     def composed(*overrides):
-        with initialize_config_module("rmtprune.conf", version_base="1.3"):
-            return compose(config_name="config", overrides=[*FAST, "epochs=2", *overrides])
+        return compose_config(*FAST, "epochs=2", *overrides)
 
     run = tmp_path / "run"
     fake_run(None, run)
@@ -365,6 +359,7 @@ def bad_target_cases(tmp: Path) -> list[tuple[list[str], str]]:
     ]
 
 
+@pytest.mark.slow
 def test_bad_targets_are_one_line_naming_the_key_before_any_training(cli, tmp_path):
     cases = bad_target_cases(tmp_path / "inputs")
     messages = []
@@ -401,6 +396,7 @@ def test_a_target_the_pruner_cannot_reach_is_refused_in_setup_before_training():
     LowRankPruner(floor, min_rank=5, min_size=10).setup(model, epochs=3)
 
 
+@pytest.mark.slow
 def test_target_from_refuses_an_unpruned_run_and_another_calendar_or_length(cli, tmp_path):
     """A matched baseline must prune to a pruned count on rmt's calendar: a control / none run, a run that
     pruned nothing, or one with another event calendar or epochs is refused, naming pruning.target_from and
@@ -416,8 +412,7 @@ def test_target_from_refuses_an_unpruned_run_and_another_calendar_or_length(cli,
         return tmp_path / name
 
     def composed(*overrides):
-        with initialize_config_module("rmtprune.conf", version_base="1.3"):
-            return compose(config_name="config", overrides=[*FAST, "epochs=2", "pruning=magnitude", *overrides])
+        return compose_config(*FAST, "epochs=2", "pruning=magnitude", *overrides)
 
     good = run("good")
     assert target_from_run(composed(f"pruning.target_from={good}")) == 70000

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import TINY
+from tests_support.configs import compose_config
 from torch import nn
 
 import rmtprune
@@ -79,6 +80,7 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_the_training_loop_recalibrates_after_each_event_and_records_it(cli, tmp_path):
     base = [a for a in TINY if not a.startswith(("topology=", "pruning="))] + [
         "model=custom", "model._target_=tests_support.nets.BNNet", "model.hidden=32", "epochs=3", "batch_size=100",
@@ -96,18 +98,9 @@ def test_the_training_loop_recalibrates_after_each_event_and_records_it(cli, tmp
     assert m_on[0]["test_loss_after_event"] != m_off[0]["test_loss_after_event"]  # measured on recalibrated BN
 
 
-def compose_config(overrides: list[str]):
-    from hydra import compose, initialize_config_module
-
-    from rmtprune.config.schema import register_configs
-
-    register_configs()
-    with initialize_config_module("rmtprune.conf", version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
-
-
+@pytest.mark.slow
 def test_recalibrate_bn_is_out_of_the_identity_of_mlp_runs_only():
-    mlp = compose_config(["pruning=rmt"])
-    assert config_key(mlp) == config_key(compose_config(["pruning=rmt", "pruning.recalibrate_bn=0"]))
-    cnn = compose_config(["pruning=rmt", "model=cnn"])
-    assert config_key(cnn) != config_key(compose_config(["pruning=rmt", "model=cnn", "pruning.recalibrate_bn=0"]))
+    mlp = compose_config("pruning=rmt")
+    assert config_key(mlp) == config_key(compose_config("pruning=rmt", "pruning.recalibrate_bn=0"))
+    cnn = compose_config("pruning=rmt", "model=cnn")
+    assert config_key(cnn) != config_key(compose_config("pruning=rmt", "model=cnn", "pruning.recalibrate_bn=0"))

@@ -58,6 +58,7 @@ def _run(cli, tmp_path, name, *args):
     return read_csv(tmp_path / name / "metrics.csv")
 
 
+@pytest.mark.slow
 def test_the_control_arm_has_the_lr_calendar_of_the_rmt_arm_and_the_normal_arm_a_constant_lr(cli, tmp_path):
     calendar = ["pruning.every=2", "pruning.start_epoch=1", "pruning.lr_factor=0.5"]
     rmt = _run(cli, tmp_path, "rmt", "pruning=rmt", "pruning.min_size=100", "schedule=oneshot", *calendar)
@@ -73,6 +74,7 @@ def test_the_control_arm_has_the_lr_calendar_of_the_rmt_arm_and_the_normal_arm_a
     assert all(int(r["n_params_after"]) == int(normal[0]["n_params"]) for r in control)
 
 
+@pytest.mark.slow
 def test_the_lr_factor_applies_at_event_epochs_where_nothing_changed(cli, tmp_path):
     # tolerance 0: every fit is "bad", no layer changes, yet the calendar still decays the lr
     rows = _run(cli, tmp_path, "tol0", "pruning=rmt", "pruning.tolerance=0", "pruning.min_size=100",
@@ -82,6 +84,7 @@ def test_the_lr_factor_applies_at_event_epochs_where_nothing_changed(cli, tmp_pa
     assert [float(r["lr"]) for r in rows] == pytest.approx([0.05, 0.025, 0.0125, 0.00625, 0.003125])
 
 
+@pytest.mark.slow
 def test_accuracy_right_after_each_event_is_that_of_the_cut_model(cli, tmp_path):
     from omegaconf import OmegaConf
 

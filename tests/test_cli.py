@@ -32,7 +32,7 @@ def test_train_help_and_cfg_job_run_nothing(cli, tmp_path):
     assert not (tmp_path / "outputs").exists()
 
 
-@pytest.mark.parametrize("override,needle", [
+BAD_INPUT = [
     ("topology=784-abc-10", "topology"), ("topology=784", "topology"), ("topology=784--10", "topology"),
     ("topology=784-0-10", "topology"), ("topology=784--3-10", "topology"), ("topology=100-10", "input size"),
     ("topology=784-7", "number of classes"), ("dataset=imagenet", "dataset/imagenet"), ("model=resnet", "model/resnet"),
@@ -63,7 +63,11 @@ def test_train_help_and_cfg_job_run_nothing(cli, tmp_path):
     ("optimizer.lr=inf", "optimizer.lr=inf must be positive and finite"),
     ("pruning=rmt pruning.lr_factor=inf", "pruning.lr_factor=inf must be positive and finite"),
     ("pruning=rmt schedule.horizon=inf", "schedule.horizon=inf"),
-])
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("override,needle", BAD_INPUT)
 def test_bad_input_is_one_line_and_exit_2(cli, tmp_path, override, needle):
     import torch
     if override.startswith("device") and torch.cuda.is_available():
@@ -75,17 +79,26 @@ def test_bad_input_is_one_line_and_exit_2(cli, tmp_path, override, needle):
     assert "Traceback" not in out + err
 
 
+@pytest.mark.parametrize("override,needle", BAD_INPUT[::8])
+def test_a_sample_of_bad_input_is_one_line_and_exit_2(cli, tmp_path, override, needle):
+    """The fast path's share of the cases above (every eighth)."""
+    test_bad_input_is_one_line_and_exit_2(cli, tmp_path, override, needle)
+
+
+@pytest.mark.slow
 def test_force_adding_an_existing_key_is_a_plain_override(cli, tmp_path):
     code, _, err = cli("train", *TINY, "epochs=1", "++epochs=2", "hydra.run.dir=r")
     assert code == 0, err
     assert (tmp_path / "r" / "metrics.csv").read_text().count("\n") == 3  # a header and 2 epochs
 
 
+@pytest.mark.slow
 def test_help_lists_no_internal_schema(cli):
     code, out, _ = cli("train", "--help")
     assert code == 0 and "model: cnn, custom, mlp\n" in out and "_schema" not in out
 
 
+@pytest.mark.slow
 def test_a_bad_value_in_a_sweep_fails_before_any_job_runs(cli, tmp_path):
     code, _, err = cli("train", "-m", *FAST, "epochs=1", "seed=0,1", "topology=784-32-10,784-x-10",
                        "hydra.sweep.dir=sweep")
@@ -98,12 +111,14 @@ def test_unknown_command(cli):
     assert code == 2 and "unknown command" in err
 
 
+@pytest.mark.slow
 def test_missing_offline_data_is_a_clear_error(cli, tmp_path, monkeypatch):
     monkeypatch.setenv("RMTPRUNE_OFFLINE_DATA", str(tmp_path / "nowhere"))
     code, _, err = cli("train", "dataset=mnist", "epochs=1", "progress=none", "hydra.run.dir=r")
     assert code == 2 and "RMTPRUNE_OFFLINE_DATA" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_console_script_from_another_directory(tmp_path):
     """The installed `rmtprune` finds its configs (package data) when run from anywhere."""
     exe = Path(sys.executable).parent / "rmtprune"
@@ -113,6 +128,7 @@ def test_console_script_from_another_directory(tmp_path):
     assert (tmp_path / "elsewhere" / "summary.json").exists()
 
 
+@pytest.mark.slow
 def test_plain_pip_install_into_a_fresh_virtualenv(tmp_path):
     """`pip install .` (not editable) ships the configs: `rmtprune train --cfg job` works from elsewhere.
 
@@ -156,6 +172,7 @@ def test_plain_pip_install_into_a_fresh_virtualenv(tmp_path):
     assert "+g" in installed.stdout or not (REPO / ".git").exists()
 
 
+@pytest.mark.slow
 def test_a_user_config_directory_adds_options(cli, tmp_path):
     mine = tmp_path / "myconf" / "dataset"
     mine.mkdir(parents=True)
@@ -179,6 +196,7 @@ def test_threads_per_job_split_the_cores_between_parallel_jobs():
     assert threads_per_job({"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}, 8) is None
 
 
+@pytest.mark.slow
 def test_default_run_folders_are_unique_within_one_second(cli, tmp_path, monkeypatch):
     """Two runs started in the same second (here: one process, a frozen clock) get two folders."""
     import datetime as dt
@@ -199,6 +217,7 @@ def test_default_run_folders_are_unique_within_one_second(cli, tmp_path, monkeyp
     assert [json.loads((f / "summary.json").read_text())["seed"] for f in folders] == [0, 1]
 
 
+@pytest.mark.slow
 def test_two_processes_into_one_named_folder_one_is_refused(tmp_path):
     """Started at once into the same hydra.run.dir: one trains, the other gets one line and exit 2, and the
     folder holds the files of one run only."""
@@ -219,6 +238,7 @@ def test_two_processes_into_one_named_folder_one_is_refused(tmp_path):
     assert f"seed: {winner}" in (folder / ".hydra" / "config.yaml").read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sweep", [
     ["device=cpu,cuda:7"], ["threads=-1,1"], ["topology=784-32-10,784-1000000000-10"],
     ["experiment=mnist_fc_1000_1000_1000_500,nope"], ["pruning=none,control", "pruning.tolerance=0.1"],
@@ -233,6 +253,7 @@ def test_sweep_values_are_refused_before_any_job_starts(cli, tmp_path, sweep):
     assert not (tmp_path / "sweep").exists()
 
 
+@pytest.mark.slow
 def test_a_user_config_directory_is_checked_before_any_job(cli, tmp_path):
     mine = tmp_path / "myconf" / "dataset"
     mine.mkdir(parents=True)
@@ -244,6 +265,7 @@ def test_a_user_config_directory_is_checked_before_any_job(cli, tmp_path):
         assert not (tmp_path / "sweep").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher,lrs,failed", [
     ([], "0.05,1e30", {"1": "nan", "2": "offline folder", "3": "offline folder"}),
     (["hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2"], "0.05,1e30",
@@ -267,6 +289,7 @@ def test_a_sweep_with_failed_jobs_says_which_and_exits_non_zero(cli, tmp_path, l
     assert json.loads((tmp_path / "sweep" / "0" / "summary.json").read_text())["status"] == "completed"
 
 
+@pytest.mark.slow
 def test_a_job_that_died_without_a_word_counts_as_failed(cli, tmp_path, monkeypatch):
     """A job whose process died before recording anything (here: its record is never written)."""
     from rmtprune.commands import outcomes
@@ -337,6 +360,7 @@ def test_output_folder_unwritable_mid_run_is_one_line(cli, tmp_path, monkeypatch
     assert code == 1 and len(lines) == 1 and "Permission denied" in lines[0] and "Traceback" not in err, err
 
 
+@pytest.mark.slow
 def test_temporary_files_of_a_killed_write_are_removed_at_start(cli, tmp_path):
     folder = tmp_path / "run"
     folder.mkdir()
@@ -348,6 +372,7 @@ def test_temporary_files_of_a_killed_write_are_removed_at_start(cli, tmp_path):
     assert not any(p.exists() for p in stale) and (folder / "summary.json").exists()
 
 
+@pytest.mark.slow
 @needs_real_data
 def test_a_relative_offline_data_path_means_the_folder_where_the_command_started(cli, tmp_path, monkeypatch):
     """With hydra.job.chdir=true the job runs in its run folder; RMTPRUNE_OFFLINE_DATA=<relative> still
@@ -361,6 +386,7 @@ def test_a_relative_offline_data_path_means_the_folder_where_the_command_started
 
 
 
+@pytest.mark.slow
 def test_only_command_line_keys_are_checked_against_the_chosen_option():
     """A preset's pruning.* / schedule.* keys never block pruning=none; a command-line key is accepted when
     one option of a sweep uses it, refused when none does."""
@@ -380,6 +406,7 @@ def test_only_command_line_keys_are_checked_against_the_chosen_option():
         check_unused_keys(parse_overrides([*preset, "pruning.tolerance=0.1"]), [none])
 
 
+@pytest.mark.slow
 def test_tab_completion_as_the_help_installs_it(tmp_path):
     """`eval "$(rmtprune train -sc install=bash)"` in bash, then TAB: the command name, then the overrides."""
     import shutil

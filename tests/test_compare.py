@@ -30,6 +30,7 @@ def sweep(tmp_path_factory):
     return folder / "multirun"
 
 
+@pytest.mark.slow
 def test_compare_writes_tables_and_figures(cli, sweep, tmp_path):
     out = tmp_path / "cmp"
     code, stdout, err = cli("compare", str(sweep), "--out", str(out))
@@ -58,6 +59,7 @@ def test_compare_writes_tables_and_figures(cli, sweep, tmp_path):
     assert "rmt" in stdout
 
 
+@pytest.mark.slow
 def test_a_corrupted_run_is_reported_not_fatal(cli, sweep, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(sweep, copy)
@@ -71,6 +73,7 @@ def test_a_corrupted_run_is_reported_not_fatal(cli, sweep, tmp_path):
     assert "arm rmt: no finished run for seed 2" in stdout
 
 
+@pytest.mark.slow
 def test_groups_never_mix_topologies_and_single_seeds_have_no_variance(cli, sweep, tmp_path):
     from rmtprune.cli import main
     other = tmp_path / "other"
@@ -93,6 +96,7 @@ def test_compare_bad_input(cli, tmp_path):
     assert code == 2 and "--format" in err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["local_parallel", "submitit_local"])
 def test_parallel_launchers_finish_and_are_comparable(tmp_path, launcher):
     import sys
@@ -144,6 +148,7 @@ def test_a_cnn_run_is_not_labelled_with_the_mlp_topology_it_does_not_use():
     assert run_config({"model": {"name": "mlp"}, "topology": "784-10"})["topology"] == "784-10"
 
 
+@pytest.mark.slow
 def test_a_tie_between_pruned_settings_is_labelled_the_same_way_in_every_process(tmp_path):
     import subprocess
     import sys
@@ -163,6 +168,7 @@ print(sorted(next(iter(group_runs(runs, None).values()))))
     assert outs == {"['none', 'rmt', 'rmt (tolerance=1.0)']\n"}
 
 
+@pytest.mark.slow
 def test_the_magnitude_baseline_prunes_each_normal_model_to_the_same_seed_count(cli, sweep, tmp_path):
     from rmtprune.report.baseline import CACHE
 
@@ -206,6 +212,7 @@ def test_the_magnitude_baseline_prunes_each_normal_model_to_the_same_seed_count(
     assert math.isnan(fallback["magnitude_finetuned_mean"])
 
 
+@pytest.mark.slow
 def test_the_terminal_and_comparison_md_give_the_variance_in_one_unit(cli, tmp_path):
     """percent² in both (fraction² x 10^4): the same number for every arm of a committed sweep."""
     from conftest import REPO

@@ -228,6 +228,7 @@ def test_old_runs_without_machine_records_are_not_flagged(tmp_path):
     assert "test_acc_after_event_mean" not in cmp.curves
 
 
+@pytest.mark.slow
 def test_the_frontier_table_and_figure_hold_the_per_arm_statistics(tmp_path, cli):
     settings = {"none": ("none", None, INITIAL), "control": ("control", None, INITIAL),
                 "rmt": ("rmt", 3.0, 30_000), "rmt9": ("rmt", 9.0, 12_000), "magnitude": ("magnitude", None, 29_000)}
@@ -257,6 +258,7 @@ def test_the_frontier_table_and_figure_hold_the_per_arm_statistics(tmp_path, cli
     assert len(pngs) == 1 and (tmp_path / "out" / pngs[0]).stat().st_size > 5000
 
 
+@pytest.mark.slow
 def test_no_frontier_with_a_single_pruned_configuration(tmp_path):
     for seed in range(2):
         write_run(tmp_path / f"none{seed}", seed, "none", 0.9)
@@ -295,6 +297,7 @@ def test_the_drop_at_each_event_is_in_the_curves(tmp_path):
     assert (0.78, 0.62) in lines and (0.79, 0.72) in lines and (0.62, 0.72) in lines
 
 
+@pytest.mark.slow
 def test_control_columns_only_against_a_control_with_the_arms_calendar(tmp_path):
     """An arm whose event calendar (every, start_epoch, stop_epoch, lr_factor, momentum) differs from the
     control's gets no control_* numbers, and a note naming the keys; a control arm with its calendar is used."""

@@ -43,6 +43,7 @@ def two_groups(tmp_path):
     return tmp_path
 
 
+@pytest.mark.slow
 def test_every_p_value_column_has_a_holm_twin_whose_family_is_its_table(two_groups, cli):
     code, _, err = cli("compare", str(two_groups), "--no-plots", "--equivalence", "0.3")
     assert code == 0, err
@@ -66,6 +67,7 @@ def test_every_p_value_column_has_a_holm_twin_whose_family_is_its_table(two_grou
     assert cell in md
 
 
+@pytest.mark.slow
 def test_equivalence_within_delta_points_against_statsmodels(two_groups, cli):
     code, _, err = cli("compare", str(two_groups), "--no-plots", "--equivalence", "0.3")
     assert code == 0, err
@@ -92,6 +94,7 @@ def test_equivalence_within_delta_points_against_statsmodels(two_groups, cli):
     assert table.loc["rmt", "control_tost_p_holm"] < 0.05 <= table.loc["rmt (horizon=9.0)", "control_tost_p_holm"]
 
 
+@pytest.mark.slow
 def test_without_a_margin_only_the_90_percent_intervals(two_groups):
     cmp = compare([two_groups])
     assert cmp.table["tost_p"].isna().all() and cmp.table["control_paired_tost_p_holm"].isna().all()

@@ -3,16 +3,14 @@
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
+from tests_support.configs import compose_config
 
-from rmtprune.config.schema import register_configs
 from rmtprune.config.validate import validate
 from rmtprune.errors import UserError
 from rmtprune.nn.models import parse_topology
 
 CONF = Path(__file__).resolve().parents[1] / "rmtprune" / "conf"
-register_configs()
 
 
 def groups():
@@ -21,18 +19,14 @@ def groups():
             yield folder.name, option.stem
 
 
-def _compose(*overrides, name="config"):
-    with initialize_config_module("rmtprune.conf", version_base="1.3"):
-        return compose(config_name=name, overrides=list(overrides))
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("group,option", list(groups()))
 def test_every_group_option_composes_and_validates(group, option):
     extra = {("pruning", "magnitude"): ["pruning.target_params=100000"], ("pruning", "lowrank"): ["pruning.target_params=100000"],
              ("pruning", "neuron"): ["pruning.target_params=100000"],
              ("model", "custom"): ["model._target_=tests_support.nets.Net"],
              ("dataset", "cifar10"): ["topology=3072-100-10"]}.get((group, option), [])
-    cfg = _compose(f"{group}={option}", *extra)
+    cfg = compose_config(f"{group}={option}", *extra)
     if group == "dataset":
         assert cfg.dataset.name == option
     elif group in ("model", "pruning", "schedule"):
@@ -40,21 +34,27 @@ def test_every_group_option_composes_and_validates(group, option):
     validate(cfg)
 
 
+@pytest.mark.parametrize("group,option", sorted(dict(groups()).items()))
+def test_the_last_option_of_each_group_composes_and_validates(group, option):
+    """The fast path's share of the test above."""
+    test_every_group_option_composes_and_validates(group, option)
+
+
 @pytest.mark.parametrize("launcher,key", [("local_parallel", "n_jobs"), ("slurm", "partition")])
 def test_launcher_configs_compose(launcher, key):
-    with initialize_config_module("rmtprune.conf", version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+    cfg = compose_config(f"hydra/launcher={launcher}", hydra=True)
     assert key in cfg.hydra.launcher
 
 
+@pytest.mark.slow
 def test_experiment_presets_set_what_they_reproduce():
-    cfg = _compose("experiment=mnist_fc_3000_3000_2000_500")
+    cfg = compose_config("experiment=mnist_fc_3000_3000_2000_500")
     assert cfg.topology == "784-3000-3000-2000-500-10" and cfg.schedule.horizon == 300 and cfg.pruning.name == "rmt"
-    cfg = _compose("experiment=mnist_fc_1000_1000_1000_500", "budget=cpu", "pruning=none")
+    cfg = compose_config("experiment=mnist_fc_1000_1000_1000_500", "budget=cpu", "pruning=none")
     assert cfg.pruning.name == "none" and cfg.epochs == 10 and cfg.schedule.horizon == 10
-    cfg = _compose("experiment=mnist_fc_1000_1000_1000_500", "budget=cpu", "epochs=6")
+    cfg = compose_config("experiment=mnist_fc_1000_1000_1000_500", "budget=cpu", "epochs=6")
     assert cfg.epochs == 6 and cfg.schedule.horizon == 6 and cfg.topology == "784-1000-1000-1000-500-10"
-    cfg = _compose("experiment=fashion_cnn")
+    cfg = compose_config("experiment=fashion_cnn")
     assert cfg.model.name == "cnn" and cfg.pruning.conv_tolerance == 0.6 and cfg.pruning.tolerance == 0.05
     for preset in (CONF / "experiment").glob("*.yaml"):
         text = preset.read_text()
@@ -64,25 +64,26 @@ def test_experiment_presets_set_what_they_reproduce():
 
 
 def test_prune_config_composes():
-    cfg = _compose("model_path=x.pt", name="prune")
+    cfg = compose_config("model_path=x.pt", name="prune")
     assert cfg.pruning.name == "rmt" and cfg.schedule.name == "oneshot" and cfg.finetune_epochs == 0
 
 
 def test_default_config_has_the_public_keys():
-    cfg = _compose()
+    cfg = compose_config()
     for key in ("topology", "dataset", "model", "epochs", "batch_size", "seed", "device", "optimizer.lr",
                 "optimizer.momentum", "pruning", "schedule", "pruning.tolerance"):
         assert OmegaConf.select(cfg, key) is not None, key
     assert cfg.dataset.name == "mnist" and cfg.pruning.name == "rmt" and cfg.schedule.horizon == cfg.epochs
 
 
+@pytest.mark.slow
 def test_typos_and_wrong_types_are_composition_errors():
     with pytest.raises(Exception, match="epoch"):
-        _compose("epoch=3")
+        compose_config("epoch=3")
     with pytest.raises(Exception, match="ten"):
-        _compose("epochs=ten")
+        compose_config("epochs=ten")
     with pytest.raises(Exception):
-        _compose("pruning.tolrance=0.1")
+        compose_config("pruning.tolrance=0.1")
 
 
 @pytest.mark.parametrize("text,widths", [("784-10", [784, 10]), ("784-3000-3000-2000-500-10",
@@ -106,6 +107,6 @@ def test_bad_topologies_are_user_errors(bad):
     ("pruning=rmt pruning.margin=0.5", "pruning.margin"), ("schedule=spikes schedule.patience=0", "schedule.patience"),
 ])
 def test_value_checks_name_the_setting(override, match):
-    cfg = _compose(*override.split())
+    cfg = compose_config(*override.split())
     with pytest.raises(UserError, match=match):
         validate(cfg)

@@ -69,6 +69,7 @@ def test_a_pruned_layer_in_csr_takes_values_column_indices_and_row_pointers():
     assert csr_bytes(model, []) == model_bytes(model)
 
 
+@pytest.mark.slow
 def test_the_dense_model_against_itself_has_a_latency_ratio_near_one(monkeypatch):
     """Not a speed test: the same architecture timed twice should take about the same time (loose bound)."""
     import rmtprune.nn.costs
@@ -93,6 +94,7 @@ def _state_dict_of(run) -> dict[str, torch.Tensor]:
     return load_file(run / "model.pt")["state_dict"]
 
 
+@pytest.mark.slow
 def test_a_magnitude_run_records_bytes_csr_bytes_flops_and_latency(cli, tmp_path):
     code, _, err = cli("train", *TINY, "pruning=magnitude", "pruning.target_params=5000", "pruning.min_size=1000",
                        "epochs=2", "cost.latency=true", "hydra.run.dir=run")
@@ -112,6 +114,7 @@ def test_a_magnitude_run_records_bytes_csr_bytes_flops_and_latency(cli, tmp_path
     assert list(summary)[-1] == "config"
 
 
+@pytest.mark.slow
 def test_an_rmt_run_records_its_split_layers_cost_and_no_latency_when_switched_off(cli, tmp_path):
     from rmtprune.config.identity import config_key
 
@@ -181,6 +184,7 @@ def test_comparison_md_has_no_cost_column_for_runs_made_before_costs(tmp_path):
     assert "FLOPs" not in markdown(compare([tmp_path]))
 
 
+@pytest.mark.slow
 def test_the_frontier_is_drawn_against_parameters_bytes_and_latency(tmp_path):
     from rmtprune.report.compare import compare
     from rmtprune.report.plots import frontier_figure, frontier_panels
@@ -200,6 +204,7 @@ def test_the_frontier_is_drawn_against_parameters_bytes_and_latency(tmp_path):
         assert frontier_figure(rows.reset_index(drop=True), "g", tmp_path / name).stat().st_size > 5000
 
 
+@pytest.mark.slow
 def test_rmtprune_prune_records_the_pruned_models_cost(cli, tmp_path):
     from rmtprune.nn.layers import LowRankLinear
     from rmtprune.nn.models import build_model

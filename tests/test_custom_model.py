@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import FAST, interrupted_at
+from tests_support.configs import compose_config
 
 from rmtprune.config.validate import custom_model_overrides
 
@@ -37,14 +38,7 @@ def metrics_without_time(folder: Path) -> list[dict[str, str]]:
 
 
 def compose(*overrides: str):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-
-    from rmtprune.config.schema import register_configs
-
-    register_configs()
-    with initialize_config_module("rmtprune.conf", version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=custom_model_overrides([*BASE, *overrides]))
+    return compose_config(*custom_model_overrides([*BASE, *overrides]))
 
 
 def test_custom_model_overrides_adds_the_plus_for_constructor_arguments_only():
@@ -57,12 +51,14 @@ def test_custom_model_overrides_adds_the_plus_for_constructor_arguments_only():
     assert custom_model_overrides(["model=mlp", "model.hidden=3"]) == ["model=mlp", "model.hidden=3"]
 
 
+@pytest.mark.slow
 def test_the_command_takes_constructor_arguments_without_a_plus(cli, tmp_path):
     code, _, err = cli("train", *BASE, *CUSTOM, "epochs=1", "hydra.run.dir=x")  # model.hidden=32, no "+"
     assert code == 0, err
     assert json.loads((tmp_path / "x" / "summary.json").read_text())["config"]["model"]["hidden"] == 32
 
 
+@pytest.mark.slow
 def test_the_custom_model_is_built_with_its_arguments_and_its_own_init():
     from tests_support.nets import Net
 
@@ -83,6 +79,7 @@ def test_the_custom_model_is_built_with_its_arguments_and_its_own_init():
     assert model.head.bias.abs().sum() > 0
 
 
+@pytest.mark.slow
 def test_custom_model_trains_prunes_checkpoints_and_is_inspected(cli, tmp_path):
     code, out, err = train(cli, *CUSTOM, *RMT, "epochs=3", "hydra.run.dir=run")
     assert code == 0, err
@@ -117,6 +114,7 @@ def test_custom_model_trains_prunes_checkpoints_and_is_inspected(cli, tmp_path):
     assert f"model._target_={NET}: " in err and "moved.pt holds a model of another class ('gone_pkg.Net')" in err
 
 
+@pytest.mark.slow
 def test_interrupted_custom_run_resumes_to_identical_metrics(cli, tmp_path, monkeypatch):
     args = [*CUSTOM, *RMT, "epochs=2"]
     assert train(cli, *args, "hydra.run.dir=full")[0] == 0
@@ -131,6 +129,7 @@ def test_interrupted_custom_run_resumes_to_identical_metrics(cli, tmp_path, monk
     assert metrics_without_time(tmp_path / "part" / "first") == metrics_without_time(tmp_path / "full")
 
 
+@pytest.mark.slow
 def test_custom_model_seeds_are_compared_rmt_against_none(cli, tmp_path):
     code, _, err = train(cli, "-m", *CUSTOM, "pruning.tolerance=1.0", "pruning.min_size=1000", "schedule=oneshot",
                          "epochs=2", "seed=0,1", "pruning=none,rmt", "hydra.sweep.dir=sweep")
@@ -168,6 +167,7 @@ def test_bad_custom_models_are_one_line_and_exit_2(cli, tmp_path, args, message)
     assert not (tmp_path / "bad").exists()  # refused before any job started
 
 
+@pytest.mark.slow
 def test_a_model_with_no_eligible_layer_trains_as_a_normal_arm_with_a_warning(cli, tmp_path):
     from rmtprune.config.build import model_spec
     from rmtprune.config.validate import model_warnings

@@ -33,6 +33,7 @@ def test_synthetic_is_mnist_shaped_fixed_and_independent_of_the_training_seed():
     assert not torch.equal(other[0], a.train_x)
 
 
+@pytest.mark.slow
 @needs_real_data
 def test_offline_mirror_is_decompressed_checked_and_scaled(tmp_path):
     cfg = dataset_cfg("mnist", root=str(tmp_path / "cache"), offline_dir=str(OFFLINE), test_size=500)
@@ -43,6 +44,7 @@ def test_offline_mirror_is_decompressed_checked_and_scaled(tmp_path):
     assert (tmp_path / "cache" / "MNIST" / "raw" / "train-images-idx3-ubyte").exists()
 
 
+@pytest.mark.slow
 @needs_real_data
 def test_corrupt_or_missing_mirror_files_are_clear_errors(tmp_path):
     mirror = tmp_path / "mirror" / "mnist"
@@ -180,6 +182,7 @@ def test_reference_cnn_adapts_to_the_channels_and_size_of_cifar_images():
     assert mnist.features[0].in_channels == 1 and mnist.classifier[1].in_features == 8 * 3 * 3
 
 
+@pytest.mark.slow
 def test_cifar10_trains_from_the_command_line_on_a_made_archive(cli, tmp_path):
     import json
 

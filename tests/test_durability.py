@@ -31,6 +31,7 @@ def metrics_without_time(folder: Path) -> list[dict[str, str]]:
 
 # --- 3. a finished folder is never written again ------------------------------------------------------
 
+@pytest.mark.slow
 def test_rerunning_a_finished_run_into_its_folder_writes_nothing(cli, tmp_path):
     args = ("train", *TINY, "epochs=2", "hydra.run.dir=a")
     assert cli(*args)[0] == 0
@@ -42,6 +43,7 @@ def test_rerunning_a_finished_run_into_its_folder_writes_nothing(cli, tmp_path):
     assert snapshot(tmp_path / "a") == before
 
 
+@pytest.mark.slow
 def test_rerunning_a_finished_sweep_into_its_folders_keeps_the_results(cli, tmp_path):
     args = ("train", "-m", *TINY, "epochs=1", "seed=0,1", "hydra.sweep.dir=sw")
     assert cli(*args)[0] == 0
@@ -54,6 +56,7 @@ def test_rerunning_a_finished_sweep_into_its_folders_keeps_the_results(cli, tmp_
 
 # --- 4. a run killed before its first checkpoint is continued in its folder ----------------------------
 
+@pytest.mark.slow
 def test_resume_true_restarts_a_run_killed_in_epoch_1_in_its_own_folder(cli, tmp_path, monkeypatch):
     args = [*TINY, "epochs=2", "output_root=part"]
     with interrupted_at(monkeypatch, 1):
@@ -67,6 +70,7 @@ def test_resume_true_restarts_a_run_killed_in_epoch_1_in_its_own_folder(cli, tmp
     assert not (tmp_path / "part" / "second" / "summary.json").exists()
 
 
+@pytest.mark.slow
 def test_resume_true_into_a_folder_holding_the_unfinished_run_continues_it_there(cli, tmp_path, monkeypatch):
     args = [*TINY, "device=cpu", "epochs=3", "output_root=elsewhere"]
     assert cli("train", *args, "hydra.run.dir=full")[0] == 0
@@ -97,6 +101,7 @@ def _append_killed_at(path: Path, limit: int, epoch: int, values: dict) -> None:
     os.waitpid(pid, 0)
 
 
+@pytest.mark.slow
 def test_a_kill_at_any_byte_of_the_spectra_write_keeps_every_earlier_event(tmp_path):
     import numpy as np
 
@@ -125,6 +130,7 @@ def test_a_kill_at_any_byte_of_the_spectra_write_keeps_every_earlier_event(tmp_p
 RMT = [*TINY, "pruning=rmt", "pruning.min_size=100", "schedule.horizon=6", "epochs=4"]
 
 
+@pytest.mark.slow
 def test_a_run_stopped_inside_the_spectra_write_resumes_to_the_same_spectra(cli, tmp_path, monkeypatch):
     import numpy as np
 
@@ -154,6 +160,7 @@ def test_a_run_stopped_inside_the_spectra_write_resumes_to_the_same_spectra(cli,
     assert outputs.repair_spectra(tmp_path / "part" / "spectra.npz") is None
 
 
+@pytest.mark.slow
 def test_a_damaged_spectra_file_found_on_resume_is_a_summary_warning(cli, tmp_path, monkeypatch):
     with interrupted_at(monkeypatch, 3):
         assert cli("train", *RMT, "hydra.run.dir=r")[0] == 130
@@ -169,6 +176,7 @@ def test_a_damaged_spectra_file_found_on_resume_is_a_summary_warning(cli, tmp_pa
 
 # --- 8. logger=mlflow in a parallel sweep on a new store ---------------------------------------------
 
+@pytest.mark.slow
 def test_mlflow_jobs_starting_together_share_one_experiment(tmp_path, monkeypatch):
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
@@ -213,6 +221,7 @@ def test_mlflow_jobs_starting_together_share_one_experiment(tmp_path, monkeypatc
 
 # --- 7. two sweeps into one sweep folder -------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_sweep_into_a_sweep_folder_in_use_is_refused_before_hydra_writes(cli, tmp_path):
     import fcntl
 
@@ -323,6 +332,7 @@ def test_sigterm_to_a_run_records_interrupted_and_exits_143(cli, tmp_path, monke
     assert summary["status"] == "interrupted" and "SIGTERM" in summary["error"] and summary["epochs_completed"] == 1
 
 
+@pytest.mark.slow
 def test_sigterm_during_a_sweep_under_the_basic_launcher_stops_it_with_the_job_list(cli, tmp_path, monkeypatch):
     _sigterm_in_epoch_2(monkeypatch)
     code, _, err = cli("train", "-m", *TINY, "epochs=3", "seed=0,1", "hydra.sweep.dir=sw")
@@ -333,6 +343,7 @@ def test_sigterm_during_a_sweep_under_the_basic_launcher_stops_it_with_the_job_l
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
 
+@pytest.mark.slow
 def test_a_finished_run_without_checkpoint_is_not_retrained_when_continued(cli, tmp_path):
     """resume=PATH with more epochs, where PATH finished with checkpoint=false: nothing to continue from, so
     the command is refused (exit 2) and the finished files stay as they were, never retrained in place."""

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from tests_support.spikes import spiked
 
 from rmtprune.rmt import as_matrix, fit_mp, singular_values
 
@@ -22,6 +23,7 @@ def test_pure_noise_sigma2_and_fit(shape, std):
     assert np.all(np.diff(fit.singular_values) <= 0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("beta", [0.1, 0.3])
 def test_false_spike_rate_is_beta(beta):
     # Over many pure-noise draws, the share with a value above the TW-corrected edge is ~ beta.
@@ -41,18 +43,12 @@ def test_tracy_widom_correction_uses_the_four_thirds_exponent():
     assert fit.lambda_plus == pytest.approx(expected, rel=1e-12)
 
 
-def _spiked(rng, p, n, thetas, sigma=1.0):
-    u = np.linalg.qr(rng.normal(size=(p, len(thetas))))[0]
-    v = np.linalg.qr(rng.normal(size=(n, len(thetas))))[0]
-    return rng.normal(0.0, sigma, (p, n)) + (u * thetas) @ v.T
-
-
 @pytest.mark.parametrize("p,n,sigma", [(400, 800, 1.0), (500, 500, 0.1), (300, 1200, 2.0)])
 def test_bbp_counts_only_supercritical_spikes(p, n, sigma):
     rng = np.random.default_rng(p + n)
     critical = sigma * (n * p) ** 0.25
     strengths = np.array([3.0, 2.0, 1.5, 0.7, 0.4]) * critical  # 3 above the BBP threshold, 2 below
-    fit = fit_mp(_spiked(rng, p, n, strengths, sigma))
+    fit = fit_mp(spiked(rng, p, n, strengths, sigma))
     assert fit.n_spikes == 3
     assert fit.good(0.05)
     sup = strengths[:3]
@@ -61,6 +57,7 @@ def test_bbp_counts_only_supercritical_spikes(p, n, sigma):
     assert fit.sigma2 == pytest.approx(sigma**2, rel=0.03)
 
 
+@pytest.mark.slow
 def test_non_mp_bulks_are_bad_fits():
     rng = np.random.default_rng(3)
     product = rng.normal(size=(300, 300)) @ rng.normal(size=(300, 300))
@@ -77,6 +74,7 @@ def test_non_mp_bulks_are_bad_fits():
     assert censored.good(0.05) and censored.sigma2 == pytest.approx(1.0, rel=0.03)
 
 
+@pytest.mark.slow
 def test_precomputed_singular_values_and_torch_input_agree():
     w = np.random.default_rng(5).normal(size=(120, 500))
     a = fit_mp(w)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tests_support.spikes import spiked
 
 from rmtprune.rmt import NoBulkError, fit_mp, mp_quantile
 from rmtprune.rmt.fit import MIN_WINDOW, bulk_window
@@ -19,12 +20,11 @@ RUNS = Path(__file__).resolve().parents[1] / "docs" / "results" / "v1" / "runs" 
 
 
 def _planted(rng, p, n, k, sigma=1.0, lo=3.0, hi=6.0):
-    theta = rng.uniform(lo, hi, k) * sigma * (n * p) ** 0.25
-    u = np.linalg.qr(rng.normal(size=(p, k)))[0]
-    v = np.linalg.qr(rng.normal(size=(n, k)))[0]
-    return rng.normal(0.0, sigma, (p, n)) + (u * theta) @ v.T
+    """k spikes of strengths uniform in [lo, hi] times the BBP threshold."""
+    return spiked(rng, p, n, rng.uniform(lo, hi, k) * sigma * (n * p) ** 0.25, sigma)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strength", [(2.0, 2.0), (3.0, 6.0)])
 @pytest.mark.parametrize("k,tol", [(10, 0.02), (50, 0.02), (100, 0.025)])
 def test_sigma2_does_not_grow_with_the_number_of_spikes(k, tol, strength):
@@ -40,6 +40,7 @@ def test_sigma2_does_not_grow_with_the_number_of_spikes(k, tol, strength):
     assert all(f.n_bulk == p - f.n_spikes for f in fits)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("p,n,k", [(500, 500, 10), (500, 500, 50), (500, 500, 100), (250, 1000, 10), (250, 1000, 50)])
 def test_the_bulk_loses_the_first_order_bbp_energy(p, n, k):
     # theory: the bulk of noise plus k spikes at theta is the compressed noise scaled by 1 - delta,
@@ -54,6 +55,7 @@ def test_the_bulk_loses_the_first_order_bbp_energy(p, n, k):
     assert np.mean([f.sigma2 for f in fits]) == pytest.approx(1.0, abs=0.02 if k < 100 else 0.025)
 
 
+@pytest.mark.slow
 def test_pure_noise_is_unchanged():
     # sigma2 unbiased to 0.5%, false-spike rate beta within 3 binomial standard deviations
     rng = np.random.default_rng(21)
@@ -113,6 +115,7 @@ def test_a_layer_cut_to_its_spikes_has_no_bulk(extra):
     assert issubclass(NoBulkError, ValueError)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra", [10, 100])
 def test_a_layer_cut_to_spikes_and_some_bulk_refits_the_truth(extra):
     # the survivors are the top of the bulk: their positions among the p - k bulk values are kept

@@ -47,6 +47,7 @@ def test_committed_tables_recompute_byte_identical(table, cli, tmp_path):
             assert (out / name).read_bytes() == committed.read_bytes(), f"{table}/{name} no longer recomputes"
 
 
+@pytest.mark.slow
 def test_every_committed_run_keeps_its_config_key():
     """The stored config as it was, and merged onto today's schema (every key added since, at its default):
     a new key left out of KEYS_SINCE / INERT_WHEN would change the second."""

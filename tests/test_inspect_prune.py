@@ -8,18 +8,10 @@ import pandas as pd
 import pytest
 import torch
 from conftest import FAST, TINY
+from tests_support.spikes import planted
 
 from rmtprune.nn.models import build_model
 from rmtprune.train.checkpoint import model_payload, save_atomic
-
-
-def planted(out, inp, rank, sigma, seed):
-    g = torch.Generator().manual_seed(seed)
-    critical = sigma * (out * inp) ** 0.25
-    u = torch.linalg.qr(torch.randn(out, rank, generator=g))[0]
-    v = torch.linalg.qr(torch.randn(inp, rank, generator=g))[0]
-    return sigma * torch.randn(out, inp, generator=g) + (u * torch.linspace(4.0, 2.0, rank) * critical) @ v.T
-
 
 PLANTED = {"layers.0": (400, 784, 6), "layers.1": (300, 400, 3)}
 
@@ -32,6 +24,7 @@ def planted_model():
     return model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["checkpoint", "state_dict"])
 def test_inspect_reports_the_planted_spike_counts(cli, tmp_path, form):
     model = planted_model()
@@ -53,6 +46,7 @@ def test_inspect_reports_the_planted_spike_counts(cli, tmp_path, form):
     assert (tmp_path / "view" / "esd_layers_0.png").stat().st_size > 5000
 
 
+@pytest.mark.slow
 def test_prune_a_trained_model_keeps_accuracy_and_shrinks_it(cli, tmp_path):
     args = [*FAST, "topology=784-512-512-10", "optimizer.lr=0.1"]  # FAST trains the normal arm
     assert cli("train", *args, "epochs=6", "hydra.run.dir=trained")[0] == 0
@@ -71,6 +65,7 @@ def test_prune_a_trained_model_keeps_accuracy_and_shrinks_it(cli, tmp_path):
     assert sum(p.numel() for p in model.parameters()) == s["n_params_after"] and info["kind"] == "rmtprune"
 
 
+@pytest.mark.slow
 def test_prune_a_plain_state_dict_with_the_architecture_from_the_config(cli, tmp_path):
     model = build_model({"kind": "mlp", "widths": [784, 256, 10]})
     torch.save(model.state_dict(), tmp_path / "sd.pt")
@@ -80,6 +75,7 @@ def test_prune_a_plain_state_dict_with_the_architecture_from_the_config(cli, tmp
     assert code == 2 and "does not fit" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_bad_files_are_refused_cleanly(cli, tmp_path):
     (tmp_path / "text.pt").write_text("hello")
     torch.save([1, 2, 3], tmp_path / "list.pt")
@@ -101,6 +97,7 @@ def test_bad_files_are_refused_cleanly(cli, tmp_path):
     assert code == 2 and "--tolerance" in err
 
 
+@pytest.mark.slow
 def test_prune_takes_the_runs_epoch_and_final_lr_unless_lr_is_given(cli, tmp_path):
     """A 3-epoch run pruned at horizon 6 gets f = 1 - 3/6 = 0.5; fine-tuning continues at the run's next
     lr (0.04 * 0.5^3 after three epochs with lr_decay 0.5), or at optimizer.lr given on the command line."""
@@ -117,6 +114,7 @@ def test_prune_takes_the_runs_epoch_and_final_lr_unless_lr_is_given(cli, tmp_pat
     assert json.loads((tmp_path / "p2" / "summary.json").read_text())["finetune_lr"] == pytest.approx(0.01)
 
 
+@pytest.mark.slow
 def test_inspect_accepts_every_key_of_pruning_rmt(cli, tmp_path):
     """pruning.KEY=VALUE as for `rmtprune train pruning=rmt`: every layer fitted (min_size 0), then the
     output layer left out and the rank floor raised, and the table follows."""
@@ -150,6 +148,7 @@ def test_inspect_refuses_bad_pruning_settings_in_one_line(cli, tmp_path, args, n
     assert code == 2 and len(lines) == 1 and needle in lines[0], err
 
 
+@pytest.mark.slow
 def test_inspect_refuses_a_state_dict_key_that_is_no_module_path(cli, tmp_path):
     torch.save({"a..b.weight": torch.zeros(20, 30), "fc.weight": torch.zeros(10, 20)}, tmp_path / "odd.pt")
     code, out, err = cli("inspect", str(tmp_path / "odd.pt"))
@@ -157,6 +156,7 @@ def test_inspect_refuses_a_state_dict_key_that_is_no_module_path(cli, tmp_path):
     assert code == 2 and len(lines) == 1 and "'a..b.weight'" in lines[0] and "Traceback" not in err, err
 
 
+@pytest.mark.slow
 def test_compare_command_errors_are_one_line(cli, tmp_path, monkeypatch):
     """An unwritable --out, and an error inside the reader nobody foresaw (simulated): one line each."""
     assert cli("train", *TINY, "epochs=1", "hydra.run.dir=runs/a")[0] == 0
@@ -175,17 +175,16 @@ def test_compare_command_errors_are_one_line(cli, tmp_path, monkeypatch):
     assert code == 2 and len(lines) == 1 and "runs" in lines[0] and "Traceback" not in err, err
 
 
+@pytest.mark.slow
 def test_prune_reads_the_pruner_state_saved_beside_a_state_dict(cli, tmp_path):
     """The README's {"model", "pruner"} file: the pruner state (the layer's known spikes) is read with the
     weights, so a layer cut halfway (8 spikes + half its sub-edge values) is cut to its 8 spikes by a one-shot
     prune, not taken as 'all survivors are spikes' (keep_no_bulk)."""
-    from test_api import planted
-
     from rmtprune import RMTPruner
 
     model = build_model({"kind": "mlp", "widths": [784, 256, 10]})
     with torch.no_grad():
-        model.layers[0].weight.copy_(planted(256, 784, 8, seed=1))
+        model.layers[0].weight.copy_(planted(256, 784, 8, 0.02, seed=1))
     pruner = RMTPruner(schedule=lambda epoch: 0.5, tolerance=1.0, include_output_layer=False)
     first = pruner.step(model, 1).records[0]
     assert first["n_spikes"] == 8 and 8 < first["rank_after"] < 256
@@ -197,6 +196,7 @@ def test_prune_reads_the_pruner_state_saved_beside_a_state_dict(cli, tmp_path):
     assert row["rank_before"] == first["rank_after"] and row["rank_after"] == 8
 
 
+@pytest.mark.slow
 def test_factor_pairs_that_do_not_chain_are_refused_cleanly(cli, tmp_path):
     """A state_dict whose ``X.first`` / ``X.second`` factors cannot be multiplied (or have rank 0) is a damaged
     file: one error line, exit 2, never a RuntimeError or a division by zero."""
@@ -260,6 +260,7 @@ def test_inspect_says_what_it_fits_before_it_starts(cli, tmp_path):
     assert "to 3 layers (436,600 weights)" in line and "singular values only, about" in line
 
 
+@pytest.mark.slow
 def test_prune_counts_a_magnitude_models_non_zero_parameters_as_its_run_did(cli, tmp_path):
     """A model whose smallest weights are zeroed (what pruning=magnitude saves) has its non-zero parameters,
     not its dense size, before the cut (and after it, in the layers a cut leaves sparse)."""
@@ -279,6 +280,7 @@ def test_prune_counts_a_magnitude_models_non_zero_parameters_as_its_run_did(cli,
     assert s["n_params_before"] == 60_000
 
 
+@pytest.mark.slow
 def test_a_nan_loss_while_fine_tuning_keeps_the_pruned_model(cli, tmp_path):
     """Fine-tuning at an lr that makes the loss NaN fails the command (exit 1) but the pruned model, its ledger
     and a summary (status failed, the accuracy right after the cut) are saved."""

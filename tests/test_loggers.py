@@ -49,6 +49,7 @@ def test_csv_logger_writes_nothing(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_tensorboard_event_file_holds_the_scalars_and_histograms(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -91,6 +92,7 @@ def test_tensorboard_event_file_holds_the_scalars_and_histograms(tmp_path):
     assert sum(h.bucket) == values.size
 
 
+@pytest.mark.slow
 def test_mlflow_run_holds_metrics_params_and_spectra(tmp_path):
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
@@ -139,6 +141,7 @@ def test_tensorboard_shows_the_resolved_config_and_overlays_the_splits(tmp_path)
     assert charts["loss"] == ["train/loss", "val/loss", "test/loss"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("status, mlflow_status", [("failed", "FAILED"), ("interrupted", "KILLED")])
 def test_mlflow_closes_a_run_that_did_not_complete_as_failed_or_killed(tmp_path, status, mlflow_status):
     pytest.importorskip("mlflow")

@@ -8,6 +8,7 @@ from conftest import FAST
 from rmtprune.config.validate import custom_model_overrides
 
 
+@pytest.mark.slow
 def test_logger_tensorboard_writes_the_run_to_tb(cli, tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -8,12 +8,9 @@ import shutil
 
 import pytest
 from conftest import FAST
-from hydra import compose, initialize_config_module
+from tests_support.configs import compose_config
 
 from rmtprune.config.identity import config_key
-from rmtprune.config.schema import register_configs
-
-register_configs()
 
 SMALL = [*FAST, "dataset.train_size=500", "dataset.test_size=200", "device=cpu", "epochs=4",
          "pruning.min_size=1000"]
@@ -36,6 +33,7 @@ def rmt_run(cli, tmp_path):
     return tmp_path / "rmt"
 
 
+@pytest.mark.slow
 def test_trajectory_baselines_hold_the_rmt_count_after_every_event(cli, tmp_path, rmt_run):
     rmt = counts_after(rmt_run)
     events = [1, 2, 3]
@@ -56,8 +54,7 @@ def test_trajectory_baselines_hold_the_rmt_count_after_every_event(cli, tmp_path
 
 
 def test_final_is_the_default_and_leaves_the_identity_of_earlier_configs():
-    with initialize_config_module("rmtprune.conf", version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[*SMALL, "pruning=magnitude", "pruning.target_params=9000"])
+    cfg = compose_config(*SMALL, "pruning=magnitude", "pruning.target_params=9000")
     assert cfg.pruning.match == "final" and cfg.pruning.target_trajectory is None
     plain = json.loads(json.dumps(dict(cfg_container(cfg))))
     for key in ("match", "target_trajectory"):
@@ -73,6 +70,7 @@ def cfg_container(cfg):
     return OmegaConf.to_container(cfg, resolve=True)
 
 
+@pytest.mark.slow
 def test_bad_match_combinations_are_one_error_line_before_training(cli, tmp_path, rmt_run):
     gap = tmp_path / "gap"
     shutil.copytree(rmt_run, gap)
@@ -95,6 +93,7 @@ def test_bad_match_combinations_are_one_error_line_before_training(cli, tmp_path
         assert "Traceback" not in err and not (run_dir / "metrics.csv").exists()
 
 
+@pytest.mark.slow
 def test_a_sweep_with_two_trajectories_to_one_final_count_is_ambiguous(cli, tmp_path, rmt_run):
     """Two finished rmt runs of the seed in one sweep folder, with the same final count but other counts after
     an event: match=trajectory cannot choose (match=final still can: the counts it needs agree)."""

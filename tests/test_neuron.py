@@ -107,6 +107,7 @@ ARGS = [*FAST, "topology=784-64-32-10", "dataset.train_size=500", "dataset.test_
         "pruning=neuron", "pruning.min_size=1000", "pruning.target_params=30000"]
 
 
+@pytest.mark.slow
 def test_neuron_run_resumes_bit_identical_and_its_model_reloads(cli, tmp_path, monkeypatch):
     assert cli("train", *ARGS, "epochs=3", "hydra.run.dir=full")[0] == 0
     with interrupted_at(monkeypatch, 2):

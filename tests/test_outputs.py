@@ -44,6 +44,7 @@ def test_a_repeated_event_replaces_its_entries_and_a_damaged_file_is_moved_aside
     assert set(read_spectra(path)) == {3}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("umask", [0o002, 0o077])
 def test_every_file_of_a_run_honours_the_umask(cli, tmp_path, umask):
     """Files written through a temporary file and a rename (summary.json, model.pt, checkpoint.pt, the npz)

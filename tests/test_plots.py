@@ -49,6 +49,7 @@ def _run(tmp_path, name: str, sigma2: float, seed: int = 0):
     return SimpleNamespace(folder=folder, seed=seed, spectra_path=folder / "spectra.npz", ledger=ledger)
 
 
+@pytest.mark.slow
 def test_esd_figures_come_from_the_arm_that_fitted_the_mp_law(tmp_path):
     """A baseline cutting by SVD (lowrank) has spectra but no MP fit (σ² empty): its runs are passed over
     without a warning, and the figure is the rmt run's."""

@@ -12,6 +12,7 @@ PRUNE = [a for a in TINY if a != "pruning=none"] + ["pruning=rmt", "pruning.min_
                                                     "schedule=oneshot", "epochs=2", "hydra.run.dir=run"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("progress", ["rich", "plain"])
 def test_the_terminal_shows_each_event_once_and_train_log_keeps_its_lines(cli, tmp_path, progress):
     code, out, err = cli("train", *[a for a in PRUNE if not a.startswith("progress=")], f"progress={progress}")
@@ -40,6 +41,7 @@ def test_the_batch_bar_is_erased_when_the_epochs_last_batch_is_done(monkeypatch)
     assert "epoch 2" in screen.getvalue()[len(shown):]
 
 
+@pytest.mark.slow
 def test_the_magnitude_sweep_says_what_runs_and_how_long_it_will_take(cli, tmp_path):
     args = [a for a in TINY if not a.startswith("magnitude_sweep")] + [
         "epochs=1", "magnitude_sweep.enabled=true", "magnitude_sweep.n_thresholds=4", "hydra.run.dir=run"]

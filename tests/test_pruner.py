@@ -3,8 +3,10 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 from omegaconf import OmegaConf
+from tests_support.spikes import planted
 from torch import nn
 
 from rmtprune.config.build import make_pruner, make_schedule, optimizer_settings
@@ -22,16 +24,6 @@ def cfg(**kw):
 
 def pruner_with(schedule, **kw):
     return RMTPruner(schedule=schedule, **kw)
-
-
-def planted(out, inp, rank, sigma=0.05, seed=0):
-    """Noise of entry std sigma plus `rank` spikes well above the BBP threshold sigma (n p)^(1/4)."""
-    g = torch.Generator().manual_seed(seed)
-    critical = sigma * (out * inp) ** 0.25
-    u = torch.linalg.qr(torch.randn(out, rank, generator=g))[0]
-    v = torch.linalg.qr(torch.randn(inp, rank, generator=g))[0]
-    strengths = torch.linspace(4.0, 2.0, rank) * critical
-    return sigma * torch.randn(out, inp, generator=g) + (u * strengths) @ v.T
 
 
 def mlp_with(weights):
@@ -180,6 +172,7 @@ def test_spikes_only_events_in_a_row_keep_the_rank_of_a_planted_layer():
     assert model.layers[0].rank == 6
 
 
+@pytest.mark.slow
 def test_spikes_only_events_in_a_row_keep_the_rank_of_a_trained_layer():
     """A layer with the singular values of a committed trained 1000x1000 layer (MNIST, first event): cut
     to its spikes, it keeps them at the next two f = 0 events (the old code went 22 -> 10 -> 5)."""

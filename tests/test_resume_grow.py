@@ -18,6 +18,7 @@ def rows(folder: Path) -> list[dict[str, str]]:
         return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arm", [["pruning=control"], ["pruning=rmt", "pruning.min_size=100", "schedule.horizon=6"]])
 def test_growing_a_finished_run_equals_a_fresh_run_of_the_new_length(cli, tmp_path, arm):
     assert cli("train", *BASE, *arm, "epochs=3", "hydra.run.dir=fresh")[0] == 0
@@ -34,6 +35,7 @@ def test_growing_a_finished_run_equals_a_fresh_run_of_the_new_length(cli, tmp_pa
                    [{k: v for k, v in r.items() if k not in drop} for r in csv.DictReader(b)]
 
 
+@pytest.mark.slow
 def test_a_matched_baseline_cannot_grow(cli, tmp_path):
     arm = ["pruning=magnitude", "pruning.min_size=100", "pruning.target_params=30000"]
     assert cli("train", *BASE, *arm, "epochs=2", "hydra.run.dir=m")[0] == 0

@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from tests_support.spikes import frames
 from torch import nn
 
 from rmtprune import RMTPruner, prune_model
@@ -21,8 +22,7 @@ COUNTS = [2, 4, 6, 6, 6, 6, 6, 6]  # spikes planted before events 1..8: growth s
 
 
 def _signal(rng, k_max=8):
-    u = np.linalg.qr(rng.normal(size=(OUT, k_max)))[0]
-    v = np.linalg.qr(rng.normal(size=(IN, k_max)))[0]
+    u, v = frames(rng, OUT, IN, k_max)
     theta = 5.0 * (OUT * IN) ** 0.25 * np.linspace(1.0, 1.5, k_max)
     return u, v, theta
 
@@ -138,6 +138,7 @@ def test_prune_model_twice_is_idempotent(keep_fraction, action):
         assert state.keys() == weights.keys() and all(torch.equal(state[k], weights[k]) for k in weights)
 
 
+@pytest.mark.slow
 def test_the_command_line_runs_the_spike_count_cut(cli, tmp_path):
     import csv
     import json
@@ -171,6 +172,7 @@ def test_the_command_line_runs_the_spike_count_cut(cli, tmp_path):
     assert code == 2 and "optimizer.anneal=cosine" in err
 
 
+@pytest.mark.slow
 def test_patience_and_margin_are_refused_with_options_that_do_not_use_them():
     from rmtprune.commands.compose import Composer
     from rmtprune.commands.precheck import check_unused_keys, parse_overrides

@@ -95,9 +95,10 @@ def test_split_auto_keeps_mobilenets_depthwise_heavy_blocks_dense():
     assert all(r["choice"] == "split" for r in rows if r["layer"].startswith("classifier") and r["fraction"] <= 0.75)
 
 
+@pytest.mark.slow
 def test_split_auto_from_the_command_line_and_its_identity(cli, tmp_path):
     from conftest import TINY
-    from test_batchnorm import compose_config
+    from tests_support.configs import compose_config
 
     from rmtprune.config.identity import config_key
 
@@ -114,21 +115,22 @@ def test_split_auto_from_the_command_line_and_its_identity(cli, tmp_path):
     torch.save(torch.load(tmp_path / "run" / "model.pt", weights_only=True)["state_dict"], tmp_path / "sd.pt")
     code, out, err = cli("inspect", "sd.pt", "--out", "insp2", "pruning.split=auto")
     assert code == 2 and err.count("rmtprune: error:") == 1 and "pruning.split=always or never" in err
-    base = compose_config(["pruning=rmt"])
-    assert config_key(base) == config_key(compose_config(["pruning=rmt", "pruning.split=always",
-                                                          "pruning.include=null", "pruning.exclude=null"]))
+    base = compose_config("pruning=rmt")
+    assert config_key(base) == config_key(compose_config("pruning=rmt", "pruning.split=always",
+                                                         "pruning.include=null", "pruning.exclude=null"))
     for extra in ("pruning.split=auto", "pruning.include=[layers.0]", "pruning.exclude=[layers.0]"):
-        assert config_key(compose_config(["pruning=rmt", extra])) != config_key(base), extra
+        assert config_key(compose_config("pruning=rmt", extra)) != config_key(base), extra
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["model=mlp", "model=cnn"])
 def test_a_baseline_target_is_checked_with_split_auto_before_training(model):
     """The pre-check builds the network on the meta device: the cost model's probe runs there too."""
-    from test_batchnorm import compose_config
+    from tests_support.configs import compose_config
 
     from rmtprune.runs.targets import check_target
 
     overrides = ["pruning=lowrank", model, "pruning.split=auto", "epochs=3"]
-    check_target(compose_config([*overrides, "pruning.target_params=100000"]))
+    check_target(compose_config(*overrides, "pruning.target_params=100000"))
     with pytest.raises(UserError, match="below the smallest count"):
-        check_target(compose_config([*overrides, "pruning.target_params=10"]))
+        check_target(compose_config(*overrides, "pruning.target_params=10"))

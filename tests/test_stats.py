@@ -64,6 +64,7 @@ def test_interpolation():
     assert math.isnan(interpolate_at(5, [10, 20], [0.5, 0.7]))
 
 
+@pytest.mark.slow
 def test_bootstrap_interval_of_the_variance_ratio_matches_the_f_interval_for_large_normal_samples():
     # for normal data the exact interval is r / F_{1-a/2}(n-1, m-1) .. r / F_{a/2}(n-1, m-1); the
     # percentile bootstrap approaches it as n, m grow
@@ -75,6 +76,7 @@ def test_bootstrap_interval_of_the_variance_ratio_matches_the_f_interval_for_lar
     assert (ci["var_ratio_ci_low"], ci["var_ratio_ci_high"]) == pytest.approx(exact, rel=0.02)
 
 
+@pytest.mark.slow
 def test_bootstrap_interval_of_the_variance_ratio_covers_the_true_ratio_about_95_percent_of_the_time():
     rng = np.random.default_rng(12)
     reps, covered = 300, 0
@@ -99,6 +101,7 @@ def test_bootstrap_interval_is_fixed_by_its_seed_and_nan_without_spread():
 C = [0.966, 0.979, 0.952, 0.971, 0.962, 0.975]   # an arm with one seed more than A
 
 
+@pytest.mark.slow
 def test_holm_matches_statsmodels_and_leaves_nan_out_of_the_family():
     from statsmodels.stats.multitest import multipletests
 

@@ -100,6 +100,7 @@ def assert_same_state(m1, o1, m2, o2):
         assert torch.equal(o1.state[p1]["momentum_buffer"], o2.state[p2]["momentum_buffer"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", [MLP, CNN], ids=["mlp", "cnn"])
 def test_default_step_is_bitwise_the_unfused_step(spec, monkeypatch):
     # small chunks, so every weight is updated in several chunks with ragged ends

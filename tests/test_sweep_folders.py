@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import TINY
 
 SUBDIR = "hydra.sweep.subdir=${pruning.name}_seed${seed}"
@@ -15,6 +16,7 @@ def _error_lines(err: str) -> list[str]:
     return [ln for ln in err.splitlines() if ln.strip() and "Warning" not in ln and "warn(" not in ln]
 
 
+@pytest.mark.slow
 def test_a_sweep_into_folders_of_another_config_is_refused_before_hydra_writes(cli, tmp_path):
     code, _, err = cli("train", "-m", *TINY, "epochs=1", "seed=0", "hydra.sweep.dir=sw", SUBDIR)
     assert code == 0, err
@@ -31,6 +33,7 @@ def test_a_sweep_into_folders_of_another_config_is_refused_before_hydra_writes(c
     assert json.loads((job / "summary.json").read_text())["config"]["optimizer"]["lr"] == 0.02
 
 
+@pytest.mark.slow
 def test_a_skip_done_sweep_into_its_own_finished_folders_runs_and_another_config_does_not(cli, tmp_path):
     common = ("train", "-m", *TINY, "epochs=1", "seed=0,1", "skip_done=true", "output_root=.",
               "hydra.sweep.dir=sw", SUBDIR)

@@ -12,6 +12,7 @@ def test_exact_quantiles(p, value):
     assert abs(float(tw1_quantile(p)) - value) < 1e-6
 
 
+@pytest.mark.slow
 def test_mean_and_variance():
     # E[s] = int_0^inf (1 - F) - int_-inf^0 F ;  E[s^2] = int 2 s (1 - F) over s > 0 - int 2 s F over s < 0
     mean = quad(lambda s: 1 - float(tw1_cdf(s)), 0, 12, limit=200)[0] - quad(lambda s: float(tw1_cdf(s)), -12, 0, limit=200)[0]
@@ -21,6 +22,7 @@ def test_mean_and_variance():
     assert abs(second - mean**2 - 1.6077810346) < 1e-5
 
 
+@pytest.mark.slow
 def test_cdf_is_a_distribution_over_the_range_that_matters():
     s = tw1_quantile(np.array([0.001, 0.01, 0.5, 0.99, 0.999]))
     assert np.all(np.diff(s) > 0)

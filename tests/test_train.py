@@ -46,6 +46,7 @@ def test_normal_run_writes_every_output(cli, tmp_path):
     assert (run / ".hydra" / "config.yaml").exists() and not (run / "layers.csv").exists()
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics_other_seed_other_metrics(cli, tmp_path):
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
         assert cli("train", *FAST, "device=cpu", "epochs=2", f"seed={seed}", f"hydra.run.dir={name}")[0] == 0
@@ -53,6 +54,7 @@ def test_same_seed_same_metrics_other_seed_other_metrics(cli, tmp_path):
     assert metrics_without_time(tmp_path / "a") != metrics_without_time(tmp_path / "c")
 
 
+@pytest.mark.slow
 def test_rmt_pruning_shrinks_the_model_and_keeps_accuracy(cli, tmp_path):
     args = [*FAST, "topology=784-512-512-10", "epochs=8", "optimizer.lr=0.1"]
     assert cli("train", *args, "hydra.run.dir=normal")[0] == 0
@@ -76,6 +78,7 @@ def test_rmt_pruning_shrinks_the_model_and_keeps_accuracy(cli, tmp_path):
     assert ckpt["ranks"]
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_to_identical_metrics(cli, tmp_path, monkeypatch):
     args = [*FAST, "device=cpu", "epochs=4", "pruning=rmt", "schedule.horizon=3"]
     assert cli("train", *args, "hydra.run.dir=full")[0] == 0
@@ -96,6 +99,7 @@ def test_interrupted_run_resumes_to_identical_metrics(cli, tmp_path, monkeypatch
     assert code == 0 and not (tmp_path / "part" / "third" / "metrics.csv").exists()
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_a_message_and_keeps_results(cli, tmp_path):
     code, out, err = cli("train", *FAST, "epochs=3", "optimizer.lr=1e4", "hydra.run.dir=nan")
     assert code == 1
@@ -106,6 +110,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_results(cli, tmp_path):
     assert (tmp_path / "nan" / "metrics.csv").exists()
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint_on_resume_is_a_clear_error(cli, tmp_path):
     folder = tmp_path / "broken"
     folder.mkdir()
@@ -116,6 +121,7 @@ def test_corrupt_checkpoint_on_resume_is_a_clear_error(cli, tmp_path):
     assert err.count("rmtprune: error:") == 1 and "move that folder aside" in err  # and how to get past it
 
 
+@pytest.mark.slow
 def test_resume_true_with_a_corrupt_checkpoint_in_the_newest_unfinished_run_says_what_to_do(cli, tmp_path):
     assert cli("train", *FAST, "epochs=2", "hydra.run.dir=outputs/a")[0] == 0
     run = tmp_path / "outputs" / "a"
@@ -128,6 +134,7 @@ def test_resume_true_with_a_corrupt_checkpoint_in_the_newest_unfinished_run_says
     assert f"the run in {Path('outputs') / 'a'} cannot be continued from it: move that folder aside" in err
 
 
+@pytest.mark.slow
 def test_multirun_sweeps_seeds(cli, tmp_path):
     code, out, err = cli("train", "-m", *FAST, "epochs=1", "seed=0,1", "hydra.sweep.dir=sweep")
     assert code == 0, err
@@ -135,6 +142,7 @@ def test_multirun_sweeps_seeds(cli, tmp_path):
     assert seeds == [0, 1]
 
 
+@pytest.mark.slow
 def test_skip_done_does_not_rerun_a_finished_job(cli, tmp_path):
     assert cli("train", *FAST, "epochs=1", "hydra.run.dir=outputs/a")[0] == 0
     assert cli("train", *FAST, "epochs=1", "skip_done=true", "hydra.run.dir=outputs/b")[0] == 0
@@ -142,6 +150,7 @@ def test_skip_done_does_not_rerun_a_finished_job(cli, tmp_path):
     assert (tmp_path / "outputs" / "b" / "redirect.json").exists()
 
 
+@pytest.mark.slow
 @needs_real_data
 def test_real_mnist_subset_trains(cli, tmp_path):
     code, out, err = cli("train", "dataset=mnist", "dataset.train_size=3000", "dataset.test_size=1000",
@@ -152,6 +161,7 @@ def test_real_mnist_subset_trains(cli, tmp_path):
     assert summary["final_test_acc"] > 0.8
 
 
+@pytest.mark.slow
 @needs_real_data
 def test_real_fashion_mnist_cnn_trains(cli, tmp_path):
     code, out, err = cli("train", "dataset=fashion_mnist", "dataset.train_size=2048", "dataset.test_size=512",
@@ -166,6 +176,7 @@ def test_real_fashion_mnist_cnn_trains(cli, tmp_path):
     assert float(before_cut["test_acc"]) > 0.5  # it learns before the one-shot cut (chance: 0.1)
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_different_config_but_may_add_epochs(cli, tmp_path):
     args = FAST  # pruning=none: no schedule in the identity, so epochs may grow
     assert cli("train", *args, "epochs=1", "hydra.run.dir=base")[0] == 0
@@ -176,6 +187,7 @@ def test_resume_refuses_a_different_config_but_may_add_epochs(cli, tmp_path):
     assert [r["epoch"] for r in read_csv(tmp_path / "base" / "metrics.csv")] == ["1", "2"]
 
 
+@pytest.mark.slow
 def test_a_resumed_run_that_fails_again_points_to_its_own_folder(cli, tmp_path):
     bad = [*FAST, "epochs=2", "optimizer.lr=1e30"]
     code, _, err = cli("train", *bad, "hydra.run.dir=run")
@@ -185,6 +197,7 @@ def test_a_resumed_run_that_fails_again_points_to_its_own_folder(cli, tmp_path):
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "failed"
 
 
+@pytest.mark.slow
 def test_resuming_into_a_folder_that_is_no_longer_writable_is_one_line_and_exit_2(cli, tmp_path, monkeypatch):
     assert cli("train", *FAST, "epochs=1", "hydra.run.dir=run")[0] == 0
     run = tmp_path / "run"

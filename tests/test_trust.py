@@ -122,6 +122,7 @@ def test_compare_rebuilds_a_custom_model_only_with_trust_model_code(tmp_path, se
     assert value is not None and value.source == "model.pt" and 0.0 <= value.test_acc <= 1.0
 
 
+@pytest.mark.slow
 def test_a_built_in_spec_larger_than_its_weights_is_refused_before_it_is_built(cli, tmp_path):
     """A crafted model.pt of kind mlp asking for 2 x 10^8 parameters with no weights: refused from the sizes
     alone (built on the meta device), one error line, nothing allocated."""

@@ -153,6 +153,7 @@ def val_sweep(tmp_path_factory):
     return folder / "multirun"
 
 
+@pytest.mark.slow
 def test_val_columns_are_written_every_epoch(val_sweep):
     for summary_path in sorted(val_sweep.glob("*/summary.json")):
         table = read_rows(summary_path.parent / "metrics.csv")
@@ -175,6 +176,7 @@ def test_the_summary_best_is_chosen_on_validation():
     assert (out["best_epoch"], out["best_on"]) == (1, "test") and "final_val_acc" not in out
 
 
+@pytest.mark.slow
 def test_compare_chooses_the_best_epoch_on_validation_and_reports_val_columns(val_sweep, cli, tmp_path):
     import shutil
 
