@@ -37,15 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rmtprune.nn.geometry import layer_groups, layer_matrix_shape  # noqa: E402
 from rmtprune.nn.models import MLP
 from rmtprune.nn.select import prunable_layers  # noqa: E402
-from rmtprune.nn.split_cost import (  # noqa: E402
-    KAPPA,
-    MU,
-    NU,
-    SplitRule,
-    dense_cost,
-    kernel_area,
-    split_cost,
-)
+from rmtprune.nn.split_cost import KAPPA, MU, NU, SplitRule, dense_cost, kernel_area, split_cost  # noqa: E402
 from rmtprune.nn.surgery import apply_rank, layer_svd
 
 MODELS = ("resnet18", "mobilenet_v3_small", "mlp")

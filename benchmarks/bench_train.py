@@ -42,13 +42,7 @@ from rmtprune.prune.rmt import RMTPruner
 from rmtprune.train.checkpoint import model_payload, save_atomic
 from rmtprune.train.progress import BatchProgress
 from rmtprune.train.state import make_optimizer
-from rmtprune.train.step import (
-    TrainStep,
-    configure_numerics,
-    train_epoch,
-    update_chunked_,
-    update_foreach_,
-)
+from rmtprune.train.step import TrainStep, configure_numerics, train_epoch, update_chunked_, update_foreach_
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH = 128

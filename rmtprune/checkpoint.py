@@ -2,14 +2,7 @@
 
 import warnings
 
-from rmtprune.train.checkpoint import (
-              FORMAT,
-              VERSION,
-              is_checkpoint,
-              load_file,
-              model_payload,
-              rebuild_model,
-)
+from rmtprune.train.checkpoint import FORMAT, VERSION, is_checkpoint, load_file, model_payload, rebuild_model
 
 __all__ = ["FORMAT", "VERSION", "is_checkpoint", "load_file", "model_payload", "rebuild_model"]
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 from conftest import FAST, interrupted_at
 from tests_support.configs import compose_config
+from tests_support.runs import fake_run as write_fake_run
 from tests_support.spikes import planted_exact
 from torch import nn
 
@@ -20,7 +21,6 @@ from rmtprune.nn.geometry import count_parameters
 from rmtprune.nn.layers import LowRankLinear
 from rmtprune.nn.models import MLP
 from rmtprune.train.checkpoint import load_file, rebuild_model
-from tests_support.runs import fake_run as write_fake_run
 
 P0 = 784 * 256 + 256 + 256 * 128 + 128 + 128 * 10 + 10  # the dense FAST network
 TARGET = 100000  # 1% of it is more than one rank step of layer 0 (784 + 256 parameters)

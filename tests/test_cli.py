@@ -9,15 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import (
-    FAST,
-    OFFLINE,
-    REPO,
-    TINY,
-    needs_real_data,
-    rmtprune_command,
-    run_subprocess,
-)
+from conftest import FAST, OFFLINE, REPO, TINY, needs_real_data, rmtprune_command, run_subprocess
 from tests_support.runs import fake_run
 
 

@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats as st
+from tests_support.runs import edit_summary, fake_run
 
 from rmtprune.report.compare import COLUMNS, FRONTIER_COLUMNS, compare
 from rmtprune.runs.folder import METRICS_COLUMNS
-from tests_support.runs import edit_summary, fake_run
 
 INITIAL = 100_000
 

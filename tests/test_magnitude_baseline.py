@@ -14,21 +14,16 @@ import pandas as pd
 import pytest
 import torch
 from omegaconf import OmegaConf
+from tests_support.runs import fake_run
 
 from rmtprune.config.build import data_settings
 from rmtprune.config.schema import DatasetConfig
 from rmtprune.data import load_data
 from rmtprune.nn.masks import count_nonzero, prune_to_count
 from rmtprune.nn.models import build_model
-from rmtprune.report.baseline import (
-    CACHE,
-    CACHE_COLUMNS,
-    MagnitudeBaseline,
-    finetune_epochs,
-)
+from rmtprune.report.baseline import CACHE, CACHE_COLUMNS, MagnitudeBaseline, finetune_epochs
 from rmtprune.runs.walk import load_run
 from rmtprune.train.checkpoint import model_payload, save_atomic
-from tests_support.runs import fake_run
 
 WIDTHS = [784, 64, 32, 10]
 DATASET = {"name": "synthetic", "input_shape": [1, 28, 28], "num_classes": 10, "train_size": 300,

@@ -102,8 +102,9 @@ def test_the_redirect_reader_says_why_a_redirect_leads_nowhere(tmp_path):
 
 
 def test_one_walk_finds_run_folders_and_redirects_at_any_depth(tmp_path):
-    from rmtprune.runs.folder import RunFolder, find_runs, walk
     from tests_support.runs import fake_run
+
+    from rmtprune.runs.folder import RunFolder, find_runs, walk
 
     fake_run(tmp_path / "a", summary={"config_key": "k1", "started_at": "2026-01-01"})
     fake_run(tmp_path / "sweep" / "0", summary={"config_key": "k1", "started_at": "2026-02-01"})
@@ -117,9 +118,10 @@ def test_one_walk_finds_run_folders_and_redirects_at_any_depth(tmp_path):
 
 
 def test_a_run_folder_is_claimed_by_one_run(tmp_path):
+    from tests_support.runs import fake_run
+
     from rmtprune.errors import UserError
     from rmtprune.runs.folder import RunFolder
-    from tests_support.runs import fake_run
 
     empty = RunFolder(tmp_path / "empty")
     empty.path.mkdir()

@@ -19,12 +19,7 @@ from rmtprune.errors import RunFailed
 from rmtprune.nn.models import build_model
 from rmtprune.train.progress import BatchProgress
 from rmtprune.train.state import make_optimizer
-from rmtprune.train.step import (
-    configure_numerics,
-    train_epoch,
-    update_chunked_,
-    update_foreach_,
-)
+from rmtprune.train.step import configure_numerics, train_epoch, update_chunked_, update_foreach_
 
 CPU = torch.device("cpu")
 

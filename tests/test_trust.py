@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY
+from tests_support.runs import fake_run
 
 from rmtprune.config.validate import custom_model_overrides
 from rmtprune.nn.models import build_model
 from rmtprune.report.baseline import MagnitudeBaseline
 from rmtprune.runs.walk import load_run
 from rmtprune.train.checkpoint import model_payload, save_atomic
-from tests_support.runs import fake_run
 
 NET = "tests_support.nets.Net"
 CUSTOM = ["model=custom", f"model._target_={NET}", "model.hidden=32"]

@@ -97,13 +97,7 @@ def check_unused_keys(parsed: list[Any], configs: list[DictConfig]) -> None:
     """A ``pruning.KEY`` / ``schedule.KEY`` given on the command line that no chosen option uses is
     refused (config.unused_key_error); keys that presets set are not checked. In a sweep over options
     (``pruning=none,rmt``) a key is accepted when one of them uses it."""
-    from rmtprune.config.schema import (
-        PRUNING_KEYS,
-        SCHEDULE_KEYS,
-        USES_SCHEDULE,
-        PruningConfig,
-        ScheduleConfig,
-    )
+    from rmtprune.config.schema import PRUNING_KEYS, SCHEDULE_KEYS, USES_SCHEDULE, PruningConfig, ScheduleConfig
     from rmtprune.config.validate import unused_key_error
 
     prunings = list(dict.fromkeys(str(c.pruning.name) for c in configs if c.get("pruning") is not None))

@@ -27,13 +27,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from rmtprune.errors import UserError
-from rmtprune.nn.layers import (
-    LOW_RANK_TYPES,
-    PRUNABLE_TYPES,
-    LowRankConv2d,
-    LowRankLinear,
-    ShrunkLinear,
-)
+from rmtprune.nn.layers import LOW_RANK_TYPES, PRUNABLE_TYPES, LowRankConv2d, LowRankLinear, ShrunkLinear
 from rmtprune.nn.select import prunable_layers
 
 if TYPE_CHECKING:  # importing rmtprune (the Python API) must not import the config machinery

@@ -41,12 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rmtprune.nn.geometry import (
-    layer_groups,
-    layer_matrix_shape,
-    split_weight_count,
-    weight_count,
-)
+from rmtprune.nn.geometry import layer_groups, layer_matrix_shape, split_weight_count, weight_count
 from rmtprune.nn.layers import LOW_RANK_TYPES
 from rmtprune.nn.select import prunable_layers
 

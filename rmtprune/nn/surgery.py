@@ -21,19 +21,8 @@ import torch
 from torch import nn
 from torch.nn.utils import skip_init
 
-from rmtprune.nn.geometry import (
-    _dtype,
-    layer_matrix_shape,
-    param_count,
-    split_weight_count,
-    weight_count,
-)
-from rmtprune.nn.layers import (
-    LOW_RANK_TYPES,
-    LowRankConv2d,
-    LowRankLinear,
-    ShrunkLinear,
-)
+from rmtprune.nn.geometry import _dtype, layer_matrix_shape, param_count, split_weight_count, weight_count
+from rmtprune.nn.layers import LOW_RANK_TYPES, LowRankConv2d, LowRankLinear, ShrunkLinear
 
 SVD = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 

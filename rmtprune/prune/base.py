@@ -14,20 +14,8 @@ from rmtprune.nn.select import name_patterns, select_layers, too_small
 from rmtprune.nn.split_cost import SplitRule
 from rmtprune.nn.surgery import apply_rank
 from rmtprune.prune.calendar import EventCalendar
-from rmtprune.prune.events import (
-    MOMENTUM_POLICIES,
-    PruneEvent,
-    check_state,
-    record_replacement,
-)
-from rmtprune.prune.params import (
-    Constraint,
-    Flag,
-    Integer,
-    Interval,
-    OneOf,
-    check_params,
-)
+from rmtprune.prune.events import MOMENTUM_POLICIES, PruneEvent, check_state, record_replacement
+from rmtprune.prune.params import Constraint, Flag, Integer, Interval, OneOf, check_params
 
 # the config keys (rmtprune/conf/pruning/*.yaml) of the event calendar, of which layers, and of what follows a cut
 CALENDAR_KEYS = ("name", "every", "start_epoch", "stop_epoch", "lr_factor", "momentum")

@@ -9,11 +9,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from rmtprune.nn.geometry import (
-    count_parameters,
-    layer_matrix_shape,
-    split_weight_count,
-)
+from rmtprune.nn.geometry import count_parameters, layer_matrix_shape, split_weight_count
 from rmtprune.prune.base import CALENDAR_KEYS, LAYER_KEYS, LINALG_ERRORS, SELECT_KEYS
 from rmtprune.prune.budget import TARGET_KEYS, TargetPruner, _bisect, dense_param_count
 from rmtprune.prune.params import OneOf, check_params

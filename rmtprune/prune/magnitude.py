@@ -13,13 +13,7 @@ from rmtprune.nn.geometry import count_parameters, weight_count
 from rmtprune.nn.layers import LOW_RANK_TYPES
 from rmtprune.nn.select import select_layers, too_small
 from rmtprune.prune.base import CALENDAR_KEYS, LAYER_KEYS, SELECT_KEYS
-from rmtprune.prune.budget import (
-    SCOPES,
-    TARGET_KEYS,
-    TargetPruner,
-    _bisect,
-    dense_param_count,
-)
+from rmtprune.prune.budget import SCOPES, TARGET_KEYS, TargetPruner, _bisect, dense_param_count
 from rmtprune.prune.events import PruneEvent, ledger_row
 from rmtprune.prune.params import OneOf, check_params
 

@@ -26,13 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rmtprune.nn.geometry import (
-    layer_groups,
-    layer_matrix_shape,
-    param_count,
-    planned_params,
-    split_params,
-)
+from rmtprune.nn.geometry import layer_groups, layer_matrix_shape, param_count, planned_params, split_params
 from rmtprune.nn.layers import LOW_RANK_TYPES
 from rmtprune.nn.split_cost import SPLITS, SplitRule
 from rmtprune.nn.surgery import SVD, layer_matrix, layer_svd, rank_action

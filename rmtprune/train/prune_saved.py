@@ -26,13 +26,7 @@ from typing import Any, Callable, Collection
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from rmtprune.config.build import (
-    data_settings,
-    make_schedule,
-    model_spec,
-    rmt_pruner_from_config,
-    run_settings,
-)
+from rmtprune.config.build import data_settings, make_schedule, model_spec, rmt_pruner_from_config, run_settings
 from rmtprune.config.identity import DATASET_NOT_IDENTITY, config_key
 from rmtprune.config.validate import validate
 from rmtprune.data import load_data
@@ -45,12 +39,7 @@ from rmtprune.prune.schedules import SpikeCut
 from rmtprune.runs.folder import RunFolder, summarise
 from rmtprune.train.checkpoint import model_payload, save_atomic
 from rmtprune.train.loading import load_model
-from rmtprune.train.loop import (
-    _now,
-    recalibrate_after_event,
-    resolve_device,
-    run_record,
-)
+from rmtprune.train.loop import _now, recalibrate_after_event, resolve_device, run_record
 from rmtprune.train.progress import BatchProgress, show_event
 from rmtprune.train.state import make_optimizer
 from rmtprune.train.step import configure_numerics, train_epoch

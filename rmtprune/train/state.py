@@ -15,14 +15,7 @@ from rmtprune.errors import UserError
 from rmtprune.nn.geometry import count_parameters
 from rmtprune.nn.models import build_model
 from rmtprune.prune.base import Pruner
-from rmtprune.train.checkpoint import (
-    is_checkpoint,
-    load_file,
-    model_payload,
-    rebuild_model,
-    save_atomic,
-    to_cpu,
-)
+from rmtprune.train.checkpoint import is_checkpoint, load_file, model_payload, rebuild_model, save_atomic, to_cpu
 
 
 def make_optimizer(model: nn.Module, settings: OptimizerSettings, lr: float) -> torch.optim.Optimizer:

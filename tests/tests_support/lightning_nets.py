@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import lightning.pytorch as pl
 import torch
-from test_api import (
-    planted,  # tests/ on sys.path, as pytest and the fresh processes of the tests have it
-)
+from test_api import planted  # tests/ on sys.path, as pytest and the fresh processes of the tests have it
 from torch import nn
 
 import rmtprune
