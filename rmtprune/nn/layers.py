@@ -38,7 +38,21 @@ if TYPE_CHECKING:  # importing rmtprune (the Python API) must not import the con
     pass
 
 
-class LowRankLinear(nn.Module):
+class TwoFactors(nn.Module):
+    """What both factorised layers share: ``first`` then ``second``, the bias on ``second``."""
+
+    first: nn.Module
+    second: nn.Module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.second(self.first(x))
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.second.bias
+
+
+class LowRankLinear(TwoFactors):
     """y = second(first(x)); ``weight_matrix()`` is the (out, in) product second.weight @ first.weight."""
 
     def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True,
@@ -49,13 +63,6 @@ class LowRankLinear(nn.Module):
         # would consume the global RNG (dropout masks of the two arms would differ after the first split)
         self.first = skip_init(nn.Linear, in_features, rank, bias=False, device=device or "cpu", dtype=dtype)
         self.second = skip_init(nn.Linear, rank, out_features, bias=bias, device=device or "cpu", dtype=dtype)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.second(self.first(x))
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        return self.second.bias
 
     @property
     def weight(self) -> torch.Tensor:
@@ -73,7 +80,7 @@ class LowRankLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
 
 
-class LowRankConv2d(nn.Module):
+class LowRankConv2d(TwoFactors):
     """A Conv2d of rank r per group: k x k conv to groups * r channels, then a grouped 1 x 1 conv."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: tuple[int, int], rank: int,
@@ -89,13 +96,6 @@ class LowRankConv2d(nn.Module):
                                device=device or "cpu", dtype=dtype)
         self.second = skip_init(nn.Conv2d, groups * rank, out_channels, 1, groups=groups, bias=bias,
                                 device=device or "cpu", dtype=dtype)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.second(self.first(x))
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        return self.second.bias
 
     @property
     def weight(self) -> torch.Tensor:
