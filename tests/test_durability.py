@@ -353,3 +353,31 @@ def test_a_finished_run_without_checkpoint_is_not_retrained_when_continued(cli, 
     assert code == 2 and "checkpoint.pt" in err and "Traceback" not in err
     after = {f.name: f.read_bytes() for f in (tmp_path / "done").iterdir() if f.is_file() and f.name != "train.log"}
     assert after == before
+
+
+def test_a_signal_inside_a_checkpoint_write_waits_for_the_write_then_interrupts(tmp_path, monkeypatch):
+    """torch's archive writer turns an exception raised inside it into a RuntimeError ("unexpected pos"), which
+    recorded an interrupted sweep's job as failed: a signal arriving mid-write takes effect after the write."""
+    import torch
+
+    from rmtprune.train import checkpoint
+    from rmtprune.train.signals import Terminated, interruptible
+
+    real_save, calls = torch.save, []
+
+    def save_interrupted_midway(obj, f):
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler runs at the next bytecode, inside the write
+        calls.append("after the signal")
+        real_save(obj, f)
+
+    monkeypatch.setattr(checkpoint.torch, "save", save_interrupted_midway)
+    target = tmp_path / "checkpoint.pt"
+    with pytest.raises(Terminated), interruptible():
+        checkpoint.save_atomic({"w": torch.arange(6.0)}, target)
+    assert calls == ["after the signal"]
+    assert torch.equal(torch.load(target)["w"], torch.arange(6.0))
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+    monkeypatch.setattr(checkpoint.torch, "save", real_save)
+    with interruptible():  # the signal is spent: the next block starts afresh
+        checkpoint.save_atomic({"w": torch.zeros(2)}, target)
+    assert torch.equal(torch.load(target)["w"], torch.zeros(2))

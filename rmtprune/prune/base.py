@@ -37,7 +37,7 @@ class Pruner:
     uses_schedule = False  # whether its keep fraction comes from the config's schedule group
     _parameter_constraints: dict[str, Constraint] = {
         "every": Integer(1), "start_epoch": Integer(1), "stop_epoch": Integer(1, none=True),
-        "lr_factor": Interval(0, ends="()", text="a positive finite number"),
+        "lr_factor": Interval(0, ends="()", text="positive and finite"),
         "momentum": OneOf(MOMENTUM_POLICIES), "recalibrate_bn": Integer(0, text="a number of batches >= 0"),
     }
 

@@ -44,6 +44,7 @@ from rmtprune.errors import UserError
 from rmtprune.files import mkstemp_beside
 from rmtprune.nn.layers import shrunk_shapes
 from rmtprune.nn.models import build_model, factorised_ranks
+from rmtprune.train.signals import deferred
 
 FORMAT = "rmtprune-checkpoint"
 
@@ -73,9 +74,10 @@ def save_atomic(obj: dict[str, Any], path: Path) -> None:
     path = Path(path)
     fd, tmp = mkstemp_beside(path)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with deferred(), os.fdopen(fd, "wb") as f:
             torch.save(to_cpu(obj), f)
-        os.replace(tmp, path)
+            f.close()
+            os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 HANDLED = (signal.SIGINT, signal.SIGTERM)
 
 
-_state = {"depth": 0, "stopping": False}
+_state: dict[str, Any] = {"depth": 0, "stopping": False, "deferring": 0, "pending": None}
 
 
 class Terminated(KeyboardInterrupt):
@@ -49,6 +49,9 @@ def _handling(on_signal: Callable[[int], None]) -> Iterator[None]:
         if _state["stopping"]:
             return
         _state["stopping"] = True
+        if _state["deferring"]:
+            _state["pending"] = (on_signal, signum)
+            return
         on_signal(signum)
 
     previous: dict[int, Any] = {}
@@ -64,9 +67,26 @@ def _handling(on_signal: Callable[[int], None]) -> Iterator[None]:
     finally:
         _state["depth"] -= 1
         if _state["depth"] == 0:
-            _state["stopping"] = False
+            _state["stopping"], _state["pending"] = False, None
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+@contextmanager
+def deferred() -> Iterator[None]:
+    """Around a write that must not be cut in two (a checkpoint: torch's archive writer turns an exception
+    raised inside it into a RuntimeError and leaves the run "failed"): a signal that arrives inside the
+    block takes effect when the block ends, with the same handler it would have had."""
+    _state["deferring"] += 1
+    try:
+        yield
+    finally:
+        _state["deferring"] -= 1
+    pending = _state["pending"]
+    if pending is not None and not _state["deferring"]:
+        _state["pending"] = None
+        on_signal, signum = pending
+        on_signal(signum)
 
 
 def _raise(signum: int) -> None:
