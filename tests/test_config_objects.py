@@ -20,6 +20,9 @@ BELOW_CONFIG = [*sorted((PACKAGE / "nn").glob("*.py")), *sorted((PACKAGE / "prun
                 PACKAGE / "data.py", PACKAGE / "train" / "step.py"]
 # and what the run loop hands its objects to: the training state and the memory check
 OBJECTS_ONLY = [PACKAGE / "train" / "state.py", PACKAGE / "train" / "resources.py"]
+# the functions of the run loop and of prune's fine-tuning that train, evaluate and record: objects only too
+LOOP_FUNCTIONS = {PACKAGE / "train" / "loop.py": ("run_job", "_train", "_epoch", "_event", "recalibrate_after_event", "final_costs"),
+                  PACKAGE / "train" / "prune_saved.py": ("_finetune",)}
 
 
 def config_parameters(path: Path) -> list[str]:
@@ -41,6 +44,15 @@ def test_no_layer_below_the_config_takes_a_config_node():
     assert len(BELOW_CONFIG) > 20  # the walk sees the modules (nn/, prune/, data, the step)
     offenders = {str(p.relative_to(PACKAGE)): config_parameters(p) for p in BELOW_CONFIG + OBJECTS_ONLY}
     assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_the_run_loop_and_prunes_fine_tuning_take_objects():
+    offenders = [f for path, names in LOOP_FUNCTIONS.items() for f in config_parameters(path)
+                 if f.split("(")[0] in names]
+    defined = {n.name for path in LOOP_FUNCTIONS for n in ast.walk(ast.parse(path.read_text()))
+               if isinstance(n, ast.FunctionDef)}
+    assert {n for names in LOOP_FUNCTIONS.values() for n in names} <= defined  # the names still exist
+    assert offenders == []
 
 
 def test_the_walk_finds_a_config_parameter(tmp_path):

@@ -26,10 +26,17 @@ from typing import Any, Callable, Collection
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from rmtprune.config.build import data_settings, make_schedule, model_spec, rmt_pruner_from_config, run_settings
+from rmtprune.config.build import (
+    RunSettings,
+    data_settings,
+    make_schedule,
+    model_spec,
+    rmt_pruner_from_config,
+    run_settings,
+)
 from rmtprune.config.identity import DATASET_NOT_IDENTITY, config_key
 from rmtprune.config.validate import validate
-from rmtprune.data import load_data
+from rmtprune.data import Data, load_data
 from rmtprune.errors import RunFailed, UserError
 from rmtprune.nn.costs import model_costs
 from rmtprune.nn.evaluate import evaluate
@@ -206,7 +213,7 @@ def _prune(cfg: DictConfig, out: RunFolder, device: torch.device, finetune_lr: f
         opt = make_optimizer(model, settings.optimizer, lr)
         pruned = {k: v.clone() for k, v in model.state_dict().items()}
         try:
-            _finetune(cfg, model, data, opt, gen, lr, params1, metrics, out,
+            _finetune(settings, int(cfg.finetune_epochs), model, data, opt, gen, lr, params1, metrics, out,
                       lambda: out.write_summary(summarise(summary, metrics, time.perf_counter() - t_start)))
         except RunFailed as exc:  # a NaN loss: the pruned model before fine-tuning is still worth saving
             failure = str(exc)
@@ -233,20 +240,21 @@ def _prune(cfg: DictConfig, out: RunFolder, device: torch.device, finetune_lr: f
     return summary
 
 
-def _finetune(cfg: DictConfig, model: torch.nn.Module, data: Any, opt: torch.optim.Optimizer, gen: torch.Generator,
-              lr: float, params: int, metrics: list[dict[str, Any]], out: RunFolder,
+def _finetune(settings: RunSettings, epochs: int, model: torch.nn.Module, data: Data, opt: torch.optim.Optimizer,
+              gen: torch.Generator, lr: float, params: int, metrics: list[dict[str, Any]], out: RunFolder,
               record: Callable[[], None]) -> None:
-    """``cfg.finetune_epochs`` epochs of training at ``lr``, a metrics.csv row each (appended to ``metrics``),
-    the summary recorded (``record()``) after each. Raises RunFailed on a NaN loss."""
-    with BatchProgress(cfg.progress) as progress:
-        for e in range(1, int(cfg.finetune_epochs) + 1):
+    """``epochs`` epochs of training at ``lr`` with the training step of ``rmtprune train``, a metrics.csv row
+    each (appended to ``metrics``), the summary recorded (``record()``) after each. Raises RunFailed on a NaN
+    loss."""
+    with BatchProgress(settings.progress) as progress:
+        for e in range(1, epochs + 1):
             t0 = time.perf_counter()
-            tl, ta = train_epoch(model, data, opt, gen, int(cfg.batch_size), float(cfg.optimizer.l1), progress, e,
-                                 precision=str(cfg.precision), compile=bool(cfg.compile))
-            loss_ft, acc_ft = evaluate(model, data.test_x, data.test_y, int(cfg.eval_batch_size))
+            tl, ta = train_epoch(model, data, opt, gen, settings.batch_size, settings.optimizer.l1, progress, e,
+                                 precision=settings.precision, compile=settings.compile)
+            loss_ft, acc_ft = evaluate(model, data.test_x, data.test_y, settings.eval_batch_size)
             metrics.append({"epoch": e, "train_loss": tl, "train_acc": ta, "test_loss": loss_ft, "test_acc": acc_ft,
                             "n_params": params, "n_params_after": params, "pruned_layers": 0,
                             "lr": lr, "seconds": time.perf_counter() - t0})
             out.write_metrics(metrics)
             record()
-            log.info("fine-tune epoch %d/%d  test_acc %.2f%%", e, cfg.finetune_epochs, 100 * acc_ft)
+            log.info("fine-tune epoch %d/%d  test_acc %.2f%%", e, epochs, 100 * acc_ft)
