@@ -347,7 +347,15 @@ def test_a_pruned_model_without_fine_tuning_records_the_cut_as_its_result(cli, t
     assert s["n_params_final"] == s["n_params_after"] and s["config_key"] and s["versions"]
     from rmtprune.runs.walk import load_run
 
-    assert load_run(tmp_path / "p").summary["n_params_initial"] == s["n_params_before"]  # read, not damaged
+    run = load_run(tmp_path / "p")
+    assert run.summary["n_params_initial"] == s["n_params_before"]  # read, not damaged
+    # compare counts it: its result is the cut model at epoch 0, not "no test_acc in metrics.csv"
+    assert run.metrics[["epoch", "test_acc", "n_params"]].values.tolist() == [[0, s["test_acc_after"], s["n_params_after"]]]
+    from rmtprune.report.compare import compare
+
+    cmp = compare([tmp_path / "p", tmp_path / "run"])
+    assert [p for p in cmp.problems if "metrics.csv" in p["reason"]] == []
+    assert cmp.table.set_index("arm").loc["rmt", "final_mean"] == pytest.approx(s["test_acc_after"])
 
 
 def test_prune_into_a_folder_holding_a_run_is_refused_and_writes_nothing(cli, tmp_path):

@@ -266,6 +266,8 @@ def load_run(folder: Path) -> Run:
     done = summary.get("epochs_completed")
     if summary.get("status") == "completed" and done is not None and len(metrics) != int(done):
         raise ValueError(f"metrics.csv has {len(metrics)} epoch rows, summary.json says {int(done)} completed")
+    if metrics.empty and summary.get("status") == "completed" and done == 0 and "prune_epoch" in summary:
+        metrics = _not_finetuned(summary)
     try:
         check_spectra(files.spectra_npz)
         spectra_problem = None
@@ -274,6 +276,13 @@ def load_run(folder: Path) -> Run:
     ledger = _optional_csv(files.layers_csv)
     magnitude = _optional_csv(files.magnitude_csv, ("n_nonzero", "test_acc", "test_loss"))
     return Run(folder, summary, run_config(grouping_config(summary)), metrics, ledger, magnitude, spectra_problem)
+
+
+def _not_finetuned(summary: dict[str, Any]) -> pd.DataFrame:
+    """The one row of a model ``rmtprune prune`` left without fine-tuning (``finetune_epochs=0``): epoch 0,
+    the pruned model's test loss and accuracy and its parameter count, as its summary records them."""
+    return pd.DataFrame([{"epoch": 0, "test_loss": summary["final_test_loss"], "test_acc": summary["final_test_acc"],
+                          "n_params": summary["n_params_final"]}])
 
 
 def _optional_csv(path: Path, numeric: tuple[str, ...] = ()) -> pd.DataFrame | None:
