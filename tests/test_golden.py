@@ -21,6 +21,8 @@ TABLES = {
     "frontier_mnist": (["mnist_fc_1000_1000_1000_500_cpu", "frontier_mnist_horizon5",
                         "frontier_mnist_horizon5_target5", "frontier_mnist_horizon7",
                         "frontier_mnist_horizon7_target7", "frontier_mnist_oneshot"], False),
+    # the verdict's sweeps (benchmarks/reproduce_verdict.sh), as many as are committed: report.sh's glob
+    "verdict_mnist": (sorted(p.name for p in RUNS.glob("verdict_mnist_*")), False),
 }
 SUMMARIES = sorted(RUNS.rglob("summary.json"))
 
