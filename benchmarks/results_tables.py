@@ -2,25 +2,29 @@
 
     python benchmarks/results_tables.py main docs/results/mnist_fc_1000_1000_1000_500_cpu
     python benchmarks/results_tables.py frontier docs/results/frontier_mnist
+    python benchmarks/results_tables.py verdict docs/results/verdict_mnist
 
 ``main``: one row per arm (none, control, rmt, magnitude, lowrank) with the tests against none, control
 and, for a matched baseline, the rmt arm it was matched to. ``frontier``: the arms of the combined
 frontier comparison, grouped by the rmt setting each baseline was matched to. Accuracies in percent,
 differences in points; every cell formatted by rmtprune.report.compare as in comparison.md (p-values with their
-Holm-adjusted twins in parentheses).
+Holm-adjusted twins in parentheses). ``verdict``: the remade verdict's arms (benchmarks/reproduce_verdict.sh),
+each against ``control`` (Δ, Welch p, and the two one-sided test for "within the table's margin", Holm-adjusted)
+and a baseline against the rmt arm it was matched to, with the costs: bytes, latency against the dense model.
 """
 
 from __future__ import annotations
 
 import re
 import sys
+import warnings
 from pathlib import Path
 
 import pandas as pd
 
-from rmtprune.report.compare import diff_cell, fmt_value, p_cell, ratio_cell
+from rmtprune.report.compare import diff_cell, fmt_p, fmt_value, p_cell, ratio_cell
 
-METHODS = ("rmt", "magnitude", "lowrank")
+METHODS = ("rmt", "magnitude", "neuron", "lowrank")
 LEVELS = {"rmt": "horizon 10 (main sweeps)", "rmt (horizon=5.0)": "horizon 5", "rmt (horizon=7.0)": "horizon 7"}
 ONESHOT = "one shot after epoch 5"
 
@@ -88,8 +92,57 @@ def frontier_table(t: pd.DataFrame) -> list[str]:
     return lines
 
 
+def _setting(r: pd.Series) -> str:
+    """The rmt setting an arm belongs to (an rmt arm's own, a baseline's matched rmt arm's): what its label
+    says of the calendar and schedule, e.g. ``horizon=5.0``; ``""`` for the unpruned arms."""
+    ref = r["matched_arm"] if isinstance(r.get("matched_arm"), str) else r["arm"]
+    if not ref.startswith("rmt"):
+        return ""
+    if "(" not in ref:
+        return "the table's one rmt setting"
+    return ", ".join(x for x in ref[ref.find("(") + 1:-1].split(", ") if not x.startswith(("target_from", "match")))
+
+
+def bytes_latency(r: pd.Series) -> str:
+    if r["model_bytes_mean"] != r["model_bytes_mean"]:
+        return "–"
+    csr = r["model_bytes_csr_mean"]
+    b = f"{r['model_bytes_mean']:,.0f}" + ("" if csr != csr else f" (CSR {csr:,.0f})")
+    b1, b256 = r["latency_b1_ratio_mean"], r["latency_b256_ratio_mean"]
+    return f"{b} | " + ("–" if b1 != b1 else f"×{b1:.2f} / ×{b256:.2f}")
+
+
+def tost(r: pd.Series, prefix: str) -> str:
+    p = r.get(f"{prefix}tost_p_holm", float("nan"))
+    if p != p:
+        return "–"
+    return f"{'yes' if p < 0.05 else 'not shown'} (Holm p {fmt_p(p)})"
+
+
+def verdict_table(t: pd.DataFrame) -> list[str]:
+    delta = t["equivalence_delta"].dropna()
+    margin = f"±{100 * delta.iloc[0]:g}" if len(delta) else "±δ"
+    refs = ("none", "control")
+    t = t.assign(setting=[_setting(r) for _, r in t.iterrows()])
+    settings = list(dict.fromkeys(s for s in t["setting"] if s))
+    t = t.assign(k=[refs.index(a) if a in refs else 2 + settings.index(st) for a, st in zip(t["arm"], t["setting"])],
+                 m=[METHODS.index(a.split(" ")[0]) if a.split(" ")[0] in METHODS else 9 for a in t["arm"]])
+    t = t.sort_values(["k", "m", "arm"], kind="stable")
+    lines = [f"| rmt setting | arm | seeds | parameters after | bytes | latency vs dense, batch 1 / 256 | final accuracy "
+             f"| vs control: Δ [95% CI] (Welch p (Holm)) | within {margin} of control (TOST) | vs the rmt arm it "
+             f"matches: Δ [95% CI] (Welch p (Holm), paired p (Holm)) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for _, r in t.iterrows():
+        arm = r["arm"].split(" (")[0] + (" (uniform)" if "rank_rule=uniform" in r["arm"] else "")
+        lines.append(f"| {r['setting']} | {arm} | {r['n_seeds']} | {size(r)} | {bytes_latency(r)} | {mean_std(r)} | "
+                     f"{versus(r, 'control_', paired=False)} | {tost(r, 'control_')} | {versus(r, 'matched_')} |")
+    return lines
+
+
+TABLES = {"main": main_table, "frontier": frontier_table, "verdict": verdict_table}
+
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] not in ("main", "frontier"):
-        sys.exit("usage: python benchmarks/results_tables.py main|frontier COMPARE_OUTPUT_FOLDER")
+    if len(sys.argv) != 3 or sys.argv[1] not in TABLES:
+        sys.exit(f"usage: python benchmarks/results_tables.py {'|'.join(TABLES)} COMPARE_OUTPUT_FOLDER")
+    warnings.simplefilter("ignore", pd.errors.PerformanceWarning)  # assign() on a 120-column frame
     table = pd.read_csv(Path(sys.argv[2]) / "comparison.csv")
-    print("\n".join(main_table(table) if sys.argv[1] == "main" else frontier_table(table)))
+    print("\n".join(TABLES[sys.argv[1]](table)))

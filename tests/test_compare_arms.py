@@ -400,6 +400,11 @@ def test_the_report_tables_print_the_comparison(tmp_path):
     # each p with its Holm twin: the magnitude arm is the only test against the arm it matches (family of one)
     assert f"| 1.33 [" in rows["magnitude"] and rows["magnitude"].endswith(
         f"] ({welch:.3f} ({welch:.3f}), {pair:.3f} ({pair:.3f})) |")
+    # the verdict's table: the same test of the matched baseline, the arms ordered by the rmt setting they belong to
+    verdict = [line.split(" | ") for line in tables.verdict_table(cmp.table)[2:]]
+    assert [(cells[0].strip("| "), cells[1]) for cells in verdict] == [
+        ("", "none"), ("the table's one rmt setting", "rmt"), ("the table's one rmt setting", "magnitude")]
+    assert " | ".join(verdict[2]).endswith(f"] ({welch:.3f} ({welch:.3f}), {pair:.3f} ({pair:.3f})) |")
 
 
 def test_a_baseline_is_not_tested_against_a_guess_when_two_arms_fit(tmp_path):
