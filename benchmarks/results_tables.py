@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from rmtprune.report.compare import diff_cell, fmt_p, fmt_value, p_cell, ratio_cell
+from rmtprune.report.compare import cost_cell, diff_cell, fmt_p, fmt_value, p_cell, ratio_cell
+from rmtprune.report.stats import ALPHA
 
 METHODS = ("rmt", "magnitude", "neuron", "lowrank")
 LEVELS = {"rmt": "horizon 10 (main sweeps)", "rmt (horizon=5.0)": "horizon 5", "rmt (horizon=7.0)": "horizon 7"}
@@ -104,19 +105,19 @@ def _setting(r: pd.Series) -> str:
 
 
 def bytes_latency(r: pd.Series) -> str:
-    if r["model_bytes_mean"] != r["model_bytes_mean"]:
-        return "–"
-    csr = r["model_bytes_csr_mean"]
-    b = f"{r['model_bytes_mean']:,.0f}" + ("" if csr != csr else f" (CSR {csr:,.0f})")
-    b1, b256 = r["latency_b1_ratio_mean"], r["latency_b256_ratio_mean"]
-    return f"{b} | " + ("–" if b1 != b1 else f"×{b1:.2f} / ×{b256:.2f}")
+    """Two cells, bytes and latency ratios, of compare's cost cell ("bytes (CSR); FLOPs; ×b1 / ×b256")."""
+    cell = cost_cell(r)
+    if cell == "–":
+        return "– | –"
+    size_bytes, _, latency = cell.split("; ")
+    return f"{size_bytes} | {latency}"
 
 
 def tost(r: pd.Series, prefix: str) -> str:
     p = r.get(f"{prefix}tost_p_holm", float("nan"))
     if p != p:
         return "–"
-    return f"{'yes' if p < 0.05 else 'not shown'} (Holm p {fmt_p(p)})"
+    return f"{'yes' if p < ALPHA else 'not shown'} (Holm p {fmt_p(p)})"
 
 
 def verdict_table(t: pd.DataFrame) -> list[str]:

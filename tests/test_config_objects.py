@@ -21,8 +21,10 @@ BELOW_CONFIG = [*sorted((PACKAGE / "nn").glob("*.py")), *sorted((PACKAGE / "prun
 # and what the run loop hands its objects to: the training state and the memory check
 OBJECTS_ONLY = [PACKAGE / "train" / "state.py", PACKAGE / "train" / "resources.py"]
 # the functions of the run loop and of prune's fine-tuning that train, evaluate and record: objects only too
-LOOP_FUNCTIONS = {PACKAGE / "train" / "loop.py": ("run_job", "_train", "_epoch", "_event", "recalibrate_after_event", "final_costs"),
-                  PACKAGE / "train" / "prune_saved.py": ("_finetune",)}
+LOOP_FUNCTIONS = {
+    PACKAGE / "train" / "loop.py": ("run_job", "_train", "_epoch", "_event", "recalibrate_after_event", "final_costs"),
+    PACKAGE / "train" / "prune_saved.py": ("_finetune",),
+}
 
 
 def config_parameters(path: Path) -> list[str]:

@@ -350,7 +350,8 @@ def test_a_pruned_model_without_fine_tuning_records_the_cut_as_its_result(cli, t
     run = load_run(tmp_path / "p")
     assert run.summary["n_params_initial"] == s["n_params_before"]  # read, not damaged
     # compare counts it: its result is the cut model at epoch 0, not "no test_acc in metrics.csv"
-    assert run.metrics[["epoch", "test_acc", "n_params"]].values.tolist() == [[0, s["test_acc_after"], s["n_params_after"]]]
+    assert run.metrics[["epoch", "test_acc", "n_params"]].values.tolist() == \
+        [[0, s["test_acc_after"], s["n_params_after"]]]
     from rmtprune.report.compare import compare
 
     cmp = compare([tmp_path / "p", tmp_path / "run"])
