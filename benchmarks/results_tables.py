@@ -120,22 +120,37 @@ def tost(r: pd.Series, prefix: str) -> str:
     return f"{'yes' if p < ALPHA else 'not shown'} (Holm p {fmt_p(p)})"
 
 
+def _method(arm: str) -> str:
+    return arm.split(" (")[0]
+
+
 def verdict_table(t: pd.DataFrame) -> list[str]:
+    """One row per arm: the unpruned arms first (each control arm labelled with its calendar when the table has
+    several), then each rmt setting with the baselines matched to it; the "vs control" cell names the control
+    arm it is against when that is not the plain ``control``."""
     delta = t["equivalence_delta"].dropna()
     margin = f"±{100 * delta.iloc[0]:g}" if len(delta) else "±δ"
     refs = ("none", "control")
     t = t.assign(setting=[_setting(r) for _, r in t.iterrows()])
     settings = list(dict.fromkeys(s for s in t["setting"] if s))
-    t = t.assign(k=[refs.index(a) if a in refs else 2 + settings.index(st) for a, st in zip(t["arm"], t["setting"])],
-                 m=[METHODS.index(a.split(" ")[0]) if a.split(" ")[0] in METHODS else 9 for a in t["arm"]])
+    t = t.assign(k=[refs.index(_method(a)) if _method(a) in refs else 2 + settings.index(st)
+                    for a, st in zip(t["arm"], t["setting"])],
+                 m=[METHODS.index(_method(a)) if _method(a) in METHODS else 9 for a in t["arm"]])
     t = t.sort_values(["k", "m", "arm"], kind="stable")
     lines = [f"| rmt setting | arm | seeds | parameters after | bytes | latency vs dense, batch 1 / 256 | final accuracy "
              f"| vs control: Δ [95% CI] (Welch p (Holm)) | within {margin} of control (TOST) | vs the rmt arm it "
              f"matches: Δ [95% CI] (Welch p (Holm), paired p (Holm)) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in t.iterrows():
-        arm = r["arm"].split(" (")[0] + (" (uniform)" if "rank_rule=uniform" in r["arm"] else "")
+        if _method(r["arm"]) in refs:
+            arm = r["arm"]
+        else:
+            arm = _method(r["arm"]) + (" (uniform)" if "rank_rule=uniform" in r["arm"] else "")
+        control = r.get("control_arm")
+        which = f"{control}: " if isinstance(control, str) and control != "control" else ""
+        vs_control = versus(r, "control_", paired=False)
         lines.append(f"| {r['setting']} | {arm} | {r['n_seeds']} | {size(r)} | {bytes_latency(r)} | {mean_std(r)} | "
-                     f"{versus(r, 'control_', paired=False)} | {tost(r, 'control_')} | {versus(r, 'matched_')} |")
+                     f"{which if vs_control != '–' else ''}{vs_control} | {tost(r, 'control_')} | "
+                     f"{versus(r, 'matched_')} |")
     return lines
 
 

@@ -15,7 +15,7 @@ import pytest
 from scipy import stats as st
 from tests_support.runs import edit_summary, fake_run
 
-from rmtprune.report.compare import COLUMNS, FRONTIER_COLUMNS, compare
+from rmtprune.report.compare import COLUMNS, FRONTIER_COLUMNS, compare, markdown
 from rmtprune.runs.folder import METRICS_COLUMNS
 
 INITIAL = 100_000
@@ -323,10 +323,21 @@ def test_control_columns_only_against_a_control_with_the_arms_calendar(tmp_path)
     assert "control has another calendar: every, lr_factor" in table.loc[slow_arm, "note"]
     assert "calendar" not in str(table.loc["rmt", "note"])
 
-    table = compare([second]).table.set_index("arm")
+    assert math.isnan(table.loc[slow_arm, "control_arm"]) and table.loc["rmt", "control_arm"] == "control"
+
+    cmp = compare([second], equivalence=0.3)
+    table = cmp.table.set_index("arm")
     assert table.loc[slow_arm, "control_diff"] == pytest.approx(mean["slow"] - mean["slow control"])
     assert table.loc["rmt", "control_diff"] == pytest.approx(mean["rmt"] - mean["control"])
     assert "calendar" not in str(table.loc[slow_arm, "note"])
+    # each arm names the control it was tested against, in comparison.csv and in comparison.md
+    slow_control = "control (every=2, lr_factor=0.99)"
+    assert table.loc[slow_arm, "control_arm"] == slow_control and table.loc["rmt", "control_arm"] == "control"
+    assert list(cmp.table["arm"])[:3] == ["none", "control", slow_control]   # the references first
+    md = markdown(cmp)
+    row = next(line for line in md.splitlines() if line.startswith(f"| {slow_arm} |"))
+    assert f"| {slow_control}: {100 * (mean['slow'] - mean['slow control']):.2f} [" in row
+    assert f"- {slow_arm} vs {slow_control}: " in md and f"- rmt vs control: " in md
 
 
 def test_a_matched_baseline_is_tested_against_the_arm_it_was_matched_to(tmp_path, cli):

@@ -155,7 +155,7 @@ def _implied_by_dataset(key: str, runs: list[Run]) -> bool:
 
 
 def group_runs(runs: list[Run], by: list[str] | None) -> dict[str, dict[str, list[Run]]]:
-    """{group label: {arm label: runs}}; arms ordered none, control, then as first met by seed."""
+    """{group label: {arm label: runs}}; arms ordered none, the control arms, then as first met by seed."""
     varying = _varying(runs)
     settings = {name: _settings([r for r in runs if method(r) == name]) for name in sorted({method(r) for r in runs})}
     if by:
@@ -174,7 +174,8 @@ def group_runs(runs: list[Run], by: list[str] | None) -> dict[str, dict[str, lis
         label = ", ".join(parts) or "all runs"
         groups.setdefault(label, {}).setdefault(arm_label(r, *settings[method(r)]), []).append(r)
     order = {NORMAL: 0, CONTROL: 1}
-    return {g: dict(sorted(arms.items(), key=lambda kv: order.get(kv[0], 2))) for g, arms in groups.items()}
+    # control arms of several calendars ("control (start_epoch=5)") come with the plain one, before the pruned arms
+    return {g: dict(sorted(arms.items(), key=lambda kv: order.get(method(kv[1][0]), 2))) for g, arms in groups.items()}
 
 
 def one_run_per_seed(groups: dict[str, dict[str, list[Run]]]) -> list[dict[str, str]]:
@@ -365,6 +366,8 @@ def compare(paths: list[Path], by: list[str] | None = None, metric: str = "test_
             refs = {"": NORMAL if name != NORMAL and NORMAL in finals else None}   # column prefix -> reference arm
             if name not in REFERENCES:
                 refs["control_"], other = same_calendar_control(arms, rs)
+                if refs["control_"] is not None:
+                    row["control_arm"] = refs["control_"]
                 if other:
                     notes.append(f"control has another calendar: {', '.join(other)}")
             refs["matched_"] = matched_arm(arms, rs)
@@ -457,7 +460,7 @@ COLUMNS = [
     "best_mean", "best_std", "best_var", "best_min", "best_max", "best_ci_low", "best_ci_high",
     "params_start", "params_end", "param_reduction_pct", "wall_time_s", "device",
     *COST_COLUMNS,
-    *_VERSUS, *(f"control_{c}" for c in _VERSUS), "matched_arm", *(f"matched_{c}" for c in _VERSUS),
+    *_VERSUS, "control_arm", *(f"control_{c}" for c in _VERSUS), "matched_arm", *(f"matched_{c}" for c in _VERSUS),
     "magnitude_at_same_params_mean", "magnitude_at_same_params_std", "magnitude_at_same_params_n",
     "magnitude_finetuned_mean", "magnitude_finetuned_std", "magnitude_finetuned_n", "magnitude_note",
     "note",
@@ -605,7 +608,7 @@ def _mean_std_cell(r: pd.Series, key: str, metric: str) -> str:
     return "–" if m != m else f"{fmt_value(m, metric)} ± {fmt_value(r[f'{key}_std'], metric)} (n={int(r[f'{key}_n'])})"
 
 
-_REFERENCE = {"": NORMAL, "control_": CONTROL}   # the arm each prefix's tests are against (matched_: matched_arm)
+_REFERENCE = {"": NORMAL}   # the arm each prefix's tests are against (control_: control_arm, matched_: matched_arm)
 
 
 def equivalence_lines(part: pd.DataFrame, metric: str, delta: float) -> list[str]:
@@ -619,7 +622,7 @@ def equivalence_lines(part: pd.DataFrame, metric: str, delta: float) -> list[str
             p = r[f"{prefix}tost_p_holm"]
             if p != p:
                 continue
-            ref = _REFERENCE.get(prefix, r["matched_arm"])
+            ref = _REFERENCE.get(prefix) or r[f"{prefix}arm"]
             ci = [fmt_value(r[f"{prefix}{c}"], metric) for c in ("diff_ci90_low", "diff_ci90_high",
                                                                      "paired_diff_ci90_low", "paired_diff_ci90_high")]
             lines.append(f"- {r['arm']} vs {ref}: {'equivalent' if p < ALPHA else 'not shown'} (Welch: 90% CI "
@@ -662,7 +665,9 @@ def markdown(cmp: Comparison) -> str:
                     f"{r['params_start']:,.0f} → {r['params_end']:,.0f} ({r['param_reduction_pct']:.1f}%) | "
                     f"{diff_cell(r, cmp.metric)} | {p_cell(r, 'welch_p')} | {p_cell(r, 'paired_p')} | {ratio_cell(r)} |")
             if has_control:
-                line += (f" {diff_cell(r, cmp.metric, 'control_')} | {p_cell(r, 'control_welch_p')} | "
+                # a table with several calendars has several control arms: the cell names the one it is against
+                which = f"{r['control_arm']}: " if isinstance(r["control_arm"], str) and r["control_arm"] != CONTROL else ""
+                line += (f" {which}{diff_cell(r, cmp.metric, 'control_')} | {p_cell(r, 'control_welch_p')} | "
                          f"{p_cell(r, 'control_paired_p')} | {ratio_cell(r, 'control_')} |")
             if has_matched:
                 line += f" {_matched_cell(r, cmp.metric)} |"
