@@ -137,8 +137,8 @@ def verdict_table(t: pd.DataFrame) -> list[str]:
                     for a, st in zip(t["arm"], t["setting"])],
                  m=[METHODS.index(_method(a)) if _method(a) in METHODS else 9 for a in t["arm"]])
     t = t.sort_values(["k", "m", "arm"], kind="stable")
-    lines = [f"| rmt setting | arm | seeds | parameters after | bytes | latency vs dense, batch 1 / 256 | final accuracy "
-             f"| vs control: Δ [95% CI] (Welch p (Holm)) | within {margin} of control (TOST) | vs the rmt arm it "
+    lines = [f"| rmt setting | arm | seeds | parameters after | bytes | latency vs dense, batch 1 / 256 | final "
+             f"accuracy | vs control: Δ [95% CI] (Welch p (Holm)) | within {margin} of control (TOST) | vs the rmt arm it "
              f"matches: Δ [95% CI] (Welch p (Holm), paired p (Holm)) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in t.iterrows():
         if _method(r["arm"]) in refs:

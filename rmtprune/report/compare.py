@@ -666,7 +666,8 @@ def markdown(cmp: Comparison) -> str:
                     f"{diff_cell(r, cmp.metric)} | {p_cell(r, 'welch_p')} | {p_cell(r, 'paired_p')} | {ratio_cell(r)} |")
             if has_control:
                 # a table with several calendars has several control arms: the cell names the one it is against
-                which = f"{r['control_arm']}: " if isinstance(r["control_arm"], str) and r["control_arm"] != CONTROL else ""
+                ref = r["control_arm"]
+                which = f"{ref}: " if isinstance(ref, str) and ref != CONTROL else ""
                 line += (f" {which}{diff_cell(r, cmp.metric, 'control_')} | {p_cell(r, 'control_welch_p')} | "
                          f"{p_cell(r, 'control_paired_p')} | {ratio_cell(r, 'control_')} |")
             if has_matched:
