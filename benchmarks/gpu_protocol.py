@@ -111,7 +111,8 @@ def main() -> None:
     n_jobs = len(arms.split(",")) * len(seeds.split(","))
     if args.dry_run:
         base = ["dataset=synthetic", "dataset.train_size=512", "dataset.test_size=256", "topology=784-64-32-10",
-                "pruning.min_size=1000", "device=cpu", "optimizer.lr=0.02", "magnitude_sweep.n_thresholds=5"]
+                "pruning.min_size=1000", "device=cpu", "optimizer.lr=0.02", "magnitude_sweep.n_thresholds=5",
+                "cost.latency=false"]
         max_epochs = 3
     else:
         base = ["experiment=mnist_fc_1000_1000_1000_500", "device=cuda"]

@@ -29,10 +29,16 @@ needs_real_data = pytest.mark.skipif(
     OFFLINE is None, reason="no offline MNIST mirror: set RMTPRUNE_OFFLINE_DATA to a folder with mnist/*.gz")
 
 
+# the longest test (minutes): first, so that with ``-n auto`` (pytest-xdist) the others run beside it
+LONGEST_FIRST = ("tests/test_gpu_check.py::test_dry_run_runs_every_stage_and_reports_it",)
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``cuda`` skip, with the reason, on a machine without a CUDA GPU."""
+    """The longest tests first (:data:`LONGEST_FIRST`); tests marked ``cuda`` skip, with the reason, on a machine
+    without a CUDA GPU."""
     import torch
 
+    items.sort(key=lambda item: item.nodeid not in LONGEST_FIRST)   # stable: the others keep their order
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is false)")
