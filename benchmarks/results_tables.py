@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from rmtprune.report.compare import cost_cell, diff_cell, fmt_p, fmt_value, p_cell, ratio_cell
+from rmtprune.report.compare import control_named, cost_cell, diff_cell, fmt_p, fmt_value, p_cell, ratio_cell
 from rmtprune.report.stats import ALPHA
 
 METHODS = ("rmt", "magnitude", "neuron", "lowrank")
@@ -145,11 +145,9 @@ def verdict_table(t: pd.DataFrame) -> list[str]:
             arm = r["arm"]
         else:
             arm = _method(r["arm"]) + (" (uniform)" if "rank_rule=uniform" in r["arm"] else "")
-        control = r.get("control_arm")
-        which = f"{control}: " if isinstance(control, str) and control != "control" else ""
         vs_control = versus(r, "control_", paired=False)
         lines.append(f"| {r['setting']} | {arm} | {r['n_seeds']} | {size(r)} | {bytes_latency(r)} | {mean_std(r)} | "
-                     f"{which if vs_control != '–' else ''}{vs_control} | {tost(r, 'control_')} | "
+                     f"{control_named(r) if vs_control != '–' else ''}{vs_control} | {tost(r, 'control_')} | "
                      f"{versus(r, 'matched_')} |")
     return lines
 

@@ -569,6 +569,13 @@ def _where(problem: dict[str, str]) -> str:
     return f"{problem['folder']} (seed {seed})" if seed not in (None, "") else problem["folder"]
 
 
+def control_named(r: pd.Series) -> str:
+    """``"control (start_epoch=5): "`` before a row's control cell when the control arm it was tested against is not
+    the plain ``control`` (a table with several calendars has several control arms); ``""`` otherwise."""
+    ref = r.get("control_arm")
+    return f"{ref}: " if isinstance(ref, str) and ref != CONTROL else ""
+
+
 def diff_cell(r: pd.Series, metric: str, prefix: str = "") -> str:
     d = r[f"{prefix}diff"]
     if d != d:
@@ -665,10 +672,7 @@ def markdown(cmp: Comparison) -> str:
                     f"{r['params_start']:,.0f} → {r['params_end']:,.0f} ({r['param_reduction_pct']:.1f}%) | "
                     f"{diff_cell(r, cmp.metric)} | {p_cell(r, 'welch_p')} | {p_cell(r, 'paired_p')} | {ratio_cell(r)} |")
             if has_control:
-                # a table with several calendars has several control arms: the cell names the one it is against
-                ref = r["control_arm"]
-                which = f"{ref}: " if isinstance(ref, str) and ref != CONTROL else ""
-                line += (f" {which}{diff_cell(r, cmp.metric, 'control_')} | {p_cell(r, 'control_welch_p')} | "
+                line += (f" {control_named(r)}{diff_cell(r, cmp.metric, 'control_')} | {p_cell(r, 'control_welch_p')} | "
                          f"{p_cell(r, 'control_paired_p')} | {ratio_cell(r, 'control_')} |")
             if has_matched:
                 line += f" {_matched_cell(r, cmp.metric)} |"
