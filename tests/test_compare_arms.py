@@ -199,7 +199,8 @@ def test_an_unwritable_out_folder_is_one_error_line(tmp_path, cli):
 
 def test_cpu_and_gpu_runs_are_never_pooled_and_mixed_machines_are_named(tmp_path, cli):
     for seed in range(4):
-        gpu = {"device": "cuda:0", "gpu": "NVIDIA H200", "threads": 4} if seed >= 2 else {"threads": 1 + seed}
+        gpu = ({"device": "cuda:0", "gpu": "NVIDIA H200", "threads": 4} if seed >= 2
+               else {"threads": 1 + seed, "cpu": "AMD EPYC", "cpu_capability": ("AVX2", "AVX512")[seed]})
         write_run(tmp_path / f"none{seed}", seed, "none", 0.9 + 0.01 * seed, summary=gpu)
         write_run(tmp_path / f"rmt{seed}", seed, "rmt", 0.8 + 0.01 * seed, params=30_000, summary=gpu)
     code, stdout, err = cli("compare", str(tmp_path), "--no-plots")
@@ -212,6 +213,7 @@ def test_cpu_and_gpu_runs_are_never_pooled_and_mixed_machines_are_named(tmp_path
     assert cpu.set_index("arm").loc["rmt", "final_mean"] == pytest.approx(0.805)
     # CPU runs with 1 and 2 threads are pooled, but said to differ
     assert "threads 1 (1), 2 (1)" in cpu.set_index("arm").loc["rmt", "note"]
+    assert "cpu_capability AVX2 (1), AVX512 (1)" in cpu.set_index("arm").loc["rmt", "note"]  # one CPU name, two roundings
     assert isinstance(gpu["note"].iloc[0], float)  # empty: the GPU runs agree
     flat = " ".join(stdout.split())
     assert "warning" in flat and "mixes machines" in flat and "threads 1 (1), 2 (1)" in flat

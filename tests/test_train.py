@@ -37,6 +37,7 @@ def test_normal_run_writes_every_output(cli, tmp_path):
     assert summary["n_params_initial"] == 784 * 256 + 256 + 256 * 128 + 128 + 128 * 10 + 10
     assert summary["config"]["topology"] == "784-256-128-10" and summary["seed"] == 0
     assert {"torch", "rmtprune", "python"} <= set(summary["versions"])
+    assert summary["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and summary["threads"] == 1
     ckpt = torch.load(run / "model.pt", weights_only=True)
     assert ckpt["format"] == "rmtprune-checkpoint" and "layers.0.weight" in ckpt["state_dict"]
     sweep = read_csv(run / "magnitude_sweep.csv")

@@ -199,7 +199,7 @@ def one_run_per_seed(groups: dict[str, dict[str, list[Run]]]) -> list[dict[str, 
 
 
 def machine_mix(runs: list[Run]) -> str:
-    """'' when the runs share device, threads, CPU, BLAS and GPU as far as recorded; else what differs,
+    """'' when the runs share device, threads, CPU (model and kernels), BLAS and GPU as far as recorded; else what differs,
     e.g. ``threads 1 (3), 2 (2)`` (runs that record nothing are not counted as different)."""
     parts = []
     for key in ("device", *MACHINE_KEYS):

@@ -60,7 +60,7 @@ class Run:
 
     def machine(self) -> dict[str, str | None]:
         """What floating-point results depend on beyond the config: device type, torch threads, CPU
-        model, BLAS and GPU model, as recorded in summary.json (None: not recorded, an older run)."""
+        model and the kernels torch dispatches to on it, BLAS and GPU model, as recorded in summary.json (None: not recorded, an older run)."""
         out: dict[str, str | None] = {"device": self.device_type}
         for key in MACHINE_KEYS:
             v = self.summary.get(key)
@@ -78,7 +78,7 @@ class Run:
 
 
 # summary.json keys naming the machine a run ran on (besides ``device``); absent in older runs
-MACHINE_KEYS = ("threads", "cpu", "blas", "gpu")
+MACHINE_KEYS = ("threads", "cpu", "cpu_capability", "blas", "gpu")
 
 
 def run_config(config: dict[str, Any]) -> dict[str, Any]:

@@ -61,7 +61,9 @@ def blas() -> str:
 
 
 def machine(device: torch.device) -> dict[str, Any]:
-    """The facts that decide a run's floating-point results: device, torch threads, CPU, BLAS, GPU."""
+    """The facts that decide a run's floating-point results: device, torch threads, CPU, the kernels torch
+    dispatches to on it (``cpu_capability``: two CPUs of one model name may round differently, e.g. AVX2
+    against AVX512), BLAS, GPU."""
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    return {"device": str(device), "threads": torch.get_num_threads(), "cpu": cpu_model(), "blas": blas(),
-            "gpu": gpu}
+    return {"device": str(device), "threads": torch.get_num_threads(), "cpu": cpu_model(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "blas": blas(), "gpu": gpu}
