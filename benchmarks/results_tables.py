@@ -3,6 +3,7 @@
     python benchmarks/results_tables.py main docs/results/mnist_fc_1000_1000_1000_500_cpu
     python benchmarks/results_tables.py frontier docs/results/frontier_mnist
     python benchmarks/results_tables.py verdict docs/results/verdict_mnist
+    python benchmarks/results_tables.py curves docs/results/long_fashion
 
 ``main``: one row per arm (none, control, rmt, magnitude, lowrank) with the tests against none, control
 and, for a matched baseline, the rmt arm it was matched to. ``frontier``: the arms of the combined
@@ -11,6 +12,9 @@ differences in points; every cell formatted by rmtprune.report.compare as in com
 Holm-adjusted twins in parentheses). ``verdict``: the remade verdict's arms (benchmarks/reproduce_verdict.sh),
 each against ``control`` (Δ, Welch p, and the two one-sided test for "within the table's margin", Holm-adjusted)
 and a baseline against the rmt arm it was matched to, with the costs: bytes, latency against the dense model.
+``curves`` (compare's curves.csv): one row per arm, its test accuracy (mean ± std over the seeds) at a few epochs
+of a long run, the epoch of its best mean validation accuracy, and how far the last epoch is below the best
+epoch of the mean test curve: whether an arm degrades over long training (descriptive, selects nothing).
 """
 
 from __future__ import annotations
@@ -152,11 +156,33 @@ def verdict_table(t: pd.DataFrame) -> list[str]:
     return lines
 
 
-TABLES = {"main": main_table, "frontier": frontier_table, "verdict": verdict_table}
+def curves_table(c: pd.DataFrame, points: tuple[int, ...] = (1, 10, 25, 50, 75)) -> list[str]:
+    """One row per arm of compare's curves.csv (rows: group, arm, epoch, n, test_acc_mean, ...): the mean test
+    accuracy ± std at ``points`` and at the arm's last epoch, the epoch whose mean validation accuracy is
+    highest (–: no split), and last − best epoch of the mean test curve, in points."""
+    last = int(c["epoch"].max())
+    shown = [e for e in points if e < last] + [last]
+    head = " | ".join(f"epoch {e}" for e in shown)
+    lines = [f"| arm | seeds | test accuracy at {head} | best validation epoch | last − best of the mean test curve |",
+             "|---|---|" + "---|" * len(shown) + "---|---|"]
+    for arm, a in c.groupby("arm", sort=False):
+        a = a.set_index("epoch")
+        cells = [mean_std(pd.Series({"final_mean": a.loc[e, "test_acc_mean"], "final_std": a.loc[e, "test_acc_std"]}))
+                 if e in a.index else "–" for e in shown]
+        val = a["val_acc_mean"] if "val_acc_mean" in a else pd.Series(dtype=float)
+        best_val = str(int(val.idxmax())) if val.notna().any() else "–"
+        drop = 100 * (a["test_acc_mean"].iloc[-1] - a["test_acc_mean"].max())
+        lines.append(f"| {arm} | {int(a['n'].iloc[-1])} | " + " | ".join(cells) + f" | {best_val} | {drop:.2f} "
+                     f"(best: epoch {int(a['test_acc_mean'].idxmax())}) |")
+    return lines
+
+
+TABLES = {"main": main_table, "frontier": frontier_table, "verdict": verdict_table, "curves": curves_table}
 
 if __name__ == "__main__":
     if len(sys.argv) != 3 or sys.argv[1] not in TABLES:
         sys.exit(f"usage: python benchmarks/results_tables.py {'|'.join(TABLES)} COMPARE_OUTPUT_FOLDER")
     warnings.simplefilter("ignore", pd.errors.PerformanceWarning)  # assign() on a 120-column frame
-    table = pd.read_csv(Path(sys.argv[2]) / "comparison.csv")
+    source = "curves.csv" if sys.argv[1] == "curves" else "comparison.csv"
+    table = pd.read_csv(Path(sys.argv[2]) / source)
     print("\n".join(TABLES[sys.argv[1]](table)))

@@ -418,6 +418,18 @@ def test_the_report_tables_print_the_comparison(tmp_path):
     assert [(cells[0].strip("| "), cells[1]) for cells in verdict] == [
         ("", "none"), ("the table's one rmt setting", "rmt"), ("the table's one rmt setting", "magnitude")]
     assert " | ".join(verdict[2]).endswith(f"] ({welch:.3f} ({welch:.3f}), {pair:.3f} ({pair:.3f})) |")
+    # the long regime's curves: accuracy at chosen epochs, and how far the end is below the best epoch
+    for seed, final in enumerate((0.80, 0.82)):
+        f = write_run(tmp_path / "long" / f"none_seed{seed}", seed, "none", final, epochs=12)
+        rows = pd.read_csv(f / "metrics.csv")
+        rows.loc[rows["epoch"] == 6, "test_acc"] = 0.95  # a peak in the middle, then a decline
+        rows.to_csv(f / "metrics.csv", index=False)
+    curves = [line.split(" | ") for line in tables.curves_table(compare([tmp_path / "long"]).curves, points=(1, 6))]
+    assert curves[0][2:5] == ["test accuracy at epoch 1", "epoch 6", "epoch 12"]
+    at1 = [0.80 - 0.11, 0.82 - 0.11]
+    assert curves[2][:5] == ["| none", "2", f"{100 * np.mean(at1):.2f} ± {100 * np.std(at1, ddof=1):.2f}",
+                             "95.00 ± 0.00", "81.00 ± 1.41"]
+    assert curves[2][5:] == ["–", "-14.00 (best: epoch 6) |"]
 
 
 def test_a_baseline_is_not_tested_against_a_guess_when_two_arms_fit(tmp_path):
