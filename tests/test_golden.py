@@ -24,6 +24,12 @@ TABLES = {
     # the verdict's sweeps (benchmarks/reproduce_verdict.sh), as many as are committed: report.sh's glob
     "verdict_mnist": (sorted(p.name for p in RUNS.glob("verdict_mnist_*")), False),
 }
+if any(RUNS.glob("long_fashion*")):  # the long regime, as far as it is committed
+    TABLES["long_fashion"] = (sorted(p.name for p in RUNS.glob("long_fashion*")), False)
+# the tables docs/results.md quotes: benchmarks/results_tables.py <mode> docs/results/<table>
+REPORTED = [("verdict", "verdict_mnist"), ("frontier", "frontier_mnist"), ("main", "mnist_fc_1000_1000_1000_500_cpu"),
+            ("main", "fashion_fc_1000_1000_1000_500_cpu")] + [("curves", "long_fashion"), ("verdict", "long_fashion")] * (
+    "long_fashion" in TABLES)
 SUMMARIES = sorted(RUNS.rglob("summary.json"))
 
 
@@ -47,6 +53,23 @@ def test_committed_tables_recompute_byte_identical(table, cli, tmp_path):
         committed = RESULTS / table / name
         if committed.exists():
             assert (out / name).read_bytes() == committed.read_bytes(), f"{table}/{name} no longer recomputes"
+
+
+@pytest.mark.parametrize("mode, table", REPORTED)
+def test_the_report_quotes_the_committed_tables(mode: str, table: str) -> None:
+    """Every row that results_tables.py prints from a committed table stands in docs/results.md as printed:
+    adding runs moves means and Holm-adjusted p-values, and a table left as it was fails here."""
+    import importlib.util
+
+    import pandas as pd
+
+    spec = importlib.util.spec_from_file_location("results_tables", REPO / "benchmarks" / "results_tables.py")
+    tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tables)
+    source = pd.read_csv(RESULTS / table / ("curves.csv" if mode == "curves" else "comparison.csv"))
+    report = set((REPO / "docs" / "results.md").read_text().splitlines())
+    missing = [row for row in tables.TABLES[mode](source) if row not in report]
+    assert not missing, f"docs/results.md does not quote {len(missing)} rows of {mode} {table}, e.g. {missing[0]}"
 
 
 @pytest.mark.slow
