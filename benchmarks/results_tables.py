@@ -124,6 +124,19 @@ def tost(r: pd.Series, prefix: str) -> str:
     return f"{'yes' if p < ALPHA else 'not shown'} (Holm p {fmt_p(p)})"
 
 
+def group_tags(groups: pd.Series) -> pd.Series:
+    """What sets each row's group apart from the table's other groups (compare's group label: "key=value, ..."),
+    e.g. "optimizer.l1=0.0, optimizer.l2=0.0"; "" where the table has one group."""
+    parts = {g: dict(x.split("=", 1) for x in g.split(", ") if "=" in x) for g in groups.unique()}
+    keys = {k for d in parts.values() for k in d}
+    varying = sorted(k for k in keys if len({d.get(k) for d in parts.values()}) > 1)
+    return groups.map(lambda g: ", ".join(f"{k}={parts[g][k]}" for k in varying if k in parts[g]))
+
+
+def _tagged(arm: str, tag: str) -> str:
+    return f"{arm} [{tag}]" if tag else arm
+
+
 def _method(arm: str) -> str:
     return arm.split(" (")[0]
 
@@ -141,14 +154,16 @@ def verdict_table(t: pd.DataFrame) -> list[str]:
                     for a, st in zip(t["arm"], t["setting"])],
                  m=[METHODS.index(_method(a)) if _method(a) in METHODS else 9 for a in t["arm"]])
     t = t.sort_values(["k", "m", "arm"], kind="stable")
+    tags = group_tags(t["group"]) if "group" in t else pd.Series("", index=t.index)
     lines = [f"| rmt setting | arm | seeds | parameters after | bytes | latency vs dense, batch 1 / 256 | final "
              f"accuracy | vs control: Δ [95% CI] (Welch p (Holm)) | within {margin} of control (TOST) | vs the rmt arm it "
              f"matches: Δ [95% CI] (Welch p (Holm), paired p (Holm)) |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for _, r in t.iterrows():
+    for i, r in t.iterrows():
         if _method(r["arm"]) in refs:
             arm = r["arm"]
         else:
             arm = _method(r["arm"]) + (" (uniform)" if "rank_rule=uniform" in r["arm"] else "")
+        arm = _tagged(arm, tags[i])
         vs_control = versus(r, "control_", paired=False)
         lines.append(f"| {r['setting']} | {arm} | {r['n_seeds']} | {size(r)} | {bytes_latency(r)} | {mean_std(r)} | "
                      f"{control_named(r) if vs_control != '–' else ''}{vs_control} | {tost(r, 'control_')} | "
@@ -165,7 +180,9 @@ def curves_table(c: pd.DataFrame, points: tuple[int, ...] = (1, 10, 25, 50, 75))
     head = " | ".join(f"epoch {e}" for e in shown)
     lines = [f"| arm | seeds | test accuracy at {head} | best validation epoch | last − best of the mean test curve |",
              "|---|---|" + "---|" * len(shown) + "---|---|"]
-    for arm, a in c.groupby("arm", sort=False):
+    c = c.assign(tag=group_tags(c["group"]))
+    for (arm, tag), a in c.groupby(["arm", "tag"], sort=False):
+        arm = _tagged(arm, tag)
         a = a.set_index("epoch")
         cells = [mean_std(pd.Series({"final_mean": a.loc[e, "test_acc_mean"], "final_std": a.loc[e, "test_acc_std"]}))
                  if e in a.index else "–" for e in shown]

@@ -430,6 +430,10 @@ def test_the_report_tables_print_the_comparison(tmp_path):
     assert curves[2][:5] == ["| none", "2", f"{100 * np.mean(at1):.2f} ± {100 * np.std(at1, ddof=1):.2f}",
                              "95.00 ± 0.00", "81.00 ± 1.41"]
     assert curves[2][5:] == ["–", "-14.00 (best: epoch 6) |"]
+    # arms of several groups (the long regime's none with and without L1+L2) are told apart by what differs
+    groups = pd.Series(["dataset.name=f, optimizer.l1=5e-06", "dataset.name=f, optimizer.l1=0.0"])
+    assert tables.group_tags(groups).tolist() == ["optimizer.l1=5e-06", "optimizer.l1=0.0"]
+    assert tables.group_tags(groups[:1]).tolist() == [""]
 
 
 def test_a_baseline_is_not_tested_against_a_guess_when_two_arms_fit(tmp_path):
