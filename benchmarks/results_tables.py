@@ -200,6 +200,8 @@ if __name__ == "__main__":
     if len(sys.argv) != 3 or sys.argv[1] not in TABLES:
         sys.exit(f"usage: python benchmarks/results_tables.py {'|'.join(TABLES)} COMPARE_OUTPUT_FOLDER")
     warnings.simplefilter("ignore", pd.errors.PerformanceWarning)  # assign() on a 120-column frame
-    source = "curves.csv" if sys.argv[1] == "curves" else "comparison.csv"
-    table = pd.read_csv(Path(sys.argv[2]) / source)
+    source = Path(sys.argv[2]) / ("curves.csv" if sys.argv[1] == "curves" else "comparison.csv")
+    if not source.is_file():
+        sys.exit(f"results_tables.py: error: {source}: no such file (made by rmtprune compare --out {sys.argv[2]})")
+    table = pd.read_csv(source)
     print("\n".join(TABLES[sys.argv[1]](table)))

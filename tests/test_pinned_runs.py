@@ -60,18 +60,13 @@ _NUMBER = re.compile(r"[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?")
 
 
 def fingerprint() -> dict[str, str]:
-    """What decides the float rounding of a one-thread CPU run: library versions, CPU and dispatched kernels."""
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "vendor_id")):
-                model += line.split(":", 1)[1].strip() + " "
-                if line.startswith("model name"):
-                    break
-    except OSError:
-        model = platform.processor()
+    """What decides the float rounding of a one-thread CPU run: library versions and the machine as a run's
+    summary records it (CPU model, the kernels torch dispatches to, BLAS)."""
+    from rmtprune.train.environment import machine
+
+    facts = machine(torch.device("cpu"))
     return {"torch": torch.__version__, "numpy": np.__version__, "machine": platform.machine(),
-            "cpu": model.strip(), "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+            **{k: str(facts[k]) for k in ("cpu", "cpu_capability", "blas")}}
 
 
 def _differs(key: str, got: str, want: str) -> bool:
