@@ -45,18 +45,25 @@ for root in ${ROOTS:-outputs/paper outputs/verdict}; do
 done
 [ -d "$runs" ] || { echo "no runs in $runs yet: run benchmarks/reproduce_cpu.sh first" >&2; exit 1; }
 eq=(--equivalence 0.3)  # TOST "within 0.3 points" beside every test (Holm-adjusted per table)
+# compare's earlier output in a table folder is removed first, so that figures of a grouping that has
+# changed (an arm added in its own group gives every figure a new name) do not stay behind
+compare_into() {  # out, compare's arguments
+  local out=$1; shift
+  rm -f "$out"/comparison.csv "$out"/comparison.md "$out"/curves.csv "$out"/frontier.csv "$out"/*.png
+  rmtprune compare "$@" --out "$out"
+}
 for dir in "$runs"/*/; do
   s=$(basename "$dir")
-  case "$s" in frontier_*|verdict_*|long_*) ;; *) rmtprune compare "$runs/$s" --finetune "${eq[@]}" --out "docs/results/$s" ;; esac
+  case "$s" in frontier_*|verdict_*|long_*) ;; *) compare_into "docs/results/$s" "$runs/$s" --finetune "${eq[@]}" ;; esac
 done
 # the frontier: every compression level on MNIST with the main sweep's arms
 if ls -d "$runs"/frontier_* > /dev/null 2>&1; then
-  rmtprune compare "$runs/mnist_fc_1000_1000_1000_500_cpu" "$runs"/frontier_* "${eq[@]}" --out docs/results/frontier_mnist
+  compare_into docs/results/frontier_mnist "$runs/mnist_fc_1000_1000_1000_500_cpu" "$runs"/frontier_* "${eq[@]}"
 fi
 # the verdict (benchmarks/reproduce_verdict.sh): its frontier, and the long regime
 if ls -d "$runs"/verdict_mnist_* > /dev/null 2>&1; then
-  rmtprune compare "$runs"/verdict_mnist_* "${eq[@]}" --out docs/results/verdict_mnist
+  compare_into docs/results/verdict_mnist "$runs"/verdict_mnist_* "${eq[@]}"
 fi
 if ls -d "$runs"/long_fashion* > /dev/null 2>&1; then
-  rmtprune compare "$runs"/long_fashion* "${eq[@]}" --out docs/results/long_fashion
+  compare_into docs/results/long_fashion "$runs"/long_fashion* "${eq[@]}"
 fi

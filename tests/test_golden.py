@@ -72,6 +72,33 @@ def test_the_report_quotes_the_committed_tables(mode: str, table: str) -> None:
     assert not missing, f"docs/results.md does not quote {len(missing)} rows of {mode} {table}, e.g. {missing[0]}"
 
 
+@pytest.mark.parametrize("table", sorted(TABLES))
+def test_every_committed_figure_belongs_to_a_group_of_its_table(table: str) -> None:
+    """compare names a table's figures ``<slug(group)>_<kind>.png``; a figure of no group in comparison.csv is
+    left over from an earlier grouping (report.sh removes compare's old output before it writes)."""
+    import re
+
+    import pandas as pd
+
+    from rmtprune.report.compare import slug
+
+    slugs = {slug(g) for g in pd.read_csv(RESULTS / table / "comparison.csv")["group"].unique()}
+    pattern = "|".join(re.escape(s) for s in sorted(slugs))
+    stale = [p.name for p in sorted((RESULTS / table).glob("*.png"))
+             if not re.fullmatch(rf"({pattern})_(curves|params|frontier|esd_.+)\.png", p.name)]
+    assert not stale, f"{table}: figures of no group in comparison.csv: {stale}"
+
+
+def test_the_report_links_committed_files() -> None:
+    import re
+
+    report = (REPO / "docs" / "results.md").read_text()
+    links = re.findall(r"\]\((results/[^)#\s]+)", report)
+    assert any(link.endswith(".png") for link in links)
+    missing = [link for link in links if not (REPO / "docs" / link).exists()]
+    assert not missing, f"docs/results.md links files that are not there: {missing}"
+
+
 @pytest.mark.slow
 def test_every_committed_run_keeps_its_config_key():
     """The stored config as it was, and merged onto today's schema (every key added since, at its default):
